@@ -1,0 +1,311 @@
+"""Exact accounting of what a method saves: tokens alive per layer, FLOPs and KV-cache bytes.
+
+FLOPs follow the convention of FastV and of DyCoke's / METok's tables so figures compare with the papers:
+per transformer layer over ``n`` tokens, ``4*n*d**2 + 2*n**2*d + 2*n*d*m`` (d hidden size, m MLP size), i.e.
+one multiply-accumulate counts as one FLOP and a gated MLP's third matrix is not counted. A decoding step
+with ``c`` cached entries attended costs ``4*d**2 + 2*c*d + 2*d*m`` per layer. The vision encoder (same
+per-layer formula plus the patch embedding) and the projector are counted separately from the LLM.
+
+KV-cache bytes per token per layer are ``2 * kv_heads * head_dim * dtype_bytes`` (keys and values).
+
+The calculator works from a config alone (:func:`estimate`), for the presets in :data:`PRESETS` or any
+LLaVA-OneVision-style ``config.json``, and from a measured run (:class:`vidpress.report.Report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BudgetError, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class LLMDims:
+    """LLM sizes: hidden ``d``, MLP ``m``, layers, attention heads, KV heads, head size."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """Vision tower sizes; ``tokens`` is the encoder sequence per frame (patches plus any CLS)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    tokens: int
+    patch_size: int
+    channels: int = 3
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the calculator needs about a video LLM.
+
+    Attributes
+    ----------
+    tokens_per_frame : int
+        Visual tokens per frame entering the LLM (after projector and pooling), e.g. 196 for LLaVA-OV.
+    grid : tuple[int, int]
+        (h, w) layout of those tokens.
+    patches : int
+        Encoder patch tokens per frame that go through the projector (CLS excluded).
+    extra_visual : int
+        Tokens appended to the video block (LLaVA-OV's single newline); never pruned, so accounted as
+        non-visual tokens.
+    dtype_bytes : int
+        Bytes per KV element (2 for fp16/bf16).
+    """
+
+    name: str
+    llm: LLMDims
+    vision: VisionDims
+    tokens_per_frame: int
+    grid: tuple[int, int]
+    patches: int
+    extra_visual: int = 1
+    dtype_bytes: int = 2
+
+
+def _siglip(layers: int = 26) -> VisionDims:
+    # SigLIP-so400m-patch14-384 with LLaVA's last layer removed: 27x27 patches, no CLS.
+    return VisionDims(hidden=1152, intermediate=4304, layers=layers, tokens=729, patch_size=14)
+
+
+PRESETS: dict[str, ModelSpec] = {
+    "llava-ov-0.5b": ModelSpec("llava-ov-0.5b", LLMDims(896, 4864, 24, 14, 2, 64), _siglip(), 196, (14, 14), 729),
+    "llava-ov-7b": ModelSpec("llava-ov-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
+    "llava-ov-72b": ModelSpec("llava-ov-72b", LLMDims(8192, 29568, 80, 64, 8, 128), _siglip(), 196, (14, 14), 729),
+    # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
+    # LongVA's video layout has no newline token [RECON: UniRes without newline for video].
+    "longva-7b": ModelSpec("longva-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
+                           VisionDims(1024, 4096, 24, 577, 14), 144, (12, 12), 576, extra_visual=0),
+}
+
+
+def layer_flops(n: float, d: int, m: int) -> float:
+    """FLOPs of one transformer layer over ``n`` tokens (FastV convention, see module docstring)."""
+    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+
+def decode_layer_flops(context: float, d: int, m: int) -> float:
+    """FLOPs of one layer for one new token attending to ``context`` cached entries."""
+    return 4 * d * d + 2 * context * d + 2 * d * m
+
+
+def kv_bytes_per_token(llm: LLMDims, dtype_bytes: int = 2) -> int:
+    """KV-cache bytes one token takes in one layer: 2 * kv_heads * head_dim * dtype_bytes."""
+    return 2 * llm.kv_heads * llm.head_dim * dtype_bytes
+
+
+def vision_flops(spec: ModelSpec, frames: int) -> float:
+    """Vision-encoder FLOPs for ``frames`` frames: patch embedding plus every encoder layer."""
+    v = spec.vision
+    embed = v.tokens * v.channels * v.patch_size**2 * v.hidden
+    return frames * (embed + v.layers * layer_flops(v.tokens, v.hidden, v.intermediate))
+
+
+def projector_flops(spec: ModelSpec, frames: int) -> float:
+    """Two-layer MLP projector FLOPs (vision width -> d -> d) over every patch of ``frames`` frames."""
+    d = spec.llm.hidden
+    return frames * spec.patches * (spec.vision.hidden * d + d * d)
+
+
+@dataclass
+class Accounting:
+    """Tokens, FLOPs and KV bytes of one request, per LLM layer.
+
+    Attributes
+    ----------
+    prefill_visual : list[int]
+        Visual tokens alive at the input of each LLM layer during prefill (length L).
+    decode_visual : list[float]
+        Visual KV entries attended at each layer per decoding step (mean over steps; length L).
+    stored_visual : list[int]
+        Visual KV entries stored in each layer's cache after prefill (length L).
+    other_tokens : int
+        Non-visual tokens of the prompt (text, template, newline), alive in every layer.
+    """
+
+    spec: ModelSpec
+    frames: int
+    prefill_visual: list[int]
+    decode_visual: list[float]
+    stored_visual: list[int]
+    other_tokens: int
+
+    @property
+    def visual_in(self) -> int:
+        """Visual tokens the uncompressed model feeds the LLM: frames x tokens per frame."""
+        return self.frames * self.spec.tokens_per_frame
+
+    @property
+    def prefill_flops(self) -> float:
+        """LLM prefill FLOPs, summed over layers with each layer's live length."""
+        llm = self.spec.llm
+        return sum(layer_flops(n + self.other_tokens, llm.hidden, llm.intermediate) for n in self.prefill_visual)
+
+    @property
+    def decode_flops_per_token(self) -> float:
+        """LLM FLOPs of the first decoding step (context = attended entries + the new token)."""
+        llm = self.spec.llm
+        return sum(decode_layer_flops(n + self.other_tokens + 1, llm.hidden, llm.intermediate)
+                   for n in self.decode_visual)
+
+    @property
+    def vision_flops(self) -> float:
+        return vision_flops(self.spec, self.frames)
+
+    @property
+    def projector_flops(self) -> float:
+        return projector_flops(self.spec, self.frames)
+
+    @property
+    def kv_bytes_per_layer(self) -> list[int]:
+        """KV-cache bytes stored per layer after prefill (visual + other tokens)."""
+        per = kv_bytes_per_token(self.spec.llm, self.spec.dtype_bytes)
+        return [(n + self.other_tokens) * per for n in self.stored_visual]
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(self.kv_bytes_per_layer)
+
+    @property
+    def visual_kv_bytes(self) -> int:
+        """Stored visual KV bytes over all layers after prefill."""
+        return sum(self.stored_visual) * kv_bytes_per_token(self.spec.llm, self.spec.dtype_bytes)
+
+    @property
+    def attended_visual_kv_bytes(self) -> float:
+        """Visual KV bytes read per decoding step (what decode-time pruning such as DyCoke's reduces)."""
+        return sum(self.decode_visual) * kv_bytes_per_token(self.spec.llm, self.spec.dtype_bytes)
+
+    @property
+    def retention(self) -> float:
+        """Fraction of the uncompressed visual tokens entering the LLM."""
+        return self.prefill_visual[0] / self.visual_in if self.visual_in else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.name, "frames": self.frames, "tokens_per_frame": self.spec.tokens_per_frame,
+            "visual_tokens_in": self.visual_in, "visual_tokens_llm": self.prefill_visual[0],
+            "other_tokens": self.other_tokens, "retention": self.retention,
+            "prefill_visual_per_layer": self.prefill_visual, "decode_visual_per_layer": self.decode_visual,
+            "stored_visual_per_layer": self.stored_visual,
+            "prefill_flops": self.prefill_flops, "decode_flops_per_token": self.decode_flops_per_token,
+            "vision_flops": self.vision_flops, "projector_flops": self.projector_flops,
+            "kv_bytes_per_layer": self.kv_bytes_per_layer, "kv_bytes": self.kv_bytes,
+            "visual_kv_bytes": self.visual_kv_bytes, "attended_visual_kv_bytes": self.attended_visual_kv_bytes,
+        }
+
+
+def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2) -> ModelSpec:
+    """A :class:`ModelSpec` from a LLaVA-OneVision config object, a config dict, or a ``config.json`` path.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The config lacks a ``text_config``/``vision_config`` pair of a supported layout.
+    """
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path")
+        config = json.loads(path.read_text())
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    text, vision = cfg.get("text_config"), cfg.get("vision_config")
+    if not text or not vision:
+        raise UnsupportedModelError(
+            f"config {name or cfg.get('model_type')!r} has no text_config/vision_config; "
+            f"the calculator supports LLaVA-OneVision-style configs and the presets {', '.join(PRESETS)}")
+    heads = text["num_attention_heads"]
+    llm = LLMDims(text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], heads,
+                  text.get("num_key_value_heads") or heads, text.get("head_dim") or text["hidden_size"] // heads)
+    side = vision["image_size"] // vision["patch_size"]
+    cls_token = 1 if vision.get("model_type", "") in ("clip_vision_model", "dinov2") else 0
+    vdims = VisionDims(vision["hidden_size"], vision.get("intermediate_size")
+                       or int(vision["hidden_size"] * vision.get("mlp_ratio", 4)),
+                       vision["num_hidden_layers"], side * side + cls_token, vision["patch_size"])
+    pooled = math.ceil(side / 2)
+    return ModelSpec(name or cfg.get("_name_or_path") or cfg.get("model_type", "model"), llm, vdims,
+                     pooled * pooled, (pooled, pooled), side * side, 1, dtype_bytes)
+
+
+def resolve_spec(model: str) -> ModelSpec:
+    """A preset name or a config path to a :class:`ModelSpec`."""
+    if model in PRESETS:
+        return PRESETS[model]
+    if Path(model).exists():
+        return spec_from_config(model, name=Path(model).stem if Path(model).is_file() else Path(model).name)
+    raise UnsupportedModelError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}) or a config.json path")
+
+
+def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: int = 78,
+             retention: float | None = None) -> Accounting:
+    """Config-only accounting of ``stages`` (a :class:`~vidpress.method.Stages`, or None for uncompressed).
+
+    Token counts come from dry-running the method's own stages on placeholder tensors of the right shape,
+    so the calculator and the runtime can never disagree on a count. Decode-time counts assume the
+    decode stage makes a selection at every step.
+
+    Parameters
+    ----------
+    text_tokens : int
+        Text prompt tokens (template + question); DyCoke's table uses about 78. The video block's extra
+        tokens (LLaVA-OV's newline) are added to them as non-visual tokens.
+    retention : float, optional
+        Override the pre-LLM count with ``round(retention * frames * tokens_per_frame)`` visual tokens (the
+        papers' idealised figures, e.g. DyCoke's 47.5 %).
+
+    Raises
+    ------
+    BudgetError
+        ``frames < 1`` or ``retention`` outside (0, 1].
+    """
+    from .tokens import LayerSignals, StageContext, VisualTokens
+
+    if frames < 1:
+        raise BudgetError(f"frames must be >= 1, got {frames}")
+    layers = spec.llm.layers
+    n = frames * spec.tokens_per_frame
+    ctx = StageContext(num_layers=layers)
+    generator = torch.Generator().manual_seed(0)
+    if retention is not None:
+        if not 0 < retention <= 1:
+            raise BudgetError(f"retention must be in (0, 1], got {retention}")
+        kept = round(retention * n)
+    elif stages is not None and stages.pre_llm is not None:
+        dummy = torch.rand(1, frames, spec.tokens_per_frame, 8, generator=generator)
+        kept = stages.pre_llm(VisualTokens(dummy, spec.grid), ctx).num_kept
+    else:
+        kept = n
+    prefill = [kept] * layers
+    if stages is not None and stages.prefill is not None:
+        prefill = stages.prefill.plan_counts(kept, layers)
+    decode: list[float] = list(map(float, prefill))
+    if stages is not None and stages.decode is not None:
+        stage = stages.decode
+        for layer in range(stage.first_layer, layers):
+            scores = torch.rand(1, prefill[layer], generator=generator)
+            plan = stage(LayerSignals(layer=stage.first_layer - 1, scores=scores), StageContext(num_layers=layers))
+            decode[layer] = float(plan.num_kept if plan is not None else prefill[layer])
+    stored = list(prefill)
+    if stages is not None and stages.decode is not None and hasattr(stages.decode, "trim_counts"):
+        stored = stages.decode.trim_counts(prefill)
+    return Accounting(spec, frames, prefill, decode, stored, text_tokens + spec.extra_visual)
+
+
+__all__ = ["PRESETS", "Accounting", "LLMDims", "ModelSpec", "VisionDims", "estimate", "resolve_spec",
+           "spec_from_config", "layer_flops", "kv_bytes_per_token", "replace", "field"]

@@ -1,0 +1,132 @@
+"""Methods: frozen dataclasses of hyperparameters that build a :class:`Stages` composition.
+
+``with method(model) as run:`` (or ``with vidpress.apply(model, method):``) installs the runtime's hooks on a
+loaded transformers model and always removes them; ``run.report`` holds the accounting of the latest
+request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from .errors import IncompatibleStagesError, UnknownMethodError
+from .stages import DecodeStage, PreLLMStage, PrefillStage
+
+if TYPE_CHECKING:
+    from .runtime.install import Run
+
+
+@dataclass(frozen=True)
+class Stages:
+    """One stage per slot; None leaves that part of the model untouched."""
+
+    pre_llm: PreLLMStage | None = None
+    prefill: PrefillStage | None = None
+    decode: DecodeStage | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [type(s).__name__ for s in (self.pre_llm, self.prefill, self.decode) if s is not None]
+        return "+".join(parts) or "uncompressed"
+
+
+_SLOTS = (("pre_llm", PreLLMStage), ("prefill", PrefillStage), ("decode", DecodeStage))
+
+
+def _slot_of(stage: object) -> str:
+    for slot, protocol in _SLOTS:
+        if isinstance(stage, protocol):
+            # PrefillStage and DecodeStage share a call signature; tell them apart by their attributes.
+            if slot == "prefill" and not hasattr(stage, "layers"):
+                continue
+            if slot == "decode" and not hasattr(stage, "first_layer"):
+                continue
+            return slot
+    raise IncompatibleStagesError(f"{stage!r} is not a pre_llm, prefill or decode stage")
+
+
+def compose(*parts: Method | Stages | PreLLMStage | PrefillStage | DecodeStage) -> Stages:
+    """Combine methods and stages slot by slot into one :class:`Stages`.
+
+    Raises
+    ------
+    IncompatibleStagesError
+        When two parts fill the same slot (never silently overridden).
+    """
+    slots: dict[str, Any] = {}
+    for part in parts:
+        stages = part.build() if isinstance(part, Method) else part
+        if isinstance(stages, Stages):
+            pairs = [(f.name, getattr(stages, f.name)) for f in dataclasses.fields(Stages)]
+        else:
+            pairs = [(_slot_of(stages), stages)]
+        for slot, stage in pairs:
+            if stage is None:
+                continue
+            if slot in slots:
+                raise IncompatibleStagesError(
+                    f"two stages fill the {slot!r} slot: {slots[slot]!r} and {stage!r}; drop one of them"
+                )
+            slots[slot] = stage
+    return Stages(**slots)
+
+
+class Method:
+    """Base class of every method; subclasses are frozen dataclasses and implement :meth:`build`."""
+
+    name: ClassVar[str]
+
+    def build(self) -> Stages:
+        raise NotImplementedError
+
+    def __call__(self, model: Any) -> Run:
+        """Install on ``model``; use as ``with method(model) as run:``."""
+        from .runtime.install import install
+
+        return install(model, self.build(), name=self.label)
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name with the non-default hyperparameters."""
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                   if f.init and getattr(self, f.name) != f.default]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any]) -> Method:
+        """Build from a mapping; unknown keys raise :class:`UnknownMethodError` with a suggestion."""
+        names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+        for key in params:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise UnknownMethodError(f"{cls.name} has no parameter {key!r} (valid: {', '.join(names)}){suggestion}")
+        return cls(**params)  # type: ignore[call-arg]
+
+
+def apply(model: Any, method: Method | Stages | str, **params: Any) -> Run:
+    """Install ``method`` on ``model`` and return the :class:`~vidpress.runtime.install.Run` handle.
+
+    Use as a context manager (``with vidpress.apply(model, DyCoke()):``) or keep it and call
+    ``run.remove()``. ``method`` may be a name from ``vidpress.METHODS`` with ``params`` as hyperparameters.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The model class has no adapter; the message lists the supported classes.
+    UnknownMethodError
+        An unknown method name or parameter.
+    """
+    from .methods import get_method
+    from .runtime.install import install
+
+    if isinstance(method, str):
+        method = get_method(method, **params)
+    elif params:
+        raise TypeError("hyperparameters go into the method object when a Method or Stages is given")
+    if isinstance(method, Method):
+        return install(model, method.build(), name=method.label)
+    return install(model, method, name=method.name)

@@ -1,0 +1,25 @@
+"""The method registry: an explicit name -> class map (greppable; no decorator registries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnknownMethodError
+from ..method import Method, Stages
+from .dycoke import DyCoke
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke,)}
+
+
+def get_method(name: str, **params: Any) -> Method | Stages:
+    """Build a method by name (``"none"`` gives the uncompressed model) with ``params`` as hyperparameters."""
+    if name in ("none", "uncompressed"):
+        if params:
+            raise UnknownMethodError(f"the uncompressed model takes no parameters, got {sorted(params)}")
+        return Stages()
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; choose one of: none, {', '.join(METHODS)}")
+    return METHODS[name].from_dict(params)
+
+
+__all__ = ["METHODS", "DyCoke", "get_method"]

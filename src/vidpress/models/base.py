@@ -1,0 +1,67 @@
+"""The adapter protocol and the registry of supported model classes.
+
+An adapter knows one model family's layout (where the LLM and its layers are, how the video is encoded,
+how rotary embeddings apply); the runtime does all surgery through it, so methods never import a
+transformers model class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from ..tokens import VisualTokens
+
+
+class Adapter(Protocol):
+    """What the runtime needs from a model family."""
+
+    model_class_names: tuple[str, ...]
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack (``LlamaModel``/``Qwen2Model``) whose forward runs the LLM."""
+
+    def decoder_layers(self, model: nn.Module) -> Sequence[nn.Module]:
+        """The LLM's decoder layers, in order; each has a ``self_attn`` module."""
+
+    def video_token_id(self, model: nn.Module) -> int:
+        """The placeholder id marking visual-token positions in ``input_ids``."""
+
+    def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
+        """Run the vision tower, projector and pooling: (per-frame tokens, extra tokens (B, E, D))."""
+
+    def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotary-embedded queries (B, H, R, head_dim) of ``hidden`` (B, R, D) for one attention module."""
+
+
+_ADAPTERS: list[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    _ADAPTERS.append(adapter)
+    return adapter
+
+
+def supported_models() -> list[str]:
+    return [name for adapter in _ADAPTERS for name in adapter.model_class_names]
+
+
+def adapter_for(model: Any) -> Adapter:
+    """The adapter for ``model``'s class.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The class is not supported; the message lists the supported classes.
+    """
+    from . import llava_onevision  # noqa: F401  (registers its adapter)
+
+    name = type(model).__name__
+    for adapter in _ADAPTERS:
+        if name in adapter.model_class_names:
+            return adapter
+    raise UnsupportedModelError(
+        f"vidpress has no adapter for {name}; supported model classes: {', '.join(supported_models())}"
+    )

@@ -1,0 +1,76 @@
+"""Adapter for LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``) in stock transformers.
+
+Video path (transformers' own ``get_video_features``): vision tower -> projector -> 2x2 bilinear pooling per
+frame -> one ``image_newline`` token appended after all frames. 1-D rotary positions.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..tokens import VisualTokens
+from .base import register
+
+
+class LlavaOnevisionAdapter:
+    model_class_names = ("LlavaOnevisionForConditionalGeneration",)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
+
+    def decoder_layers(self, model: nn.Module):
+        return self.language_model(model).layers
+
+    def video_token_id(self, model: nn.Module) -> int:
+        return model.config.video_token_id
+
+    def grid(self, model: nn.Module) -> tuple[int, int]:
+        vision = model.config.vision_config
+        side = math.ceil(vision.image_size // vision.patch_size / 2)
+        return side, side
+
+    def vision_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
+        """Modules whose forward time is the vision-encoding time (tower and projector)."""
+        return model.model.vision_tower, model.model.multi_modal_projector
+
+    def has_video(self, inputs: dict[str, Any]) -> bool:
+        return inputs.get("pixel_values_videos") is not None or bool((inputs.get("mm_encoder_outputs") or {}).get("video"))
+
+    def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
+        """Per-frame tokens (B, F, T, D) and the newline (B, 1, D); consumes the video inputs from ``inputs``.
+
+        ``generate`` pre-encodes the video into ``mm_encoder_outputs["video"]``; a direct call passes
+        ``pixel_values_videos``. Both go through transformers' own ``get_video_features``.
+        """
+        encoded = dict(inputs.get("mm_encoder_outputs") or {})
+        out = encoded.pop("video", None)
+        if out is None:
+            out = model.model.get_video_features(
+                inputs["pixel_values_videos"],
+                vision_feature_layer=inputs.get("vision_feature_layer"),
+                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+                return_dict=True,
+            )
+        inputs.update(pixel_values_videos=None, image_sizes_videos=None, mm_encoder_outputs=encoded or None)
+        features = out.pooler_output  # (B, F*T + 1, D): frame tokens then the newline
+        grid = self.grid(model)
+        per_frame = grid[0] * grid[1]
+        frames = (features.shape[1] - 1) // per_frame
+        tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
+        return VisualTokens(tokens, grid), features[:, frames * per_frame :]
+
+    def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        shape = (*hidden.shape[:-1], -1, attention.head_dim)
+        query = attention.q_proj(hidden).view(shape).transpose(1, 2)
+        if getattr(attention, "q_norm", None) is not None:  # Qwen3-style query norm
+            query = attention.q_norm(query)
+        rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+        return rotary(query, query, cos, sin)[0]
+
+
+ADAPTER = register(LlavaOnevisionAdapter())

@@ -1,0 +1,111 @@
+"""Video inputs for LLaVA-OneVision without torchvision.
+
+transformers' ``LlavaOnevisionProcessor`` needs torchvision for video. Where a checkpoint's own processor
+loads, vidpress uses it; otherwise :class:`OfflineVideoProcessor` stands in with the same call surface
+(``apply_chat_template``, ``__call__(text=, videos=)``, ``batch_decode``) and the same outputs: frames resized
+to the square input size (bicubic, antialiased), rescaled and normalised, and each ``<video>`` expanded to
+``F * ceil(side / 2) ** 2 + 1`` placeholders, as LLaVA-OV's processor does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+
+CONFIG_NAME = "vidpress_processor.json"
+
+
+class OfflineVideoProcessor:
+    """Tokenizer + chat template + frame preprocessing for LLaVA-OneVision-style models.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        Must know ``video_token`` as a single token.
+    image_size : int
+        Square frame side in pixels fed to the vision tower.
+    patch_size : int
+        Vision patch size; the grid is ``image_size // patch_size`` patches per side.
+    """
+
+    def __init__(self, tokenizer: Any, image_size: int, patch_size: int, image_mean: Sequence[float],
+                 image_std: Sequence[float], chat_template: str | None = None, video_token: str = "<video>"):
+        self.tokenizer, self.image_size, self.patch_size = tokenizer, image_size, patch_size
+        self.image_mean, self.image_std = list(image_mean), list(image_std)
+        self.chat_template = chat_template or tokenizer.chat_template
+        self.video_token = video_token
+        self.tokenizer.padding_side = "left"
+
+    def tokens_per_video(self, num_frames: int) -> int:
+        pooled = math.ceil(self.image_size // self.patch_size / 2)
+        return num_frames * pooled * pooled + 1
+
+    def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kw: Any) -> str:
+        return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt, **kw)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 -> (F, 3, S, S) float32, resized and normalised."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
+                                            antialias=True, align_corners=False).clamp(0, 255) / 255.0
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, text: str | list[str], videos: Sequence[np.ndarray], return_tensors: str = "pt",
+                 **kw: Any) -> BatchFeature:
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(videos) != sum(t.count(self.video_token) for t in texts):
+            raise ValueError(f"{len(videos)} videos for {sum(t.count(self.video_token) for t in texts)} "
+                             f"{self.video_token} markers in the text")
+        expanded, i = [], 0
+        for t in texts:
+            parts = t.split(self.video_token)
+            out = parts[0]
+            for part in parts[1:]:
+                out += self.video_token * self.tokens_per_video(len(videos[i])) + part
+                i += 1
+            expanded.append(out)
+        encoded = self.tokenizer(expanded, return_tensors="pt", padding=True)
+        pixels = torch.stack([self.preprocess(v) for v in videos])  # (B, F, 3, S, S)
+        return BatchFeature({**encoded, "pixel_values_videos": pixels})
+
+    def batch_decode(self, *args: Any, **kw: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kw)
+
+    def decode(self, *args: Any, **kw: Any) -> str:
+        return self.tokenizer.decode(*args, **kw)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.tokenizer.save_pretrained(directory)
+        config = dict(image_size=self.image_size, patch_size=self.patch_size, image_mean=self.image_mean,
+                      image_std=self.image_std, chat_template=self.chat_template, video_token=self.video_token)
+        (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model_config: Any = None) -> OfflineVideoProcessor:
+        """From a directory saved by :meth:`save_pretrained`, or a LLaVA-OV checkpoint's files."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        if (directory / CONFIG_NAME).exists():
+            return cls(tokenizer, **json.loads((directory / CONFIG_NAME).read_text()))
+        pre = {}
+        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+            if (directory / name).exists():
+                pre = json.loads((directory / name).read_text())
+                break
+        template = None
+        if (directory / "chat_template.json").exists():
+            template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
+        vision = model_config.vision_config
+        return cls(tokenizer, vision.image_size, vision.patch_size, pre.get("image_mean", [0.5] * 3),
+                   pre.get("image_std", [0.5] * 3), chat_template=template)

@@ -1,0 +1,158 @@
+"""`Report`: what one request cost — tokens per layer, FLOPs, KV bytes and measured timings.
+
+Timings (seconds): ``ttft_s`` from the model call that starts the request to its first logits (vision
+encoder, projector, pre-LLM stage and LLM prefill); ``vision_s`` the vision tower + projector + pooling;
+``llm_prefill_s`` the LLM's prefill alone; ``overhead_s`` / ``decode_overhead_s`` vidpress's own work
+(similarities, scoring, selection) during prefill / summed over decoding; ``decode_s`` the sum of decoding
+forwards. When ``generate`` encodes the video before the first forward, that encoding is added to TTFT. Peak memory is in bytes above the start of the
+request (see :mod:`vidpress.runtime.memory`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .accounting import Accounting, spec_from_config
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def human_flops(n: float) -> str:
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} FLOPs"
+
+
+@dataclass
+class Report:
+    """Accounting plus measurements of one request."""
+
+    method: str
+    accounting: Accounting
+    decode_steps: int
+    ttft_s: float
+    vision_s: float
+    llm_prefill_s: float
+    overhead_s: float
+    decode_overhead_s: float
+    decode_s: float
+    peak_memory_bytes: int
+    device: str
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Decoding forwards per second (the first token comes from prefill and is not counted)."""
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+    @classmethod
+    def from_session(cls, model: Any, session: Any, method: str) -> Report:
+        dtype_bytes = next(model.parameters()).element_size()
+        spec = spec_from_config(model.config, name=getattr(model.config, "_name_or_path", None) or "model",
+                                dtype_bytes=dtype_bytes)
+        spec = type(spec)(**{**spec.__dict__, "tokens_per_frame": session.tokens_per_frame})
+        layers = range(session.num_layers)
+        prefill = [session.visual_count(layer) for layer in layers]
+        steps = session.decode_steps
+        decode = [session.decode_visual_sum[layer] / steps if steps else float(prefill[layer]) for layer in layers]
+        accounting = Accounting(spec, session.frames, prefill, decode, list(prefill), session.info["other_tokens"])
+        t = session.timings
+        return cls(method, accounting, steps, t.get("ttft_s", float("nan")), t.get("vision_s", 0.0),
+                   t.get("llm_prefill_s", float("nan")), t["overhead_s"], t["decode_overhead_s"], t["decode_s"],
+                   session.peak_memory_bytes,
+                   str(next(model.parameters()).device))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"method": self.method, "device": self.device, **self.accounting.as_dict()}
+        out.update(decode_steps=self.decode_steps, ttft_s=self.ttft_s, vision_s=self.vision_s,
+                   llm_prefill_s=self.llm_prefill_s, overhead_s=self.overhead_s,
+                   decode_overhead_s=self.decode_overhead_s, decode_s=self.decode_s,
+                   decode_tokens_per_s=self.decode_tokens_per_s, peak_memory_bytes=self.peak_memory_bytes)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def rows(self) -> list[tuple[str, str]]:
+        a = self.accounting
+        layers = len(a.prefill_visual)
+        return [
+            ("visual tokens in", f"{a.visual_in} ({a.frames} frames x {a.spec.tokens_per_frame})"),
+            ("visual tokens entering the LLM", f"{a.prefill_visual[0]} ({a.retention:.1%})"),
+            ("mean visual tokens alive per layer, prefill", f"{sum(a.prefill_visual) / layers:.1f}"),
+            ("mean visual KV attended per layer, decode", f"{sum(a.decode_visual) / layers:.1f}"),
+            ("LLM prefill FLOPs", human_flops(a.prefill_flops)),
+            ("vision encoder + projector FLOPs", human_flops(a.vision_flops + a.projector_flops)),
+            ("decode FLOPs per token", human_flops(a.decode_flops_per_token)),
+            ("KV cache after prefill", f"{human_bytes(a.kv_bytes)} (visual {human_bytes(a.visual_kv_bytes)})"),
+            ("visual KV read per decode step", human_bytes(a.attended_visual_kv_bytes)),
+            ("TTFT", f"{self.ttft_s * 1e3:.1f} ms"),
+            ("  vision encoder", f"{self.vision_s * 1e3:.1f} ms"),
+            ("  LLM prefill", f"{self.llm_prefill_s * 1e3:.1f} ms"),
+            ("  vidpress overhead (prefill)", f"{self.overhead_s * 1e3:.1f} ms"),
+            ("decode", f"{self.decode_tokens_per_s:.1f} tok/s over {self.decode_steps} steps"),
+            ("  vidpress overhead (decode, total)", f"{self.decode_overhead_s * 1e3:.1f} ms"),
+            ("peak memory", human_bytes(self.peak_memory_bytes)),
+        ]
+
+    def table(self) -> Table:
+        table = Table(title=f"vidpress report: {self.method} on {self.device}")
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        for name, value in self.rows():
+            table.add_row(name, value)
+        return table
+
+    def __str__(self) -> str:
+        console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        console.print(self.table())
+        return console.export_text()
+
+
+# Figures compared in `compare_table`: (label, getter, True when lower is better).
+COMPARED = (
+    ("visual tokens entering the LLM", lambda r: r.accounting.prefill_visual[0]),
+    ("LLM prefill FLOPs", lambda r: r.accounting.prefill_flops),
+    ("KV cache after prefill (bytes)", lambda r: r.accounting.kv_bytes),
+    ("visual KV read per decode step (bytes)", lambda r: r.accounting.attended_visual_kv_bytes),
+    ("TTFT (s)", lambda r: r.ttft_s),
+    ("LLM prefill time (s)", lambda r: r.llm_prefill_s),
+    ("decode tok/s", lambda r: r.decode_tokens_per_s),
+    ("peak memory (bytes)", lambda r: r.peak_memory_bytes),
+)
+
+
+def ratios(baseline: Report, other: Report) -> dict[str, float]:
+    """``other / baseline`` for every figure in :data:`COMPARED` (nan where the baseline is 0)."""
+    out = {}
+    for label, get in COMPARED:
+        base = get(baseline)
+        out[label] = get(other) / base if base else float("nan")
+    return out
+
+
+def compare_table(baseline: Report, others: list[Report]) -> Table:
+    table = Table(title="compressed / uncompressed")
+    table.add_column("figure")
+    table.add_column(baseline.method, justify="right")
+    for report in others:
+        table.add_column(report.method, justify="right")
+        table.add_column("ratio", justify="right")
+    for label, get in COMPARED:
+        row = [label, f"{get(baseline):.4g}"]
+        for report in others:
+            value, base = get(report), get(baseline)
+            row += [f"{value:.4g}", f"{value / base:.3f}" if base else "n/a"]
+        table.add_row(*row)
+    return table

@@ -1,0 +1,185 @@
+"""Install and remove every hook for (model, adapter, stages): the only place that registers hooks.
+
+Nothing on the model is replaced or mutated: the attention implementation, the classes and the cache type
+stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the ``with`` block).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+import torch
+
+from ..method import Stages
+from ..models.base import adapter_for
+from ..report import Report
+from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook
+from .memory import PeakMemory
+from .prefill import decode_inputs, start_request
+from .session import Session
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Run:
+    """Handle of a method installed on a model; a context manager that removes it on exit.
+
+    Attributes
+    ----------
+    reports : list[Report]
+        One report per request (prefill with a video) since installation, oldest first.
+    """
+
+    def __init__(self, model: Any, stages: Stages, name: str):
+        self.model, self.stages, self.name = model, stages, name
+        self.adapter = adapter_for(model)
+        self._handles: list[Any] = []
+        self._active: tuple[weakref.ref, Session] | None = None
+        self._sessions: list[Session] = []
+        self._memory: PeakMemory | None = None
+        self._vision_s = 0.0
+        self._install()
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def session_of(self, cache: Any) -> Session | None:
+        cache = getattr(cache, "_cache", cache)
+        if cache is None or self._active is None or self._active[0]() is not cache:
+            return None
+        return self._active[1]
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _model_pre(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            kwargs = {"input_ids": args[0], **kwargs}
+            args = ()
+        if "past_key_values" in kwargs:
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        cache = kwargs.get("cache")
+        if self.adapter.has_video(kwargs) and (cache is None or cache.get_seq_length() == 0):
+            if self._memory is None:  # generate encodes the video before this call; the meter may be running
+                self._memory = PeakMemory(self._device())
+            started = time.perf_counter()
+            positions = getattr(self.stages.pre_llm, "positions", "original")
+            session = start_request(self.model, self.adapter, self.stages, kwargs, positions)
+            session.started = started
+            session.info["vision_before_s"] = self._vision_s
+            self._active = (weakref.ref(kwargs["cache"]), session)
+            self._sessions.append(session)
+        elif (session := self.session_of(cache)) is not None:
+            decode_inputs(session, kwargs)
+            _sync(self._device())
+            session.info["step_start"] = time.perf_counter()
+        return args, kwargs
+
+    def _model_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        session = self.session_of(kwargs.get("cache"))
+        if session is None:
+            return
+        _sync(self._device())
+        now = time.perf_counter()
+        if session.ctx.step == 0:
+            # Vision encoding that ran before this call (generate pre-encodes the video) is part of TTFT.
+            session.timings["ttft_s"] = now - session.started + session.info["vision_before_s"]
+            session.timings["vision_s"] = self._vision_s
+            self._vision_s = 0.0
+        else:
+            session.timings["decode_s"] += now - session.info["step_start"]
+            session.decode_steps += 1
+        if self._memory is not None:
+            session.peak_memory_bytes = max(session.peak_memory_bytes, self._memory.peak)
+
+    def _vision_pre(self, module: Any, args: tuple) -> None:
+        if self._active is not None and self._active[1].ctx.step > 0 or self._active is None:
+            self._finish()  # a new request starts: stop the previous request's memory meter
+            self._active = None
+            self._memory = PeakMemory(self._device())
+        _sync(self._device())
+        self._vision_start = time.perf_counter()
+
+    def _vision_post(self, module: Any, args: tuple, output: Any) -> None:
+        _sync(self._device())
+        self._vision_s += time.perf_counter() - self._vision_start
+
+    def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
+        session = self.session_of(kwargs.get("cache"))
+        if session is not None and session.ctx.step == 0:
+            _sync(self._device())
+            session.info["llm_start"] = time.perf_counter()
+
+    def _llm_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        session = self.session_of(kwargs.get("cache"))
+        if session is not None and session.ctx.step == 0:
+            _sync(self._device())
+            session.timings["llm_prefill_s"] = time.perf_counter() - session.info["llm_start"]
+
+    def _install(self) -> None:
+        add = self._handles.append
+        add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
+        add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
+        for module in self.adapter.vision_modules(self.model):
+            add(module.register_forward_pre_hook(self._vision_pre))
+            add(module.register_forward_hook(self._vision_post))
+        llm = self.adapter.language_model(self.model)
+        add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
+        add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
+        if self.stages.prefill is None and self.stages.decode is None:
+            return
+        scored = set()
+        for stage in (self.stages.prefill, self.stages.decode):
+            scored |= set(stage.needs.score_layers) if stage is not None else set()
+        for index, layer in enumerate(self.adapter.decoder_layers(self.model)):
+            if self.stages.prefill is not None:
+                add(layer.register_forward_pre_hook(layer_pre_hook(self.session_of, index), with_kwargs=True))
+            attention = layer.self_attn
+            add(attention.register_forward_pre_hook(attention_pre_hook(self.session_of, self.adapter, index),
+                                                    with_kwargs=True))
+            if index in scored:
+                add(attention.register_forward_hook(attention_post_hook(self.session_of, index), with_kwargs=True))
+
+    # -- public ------------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        if self._memory is not None:
+            self._memory.stop()
+            self._memory = None
+
+    @property
+    def reports(self) -> list[Report]:
+        return [Report.from_session(self.model, s, self.name) for s in self._sessions]
+
+    @property
+    def report(self) -> Report:
+        """The report of the latest request.
+
+        Raises
+        ------
+        LookupError
+            No request with a video went through the model since installation.
+        """
+        if not self._sessions:
+            raise LookupError("no video request has run through the model since the method was installed")
+        return Report.from_session(self.model, self._sessions[-1], self.name)
+
+    def remove(self) -> None:
+        """Remove every hook; the model behaves exactly as before installation."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._finish()
+        self._active = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def install(model: Any, stages: Stages, name: str) -> Run:
+    return Run(model, stages, name)

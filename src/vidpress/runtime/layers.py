@@ -1,0 +1,179 @@
+"""Layer-level surgery: prefill drops between decoder layers, fp32 scoring, and per-step KV views.
+
+- Decoder-layer pre-hooks gather each layer's inputs (hidden states at drop layers; rotary embeddings,
+  position ids and 4-D masks at every layer after the first drop) by the session's layout.
+- Attention pre-hooks compute the declared query rows; attention post-hooks score them against the
+  layer's cached keys (fp32), leaving the model's own SDPA attention untouched.
+- During decoding, attention pre-hooks hand layers >= the decode stage's first layer a cache proxy whose
+  ``update`` stores the full K/V but returns only the selected entries (storage is never deleted).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import IncompatibleStagesError
+from ..selection import Selection
+from ..tokens import LayerSignals
+from .scoring import attention_rows
+from .session import Session, per_row_positions
+
+
+def gather_seq(x: Tensor, index: Tensor, dim: int) -> Tensor:
+    """Gather (B, n) ``index`` along sequence axis ``dim`` of ``x`` (batch axis 0, broadcast if size 1)."""
+    shape = list(x.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0] if i == 0 else (index.shape[1] if i == dim else 1) for i in range(x.dim())]
+    if x.shape[0] == 1 and index.shape[0] > 1:
+        x = x.expand(index.shape[0], *x.shape[1:])
+    shape[0] = index.shape[0]
+    return x.gather(dim, index.view(view).expand(shape))
+
+
+class ViewCache:
+    """Proxy of a transformers Cache for one attention call: full storage, gathered K/V returned."""
+
+    def __init__(self, cache: Any, index: Tensor):
+        self._cache, self._index = cache, index
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        keys, values = self._cache.update(key_states, value_states, layer_idx, *args, **kwargs)
+        return gather_seq(keys, self._index, 2), gather_seq(values, self._index, 2)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+
+def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
+    """Positions (R,) of the query rows scored at ``layer``."""
+    stage = session.stages.decode if decoding else session.stages.prefill
+    if decoding or stage.needs.query_rows == "last":
+        return torch.tensor([length - 1])
+    visual = session.visual_at(layer)
+    last_visual = int((visual.long() * torch.arange(visual.shape[1])).amax())
+    return torch.arange(last_visual + 1, length)
+
+
+def layer_pre_hook(session_of, layer: int):
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        session: Session | None = session_of(kwargs.get("cache"))
+        if session is None or session.ctx.step > 0:
+            return None
+        stage = session.stages.prefill
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        if stage is not None and layer in stage.layers:
+            start = time.perf_counter()
+            before = session.layout(layer - 1)
+            visual = per_row_positions(session.visual_at(layer - 1))
+            scores = session.scores.pop(layer - 1).gather(1, visual.to(session.scores_device))
+            plan = stage(LayerSignals(layer=layer - 1, scores=scores), session.ctx)
+            if plan is not None:
+                others = per_row_positions(~session.visual_at(layer - 1))
+                local = torch.cat([others, visual.gather(1, plan.keep)], 1).sort(1).values
+                hidden = gather_seq(hidden, local.to(hidden.device), 1)
+                session.layouts[layer] = before.gather(1, local)
+            session.timed("overhead_s", start)
+        elif layer > 0 and session.layouts[layer - 1] is not None:
+            session.layouts[layer] = session.layouts[layer - 1]
+        index = session.layouts[layer]
+        if index is not None:
+            index = index.to(hidden.device)
+            cos, sin = kwargs["position_embeddings"]
+            kwargs["position_embeddings"] = (gather_seq(cos, index, 1), gather_seq(sin, index, 1))
+            if kwargs.get("position_ids") is not None:
+                kwargs["position_ids"] = gather_seq(kwargs["position_ids"], index, 1)
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, Tensor) and mask.dim() == 4:
+                kwargs["attention_mask"] = gather_seq(gather_seq(mask, index, 2), index, 3)
+        return (hidden, *args[1:]), kwargs
+
+    return hook
+
+
+def attention_pre_hook(session_of, adapter: Any, layer: int):
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        cache = kwargs.get("cache")
+        session: Session | None = session_of(cache)
+        if session is None:
+            return None
+        decoding = session.ctx.step > 0
+        stage = session.stages.decode if decoding else session.stages.prefill
+        if stage is not None and layer in stage.needs.score_layers:
+            start = time.perf_counter()
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            rows = _rows(session, layer, hidden.shape[1], decoding).to(hidden.device)
+            cos, sin = kwargs["position_embeddings"]
+            session.queries[layer] = adapter.query_states(module, hidden[:, rows], cos[:, rows], sin[:, rows])
+            session.info["rows"] = rows
+            session.timed("overhead_s", start)
+        if decoding:
+            index = session.physical_index(layer, session.logical_len - session.prompt_len)
+            mask = kwargs.get("attention_mask")
+            if index is not None and isinstance(mask, Tensor) and mask.dim() == 4:
+                mask = gather_seq(mask, index.to(mask.device), 3)
+            decode = session.stages.decode
+            if decode is not None and session.view is not None and layer >= decode.first_layer:
+                kwargs["cache"] = ViewCache(cache, session.view)
+                if isinstance(mask, Tensor) and mask.dim() == 4:
+                    mask = gather_seq(mask, session.view.to(mask.device), 3)
+                session.decode_visual_sum[layer] += session.view_visual
+            else:
+                session.decode_visual_sum[layer] += session.visual_count(layer)
+            kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    return hook
+
+
+def attention_post_hook(session_of, layer: int):
+    def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        cache = kwargs.get("cache")
+        cache = getattr(cache, "_cache", cache)
+        session: Session | None = session_of(cache)
+        if session is None or layer not in session.queries:
+            return
+        start = time.perf_counter()
+        query = session.queries.pop(layer)
+        keys = cache.layers[layer].keys
+        decoding = session.ctx.step > 0
+        mask = kwargs.get("attention_mask")
+        key_mask = None
+        if isinstance(mask, Tensor) and mask.dim() == 4:  # (B, 1, q, n): use the last query row's key mask
+            key_mask = mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
+        rows = None if decoding else session.info["rows"]
+        scores = attention_rows(query, keys, module.scaling, row_positions=rows, key_mask=key_mask)
+        if decoding:
+            _select_view(session, layer, scores)
+        else:
+            session.scores[layer] = scores
+            session.scores_device = scores.device
+        session.timed("overhead_s", start)
+
+    return hook
+
+
+def _select_view(session: Session, layer: int, scores: Tensor) -> None:
+    stage = session.stages.decode
+    for later in range(stage.first_layer, session.num_layers):
+        if session.layouts[later] is not session.layouts[layer] and not (
+                session.layouts[later] is not None and session.layouts[layer] is not None
+                and torch.equal(session.layouts[later], session.layouts[layer])):
+            raise IncompatibleStagesError(
+                f"{type(stage).__name__} selects at layer {layer} but layer {later} holds a different set of "
+                "visual tokens (a prefill stage dropped tokens in between); use a decode stage whose first layer "
+                "comes after the last prefill drop")
+    visual_mask = session.visual_at(layer)
+    visual = per_row_positions(visual_mask).to(scores.device)
+    plan: Selection | None = stage(LayerSignals(layer=layer, scores=scores.gather(1, visual)), session.ctx)
+    if plan is None:
+        session.view = None
+        return
+    total = scores.shape[1]
+    others = per_row_positions(torch.cat([~visual_mask, visual_mask.new_ones(
+        visual_mask.shape[0], total - visual_mask.shape[1])], 1).to(scores.device))
+    session.view = torch.cat([others, visual.gather(1, plan.keep.to(scores.device))], 1).sort(1).values
+    session.view_visual = plan.num_kept

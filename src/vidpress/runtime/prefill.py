@@ -1,0 +1,99 @@
+"""Model-level surgery: start a request (encode, pre-LLM plan, rebuild inputs) and fix decode-step inputs.
+
+Kept tokens keep their original positions by default, and text after the video keeps the positions the
+uncompressed model gives it; ``positions="contiguous"`` renumbers the shortened prompt (DyCoke's
+reference behaviour) and shifts decoding positions to match.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from ..errors import BudgetError, VidpressError
+from ..selection import Selection
+from .session import Session, per_row_positions
+
+
+def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Position ids as ``generate`` derives them: mask cumsum (0 on padding), else arange. (B, S)."""
+    if mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any], positions: str) -> Session:
+    """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill."""
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise VidpressError("vidpress needs input_ids with video placeholders at prefill, got inputs_embeds only")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() != 2:
+        raise VidpressError("vidpress needs a 2-D attention_mask (B, S) at prefill; got a prepared 4-D mask")
+    batch, length = input_ids.shape
+    is_video = input_ids == adapter.video_token_id(model)
+    video_pos = per_row_positions(is_video)  # (B, Nv)
+
+    tokens, extra = adapter.encode_video(model, kwargs)
+    _, frames, per_frame, _ = tokens.features.shape
+    n_frame_tokens = frames * per_frame
+    if video_pos.shape[1] != n_frame_tokens + extra.shape[1]:
+        raise BudgetError(f"input_ids hold {video_pos.shape[1]} video placeholders but the video gives "
+                          f"{n_frame_tokens + extra.shape[1]} tokens; build the prompt with the model's processor")
+
+    start = time.perf_counter()
+    if stages.pre_llm is not None:
+        plan = stages.pre_llm(tokens, None)
+        if plan.n != n_frame_tokens:
+            raise VidpressError(f"{type(stages.pre_llm).__name__} planned over {plan.n} tokens, expected {n_frame_tokens}")
+    else:
+        plan = Selection.identity(batch, n_frame_tokens, device=input_ids.device)
+    overhead = time.perf_counter() - start
+
+    embeds = model.get_input_embeddings()(input_ids)
+    block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)
+    embeds = embeds.masked_scatter(is_video[..., None], block)
+    kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
+    kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
+    frame_token = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
+
+    original = kwargs.get("position_ids")
+    original = default_positions(input_ids, mask) if original is None else original.expand(batch, -1)
+    new_mask = mask.gather(1, kept) if mask is not None else None
+    if positions == "contiguous":
+        new_positions = default_positions(kept, new_mask)
+        offset = original[:, -1:] - new_positions[:, -1:]
+    else:
+        new_positions, offset = original.gather(1, kept), None
+
+    session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
+                      visual=frame_token.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
+                      pos_offset=offset)
+    session.timings.update(overhead_s=overhead)
+    session.info["other_tokens"] = int(kept.shape[1] - session.visual[0].sum())
+    cache = kwargs.get("cache")
+    kwargs.update(input_ids=None, inputs_embeds=embeds.gather(1, kept[..., None].expand(-1, -1, embeds.shape[-1])),
+                  attention_mask=new_mask, position_ids=new_positions, cache=cache if cache is not None else DynamicCache(config=model.config))
+    return session
+
+
+def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:
+    """Map a decoding step's logical mask and positions onto the physical cache layout, in place."""
+    ids = kwargs.get("input_ids")
+    new = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        kwargs["attention_mask"] = torch.cat([mask[:, : session.prompt_len].gather(1, session.kept),
+                                              mask[:, session.prompt_len:]], dim=1)
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(session.logical_len, session.logical_len + new, device=session.kept.device)[None]
+    if session.pos_offset is not None:
+        positions = positions - session.pos_offset
+    kwargs["position_ids"] = positions
+    session.logical_len += new
+    session.ctx.step += 1
+    session.view = None

@@ -1,0 +1,97 @@
+"""Per-request state: the token layouts per layer, positions, stage memory and measurements.
+
+Vocabulary used by the runtime:
+
+- *logical* positions index the prompt as the user built it (every placeholder present);
+- the *base layout* is the sequence fed to layer 0 after the pre-LLM plan: ``kept`` (B, S0) holds the
+  logical position of each of its entries;
+- ``layouts[l]`` (B, n_l) indexes the base layout with the entries alive at layer l's input (None: all of
+  them). Each layer's KV cache stores exactly those entries, then every generated token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import BudgetError
+from ..method import Stages
+from ..tokens import StageContext
+
+
+def per_row_positions(mask: Tensor) -> Tensor:
+    """Indices of the True entries of a (B, n) mask as (B, k); every row must hold the same k."""
+    counts = mask.sum(1)
+    if counts.numel() and (counts != counts[0]).any():
+        raise BudgetError(
+            f"batch rows hold different numbers of visual tokens ({counts.tolist()}); vidpress needs the same "
+            "number of frames and tokens per video in a batch: run the videos one at a time"
+        )
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+@dataclass
+class Session:
+    stages: Stages
+    num_layers: int
+    prompt_len: int
+    kept: Tensor
+    visual: Tensor
+    frames: int
+    tokens_per_frame: int
+    pos_offset: Tensor | None = None
+    logical_len: int = 0
+    layouts: list[Tensor | None] = field(default_factory=list)
+    ctx: StageContext = field(init=False)
+    queries: dict[int, Tensor] = field(default_factory=dict)
+    scores: dict[int, Tensor] = field(default_factory=dict)
+    view: Tensor | None = None
+    view_visual: int = 0
+    decode_steps: int = 0
+    decode_visual_sum: list[float] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"overhead_s": 0.0, "decode_overhead_s": 0.0,
+                                                                "decode_s": 0.0})
+    started: float = field(default_factory=time.perf_counter)
+    peak_memory_bytes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ctx = StageContext(num_layers=self.num_layers)
+        self.layouts = [None] * self.num_layers
+        self.decode_visual_sum = [0.0] * self.num_layers
+        self.logical_len = self.prompt_len
+
+    @property
+    def base_len(self) -> int:
+        return self.kept.shape[1]
+
+    def layout(self, layer: int) -> Tensor:
+        """(B, n_l) base-layout indices alive at ``layer`` during prefill."""
+        found = self.layouts[layer]
+        if found is None:
+            return torch.arange(self.base_len, device=self.kept.device).expand(self.kept.shape[0], -1)
+        return found
+
+    def visual_at(self, layer: int) -> Tensor:
+        """(B, n_l) bool: which entries of ``layer``'s prompt layout are visual tokens."""
+        return self.visual.gather(1, self.layout(layer))
+
+    def visual_count(self, layer: int) -> int:
+        return int(self.visual_at(layer)[0].sum())
+
+    def physical_index(self, layer: int, generated: int) -> Tensor | None:
+        """(B, n_l + generated) base-layout indices of layer ``layer``'s cache; None when it is the base."""
+        if self.layouts[layer] is None:
+            return None
+        found = self.layouts[layer]
+        extra = torch.arange(self.base_len, self.base_len + generated, device=found.device)
+        return torch.cat([found, extra.expand(found.shape[0], -1)], dim=1)
+
+    def timed(self, key: str, start: float) -> None:
+        """Add the time since ``start``; ``overhead_s`` goes to ``decode_overhead_s`` while decoding."""
+        key = "decode_overhead_s" if key == "overhead_s" and self.ctx.step > 0 else key
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start

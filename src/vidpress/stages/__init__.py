@@ -1,0 +1,71 @@
+"""The stage protocols: one per place a method can act.
+
+A stage is a frozen object that maps tensors to a :class:`~vidpress.selection.Selection`. It never
+touches hooks, caches, masks or positions: the runtime does, from what the stage declares in
+:class:`Needs`.
+
+=============  ===========================================  ==============================
+slot           acts on                                      returns
+=============  ===========================================  ==============================
+``pre_llm``    projected, pooled tokens (B, F, T, D)         Selection over F*T tokens
+``prefill``    LLM layer inputs during prefill               Selection over alive visual tokens
+``decode``     the KV cache at each decoding step            Selection over visual KV, or None
+=============  ===========================================  ==============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from ..selection import Selection
+from ..tokens import LayerSignals, StageContext, VisualTokens
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a stage asks the runtime to compute for it.
+
+    Attributes
+    ----------
+    query_rows : {"none", "last", "text"}
+        Which query rows to score: the last token ("last"), every text token after the video ("text").
+    score_layers : tuple[int, ...]
+        0-based LLM layers whose attention rows are scored (fp32, separately from the real SDPA attention).
+    """
+
+    query_rows: Literal["none", "last", "text"] = "none"
+    score_layers: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class PreLLMStage(Protocol):
+    """Acts on projected tokens before the LLM; the plan shortens the prefill sequence."""
+
+    needs: Needs
+
+    def __call__(self, tokens: VisualTokens, ctx: StageContext) -> Selection: ...
+
+
+@runtime_checkable
+class PrefillStage(Protocol):
+    """Drops visual tokens at the input of ``layers`` during prefill (scores come from layer - 1)."""
+
+    needs: Needs
+    layers: tuple[int, ...]
+
+    def __call__(self, signals: LayerSignals, ctx: StageContext) -> Selection | None: ...
+
+
+@runtime_checkable
+class DecodeStage(Protocol):
+    """Chooses, at each decoding step, which visual KV entries layers >= ``first_layer`` attend to.
+
+    Returning None means every layer sees the full cache at this step. Storage is never deleted, so a
+    token left out at one step can be selected again later.
+    """
+
+    needs: Needs
+    first_layer: int
+
+    def __call__(self, signals: LayerSignals, ctx: StageContext) -> Selection | None: ...
