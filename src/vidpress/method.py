@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .errors import IncompatibleStagesError, UnknownMethodError
-from .stages import DecodeStage, PreLLMStage, PrefillStage
+from .stages import DecodeStage, PreLLMStage, PrefillStage  # noqa: F401  (type hints)
 
 if TYPE_CHECKING:
     from .runtime.install import Run
@@ -33,19 +33,15 @@ class Stages:
         return "+".join(parts) or "uncompressed"
 
 
-_SLOTS = (("pre_llm", PreLLMStage), ("prefill", PrefillStage), ("decode", DecodeStage))
-
-
 def _slot_of(stage: object) -> str:
-    for slot, protocol in _SLOTS:
-        if isinstance(stage, protocol):
-            # PrefillStage and DecodeStage share a call signature; tell them apart by their attributes.
-            if slot == "prefill" and not hasattr(stage, "layers"):
-                continue
-            if slot == "decode" and not hasattr(stage, "first_layer"):
-                continue
-            return slot
-    raise IncompatibleStagesError(f"{stage!r} is not a pre_llm, prefill or decode stage")
+    """The slot a bare stage fills, from the attribute that tells the protocols apart."""
+    if not callable(stage) or not hasattr(stage, "needs"):
+        raise IncompatibleStagesError(f"{stage!r} is not a stage: it needs a `needs` attribute and __call__")
+    if hasattr(stage, "first_layer"):
+        return "decode"
+    if hasattr(stage, "layers"):
+        return "prefill"
+    return "pre_llm"
 
 
 def compose(*parts: Method | Stages | PreLLMStage | PrefillStage | DecodeStage) -> Stages:

@@ -81,7 +81,7 @@ def _frame_time(frame, start: float) -> float:
 
 
 def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | None = None,
-               max_side: int | None = None) -> Video:
+               max_side: int | None = None, progress: bool = False) -> Video:
     """Decode ``num_frames`` uniformly spaced frames (first and last included), or frames at ``fps``.
 
     Parameters
@@ -93,6 +93,8 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
         Sample at this rate (frames per second, > 0) instead of a fixed count.
     max_side : int, optional
         Downscale so the longer side is at most this many pixels (saves memory on long, large videos).
+    progress : bool
+        Show a progress bar over the sampled frames.
 
     Returns
     -------
@@ -128,7 +130,11 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
             raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
         targets = _targets(duration, rate, num_frames, fps)
         seek = duration > SEEK_AFTER_S and rate and len(targets) < 0.05 * duration * rate
-        picked = _seek_frames(container, stream, targets, start) if seek else _stream_frames(container, stream, targets, start)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(targets), desc="decoding frames", unit="frame", disable=not progress, leave=False) as bar:
+            pick = _seek_frames if seek else _stream_frames
+            picked = pick(container, stream, targets, start, bar.update)
     except av.error.FFmpegError as exc:
         raise NotAVideoError(path, f"decoding {path} failed ({exc}); the file is corrupt or truncated: re-encode it") from exc
     finally:
@@ -146,7 +152,7 @@ def _to_rgb(frame, max_side: int | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def _stream_frames(container, stream, targets: np.ndarray, start: float) -> list:
+def _stream_frames(container, stream, targets: np.ndarray, start: float, tick=lambda n: None) -> list:
     """One decoding pass; for each target keep the decoded frame nearest in time."""
     picked, previous, j = [], None, 0
     for frame in container.decode(stream):
@@ -157,6 +163,7 @@ def _stream_frames(container, stream, targets: np.ndarray, start: float) -> list
             else:
                 picked.append((frame, t))
             j += 1
+            tick(1)
         if j == len(targets):
             break
         previous = (frame, t)
@@ -166,7 +173,7 @@ def _stream_frames(container, stream, targets: np.ndarray, start: float) -> list
     return picked
 
 
-def _seek_frames(container, stream, targets: np.ndarray, start: float) -> list:
+def _seek_frames(container, stream, targets: np.ndarray, start: float, tick=lambda n: None) -> list:
     """Seek to the keyframe before each target and decode forward to it."""
     picked = []
     for target in targets:
@@ -177,6 +184,7 @@ def _seek_frames(container, stream, targets: np.ndarray, start: float) -> list:
             if t >= target:
                 near = previous if previous is not None and abs(previous[1] - target) < abs(t - target) else (frame, t)
                 picked.append(near)
+                tick(1)
                 break
             previous = (frame, t)
         else:

@@ -6,7 +6,7 @@ stage modules for the faithful/fixed differences.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..method import Method, Stages
@@ -50,3 +50,13 @@ class DyCoke(Method):
     def build(self) -> Stages:
         return Stages(pre_llm=TemporalMerge(k=self.k, mode=self.mode),
                       decode=DynamicKV(l=self.l, p=self.p, tau=self.tau, mode=self.mode))
+
+    def idealised_retention(self) -> float:
+        """The paper's TTM retention (1 + 3(1 - K)) / 4, e.g. 47.5 % at K=0.7 (code counts differ slightly)."""
+        return (1 + 3 * (1 - self.k)) / 4
+
+    def reference_variants(self) -> list[tuple[str, DyCoke]]:
+        """The other mode, so tables show the fixed and the faithful (reference-code) counts side by side."""
+        other = "faithful" if self.mode == "fixed" else "fixed"
+        return [(f"dycoke {other}" + (" (reference code count)" if other == "faithful" else ""),
+                 replace(self, mode=other))]

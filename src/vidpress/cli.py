@@ -1,0 +1,192 @@
+"""The ``vidpress`` command line: run a method on a video, or compute its costs from a config alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Training-free visual-token compression for video LLMs, with exact accounting.")
+console = Console(width=max(120, Console().width))
+err = Console(stderr=True, width=max(120, Console().width))
+
+
+def bundled_clip() -> Path:
+    """The short real clip shipped with vidpress (NASA footage, public domain)."""
+    return Path(str(resources.files("vidpress") / "assets" / "nasa_13013_clip.mp4"))
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    """``["k=0.7", "mode=faithful"]`` -> ``{"k": 0.7, "mode": "faithful"}`` (numbers parsed, else strings)."""
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set takes NAME=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def run(
+    video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
+    question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
+    method: str = typer.Option("dycoke", "--method", "-m", help="Method name (see `vidpress methods`), or none."),
+    params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable (e.g. k=0.7)."),
+    frames: int = typer.Option(32, "--frames", "-f", min=1, help="Frames sampled uniformly."),
+    model: str = typer.Option("default", "--model", help="default | random | local checkpoint dir | hub id."),
+    compare: bool = typer.Option(False, "--compare", help="Also run the uncompressed model and print ratios."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
+) -> None:
+    """Answer QUESTION about VIDEO with METHOD applied; print the answer and what it cost."""
+    from .io.video import load_video
+    from .methods import get_method
+    from .models.default import load_model
+    from .pipeline import ask
+    from .report import compare_table, ratios
+
+    chosen = get_method(method, **_parse_set(params))
+    path = video or bundled_clip()
+    clip = load_video(path, frames, progress=not as_json)
+    with console.status("loading model", spinner="dots") if not as_json else _null():
+        loaded = load_model(model)
+    force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
+    results = []
+    if compare:  # warm-up: one-time allocations must not count against the first method measured
+        ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2,
+            progress=False)
+        results.append(ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"),
+                           max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json,
+                           label="uncompressed"))
+    results.append(ask(loaded.model, loaded.processor, clip.frames, question, chosen,
+                       max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json))
+    if as_json:
+        payload = {"video": str(path), "model": loaded.description, "trained": loaded.trained,
+                   "runs": [{"answer": r.text, **r.report.as_dict()} for r in results]}
+        if compare:
+            payload["ratios"] = ratios(results[0].report, results[1].report)
+        print(json.dumps(payload, indent=2, default=float))
+        return
+    console.print(f"[bold]video[/]: {path} ({len(clip)} frames of {clip.duration_s:.1f} s)")
+    console.print(f"[bold]model[/]: {loaded.description}")
+    if not loaded.trained:
+        console.print("[bold yellow]note[/]: weights/projector are untrained - the answer text is not meaningful; "
+                      f"the costs are real. Decoding is forced to {max_new_tokens} tokens so it can be measured.")
+    for result in results:
+        console.print(f"[bold]answer ({result.report.method})[/]: {result.text!r}")
+    console.print(results[-1].report.table())
+    if compare:
+        console.print(compare_table(results[0].report, [results[1].report]))
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+@app.command()
+def flops(
+    model: str = typer.Option("llava-ov-7b", "--model", help="Preset (llava-ov-0.5b/7b/72b, longva-7b) or config.json."),
+    frames: int = typer.Option(32, "--frames", "-f", min=1),
+    method: str = typer.Option("dycoke", "--method", "-m"),
+    params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
+    text_tokens: int = typer.Option(78, "--text-tokens", help="Text tokens in the prompt (DyCoke's table: ~78)."),
+    retention: Optional[float] = typer.Option(None, "--retention", help="Override: fraction of visual tokens kept."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compute tokens, FLOPs and KV bytes from a config alone, without building the model."""
+    from .accounting import estimate, resolve_spec
+    from .methods import get_method
+    from .report import human_bytes, human_flops
+
+    spec = resolve_spec(model)
+    chosen = get_method(method, **_parse_set(params))
+    stages = chosen.build() if hasattr(chosen, "build") else chosen
+    rows = [("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
+            (getattr(chosen, "label", "uncompressed"), estimate(spec, frames, stages, text_tokens=text_tokens,
+                                                                   retention=retention))]
+    ideal = getattr(chosen, "idealised_retention", None)
+    if ideal is not None and retention is None:
+        for label, variant in getattr(chosen, "reference_variants", lambda: [])():
+            rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens)))
+        rows.append((f"{chosen.name} idealised ({ideal():.1%}, paper)",
+                     estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal())))
+    if as_json:
+        print(json.dumps({"model": spec.name, "frames": frames, "text_tokens": text_tokens,
+                          "rows": [{"label": label, **acc.as_dict()} for label, acc in rows]}, indent=2))
+        return
+    base = rows[0][1]
+    table = Table(title=f"{spec.name}, {frames} frames, {text_tokens} text tokens (config only)")
+    for col in ("method", "visual tokens", "retention", "prefill FLOPs", "ratio", "decode FLOPs/token",
+                "KV cache", "visual KV read/step"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for label, acc in rows:
+        table.add_row(label, str(acc.prefill_visual[0]), f"{acc.retention:.1%}", human_flops(acc.prefill_flops),
+                      f"{acc.prefill_flops / base.prefill_flops:.3f}", human_flops(acc.decode_flops_per_token),
+                      human_bytes(acc.kv_bytes), human_bytes(acc.attended_visual_kv_bytes))
+    console.print(table)
+    console.print(f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
+                  "(unchanged by pre-LLM methods; counted apart from the LLM)")
+
+
+@app.command()
+def methods() -> None:
+    """List the methods and their hyperparameters."""
+    from .methods import METHODS
+
+    table = Table(title="vidpress methods")
+    table.add_column("name")
+    table.add_column("hyperparameters (defaults)")
+    table.add_column("summary")
+    for name, cls in METHODS.items():
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.init)
+        table.add_row(name, fields, (cls.__doc__ or "").strip().splitlines()[0])
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: every expected failure prints one line and exits non-zero, without a traceback."""
+    from .errors import VidpressError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("VIDPRESS_OFFLINE", "1") == "1" else None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = app(standalone_mode=False)
+    except (VidpressError, OSError, ValueError, LookupError) as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error (typer vendors click)
+            exc.show()
+            sys.exit(exc.exit_code)
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:
+        if type(exc).__name__ == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if type(exc).__name__ == "Abort":
+            err.print("aborted")
+            sys.exit(130)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Ask a question about a video with a method applied: the code path behind ``vidpress run`` and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .method import Method, Stages, apply
+from .report import Report
+
+
+class ProgressStreamer(BaseStreamer):
+    """A tqdm bar over generated tokens (``generate``'s streamer hook)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="tok", disable=not enabled, leave=False)
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt
+            self._prompt_seen = True
+            return
+        self.bar.update(1)
+
+    def end(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class Answer:
+    text: str
+    report: Report
+    tokens: list[int]
+
+
+def build_inputs(processor: Any, frames: np.ndarray, question: str) -> Any:
+    """Chat-formatted prompt with one video, as the processor's own template writes it."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return processor(text=prompt, videos=[frames], return_tensors="pt")
+
+
+def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: Method | Stages,
+        *, max_new_tokens: int = 32, min_new_tokens: int = 0, progress: bool = True,
+        label: str | None = None) -> Answer:
+    """Greedy-generate an answer with ``method`` installed and return it with the request's report.
+
+    ``min_new_tokens`` forces decoding to run (an untrained model may stop at once, leaving nothing to measure).
+    """
+    inputs = build_inputs(processor, frames, question).to(model.device)
+    name = label or (method.label if isinstance(method, Method) else method.name)
+    streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
+    with apply(model, method) as run, torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                             min_new_tokens=min_new_tokens)
+    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    text = processor.batch_decode([new], skip_special_tokens=True)[0].strip()
+    report = run.report
+    report.method = name
+    return Answer(text, report, new)

@@ -1,0 +1,44 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+VIDEOS = SHARED / "videos"
+
+
+def shared_video(name: str) -> Path:
+    path = VIDEOS / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (needs ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A 4-layer random LLaVA-OneVision (Qwen2 LM, SigLIP tower), 4 tokens per frame, fp32, SDPA."""
+    from vidpress.models.default import random_model
+
+    torch.manual_seed(0)
+    return random_model(layers=4, hidden=64, image_size=56, seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_frames():
+    """12 frames of the bundled real clip (NASA, public domain)."""
+    import vidpress
+    from vidpress.cli import bundled_clip
+
+    return vidpress.load_video(bundled_clip(), 12).frames
+
+
+@pytest.fixture()
+def inputs(tiny, clip_frames):
+    from vidpress.pipeline import build_inputs
+
+    return build_inputs(tiny.processor, clip_frames, "What happens in the video?")

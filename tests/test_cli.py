@@ -1,0 +1,45 @@
+"""The command line, run as a user would (typer's CliRunner, tiny random model)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import shared_video
+from vidpress.cli import app
+
+runner = CliRunner()
+
+
+def test_flops_json_and_table():
+    result = runner.invoke(app, ["flops", "--model", "llava-ov-7b", "--frames", "32", "--method", "dycoke", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["label"]: r for r in json.loads(result.output)["rows"]}
+    assert rows["uncompressed"]["prefill_flops"] / 1e12 == pytest.approx(41.4, rel=0.02)
+    assert rows["dycoke faithful (reference code count)"]["visual_tokens_llm"] == 3098
+    table = runner.invoke(app, ["flops", "--model", "longva-7b", "--method", "dycoke", "--set", "k=0.5"])
+    assert table.exit_code == 0 and "longva-7b" in table.output
+
+
+@pytest.mark.parametrize("video", [None, "mmaction2_demo_arm_wrestling.mp4"])
+def test_run_compare_json(video):
+    args = ["run"] + ([str(shared_video(video))] if video else []) + [
+        "--model", "random", "--frames", "8", "--compare", "--max-new-tokens", "4", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    base, dycoke = payload["runs"]
+    assert base["visual_tokens_llm"] == 8 * 64
+    assert dycoke["visual_tokens_llm"] == 2 * 64 + 6 * int(0.3 * 64)
+    assert payload["ratios"]["LLM prefill FLOPs"] < 1 and payload["trained"] is False
+
+
+def test_run_table_output():
+    result = runner.invoke(app, ["run", "--model", "random", "--frames", "6", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    assert "UNTRAINED" in result.output.upper() or "untrained" in result.output and "TTFT" in result.output
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["run", "--help"], ["flops", "--help"], ["methods"]):
+        assert runner.invoke(app, args).exit_code == 0
