@@ -30,6 +30,7 @@ def test_run_compare_json(video):
     payload = json.loads(result.output)
     base, dycoke = payload["runs"]
     assert base["visual_tokens_llm"] == 8 * 64
+    assert base["decode_visual_per_layer"] == [8 * 64] * 4 and base["decode_steps"] == 3
     assert dycoke["visual_tokens_llm"] == 2 * 64 + 6 * int(0.3 * 64)
     assert payload["ratios"]["LLM prefill FLOPs"] < 1 and payload["trained"] is False
 

@@ -65,7 +65,9 @@ class Report:
         layers = range(session.num_layers)
         prefill = [session.visual_count(layer) for layer in layers]
         steps = session.decode_steps
-        decode = [session.decode_visual_sum[layer] / steps if steps else float(prefill[layer]) for layer in layers]
+        tracked = session.stages.decode is not None or session.stages.prefill is not None  # attention hooks count
+        decode = [session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer])
+                  for layer in layers]
         accounting = Accounting(spec, session.frames, prefill, decode, list(prefill), session.info["other_tokens"])
         t = session.timings
         return cls(method, accounting, steps, t.get("ttft_s", float("nan")), t.get("vision_s", 0.0),

@@ -2,6 +2,8 @@
 
 On CUDA: ``torch.cuda.max_memory_allocated`` since the request started. On CPU: the resident set size is
 sampled every 5 ms by a background thread; the figure is the peak minus the RSS when the request started.
+Freed heap pages are returned to the OS first (glibc ``malloc_trim``), otherwise memory cached from an
+earlier request would hide this one's peak.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ import threading
 import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _rss() -> int:
@@ -36,6 +47,7 @@ class PeakMemory:
             self.base = torch.cuda.memory_allocated(device)
             self.device = device
             return
+        _trim()
         self.base = self._max = _rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
