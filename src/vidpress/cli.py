@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -62,7 +63,7 @@ def run(
     chosen = get_method(method, **_parse_set(params))
     path = video or bundled_clip()
     clip = load_video(path, frames, progress=not as_json)
-    with console.status("loading model", spinner="dots") if not as_json else _null():
+    with console.status("loading model", spinner="dots") if not as_json else contextlib.nullcontext():
         loaded = load_model(model)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
     results = []
@@ -91,14 +92,6 @@ def run(
     console.print(results[-1].report.table())
     if compare:
         console.print(compare_table(results[0].report, [results[1].report]))
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 @app.command()
@@ -165,25 +158,23 @@ def main() -> None:
     """Entry point: every expected failure prints one line and exits non-zero, without a traceback."""
     from .errors import VidpressError
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("VIDPRESS_OFFLINE", "1") == "1" else None
+    if os.environ.get("VIDPRESS_OFFLINE", "1") == "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = app(standalone_mode=False)
-    except (VidpressError, OSError, ValueError, LookupError) as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error (typer vendors click)
-            exc.show()
-            sys.exit(exc.exit_code)
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
-        sys.exit(2)
-    except Exception as exc:
+    except Exception as exc:  # typer vendors click, so its exceptions are told apart by name and attributes
         if type(exc).__name__ == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
         if type(exc).__name__ == "Abort":
             err.print("aborted")
             sys.exit(130)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error
             exc.show()
             sys.exit(exc.exit_code)
+        if isinstance(exc, (VidpressError, OSError, ValueError, LookupError)):
+            err.print(f"[bold red]error[/]: {exc}", highlight=False)
+            sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 
