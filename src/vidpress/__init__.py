@@ -12,14 +12,14 @@ from .errors import (BudgetError, IncompatibleStagesError, InvalidFrameCountErro
                      VideoError, VideoNotFoundError, VidpressError)
 from .io.video import Video, load_video
 from .method import Method, Stages, apply, compose
-from .methods import METHODS, DyCoke, get_method
+from .methods import METHODS, DyCoke, METok, get_method
 from .report import Report
 from .selection import Selection
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "METHODS", "Accounting", "BudgetError", "DyCoke", "IncompatibleStagesError",
+    "PRESETS", "METHODS", "Accounting", "BudgetError", "DyCoke", "METok", "IncompatibleStagesError",
     "InvalidFrameCountError", "InvalidParameterError", "Method", "NoFramesError", "NoVideoStreamError",
     "NotAVideoError", "Report", "Selection", "Stages", "UnknownMethodError", "UnsupportedModelError", "Video",
     "VideoError", "VideoNotFoundError", "VidpressError", "apply", "compose", "estimate", "get_method", "load_video",

@@ -252,59 +252,97 @@ def resolve_spec(model: str) -> ModelSpec:
     raise UnsupportedModelError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}) or a config.json path")
 
 
+def _dry_pre_llm(spec: ModelSpec, frames: int, stage: Any, events: int, generator: torch.Generator):
+    """Dry-run a pre-LLM stage: (visual tokens kept, event of each (1, M) or None, key events (1, E) or None).
+
+    Stages that see the unpooled grid and the question (METok stage 1) get a constructed video of ``events``
+    equal-length events (piecewise-constant frame features) and a random question.
+    """
+    from .tokens import PackedTokens, VisualTokens
+
+    pooled = torch.rand(1, frames, spec.tokens_per_frame, 8, generator=generator)
+    tokens = VisualTokens(pooled, spec.grid)
+    if stage.needs.unpooled or stage.needs.text:
+        side = math.isqrt(spec.patches)
+        width = max(8, events + 1)
+        event_of = torch.arange(frames) * events // frames
+        feats = torch.nn.functional.one_hot(event_of, width).float() + 0.01 * torch.rand(frames, width, generator=generator)
+        unpooled = feats[None, :, None, None, :].expand(1, frames, side, side, width).contiguous()
+        tokens = VisualTokens(torch.rand(1, frames, spec.tokens_per_frame, width, generator=generator), spec.grid,
+                              unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
+                              text=torch.rand(1, 12, width, generator=generator))
+    plan = stage(tokens, None)
+    if isinstance(plan, PackedTokens):
+        return plan.num_kept, plan.events, plan.key_events
+    return plan.num_kept, None, None
+
+
 def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: int = 78,
-             retention: float | None = None) -> Accounting:
+             retention: float | None = None, events: int = 5) -> Accounting:
     """Config-only accounting of ``stages`` (a :class:`~vidpress.method.Stages`, or None for uncompressed).
 
-    Token counts come from dry-running the method's own stages on placeholder tensors of the right shape,
-    so the calculator and the runtime can never disagree on a count. Decode-time counts assume the
-    decode stage makes a selection at every step.
+    Token counts come from dry-running the method's own stages on placeholder tensors of the right shape
+    (random attention scores), so the calculator and the runtime can never disagree on a count. Decode-time
+    counts assume the decode stage makes a selection at every step.
 
     Parameters
     ----------
     text_tokens : int
         Text prompt tokens (template + question); DyCoke's table uses about 78. The video block's extra
-        tokens (LLaVA-OV's newline) are added to them as non-visual tokens.
+        tokens (LLaVA-OV's newline) are added to them as non-visual tokens, except when a stage packs its own
+        block (METok's newlines per event count as visual tokens, as they compete for the budget).
     retention : float, optional
         Override the pre-LLM count with ``round(retention * frames * tokens_per_frame)`` visual tokens (the
         papers' idealised figures, e.g. DyCoke's 47.5 %).
+    events : int
+        For event-aware stages (METok): the constructed video has this many equal-length events (default 5,
+        the reference's count). Real videos decide their own events in adaptive mode.
 
     Raises
     ------
     BudgetError
         ``frames < 1`` or ``retention`` outside (0, 1].
     """
-    from .tokens import LayerSignals, StageContext, VisualTokens
+    from .tokens import LayerSignals, StageContext
 
     if frames < 1:
         raise BudgetError(f"frames must be >= 1, got {frames}")
     layers = spec.llm.layers
     n = frames * spec.tokens_per_frame
-    ctx = StageContext(num_layers=layers)
     generator = torch.Generator().manual_seed(0)
+    other = text_tokens + spec.extra_visual
+    event_of = key = None
     if retention is not None:
         if not 0 < retention <= 1:
             raise BudgetError(f"retention must be in (0, 1], got {retention}")
         kept = round(retention * n)
     elif stages is not None and stages.pre_llm is not None:
-        dummy = torch.rand(1, frames, spec.tokens_per_frame, 8, generator=generator)
-        kept = stages.pre_llm(VisualTokens(dummy, spec.grid), ctx).num_kept
+        kept, event_of, key = _dry_pre_llm(spec, frames, stages.pre_llm, events, generator)
+        other = text_tokens if event_of is not None else other
     else:
         kept = n
     prefill = [kept] * layers
     if stages is not None and stages.prefill is not None:
-        prefill = stages.prefill.plan_counts(kept, layers)
+        alive = kept
+        for layer in range(1, layers):
+            if layer in stages.prefill.layers:
+                scores = torch.rand(1, alive, generator=generator)
+                plan = stages.prefill(LayerSignals(layer - 1, scores, event_of, key), StageContext(num_layers=layers))
+                alive = plan.num_kept
+                event_of = None if event_of is None else event_of.gather(1, plan.keep)
+            prefill[layer] = alive
     decode: list[float] = list(map(float, prefill))
-    if stages is not None and stages.decode is not None:
-        stage = stages.decode
+    stored = list(prefill)
+    stage = stages.decode if stages is not None else None
+    if stage is not None and stage.needs.trim_after_prefill:
+        stored = stage.trim_counts(prefill)
+        decode = list(map(float, stored))
+    elif stage is not None:
         for layer in range(stage.first_layer, layers):
             scores = torch.rand(1, prefill[layer], generator=generator)
             plan = stage(LayerSignals(layer=stage.first_layer - 1, scores=scores), StageContext(num_layers=layers))
             decode[layer] = float(plan.num_kept if plan is not None else prefill[layer])
-    stored = list(prefill)
-    if stages is not None and stages.decode is not None and hasattr(stages.decode, "trim_counts"):
-        stored = stages.decode.trim_counts(prefill)
-    return Accounting(spec, frames, prefill, decode, stored, text_tokens + spec.extra_visual)
+    return Accounting(spec, frames, prefill, decode, stored, other)
 
 
 __all__ = ["PRESETS", "Accounting", "LLMDims", "ModelSpec", "VisionDims", "estimate", "resolve_spec",

@@ -35,6 +35,12 @@ def human_flops(n: float) -> str:
     return f"{n:.0f} FLOPs"
 
 
+def _events_of(session: Any) -> dict[str, Any] | None:
+    info = session.stage_info
+    first = info[0] if isinstance(info, list) and info else None
+    return first.as_dict() if hasattr(first, "as_dict") else None
+
+
 @dataclass
 class Report:
     """Accounting plus measurements of one request."""
@@ -50,6 +56,7 @@ class Report:
     decode_s: float
     peak_memory_bytes: int
     device: str
+    events: dict[str, Any] | None = None  # METok stage 1's plan of the first video (EventPlan.as_dict())
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -68,12 +75,13 @@ class Report:
         tracked = session.stages.decode is not None or session.stages.prefill is not None  # attention hooks count
         decode = [session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer])
                   for layer in layers]
-        accounting = Accounting(spec, session.frames, prefill, decode, list(prefill), session.info["other_tokens"])
+        stored = [session.visual_count(layer, stored=True) for layer in layers]
+        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.info["other_tokens"])
         t = session.timings
         return cls(method, accounting, steps, t.get("ttft_s", float("nan")), t.get("vision_s", 0.0),
                    t.get("llm_prefill_s", float("nan")), t["overhead_s"], t["decode_overhead_s"], t["decode_s"],
                    session.peak_memory_bytes,
-                   str(next(model.parameters()).device))
+                   str(next(model.parameters()).device), _events_of(session))
 
     def as_dict(self) -> dict[str, Any]:
         out = {"method": self.method, "device": self.device, **self.accounting.as_dict()}
@@ -81,6 +89,8 @@ class Report:
                    llm_prefill_s=self.llm_prefill_s, overhead_s=self.overhead_s,
                    decode_overhead_s=self.decode_overhead_s, decode_s=self.decode_s,
                    decode_tokens_per_s=self.decode_tokens_per_s, peak_memory_bytes=self.peak_memory_bytes)
+        if self.events is not None:
+            out["events"] = self.events
         return out
 
     def to_json(self) -> str:

@@ -7,8 +7,9 @@ from typing import Any
 from ..errors import UnknownMethodError
 from ..method import Method, Stages
 from .dycoke import DyCoke
+from .metok import METok
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok)}
 
 
 def get_method(name: str, **params: Any) -> Method | Stages:
@@ -22,4 +23,4 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
-__all__ = ["METHODS", "DyCoke", "get_method"]
+__all__ = ["METHODS", "DyCoke", "METok", "get_method"]

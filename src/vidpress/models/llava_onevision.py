@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import VidpressError
 from ..tokens import VisualTokens
 from .base import register
 
@@ -37,6 +38,10 @@ class LlavaOnevisionAdapter:
     def vision_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
         """Modules whose forward time is the vision-encoding time (tower and projector)."""
         return model.model.vision_tower, model.model.multi_modal_projector
+
+    def projector(self, model: nn.Module) -> nn.Module:
+        """The module whose output is the unpooled projected grid (B*F, h0*w0, D)."""
+        return model.model.multi_modal_projector
 
     def has_video(self, inputs: dict[str, Any]) -> bool:
         return inputs.get("pixel_values_videos") is not None or bool((inputs.get("mm_encoder_outputs") or {}).get("video"))
@@ -63,6 +68,14 @@ class LlavaOnevisionAdapter:
         frames = (features.shape[1] - 1) // per_frame
         tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
         return VisualTokens(tokens, grid), features[:, frames * per_frame :]
+
+    def unpooled_grid(self, model: nn.Module, projected: Tensor | None, batch: int, frames: int) -> Tensor:
+        """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D)."""
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
+            raise VidpressError("the projector output for this video was not captured; run the model with the "
+                                "method installed (vidpress.apply) so vidpress sees the vision encoding")
+        return projected.view(batch, frames, side, side, -1)
 
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         shape = (*hidden.shape[:-1], -1, attention.head_dim)

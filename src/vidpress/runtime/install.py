@@ -15,7 +15,7 @@ import torch
 from ..method import Stages
 from ..models.base import adapter_for
 from ..report import Report
-from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook
+from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Session
@@ -43,6 +43,7 @@ class Run:
         self._sessions: list[Session] = []
         self._memory: PeakMemory | None = None
         self._vision_s = 0.0
+        self._projected: torch.Tensor | None = None
         self._install()
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -67,7 +68,9 @@ class Run:
                 self._memory = PeakMemory(self._device())
             started = time.perf_counter()
             positions = getattr(self.stages.pre_llm, "positions", "original")
-            session = start_request(self.model, self.adapter, self.stages, kwargs, positions)
+            session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
+                                    projected=lambda: self._projected)
+            self._projected = None
             session.started = started
             session.info["vision_before_s"] = self._vision_s
             self._active = (weakref.ref(kwargs["cache"]), session)
@@ -84,6 +87,10 @@ class Run:
             return
         _sync(self._device())
         now = time.perf_counter()
+        if session.ctx.step == 0 and self.stages.decode is not None and self.stages.decode.needs.trim_after_prefill:
+            started = time.perf_counter()
+            trim_cache(session, kwargs["cache"], self.stages.decode.first_layer)
+            session.timed("overhead_s", started)
         if session.ctx.step == 0:
             # Vision encoding that ran before this call (generate pre-encodes the video) is part of TTFT.
             session.timings["ttft_s"] = now - session.started + session.info["vision_before_s"]
@@ -107,6 +114,9 @@ class Run:
         _sync(self._device())
         self._vision_s += time.perf_counter() - self._vision_start
 
+    def _capture_projected(self, module: Any, args: tuple, output: Any) -> None:
+        self._projected = output  # the unpooled grid, for stages that pool it themselves
+
     def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         session = self.session_of(kwargs.get("cache"))
         if session is not None and session.ctx.step == 0:
@@ -126,6 +136,9 @@ class Run:
         for module in self.adapter.vision_modules(self.model):
             add(module.register_forward_pre_hook(self._vision_pre))
             add(module.register_forward_hook(self._vision_post))
+        pre = self.stages.pre_llm
+        if pre is not None and pre.needs.unpooled:
+            add(self.adapter.projector(self.model).register_forward_hook(self._capture_projected))
         llm = self.adapter.language_model(self.model)
         add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
         add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
@@ -148,6 +161,13 @@ class Run:
         if self._memory is not None:
             self._memory.stop()
             self._memory = None
+
+    @property
+    def last_session(self) -> Session:
+        """The latest request's session (layouts per layer, events, stage plans), for inspection and tests."""
+        if not self._sessions:
+            raise LookupError("no video request has run through the model since the method was installed")
+        return self._sessions[-1]
 
     @property
     def reports(self) -> list[Report]:
@@ -173,6 +193,7 @@ class Run:
         self._handles.clear()
         self._finish()
         self._active = None
+        self._projected = None
 
     def __enter__(self) -> Run:
         return self

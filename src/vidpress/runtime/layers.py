@@ -70,7 +70,8 @@ def layer_pre_hook(session_of, layer: int):
             before = session.layout(layer - 1)
             visual = per_row_positions(session.visual_at(layer - 1))
             scores = session.scores.pop(layer - 1).gather(1, visual.to(session.scores_device))
-            plan = stage(LayerSignals(layer=layer - 1, scores=scores), session.ctx)
+            events = None if session.events is None else session.events.gather(1, before).gather(1, visual)
+            plan = stage(LayerSignals(layer - 1, scores, events, session.key_events), session.ctx)
             if plan is not None:
                 others = per_row_positions(~session.visual_at(layer - 1))
                 local = torch.cat([others, visual.gather(1, plan.keep)], 1).sort(1).values
@@ -122,7 +123,7 @@ def attention_pre_hook(session_of, adapter: Any, layer: int):
                     mask = gather_seq(mask, session.view.to(mask.device), 3)
                 session.decode_visual_sum[layer] += session.view_visual
             else:
-                session.decode_visual_sum[layer] += session.visual_count(layer)
+                session.decode_visual_sum[layer] += session.visual_count(layer, stored=True)
             kwargs["attention_mask"] = mask
         return args, kwargs
 
@@ -156,17 +157,36 @@ def attention_post_hook(session_of, layer: int):
     return hook
 
 
+def trim_cache(session: Session, cache: Any, first_layer: int) -> None:
+    """Keep, in layers >= ``first_layer``, only the prompt entries alive at the last layer (METok stage 3).
+
+    Prefill layouts are nested, so the last layer's set is what survives every later pruning step.
+    """
+    final = session.layout(session.num_layers - 1)
+    member = torch.zeros_like(session.visual).scatter_(1, final, True)  # (B, S0)
+    session.stored = list(session.layouts)
+    for layer in range(first_layer, session.num_layers):
+        current = session.layout(layer)
+        if current.shape[1] == final.shape[1]:
+            continue
+        local = per_row_positions(member.gather(1, current))
+        store = cache.layers[layer]
+        index = local.to(store.keys.device)
+        store.keys, store.values = gather_seq(store.keys, index, 2), gather_seq(store.values, index, 2)
+        session.stored[layer] = current.gather(1, local)
+
+
 def _select_view(session: Session, layer: int, scores: Tensor) -> None:
     stage = session.stages.decode
     for later in range(stage.first_layer, session.num_layers):
-        if session.layouts[later] is not session.layouts[layer] and not (
-                session.layouts[later] is not None and session.layouts[layer] is not None
-                and torch.equal(session.layouts[later], session.layouts[layer])):
+        if session.stored[later] is not session.stored[layer] and not (
+                session.stored[later] is not None and session.stored[layer] is not None
+                and torch.equal(session.stored[later], session.stored[layer])):
             raise IncompatibleStagesError(
                 f"{type(stage).__name__} selects at layer {layer} but layer {later} holds a different set of "
                 "visual tokens (a prefill stage dropped tokens in between); use a decode stage whose first layer "
                 "comes after the last prefill drop")
-    visual_mask = session.visual_at(layer)
+    visual_mask = session.visual_at(layer, stored=True)
     visual = per_row_positions(visual_mask).to(scores.device)
     plan: Selection | None = stage(LayerSignals(layer=layer, scores=scores.gather(1, visual)), session.ctx)
     if plan is None:

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from ..errors import BudgetError, VidpressError
 from ..selection import Selection
+from ..tokens import PackedTokens, VisualTokens
 from .session import Session, per_row_positions
 
 
@@ -25,8 +26,12 @@ def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any], positions: str) -> Session:
-    """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill."""
+def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any], positions: str,
+                  projected: Any = None) -> Session:
+    """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
+
+    ``projected`` returns the projector's latest output (the unpooled grid) when the stage needs it.
+    """
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
         raise VidpressError("vidpress needs input_ids with video placeholders at prefill, got inputs_embeds only")
@@ -43,22 +48,38 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
     if video_pos.shape[1] != n_frame_tokens + extra.shape[1]:
         raise BudgetError(f"input_ids hold {video_pos.shape[1]} video placeholders but the video gives "
                           f"{n_frame_tokens + extra.shape[1]} tokens; build the prompt with the model's processor")
+    embeds = model.get_input_embeddings()(input_ids)
+    pre = stages.pre_llm
+    if pre is not None and (pre.needs.unpooled or pre.needs.text):
+        unpooled = adapter.unpooled_grid(model, projected(), batch, frames) if pre.needs.unpooled else None
+        text = embeds[:, int(video_pos[:, -1].max()) + 1:] if pre.needs.text else None
+        tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, extra=extra, text=text)
 
     start = time.perf_counter()
-    if stages.pre_llm is not None:
-        plan = stages.pre_llm(tokens, None)
-        if plan.n != n_frame_tokens:
-            raise VidpressError(f"{type(stages.pre_llm).__name__} planned over {plan.n} tokens, expected {n_frame_tokens}")
+    if pre is not None:
+        plan = pre(tokens, None)
+        if isinstance(plan, Selection) and plan.n != n_frame_tokens:
+            raise VidpressError(f"{type(pre).__name__} planned over {plan.n} tokens, expected {n_frame_tokens}")
     else:
         plan = Selection.identity(batch, n_frame_tokens, device=input_ids.device)
     overhead = time.perf_counter() - start
 
-    embeds = model.get_input_embeddings()(input_ids)
-    block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)
-    embeds = embeds.masked_scatter(is_video[..., None], block)
-    kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
+    events = None
+    if isinstance(plan, PackedTokens):  # a new block fills the first M placeholders of the video
+        if plan.num_kept > video_pos.shape[1]:
+            raise BudgetError(f"{type(pre).__name__} packed {plan.num_kept} tokens into {video_pos.shape[1]} "
+                              "placeholders; choose larger pooling strides")
+        kept_video = video_pos[:, : plan.num_kept]
+        block = plan.features.to(embeds.dtype)
+        embeds = embeds.scatter(1, kept_video[..., None].expand(-1, -1, embeds.shape[-1]), block)
+        visual = torch.zeros_like(is_video).scatter_(1, kept_video, True)
+        events = torch.full_like(input_ids, -1).scatter_(1, kept_video, plan.events.to(input_ids.device))
+    else:
+        block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)
+        embeds = embeds.masked_scatter(is_video[..., None], block)
+        kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
+        visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
     kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
-    frame_token = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
 
     original = kwargs.get("position_ids")
     original = default_positions(input_ids, mask) if original is None else original.expand(batch, -1)
@@ -70,8 +91,10 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         new_positions, offset = original.gather(1, kept), None
 
     session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
-                      visual=frame_token.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
+                      visual=visual.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
                       pos_offset=offset)
+    if events is not None:
+        session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
     session.timings.update(overhead_s=overhead)
     session.info["other_tokens"] = int(kept.shape[1] - session.visual[0].sum())
     cache = kwargs.get("cache")

@@ -5,8 +5,10 @@ Vocabulary used by the runtime:
 - *logical* positions index the prompt as the user built it (every placeholder present);
 - the *base layout* is the sequence fed to layer 0 after the pre-LLM plan: ``kept`` (B, S0) holds the
   logical position of each of its entries;
-- ``layouts[l]`` (B, n_l) indexes the base layout with the entries alive at layer l's input (None: all of
-  them). Each layer's KV cache stores exactly those entries, then every generated token.
+- ``layouts[l]`` (B, n_l) indexes the base layout with the entries alive at layer l's input during prefill
+  (None: all of them). Each layer's KV cache stores exactly those entries, then every generated token;
+- ``stored[l]`` is the same for what layer l's cache holds after prefill: the prefill layout unless a decode
+  stage trimmed the cache (METok stage 3).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Session:
     pos_offset: Tensor | None = None
     logical_len: int = 0
     layouts: list[Tensor | None] = field(default_factory=list)
+    stored: list[Tensor | None] = field(default_factory=list)
+    events: Tensor | None = None
+    key_events: Tensor | None = None
+    stage_info: Any = None
     ctx: StageContext = field(init=False)
     queries: dict[int, Tensor] = field(default_factory=dict)
     scores: dict[int, Tensor] = field(default_factory=dict)
@@ -62,6 +68,7 @@ class Session:
     def __post_init__(self) -> None:
         self.ctx = StageContext(num_layers=self.num_layers)
         self.layouts = [None] * self.num_layers
+        self.stored = self.layouts  # the same list until a trim replaces it
         self.decode_visual_sum = [0.0] * self.num_layers
         self.logical_len = self.prompt_len
 
@@ -69,25 +76,25 @@ class Session:
     def base_len(self) -> int:
         return self.kept.shape[1]
 
-    def layout(self, layer: int) -> Tensor:
-        """(B, n_l) base-layout indices alive at ``layer`` during prefill."""
-        found = self.layouts[layer]
+    def layout(self, layer: int, stored: bool = False) -> Tensor:
+        """(B, n_l) base-layout indices alive at ``layer`` during prefill (``stored``: held in its cache)."""
+        found = (self.stored if stored else self.layouts)[layer]
         if found is None:
             return torch.arange(self.base_len, device=self.kept.device).expand(self.kept.shape[0], -1)
         return found
 
-    def visual_at(self, layer: int) -> Tensor:
+    def visual_at(self, layer: int, stored: bool = False) -> Tensor:
         """(B, n_l) bool: which entries of ``layer``'s prompt layout are visual tokens."""
-        return self.visual.gather(1, self.layout(layer))
+        return self.visual.gather(1, self.layout(layer, stored))
 
-    def visual_count(self, layer: int) -> int:
-        return int(self.visual_at(layer)[0].sum())
+    def visual_count(self, layer: int, stored: bool = False) -> int:
+        return int(self.visual_at(layer, stored)[0].sum())
 
     def physical_index(self, layer: int, generated: int) -> Tensor | None:
         """(B, n_l + generated) base-layout indices of layer ``layer``'s cache; None when it is the base."""
-        if self.layouts[layer] is None:
+        found = self.stored[layer]
+        if found is None:
             return None
-        found = self.layouts[layer]
         extra = torch.arange(self.base_len, self.base_len + generated, device=found.device)
         return torch.cat([found, extra.expand(found.shape[0], -1)], dim=1)
 

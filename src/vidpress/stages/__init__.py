@@ -7,7 +7,8 @@ touches hooks, caches, masks or positions: the runtime does, from what the stage
 =============  ===========================================  ==============================
 slot           acts on                                      returns
 =============  ===========================================  ==============================
-``pre_llm``    projected, pooled tokens (B, F, T, D)         Selection over F*T tokens
+``pre_llm``    projected, pooled tokens (B, F, T, D)         Selection over F*T tokens, or a
+                                                             PackedTokens block replacing the video
 ``prefill``    LLM layer inputs during prefill               Selection over alive visual tokens
 ``decode``     the KV cache at each decoding step            Selection over visual KV, or None
 =============  ===========================================  ==============================
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from ..selection import Selection
-from ..tokens import LayerSignals, StageContext, VisualTokens
+from ..tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,20 @@ class Needs:
         Which query rows to score: the last token ("last"), every text token after the video ("text").
     score_layers : tuple[int, ...]
         0-based LLM layers whose attention rows are scored (fp32, separately from the real SDPA attention).
+    unpooled : bool
+        A pre-LLM stage gets the projected grid before the model's pooling (``VisualTokens.unpooled``).
+    text : bool
+        A pre-LLM stage gets the embeddings of the text after the video (``VisualTokens.text``).
+    trim_after_prefill : bool
+        A decode stage: once prefill ends, layers >= ``first_layer`` permanently keep only the visual KV
+        entries alive at the last layer (METok stage 3); nothing is re-selected while decoding.
     """
 
     query_rows: Literal["none", "last", "text"] = "none"
     score_layers: tuple[int, ...] = ()
+    unpooled: bool = False
+    text: bool = False
+    trim_after_prefill: bool = False
 
 
 @runtime_checkable
@@ -44,7 +55,7 @@ class PreLLMStage(Protocol):
 
     needs: Needs
 
-    def __call__(self, tokens: VisualTokens, ctx: StageContext) -> Selection: ...
+    def __call__(self, tokens: VisualTokens, ctx: StageContext) -> Selection | PackedTokens: ...
 
 
 @runtime_checkable

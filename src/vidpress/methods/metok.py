@@ -1,0 +1,69 @@
+"""METok ("Multi-stage Event-based Token compression", 2025): the first public implementation.
+
+Stage 1 event-aware pooling before the LLM, stage 2 hierarchical per-event pruning during prefill, stage 3
+a one-time layer-wise KV trim after prefill (methods.md §2 and the three stage modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from ..method import Method, Stages
+from ..stages.decode.layerwise_trim import LayerwiseTrim
+from ..stages.pre_llm.event_pooling import EventPooling
+from ..stages.prefill.attention_rank import AttentionRank, metok_schedule
+
+
+@dataclass(frozen=True)
+class METok(Method):
+    """METok = EventPooling (pre-LLM) + AttentionRank (prefill, per event) + LayerwiseTrim (decode).
+
+    Parameters
+    ----------
+    mode : {"fixed", "faithful"}
+        ``fixed`` (default) segments adaptively (events follow the video); ``faithful`` forces the reference's
+        5 events. Everything else is shared; positions are always kept (the reference's left-padding path
+        does not remap them, which vidpress does not reproduce).
+    key_events, key_frames : int or float
+        METok's alpha and beta: counts (reference: 3 key events, 6 key frames per event) or fractions.
+    strides : 4 ints
+        Pooling strides (key event: key frame, other; non-key event: key frame, other); reference (2, 4, 4, 8).
+    layers : tuple of int
+        Pruning layers (reference (3, 10, 19)); ``rho`` is the per-step keep ratio (reference 0.76).
+    schedule : tuple of (layer, key_fraction, other_fraction), optional
+        Overrides ``layers``/``rho`` with an explicit schedule (see AttentionRank).
+    z, min_event_frames, boundaries
+        Segmentation knobs (see EventPooling).
+
+    ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
+    token of a LLaVA-OV video and reproduces the uncompressed model.
+    """
+
+    name: ClassVar[str] = "metok"
+    mode: Literal["faithful", "fixed"] = "fixed"
+    key_events: int | float = 3
+    key_frames: int | float = 6
+    strides: tuple[int, int, int, int] = (2, 4, 4, 8)
+    pool: Literal["bilinear", "average"] = "bilinear"
+    layers: tuple[int, ...] = (3, 10, 19)
+    rho: float = 0.76
+    schedule: tuple[tuple[int, float, float], ...] | None = None
+    z: float = 1.0
+    min_event_frames: int = 4
+    boundaries: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("strides", "layers", "schedule"):  # CLI/JSON give lists
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+        self.build()  # validates every parameter now, not at the first forward
+
+    def build(self) -> Stages:
+        schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
+        return Stages(pre_llm=EventPooling(mode=self.mode, boundaries=self.boundaries, z=self.z,
+                                           min_event_frames=self.min_event_frames, key_events=self.key_events,
+                                           key_frames=self.key_frames, strides=self.strides, pool=self.pool),
+                      prefill=AttentionRank(schedule=schedule, query_rows="text"),
+                      decode=LayerwiseTrim(first_layer=schedule[0][0]))

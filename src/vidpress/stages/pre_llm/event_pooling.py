@@ -1,0 +1,144 @@
+"""METok stage 1, event-aware compression during vision encoding (methods.md §2.1).
+
+The projected grid of each frame, taken *before* the model's own pooling, is pooled with a stride that
+depends on whether the frame is a key frame and whether its event is a key event (reference strides
+2 / 4 / 4 / 8: 196 / 49 / 16 tokens per frame on a 27 x 27 grid in bilinear mode). Events are emitted in
+temporal order, each followed by the model's newline token (when it has one).
+
+faithful vs fixed (the pooling itself is the same):
+
+- ``faithful`` splits every video into 5 events (the 4 lowest adjacent similarities, hard-coded in the
+  reference), whatever its length.
+- ``fixed`` (default) uses adaptive segmentation: the number of events follows the video (see
+  :func:`~vidpress.stages.pre_llm.events.segment`), so a long video is not forced into 5 events.
+
+Frame-text relevance: the reference scores frames with a second full SigLIP model; the default here is
+:class:`~vidpress.stages.pre_llm.events.EmbeddingRelevance` (no second vision model). Positions: the packed
+block is numbered contiguously, as in the reference (a pooled token has no single original position).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..._checks import check_mode
+from ...errors import BudgetError, InvalidParameterError, VidpressError
+from ...stages import Needs
+from ...tokens import PackedTokens, StageContext, VisualTokens
+from .events import EmbeddingRelevance, plan_events
+
+
+def pool_grid(x: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
+    """Pool (n, h0, w0, D) frame grids by ``stride``: bilinear to ceil(h0/s) (LLaVA-OV's own pooling at s=2),
+    or average pooling to floor(h0/s) (the reference's "average" mode). Returns (n, T', D)."""
+    grid = x.permute(0, 3, 1, 2)
+    if mode == "bilinear":
+        size = [math.ceil(grid.shape[2] / stride), math.ceil(grid.shape[3] / stride)]
+        out = torch.nn.functional.interpolate(grid, size=size, mode="bilinear")
+    else:
+        out = torch.nn.functional.avg_pool2d(grid, stride) if stride > 1 else grid
+    return out.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+@dataclass(frozen=True)
+class EventPooling:
+    """METok stage 1 as a pre-LLM stage.
+
+    Parameters
+    ----------
+    mode : {"fixed", "faithful"}
+        Segmentation: ``fixed`` adaptive, ``faithful`` 5 events (see module docstring).
+    boundaries : int
+        Faithful mode's k, the number of boundaries (reference 4 -> 5 events).
+    z : float
+        Adaptive mode: boundaries are similarities below mean - z * std.
+    min_event_frames : int
+        Adaptive mode: at most F // min_event_frames events.
+    key_events, key_frames : int or float
+        METok's alpha and beta: a count (reference: top 3 events, top 6 frames per event) or a fraction.
+    strides : tuple of 4 ints
+        Pooling strides (key event & key frame, key event other, non-key & key frame, non-key other).
+    pool : {"bilinear", "average"}
+        Bilinear matches LLaVA-OV's own pooling.
+
+    Input ``tokens.unpooled`` (B, F, h0, w0, D) and ``tokens.text`` (B, R, D); returns a
+    :class:`~vidpress.tokens.PackedTokens` whose ``info`` is the list of per-row EventPlans.
+
+    Raises
+    ------
+    InvalidParameterError
+        A stride < 1, an unknown mode or pool.
+    BudgetError
+        Batch rows whose videos pack to different lengths.
+    """
+
+    mode: Literal["faithful", "fixed"] = "fixed"
+    boundaries: int = 4
+    z: float = 1.0
+    min_event_frames: int = 4
+    key_events: int | float = 3
+    key_frames: int | float = 6
+    strides: tuple[int, int, int, int] = (2, 4, 4, 8)
+    pool: Literal["bilinear", "average"] = "bilinear"
+    needs: Needs = field(default=Needs(unpooled=True, text=True), init=False, repr=False)
+    positions: str = field(default="contiguous", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if len(self.strides) != 4 or any(int(s) != s or s < 1 for s in self.strides):
+            raise InvalidParameterError(f"strides must be 4 integers >= 1, got {self.strides}")
+        if self.pool not in ("bilinear", "average"):
+            raise InvalidParameterError(f"pool must be 'bilinear' or 'average', got {self.pool!r}")
+        if self.boundaries < 0 or self.min_event_frames < 1:
+            raise InvalidParameterError("boundaries must be >= 0 and min_event_frames >= 1")
+
+    def plan(self, frames: torch.Tensor, text: torch.Tensor | None, grid: tuple[int, int]):
+        """The :class:`EventPlan` of one video from its frame embeddings (F, D) and text embeddings (R, D)."""
+        relevance = (EmbeddingRelevance()(frames, text) if text is not None and len(text)
+                     else torch.zeros(frames.shape[0]))
+        return plan_events(frames, relevance, segmentation="faithful" if self.mode == "faithful" else "adaptive",
+                           boundaries=self.boundaries, z=self.z, min_event_frames=self.min_event_frames,
+                           key_events=self.key_events, key_frames=self.key_frames, strides=self.strides,
+                           grid=grid, rounding=math.ceil if self.pool == "bilinear" else math.floor)
+
+    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
+        grids = tokens.unpooled
+        if grids is None:
+            raise VidpressError("EventPooling needs the unpooled projected grid; the runtime provides it when "
+                                "the model's adapter exposes its projector")
+        batch, frames = grids.shape[:2]
+        rows, plans = [], []
+        for b in range(batch):
+            plan = self.plan(grids[b].float().mean((1, 2)), None if tokens.text is None else tokens.text[b],
+                             tuple(grids.shape[2:4]))
+            pooled = {s: pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool)
+                      for s in set(plan.strides)}
+            taken = {s: 0 for s in pooled}
+            feats, events, frame_of = [], [], []
+            for e, (a, z) in enumerate(plan.events):
+                for f in range(a, z + 1):
+                    s = plan.strides[f]
+                    feats.append(pooled[s][taken[s]])
+                    taken[s] += 1
+                    events += [e] * feats[-1].shape[0]
+                    frame_of += [f] * feats[-1].shape[0]
+                if tokens.extra is not None and tokens.extra.shape[1]:  # one newline after each event
+                    feats.append(tokens.extra[b, :1].to(grids.dtype))
+                    events.append(e)
+                    frame_of.append(-1)
+            rows.append((torch.cat(feats), events, frame_of, plan))
+            plans.append(plan)
+        lengths = {len(r[1]) for r in rows}
+        if len(lengths) > 1:
+            raise BudgetError(f"videos in the batch pack to different lengths {sorted(lengths)}; run them one at a time")
+        num_events = max(len(p.events) for p in plans)
+        key = torch.zeros(batch, num_events, dtype=torch.bool)
+        for b, p in enumerate(plans):
+            key[b, p.key_events] = True
+        device = grids.device
+        return PackedTokens(torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows], device=device),
+                            key.to(device), torch.tensor([r[2] for r in rows], device=device), plans)

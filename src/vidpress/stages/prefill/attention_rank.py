@@ -1,0 +1,101 @@
+"""Prefill pruning by attention rank on a layer schedule: METok stage 2 (methods.md §2.2), and the engine
+of FastV / PyramidDrop-style in-LLM dropping.
+
+At each scheduled layer l the visual tokens alive are ranked by the attention they receive at layer l - 1
+from the declared query rows (fp32, computed apart from the real SDPA attention; the n x n matrix is never
+formed) and the top ones survive into layer l. Kept tokens keep their original rotary positions; the
+system prefix and all text are always kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ...errors import BudgetError, InvalidParameterError
+from ...selection import Selection
+from ...stages import Needs
+from ...tokens import LayerSignals, StageContext
+
+#: METok's reference schedule: layers [3, 10, 19], rho = 0.76; non-key events rho/2 at the first layer and
+#: 0 after it, key events 0 at the last layer (methods.md §2.2).
+METOK_SCHEDULE = ((3, 0.76, 0.38), (10, 0.76, 0.0), (19, 0.0, 0.0))
+
+
+def metok_schedule(layers: tuple[int, ...] = (3, 10, 19), rho: float = 0.76) -> tuple[tuple[int, float, float], ...]:
+    """The reference per-event rule for any number of pruning layers (>= 1)."""
+    out = []
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        out.append((layer, 0.0 if last else rho, rho / 2 if i == 0 and not last else 0.0))
+    return tuple(out)
+
+
+def keep_count(fraction: float, n: int) -> int:
+    """Tokens kept of ``n`` at ``fraction``: 0 when the fraction is 0, else max(1, ceil(fraction * n))."""
+    return 0 if fraction == 0 or n == 0 else min(n, max(1, math.ceil(fraction * n - 1e-9)))
+
+
+@dataclass(frozen=True)
+class AttentionRank:
+    """Drop visual tokens at the input of scheduled layers by the attention they receive.
+
+    Parameters
+    ----------
+    schedule : tuple of (layer, key_fraction, other_fraction)
+        At each 0-based ``layer`` (>= 1, increasing), each key event keeps ``key_fraction`` of its alive
+        tokens and each non-key event ``other_fraction`` (rule :func:`keep_count`; fractions relative to the
+        tokens alive just before that layer, in [0, 1]). Without events (no event-aware pre-LLM stage) all
+        visual tokens form one key event. Default: METok's reference schedule :data:`METOK_SCHEDULE`.
+    query_rows : {"text", "last"}
+        Which query rows score the tokens: every text token after the video (METok) or the last one (FastV).
+
+    Raises
+    ------
+    InvalidParameterError
+        Layers not increasing from >= 1, or a fraction outside [0, 1].
+    BudgetError
+        Batch rows whose events would keep different numbers of tokens.
+    """
+
+    schedule: tuple[tuple[int, float, float], ...] = METOK_SCHEDULE
+    query_rows: Literal["text", "last"] = "text"
+    needs: Needs = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        layers = [s[0] for s in self.schedule]
+        if not layers or layers[0] < 1 or any(b <= a for a, b in zip(layers, layers[1:])):
+            raise InvalidParameterError(f"schedule layers must be increasing and >= 1, got {layers}")
+        for layer, key, other in self.schedule:
+            if not (0 <= key <= 1 and 0 <= other <= 1):
+                raise InvalidParameterError(f"keep fractions must lie in [0, 1], got ({key}, {other}) at layer {layer}")
+        if self.query_rows not in ("text", "last"):
+            raise InvalidParameterError(f"query_rows must be 'text' or 'last', got {self.query_rows!r}")
+        object.__setattr__(self, "needs", Needs(query_rows=self.query_rows,
+                                                score_layers=tuple(layer - 1 for layer in layers)))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(s[0] for s in self.schedule)
+
+    def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection:
+        _, key_fraction, other_fraction = self.schedule[self.layers.index(signals.layer + 1)]
+        scores = signals.scores
+        batch, n = scores.shape
+        events = signals.events if signals.events is not None else torch.zeros_like(scores, dtype=torch.long)
+        key = signals.key_events if signals.key_events is not None else torch.ones(batch, 1, dtype=torch.bool)
+        rows = []
+        for b in range(batch):
+            kept = []
+            for e in events[b].unique().tolist():
+                members = (events[b] == e).nonzero()[:, 0]
+                k = keep_count(key_fraction if bool(key[b, e]) else other_fraction, members.numel())
+                kept.append(members[scores[b, members].float().topk(k).indices])
+            rows.append(torch.cat(kept) if kept else scores.new_zeros(0, dtype=torch.long))
+        if len({r.numel() for r in rows}) > 1:
+            raise BudgetError(f"batch rows keep different numbers of tokens ({[r.numel() for r in rows]}); run the "
+                              "videos one at a time")
+        return Selection.from_indices(torch.stack(rows), n)
