@@ -44,3 +44,30 @@ def test_run_table_output():
 def test_help_everywhere():
     for args in (["--help"], ["run", "--help"], ["flops", "--help"], ["methods"]):
         assert runner.invoke(app, args).exit_code == 0
+
+
+def test_run_metok_compare_on_a_real_video():
+    result = runner.invoke(app, ["run", str(shared_video("opencv_vtest.avi")), "--model", "random", "--frames", "12",
+                                 "--method", "metok", "--set", "layers=[1,2]", "--compare", "--max-new-tokens", "4",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    base, metok = json.loads(result.output)["runs"]
+    assert metok["visual_tokens_llm"] < base["visual_tokens_llm"]
+    assert metok["stored_visual_per_layer"][1:] == [0] * (len(metok["stored_visual_per_layer"]) - 1)
+    assert metok["events"]["events"][0][0] == 0
+
+
+def test_events_writes_a_png(tmp_path):
+    out = tmp_path / "events.png"
+    result = runner.invoke(app, ["events", str(shared_video("opencv_tree.avi")), "--model", "random", "--frames", "8",
+                                 "-q", "Is there a tree?", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "METok events" in result.output
+
+
+def test_flops_metok_longva_128_frames():
+    result = runner.invoke(app, ["flops", "--model", "longva-7b", "--frames", "128", "--method", "metok", "--json"])
+    assert result.exit_code == 0, result.output
+    base, metok = json.loads(result.output)["rows"]
+    assert metok["prefill_flops"] / base["prefill_flops"] <= 1 - 0.806
+    assert metok["kv_bytes"] / base["kv_bytes"] <= 1 - 0.935

@@ -102,6 +102,8 @@ def flops(
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
     text_tokens: int = typer.Option(78, "--text-tokens", help="Text tokens in the prompt (DyCoke's table: ~78)."),
     retention: Optional[float] = typer.Option(None, "--retention", help="Override: fraction of visual tokens kept."),
+    n_events: int = typer.Option(5, "--events", min=1,
+                                 help="Event-aware methods (METok): equal-length events assumed in the video."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute tokens, FLOPs and KV bytes from a config alone, without building the model."""
@@ -114,11 +116,11 @@ def flops(
     stages = chosen.build() if hasattr(chosen, "build") else chosen
     rows = [("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
             (getattr(chosen, "label", "uncompressed"), estimate(spec, frames, stages, text_tokens=text_tokens,
-                                                                   retention=retention))]
+                                                                   retention=retention, events=n_events))]
     ideal = getattr(chosen, "idealised_retention", None)
     if ideal is not None and retention is None:
         for label, variant in getattr(chosen, "reference_variants", lambda: [])():
-            rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens)))
+            rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))
         rows.append((f"{chosen.name} idealised ({ideal():.1%}, paper)",
                      estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal())))
     if as_json:
@@ -137,6 +139,41 @@ def flops(
     console.print(table)
     console.print(f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
                   "(unchanged by pre-LLM methods; counted apart from the LLM)")
+
+
+@app.command()
+def events(
+    video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
+    question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
+    frames: int = typer.Option(32, "--frames", "-f", min=2),
+    model: str = typer.Option("default", "--model", help="default | random | local checkpoint dir | hub id."),
+    params: list[str] = typer.Option([], "--set", help="METok hyperparameter NAME=VALUE, repeatable."),
+    out: Path = typer.Option(Path("events.png"), "--out", "-o", help="PNG to write."),
+) -> None:
+    """Show METok's events for VIDEO: similarity curve, boundaries, key events/frames and token budgets."""
+    import torch
+
+    from .io.video import load_video
+    from .methods.metok import METok
+    from .models.default import load_model
+    from .pipeline import build_inputs
+    from .viz.events import draw_events, events_table
+
+    method = METok.from_dict(_parse_set(params))
+    path = video or bundled_clip()
+    clip = load_video(path, frames)
+    with console.status("loading model", spinner="dots"):
+        loaded = load_model(model)
+    inputs = build_inputs(loaded.processor, clip.frames, question).to(loaded.model.device)
+    from .method import Stages, apply
+
+    with console.status("encoding and segmenting", spinner="dots"), torch.inference_mode(), \
+            apply(loaded.model, Stages(pre_llm=method.build().pre_llm)) as run:  # stage 1 is all it needs
+        loaded.model(**inputs)
+    plan = run.last_session.stage_info[0]
+    console.print(events_table(plan, clip.timestamps))
+    written = draw_events(plan, clip.frames, clip.timestamps, out, title=f"{path.name}: {question}")
+    console.print(f"wrote {written}")
 
 
 @app.command()
