@@ -308,6 +308,7 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
     if frames < 1:
         raise BudgetError(f"frames must be >= 1, got {frames}")
     layers = spec.llm.layers
+    stages = stages.for_depth(layers) if stages is not None else None
     n = frames * spec.tokens_per_frame
     generator = torch.Generator().manual_seed(0)
     other = text_tokens + spec.extra_visual

@@ -27,6 +27,14 @@ class Stages:
     prefill: PrefillStage | None = None
     decode: DecodeStage | None = None
 
+    def for_depth(self, num_layers: int) -> Stages:
+        """Resolve stages whose layers depend on the LLM's depth (e.g. PyramidDrop's fractions, FastV's
+        retention target) for an LLM of ``num_layers`` layers."""
+        def resolve(stage: Any) -> Any:
+            return stage.for_depth(num_layers) if hasattr(stage, "for_depth") else stage
+
+        return Stages(resolve(self.pre_llm), resolve(self.prefill), resolve(self.decode))
+
     @property
     def name(self) -> str:
         parts = [type(s).__name__ for s in (self.pre_llm, self.prefill, self.decode) if s is not None]

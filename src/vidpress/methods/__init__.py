@@ -7,9 +7,12 @@ from typing import Any
 from ..errors import UnknownMethodError
 from ..method import Method, Stages
 from .dycoke import DyCoke
+from .fastv import FastV, PyramidDrop
 from .metok import METok
+from .uniform import RandomTokens, UniformFrames, UniformSpatial
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok, FastV, PyramidDrop,
+                                                                UniformFrames, UniformSpatial, RandomTokens)}
 
 
 def get_method(name: str, **params: Any) -> Method | Stages:
@@ -23,4 +26,5 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
-__all__ = ["METHODS", "DyCoke", "METok", "get_method"]
+__all__ = ["METHODS", "DyCoke", "FastV", "METok", "PyramidDrop", "RandomTokens", "UniformFrames", "UniformSpatial",
+           "get_method"]

@@ -36,8 +36,9 @@ class Run:
     """
 
     def __init__(self, model: Any, stages: Stages, name: str):
-        self.model, self.stages, self.name = model, stages, name
+        self.model, self.name = model, name
         self.adapter = adapter_for(model)
+        self.stages = stages.for_depth(len(self.adapter.decoder_layers(model)))
         self._handles: list[Any] = []
         self._active: tuple[weakref.ref, Session] | None = None
         self._sessions: list[Session] = []

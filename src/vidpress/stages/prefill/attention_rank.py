@@ -10,7 +10,7 @@ system prefix and all text are always kept.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -34,6 +34,34 @@ def metok_schedule(layers: tuple[int, ...] = (3, 10, 19), rho: float = 0.76) -> 
     return tuple(out)
 
 
+def solve_keep(retention: float, layers: list[int], num_layers: int) -> float:
+    """The per-step keep fraction lambda that makes the mean visual tokens alive per layer equal ``retention``.
+
+    With every visual token alive before ``layers[0]`` and a fraction lambda of the survivors kept at each
+    scheduled layer, the mean alive fraction is ``(layers[0] + sum_i lambda^(i+1) * span_i) / num_layers``.
+
+    Raises
+    ------
+    BudgetError
+        ``retention`` is below ``layers[0] / num_layers`` (unreachable even when dropping everything).
+    """
+    spans = [b - a for a, b in zip(layers, list(layers[1:]) + [num_layers])]
+
+    def mean(lam: float) -> float:
+        return (layers[0] + sum(lam ** (i + 1) * span for i, span in enumerate(spans))) / num_layers
+
+    if not 0 < retention <= 1:
+        raise BudgetError(f"retention must be in (0, 1], got {retention}")
+    if retention < mean(0.0):
+        raise BudgetError(f"retention {retention} is unreachable when pruning starts at layer {layers[0]} of "
+                          f"{num_layers} (minimum {mean(0.0):.3f}); prune earlier or raise the retention")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # mean() is increasing in lambda
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < retention else (lo, mid)
+    return (lo + hi) / 2
+
+
 def keep_count(fraction: float, n: int) -> int:
     """Tokens kept of ``n`` at ``fraction``: 0 when the fraction is 0, else max(1, ceil(fraction * n))."""
     return 0 if fraction == 0 or n == 0 else min(n, max(1, math.ceil(fraction * n - 1e-9)))
@@ -50,8 +78,13 @@ class AttentionRank:
         tokens and each non-key event ``other_fraction`` (rule :func:`keep_count`; fractions relative to the
         tokens alive just before that layer, in [0, 1]). Without events (no event-aware pre-LLM stage) all
         visual tokens form one key event. Default: METok's reference schedule :data:`METOK_SCHEDULE`.
+        A layer may be a float in (0, 1): a fraction of the LLM's depth, resolved by :meth:`for_depth`.
     query_rows : {"text", "last"}
         Which query rows score the tokens: every text token after the video (METok) or the last one (FastV).
+    retention : float, optional
+        Target mean fraction of visual tokens alive per LLM layer, in (0, 1]; when set, the fractions of the
+        schedule are replaced by one keep fraction per step solved by :func:`solve_keep` for the model's
+        depth (FastV / PyramidDrop at a budget).
 
     Raises
     ------
@@ -63,19 +96,43 @@ class AttentionRank:
 
     schedule: tuple[tuple[int, float, float], ...] = METOK_SCHEDULE
     query_rows: Literal["text", "last"] = "text"
+    retention: float | None = None
     needs: Needs = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         layers = [s[0] for s in self.schedule]
-        if not layers or layers[0] < 1 or any(b <= a for a, b in zip(layers, layers[1:])):
-            raise InvalidParameterError(f"schedule layers must be increasing and >= 1, got {layers}")
+        relative = all(isinstance(v, float) and 0 < v < 1 for v in layers)
+        if not layers or (not relative and layers[0] < 1) or any(b <= a for a, b in zip(layers, layers[1:])):
+            raise InvalidParameterError(f"schedule layers must be increasing and >= 1 (or fractions of depth in "
+                                        f"(0, 1)), got {layers}")
+        if self.retention is not None and not 0 < self.retention <= 1:
+            raise BudgetError(f"retention must be in (0, 1], got {self.retention}")
         for layer, key, other in self.schedule:
             if not (0 <= key <= 1 and 0 <= other <= 1):
                 raise InvalidParameterError(f"keep fractions must lie in [0, 1], got ({key}, {other}) at layer {layer}")
         if self.query_rows not in ("text", "last"):
             raise InvalidParameterError(f"query_rows must be 'text' or 'last', got {self.query_rows!r}")
+        resolved = not relative and self.retention is None
         object.__setattr__(self, "needs", Needs(query_rows=self.query_rows,
-                                                score_layers=tuple(layer - 1 for layer in layers)))
+                                                score_layers=tuple(layer - 1 for layer in layers) if resolved else ()))
+
+    def for_depth(self, num_layers: int) -> AttentionRank:
+        """This stage for an LLM of ``num_layers`` layers: depth fractions and ``retention`` resolved.
+
+        Raises
+        ------
+        BudgetError
+            A layer beyond the model's depth, or an unreachable retention.
+        """
+        layers = [max(1, round(v * num_layers)) if isinstance(v, float) else v for v in self.layers]
+        if layers[-1] >= num_layers or len(set(layers)) < len(layers):
+            raise BudgetError(f"pruning layers {layers} do not fit an LLM of {num_layers} layers; choose layers "
+                              f"between 1 and {num_layers - 1}")
+        schedule = tuple((layer, key, other) for layer, (_, key, other) in zip(layers, self.schedule))
+        if self.retention is not None:
+            lam = solve_keep(self.retention, layers, num_layers)
+            schedule = tuple((layer, lam, lam) for layer in layers)
+        return replace(self, schedule=schedule, retention=None)
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -1,0 +1,75 @@
+"""In-LLM attention-rank peers: FastV (Chen et al., ECCV 2024) and PyramidDrop (Xing et al., CVPR 2025).
+
+Both drop visual tokens during prefill by the attention the last token pays them (methods.md §3); the
+pruned set then stays fixed for decoding. Scores come from a separate fp32 row, so SDPA stays in place
+(the reference FastV falls back to eager attention and its peak memory rises).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..method import Method, Stages
+from ..stages.prefill.attention_rank import AttentionRank
+
+
+@dataclass(frozen=True)
+class FastV(Method):
+    """FastV: after layer K, keep the top (1 - R) of the visual tokens by last-token attention.
+
+    Parameters
+    ----------
+    k : int
+        FastV's K, the first layer that sees the pruned sequence (scores come from layer K - 1); default 2.
+    r : float
+        FastV's R, the fraction of visual tokens dropped at layer K, in [0, 1); default 0.5.
+    retention : float, optional
+        Instead of R: the mean fraction of visual tokens alive per LLM layer, in (0, 1] (R is solved for the
+        model's depth; below K / layers it is unreachable and raises BudgetError).
+
+    ``FastV(r=0)`` keeps every token and reproduces the uncompressed model.
+    """
+
+    name: ClassVar[str] = "fastv"
+    k: int = 2
+    r: float = 0.5
+    retention: float | None = None
+
+    def __post_init__(self) -> None:
+        self.build()
+
+    def build(self) -> Stages:
+        keep = 1.0 - self.r
+        return Stages(prefill=AttentionRank(schedule=((self.k, keep, keep),), query_rows="last",
+                                            retention=self.retention))
+
+
+@dataclass(frozen=True)
+class PyramidDrop(Method):
+    """PyramidDrop: at the end of each layer group keep a fraction lambda of the visual tokens alive.
+
+    Parameters
+    ----------
+    layers : tuple of float or int
+        Where the drops happen: fractions of depth (default (0.25, 0.5, 0.75), i.e. 8/16/24 of 32 layers as
+        in the paper) or 0-based layer indices.
+    lam : float
+        PyramidDrop's lambda, the fraction kept at each drop, in [0, 1]; default 0.5.
+    retention : float, optional
+        Instead of lambda: the mean fraction of visual tokens alive per layer, in (0, 1].
+    """
+
+    name: ClassVar[str] = "pdrop"
+    layers: tuple[float, ...] = (0.25, 0.5, 0.75)
+    lam: float = 0.5
+    retention: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        self.build()
+
+    def build(self) -> Stages:
+        return Stages(prefill=AttentionRank(schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
+                                            query_rows="last", retention=self.retention))

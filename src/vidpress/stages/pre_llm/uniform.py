@@ -1,0 +1,83 @@
+"""Controls at a visual-token budget: uniform frame subsampling, uniform spatial subsampling, random tokens.
+
+Every pre-LLM stage in vidpress that takes a ``retention`` keeps exactly :func:`visual_budget` tokens, so
+methods compared at the same retention feed the LLM the same number of visual tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ...errors import BudgetError
+from ...selection import Selection
+from ...stages import Needs
+from ...tokens import StageContext, VisualTokens
+
+
+def visual_budget(retention: float, n: int) -> int:
+    """Visual tokens kept of ``n`` at ``retention`` in (0, 1]: ``max(1, round(retention * n))``.
+
+    Raises
+    ------
+    BudgetError
+        ``retention`` outside (0, 1].
+    """
+    if not 0 < retention <= 1:
+        raise BudgetError(f"retention must be in (0, 1], got {retention}; it is the fraction of visual tokens kept")
+    return max(1, round(retention * n))
+
+
+def spread(count: int, n: int) -> torch.Tensor:
+    """``count`` indices spread evenly over ``range(n)`` (centred in equal bins), sorted and unique."""
+    return ((torch.arange(count) + 0.5) * n / count).long().clamp_max(n - 1)
+
+
+@dataclass(frozen=True)
+class UniformBaseline:
+    """A control at a budget of ``visual_budget(retention, F*T)`` tokens.
+
+    Parameters
+    ----------
+    retention : float
+        Fraction of visual tokens kept, in (0, 1].
+    kind : {"frames", "spatial", "random"}
+        ``frames``: keep whole frames spread evenly over the video (the remainder of the budget comes from
+        one more frame, evenly strided positions); ``spatial``: every frame keeps the same number of evenly
+        strided positions (the first frames take the remainder); ``random``: tokens drawn uniformly without
+        replacement (seeded by ``seed``).
+    seed : int
+        For ``random``.
+    """
+
+    retention: float = 0.25
+    kind: Literal["frames", "spatial", "random"] = "frames"
+    seed: int = 0
+    needs: Needs = field(default=Needs(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        visual_budget(self.retention, 1)
+        if self.kind not in ("frames", "spatial", "random"):
+            raise BudgetError(f"kind must be 'frames', 'spatial' or 'random', got {self.kind!r}")
+
+    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection:
+        batch, frames, per_frame, _ = tokens.features.shape
+        n = frames * per_frame
+        budget = visual_budget(self.retention, n)
+        if self.kind == "random":
+            generator = torch.Generator().manual_seed(self.seed)
+            keep = torch.stack([torch.randperm(n, generator=generator)[:budget] for _ in range(batch)])
+        else:
+            if self.kind == "frames":
+                whole, rest = divmod(budget, per_frame)
+                chosen = spread(whole + (rest > 0), frames).tolist()
+                counts = [per_frame] * whole + ([rest] if rest else [])
+            else:
+                base, rest = divmod(budget, frames)
+                chosen = list(range(frames))
+                counts = [base + (f < rest) for f in chosen]
+            keep = torch.cat([spread(c, per_frame) + f * per_frame for f, c in zip(chosen, counts) if c])
+            keep = keep.expand(batch, -1)
+        return Selection.from_indices(keep.to(tokens.features.device), n)
