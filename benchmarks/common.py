@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 
 import vidpress
+from vidpress.bench import device_name
 from vidpress.cli import bundled_clip
 from vidpress.methods import get_method
 from vidpress.models.default import load_model
@@ -33,12 +32,6 @@ def median_report(reports):
     for key in keys:
         setattr(best, key, statistics.median(getattr(r, key) for r in reports))
     return best
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().replace(" ", "_")
-    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
 
 
 def ratio_row(name: str, r, base) -> dict:

@@ -177,6 +177,68 @@ def events(
 
 
 @app.command()
+def bench(
+    video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
+    question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
+    methods_: str = typer.Option("dycoke,metok,fastv,pdrop,frames,spatial,random", "--methods",
+                                 help="Comma-separated method names."),
+    retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
+    model: str = typer.Option("default", "--model", help="default | random | local checkpoint dir | hub id."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
+    quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
+) -> None:
+    """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed."""
+    import datetime
+
+    import torch
+
+    from .bench import best_by_retention, device_name, run_bench, write_outputs
+    from .io.video import load_video
+    from .models.default import load_model
+
+    frames = frames or (16 if quick else 32)
+    new_tokens = new_tokens or (8 if quick else 32)
+    chosen = [m.strip() for m in methods_.split(",") if m.strip()]
+    levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else [float(r) for r in retentions.split(",")]
+    path = video or bundled_clip()
+    clip = load_video(path, frames)
+    with console.status("loading model", spinner="dots"):
+        loaded = load_model(model)
+    torch.set_grad_enabled(False)
+    depth = loaded.model.config.text_config.num_hidden_layers
+    rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
+                            new_tokens=new_tokens, depth=depth)
+    meta = {"date": datetime.date.today().isoformat(), "device": device_name(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "video": str(path), "frames": frames, "new_tokens": new_tokens,
+            "model": loaded.description, "question": question}
+    folder = out or Path("bench-results") / meta["device"]
+    written = write_outputs(rows, notes, meta, folder)
+    table = Table(title=f"vidpress bench: {path.name}, {frames} frames, ratios to uncompressed")
+    shown = (("method", "method"), ("target", "target_retention"), ("entry", "retention"),
+             ("alive", "mean_alive_retention"), ("FLOPs", "prefill_flops_ratio"), ("KV", "decode_kv_bytes_ratio"),
+             ("TTFT", "ttft_ratio"), ("prefill x", "llm_prefill_speedup"), ("tok/s", "decode_tok_s_ratio"),
+             ("mem", "peak_memory_ratio"), ("KL", "first_token_kl"), ("top-1", "first_token_top1_agree"),
+             ("greedy", "greedy_token_agreement"))
+    for title, _ in shown:
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for row in rows:
+        table.add_row(*[str(row[k]) if isinstance(row[k], str) else "—" if row[k] is None else f"{row[k]:.3f}"
+                        for _, k in shown])
+    console.print(table)
+    console.print("entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; KL, top-1, greedy: "
+                  "first-token KL divergence, top-1 and greedy-token agreement with the uncompressed run")
+    if not loaded.trained:
+        console.print("[bold yellow]note[/]: untrained model - fidelity says how much the output moves, not accuracy")
+    for line in best_by_retention(rows):
+        console.print(line)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
 def methods() -> None:
     """List the methods and their hyperparameters."""
     from .methods import METHODS

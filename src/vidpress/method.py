@@ -92,6 +92,22 @@ class Method:
 
         return install(model, self.build(), name=self.label)
 
+    @classmethod
+    def at_retention(cls, retention: float) -> Method:
+        """This method configured for ``retention``, the common knob (fraction of visual tokens entering the
+        LLM for pre-LLM methods, mean fraction alive per layer for in-LLM ones).
+
+        Raises
+        ------
+        BudgetError
+            The method has no retention knob, or cannot reach ``retention``.
+        """
+        from .errors import BudgetError
+
+        if "retention" not in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+            raise BudgetError(f"{cls.name} has no retention knob; set its own hyperparameters instead")
+        return cls(retention=retention)  # type: ignore[call-arg]
+
     @property
     def label(self) -> str:
         """Short human-readable name with the non-default hyperparameters."""

@@ -34,9 +34,12 @@ class ProgressStreamer(BaseStreamer):
 
 @dataclass
 class Answer:
+    """A generated answer: text, its report, the generated token ids, and the first token's logits (V,)."""
+
     text: str
     report: Report
     tokens: list[int]
+    first_logits: torch.Tensor | None = None
 
 
 def build_inputs(processor: Any, frames: np.ndarray, question: str) -> Any:
@@ -58,9 +61,9 @@ def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: M
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
     with apply(model, method) as run, torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                             min_new_tokens=min_new_tokens)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+                             min_new_tokens=min_new_tokens, output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     text = processor.batch_decode([new], skip_special_tokens=True)[0].strip()
     report = run.report
     report.method = name
-    return Answer(text, report, new)
+    return Answer(text, report, new, out.logits[0][0].float().cpu())

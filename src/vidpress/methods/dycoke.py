@@ -51,6 +51,22 @@ class DyCoke(Method):
         return Stages(pre_llm=TemporalMerge(k=self.k, mode=self.mode),
                       decode=DynamicKV(l=self.l, p=self.p, tau=self.tau, mode=self.mode))
 
+    @classmethod
+    def at_retention(cls, retention: float) -> DyCoke:
+        """DyCoke whose TTM keeps ``retention`` of the visual tokens (idealised count): K = 1 - (4r - 1) / 3.
+
+        Raises
+        ------
+        BudgetError
+            ``retention`` < 0.25: TTM keeps every fourth frame whole, so it cannot go lower.
+        """
+        from ..errors import BudgetError
+
+        if not 0.25 <= retention <= 1:
+            raise BudgetError(f"DyCoke's TTM keeps at least 25 % of visual tokens (every 4th frame whole); "
+                              f"retention {retention} is unreachable")
+        return cls(k=round(1 - (4 * retention - 1) / 3, 6))
+
     def idealised_retention(self) -> float:
         """The paper's TTM retention (1 + 3(1 - K)) / 4, e.g. 47.5 % at K=0.7 (code counts differ slightly)."""
         return (1 + 3 * (1 - self.k)) / 4

@@ -1,0 +1,177 @@
+"""The side-by-side benchmark behind ``vidpress bench``: methods x retention on one video and one model, in
+one process, as ratios to the uncompressed run plus a fidelity proxy against it.
+
+Fidelity proxy (no labels needed): KL divergence of the first generated token's distribution
+(uncompressed || method), top-1 agreement of that token, and the fraction of the greedy tokens that equal
+the uncompressed model's at the same position.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import BudgetError
+from .methods import METHODS, get_method
+from .pipeline import Answer, ask
+
+RETENTIONS = (0.5, 0.25, 0.15, 0.1)
+#: Methods run once at their own defaults (no retention knob); their measured retention is reported.
+FIXED_POINT = ("metok",)
+
+
+@dataclass
+class BenchRow:
+    method: str
+    target_retention: float | None
+    answer: Answer
+
+    def as_dict(self, base: Answer) -> dict[str, Any]:
+        a, b = self.answer.report, base.report
+        p = torch.log_softmax(base.first_logits, -1)
+        q = torch.log_softmax(self.answer.first_logits, -1)
+        n = min(len(self.answer.tokens), len(base.tokens))
+        agree = sum(x == y for x, y in zip(self.answer.tokens[:n], base.tokens[:n])) / n if n else float("nan")
+        acc, bacc = a.accounting, b.accounting
+        return {
+            "method": self.method, "target_retention": self.target_retention, "retention": acc.retention,
+            "visual_tokens_llm": acc.prefill_visual[0],
+            "mean_alive_retention": sum(acc.prefill_visual) / len(acc.prefill_visual) / acc.visual_in,
+            "prefill_flops_ratio": acc.prefill_flops / bacc.prefill_flops,
+            "decode_kv_bytes_ratio": acc.kv_bytes / bacc.kv_bytes,
+            "ttft_ratio": a.ttft_s / b.ttft_s, "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
+            "decode_tok_s_ratio": a.decode_tokens_per_s / b.decode_tokens_per_s,
+            "peak_memory_ratio": a.peak_memory_bytes / b.peak_memory_bytes if b.peak_memory_bytes else float("nan"),
+            "first_token_kl": float((p.exp() * (p - q)).sum()),
+            "first_token_top1_agree": float(base.first_logits.argmax() == self.answer.first_logits.argmax()),
+            "greedy_token_agreement": agree, "ttft_s": a.ttft_s, "llm_prefill_s": a.llm_prefill_s,
+        }
+
+
+def device_name() -> str:
+    """``cpu-<arch>-<N>cores`` or the CUDA device name: the folder name results are filed under."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name().replace(" ", "_")
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def plan(methods: Sequence[str], retentions: Sequence[float]) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
+    """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built."""
+    cells, notes = [], []
+    for name in methods:
+        if name not in METHODS:
+            raise BudgetError(f"unknown method {name!r} for the benchmark; choose from {', '.join(METHODS)}")
+        if name in FIXED_POINT:
+            cells.append((name, None, get_method(name)))
+            continue
+        for r in retentions:
+            try:
+                cells.append((name, r, METHODS[name].at_retention(r)))
+            except BudgetError as exc:
+                notes.append(f"{name} @ {r:.0%}: skipped ({exc})")
+    return cells, notes
+
+
+def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: Sequence[str],
+              retentions: Sequence[float] = RETENTIONS, *, new_tokens: int = 32, progress: bool = True,
+              depth: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the matrix; returns (rows as dicts, notes). The uncompressed run is the reference for every ratio.
+
+    Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
+    with a note, never silently run at another budget.
+    """
+    from tqdm.auto import tqdm
+
+    cells, notes = plan(methods, retentions)
+    if depth is not None:  # drop in-LLM cells that cannot be resolved for this model before running anything
+        kept = []
+        for cell in cells:
+            try:
+                cell[2].build().for_depth(depth)
+                kept.append(cell)
+            except BudgetError as exc:
+                notes.append(f"{cell[0]}{'' if cell[1] is None else f' @ {cell[1]:.0%}'}: skipped ({exc})")
+        cells = kept
+    none = get_method("none")
+    ask(model, processor, frames, question, none, max_new_tokens=2, progress=False)  # warm-up
+    base = ask(model, processor, frames, question, none, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+               progress=False, label="uncompressed")
+    rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
+    for name, r, method in tqdm(cells, desc="benchmark", unit="run", disable=not progress):
+        answer = ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
+                     min_new_tokens=new_tokens, progress=False)
+        rows.append(BenchRow(name, r, answer).as_dict(base))
+    return rows, notes
+
+
+COLUMNS = ("method", "target_retention", "retention", "mean_alive_retention", "visual_tokens_llm", "prefill_flops_ratio",
+           "decode_kv_bytes_ratio", "ttft_ratio", "llm_prefill_speedup", "decode_tok_s_ratio", "peak_memory_ratio",
+           "first_token_kl", "first_token_top1_agree", "greedy_token_agreement")
+
+
+def best_by_retention(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per target retention: the method with the lowest first-token KL, next to every peer's."""
+    lines = []
+    for r in sorted({row["target_retention"] for row in rows if row["target_retention"] not in (None, 1.0)},
+                    reverse=True):
+        cell = sorted((row for row in rows if row["target_retention"] == r), key=lambda row: row["first_token_kl"])
+        peers = ", ".join(f"{row['method']} KL {row['first_token_kl']:.3f} top-1 {row['first_token_top1_agree']:.0f} "
+                          f"greedy {row['greedy_token_agreement']:.2f}" for row in cell)
+        lines.append(f"{r:.0%}: best {cell[0]['method']} ({peers})")
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any], out: Path) -> list[Path]:
+    """bench.csv, bench.json, bench.md, fidelity_vs_flops.png, ttft.png under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
+    note_text = "".join(f"- {n}\n" for n in best_by_retention(rows) + notes)
+    (out / "bench.md").write_text(f"# vidpress bench\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
+                                  f"{markdown(rows)}\n\n{note_text}")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for name in methods:
+        mine = sorted((r for r in rows if r["method"] == name), key=lambda r: r["prefill_flops_ratio"])
+        x = [r["prefill_flops_ratio"] for r in mine]
+        axes[0].plot(x, [r["first_token_kl"] for r in mine], "-o", label=name)
+        axes[1].plot(x, [r["greedy_token_agreement"] for r in mine], "-o", label=name)
+    axes[0].set(xlabel="LLM prefill FLOPs / uncompressed", ylabel="first-token KL (lower is better)", xscale="log")
+    axes[1].set(xlabel="LLM prefill FLOPs / uncompressed", ylabel="greedy-token agreement", xscale="log")
+    axes[0].legend(fontsize=8)
+    fig.savefig(out / "fidelity_vs_flops.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.35), 4.5), constrained_layout=True)
+    labels = [r["method"] + ("" if r["target_retention"] in (None, 1.0) else f" {r['target_retention']:.0%}")
+              for r in rows]
+    ax.bar(range(len(rows)), [r["ttft_s"] for r in rows], color=[f"C{methods.index(r['method'])}" for r in rows])
+    ax.set_xticks(range(len(rows)), labels, rotation=70, ha="right", fontsize=8)
+    ax.set_ylabel(f"TTFT (s), {meta.get('device', '')}")
+    fig.savefig(out / "ttft.png", dpi=110)
+    plt.close(fig)
+    return [out / name for name in ("bench.csv", "bench.json", "bench.md", "fidelity_vs_flops.png", "ttft.png")]
