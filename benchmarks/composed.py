@@ -1,0 +1,59 @@
+"""Composed methods vs their parts on the default model (32 frames of a real video), fidelity and cost.
+
+    python benchmarks/composed.py [VIDEO]
+
+Writes benchmarks/results/<device>/composed.{json,md}. Used to pick the composed preset documented in the
+README.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import vidpress
+from common import DEFAULT_VIDEO
+from vidpress.bench import BenchRow, device_name, markdown
+from vidpress.method import compose
+from vidpress.methods import FastV, get_method
+from vidpress.models.default import load_model
+from vidpress.pipeline import ask
+from vidpress.stages.decode.dynamic_kv import DynamicKV
+from vidpress.stages.pre_llm.event_pooling import EventPooling
+from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
+
+
+def main() -> None:
+    video = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_VIDEO
+    torch.set_grad_enabled(False)
+    loaded = load_model("default")
+    frames = vidpress.load_video(video, 32).frames
+    question = "Describe what happens in this video."
+    configs = {
+        "fastv r=0.75": FastV(k=2, r=0.75),
+        "metok": vidpress.METok(),
+        "ttm k=0.7 + fastv r=0.5 + dynamic-kv": compose(TemporalMerge(k=0.7), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
+        "metok stage 1 + fastv r=0.5": compose(EventPooling(), FastV(k=2, r=0.5)),
+        "metok stage 1 + fastv r=0.5 + dynamic-kv": compose(EventPooling(), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
+    }
+    ask(loaded.model, loaded.processor, frames, question, get_method("none"), max_new_tokens=2, progress=False)
+    base = ask(loaded.model, loaded.processor, frames, question, get_method("none"), max_new_tokens=32,
+               min_new_tokens=32, progress=False, label="uncompressed")
+    rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
+    for name, method in configs.items():
+        answer = ask(loaded.model, loaded.processor, frames, question, method, max_new_tokens=32, min_new_tokens=32,
+                     progress=False, label=name)
+        rows.append(BenchRow(name, None, answer).as_dict(base))
+    table = markdown(rows)
+    print(table)
+    folder = Path(__file__).parent / "results" / device_name()
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"video": video, "frames": 32, "new_tokens": 32, "model": loaded.description, "device": device_name()}
+    (folder / "composed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (folder / "composed.md").write_text(f"# Composed methods\n\nCommand: `python benchmarks/composed.py`\n\n"
+                                        f"```json\n{json.dumps(meta, indent=2)}\n```\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
