@@ -186,3 +186,24 @@ def test_longva_128_frames_meets_the_paper_savings():
         assert 1 - acc.prefill_flops / full.prefill_flops >= 0.806
         assert 1 - acc.kv_bytes / full.kv_bytes >= 0.935
         assert acc.prefill_visual[19:] == [0] * 9
+
+
+def test_siglip_relevance_path_runs_through_generate(tiny, inputs, tmp_path):
+    """The reference's second-SigLIP relevance, with a tiny random SigLIP saved locally (offline)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    from vidpress.stages.pre_llm.events import SiglipRelevance
+
+    config = SiglipConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                       "num_attention_heads": 2, "vocab_size": 300, "max_position_embeddings": 64},
+                          vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                         "num_attention_heads": 2, "image_size": 56, "patch_size": 14})
+    torch.manual_seed(0)
+    SiglipModel(config).save_pretrained(tmp_path)
+    tiny.processor.tokenizer.save_pretrained(tmp_path)
+    relevance = SiglipRelevance(str(tmp_path), tiny.processor.tokenizer, chunk=16)
+    with torch.no_grad(), vidpress.apply(tiny.model, vidpress.METok(**METHOD, relevance=relevance)) as run:
+        tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    plan = run.last_session.stage_info[0]
+    frames = inputs["pixel_values_videos"].shape[1]
+    assert len(plan.relevance) == frames and len(set(plan.relevance)) > 1  # one real score per frame

@@ -28,7 +28,9 @@ class VisualTokens:
         Tokens the model appends to the video block (LLaVA-OV's ``image_newline``), in the LLM's width.
     text : Tensor, shape (B, R, D), optional
         Input embeddings of the prompt tokens after the video (question and answer header), when a stage's
-        ``Needs.text``.
+        ``Needs.text``; ``text_ids`` (B, R) are their token ids.
+    pixels : Tensor, shape (B, F, 3, H, W), optional
+        The video's pixel values as the vision tower received them, when a stage's ``Needs.pixels``.
     """
 
     features: Tensor
@@ -36,6 +38,8 @@ class VisualTokens:
     unpooled: Tensor | None = None
     extra: Tensor | None = None
     text: Tensor | None = None
+    text_ids: Tensor | None = None
+    pixels: Tensor | None = None
 
     @property
     def num_frames(self) -> int:

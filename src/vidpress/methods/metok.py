@@ -7,7 +7,7 @@ a one-time layer-wise KV trim after prefill (methods.md §2 and the three stage 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..method import Method, Stages
 from ..stages.decode.layerwise_trim import LayerwiseTrim
@@ -35,6 +35,9 @@ class METok(Method):
         Overrides ``layers``/``rho`` with an explicit schedule (see AttentionRank).
     z, min_event_frames, boundaries
         Segmentation knobs (see EventPooling).
+    relevance : FrameTextRelevance, optional
+        Frame-text scorer: default ``EmbeddingRelevance`` (no second model); ``SiglipRelevance(path,
+        tokenizer)`` is the reference's second SigLIP, for users with that checkpoint.
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -52,6 +55,7 @@ class METok(Method):
     z: float = 1.0
     min_event_frames: int = 4
     boundaries: int = 4
+    relevance: Any = None
 
     def __post_init__(self) -> None:
         for name in ("strides", "layers", "schedule"):  # CLI/JSON give lists
@@ -64,6 +68,7 @@ class METok(Method):
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
         return Stages(pre_llm=EventPooling(mode=self.mode, boundaries=self.boundaries, z=self.z,
                                            min_event_frames=self.min_event_frames, key_events=self.key_events,
-                                           key_frames=self.key_frames, strides=self.strides, pool=self.pool),
+                                           key_frames=self.key_frames, strides=self.strides, pool=self.pool,
+                                           relevance=self.relevance),
                       prefill=AttentionRank(schedule=schedule, query_rows="text"),
                       decode=LayerwiseTrim(first_layer=schedule[0][0]))

@@ -45,6 +45,7 @@ class Run:
         self._memory: PeakMemory | None = None
         self._vision_s = 0.0
         self._projected: torch.Tensor | None = None
+        self._pixels: torch.Tensor | None = None
         self._install()
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -70,8 +71,8 @@ class Run:
             started = time.perf_counter()
             positions = getattr(self.stages.pre_llm, "positions", "original")
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
-                                    projected=lambda: self._projected)
-            self._projected = None
+                                    projected=lambda: self._projected, pixels=lambda: self._pixels)
+            self._projected = self._pixels = None
             session.started = started
             session.info["vision_before_s"] = self._vision_s
             self._active = (weakref.ref(kwargs["cache"]), session)
@@ -118,6 +119,9 @@ class Run:
     def _capture_projected(self, module: Any, args: tuple, output: Any) -> None:
         self._projected = output  # the unpooled grid, for stages that pool it themselves
 
+    def _capture_pixels(self, module: Any, args: tuple) -> None:
+        self._pixels = args[0] if args else None  # (B*F, 3, H, W): generate consumes pixel_values_videos early
+
     def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         session = self.session_of(kwargs.get("cache"))
         if session is not None and session.ctx.step == 0:
@@ -140,6 +144,8 @@ class Run:
         pre = self.stages.pre_llm
         if pre is not None and pre.needs.unpooled:
             add(self.adapter.projector(self.model).register_forward_hook(self._capture_projected))
+        if pre is not None and pre.needs.pixels:
+            add(self.adapter.vision_modules(self.model)[0].register_forward_pre_hook(self._capture_pixels))
         llm = self.adapter.language_model(self.model)
         add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
         add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
@@ -194,7 +200,7 @@ class Run:
         self._handles.clear()
         self._finish()
         self._active = None
-        self._projected = None
+        self._projected = self._pixels = None
 
     def __enter__(self) -> Run:
         return self

@@ -27,10 +27,11 @@ def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
 
 
 def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any], positions: str,
-                  projected: Any = None) -> Session:
+                  projected: Any = None, pixels: Any = None) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
-    ``projected`` returns the projector's latest output (the unpooled grid) when the stage needs it.
+    ``projected`` / ``pixels`` return the projector's latest output (the unpooled grid) and the vision
+    tower's latest input, captured by the runtime for stages that need them.
     """
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
@@ -42,6 +43,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
     is_video = input_ids == adapter.video_token_id(model)
     video_pos = per_row_positions(is_video)  # (B, Nv)
 
+    video_pixels = kwargs.get("pixel_values_videos")
     tokens, extra = adapter.encode_video(model, kwargs)
     _, frames, per_frame, _ = tokens.features.shape
     n_frame_tokens = frames * per_frame
@@ -50,10 +52,16 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
                           f"{n_frame_tokens + extra.shape[1]} tokens; build the prompt with the model's processor")
     embeds = model.get_input_embeddings()(input_ids)
     pre = stages.pre_llm
-    if pre is not None and (pre.needs.unpooled or pre.needs.text):
+    if pre is not None and (pre.needs.unpooled or pre.needs.text or pre.needs.pixels):
         unpooled = adapter.unpooled_grid(model, projected(), batch, frames) if pre.needs.unpooled else None
-        text = embeds[:, int(video_pos[:, -1].max()) + 1:] if pre.needs.text else None
-        tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, extra=extra, text=text)
+        after = int(video_pos[:, -1].max()) + 1
+        seen = pixels() if pixels is not None else None
+        if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
+            video_pixels = seen.view(batch, frames, *seen.shape[1:])
+        if pre.needs.pixels and video_pixels is None:
+            raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
+        tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, extra=extra, text=embeds[:, after:],
+                              text_ids=input_ids[:, after:], pixels=video_pixels)
 
     start = time.perf_counter()
     if pre is not None:

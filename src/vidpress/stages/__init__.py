@@ -37,6 +37,8 @@ class Needs:
         A pre-LLM stage gets the projected grid before the model's pooling (``VisualTokens.unpooled``).
     text : bool
         A pre-LLM stage gets the embeddings of the text after the video (``VisualTokens.text``).
+    pixels : bool
+        A pre-LLM stage gets the video's pixel values (``VisualTokens.pixels``).
     trim_after_prefill : bool
         A decode stage: once prefill ends, layers >= ``first_layer`` permanently keep only the visual KV
         entries alive at the last layer (METok stage 3); nothing is re-selected while decoding.
@@ -46,6 +48,7 @@ class Needs:
     score_layers: tuple[int, ...] = ()
     unpooled: bool = False
     text: bool = False
+    pixels: bool = False
     trim_after_prefill: bool = False
 
 

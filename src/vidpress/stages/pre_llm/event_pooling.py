@@ -12,7 +12,8 @@ faithful vs fixed (the pooling itself is the same):
 - ``fixed`` (default) uses adaptive segmentation: the number of events follows the video (see
   :func:`~vidpress.stages.pre_llm.events.segment`), so a long video is not forced into 5 events.
 
-Frame-text relevance: the reference scores frames with a second full SigLIP model; the default here is
+Frame-text relevance: the reference scores frames with a second full SigLIP model
+(:class:`~vidpress.stages.pre_llm.events.SiglipRelevance`); the default here is
 :class:`~vidpress.stages.pre_llm.events.EmbeddingRelevance` (no second vision model). Positions: the packed
 block is numbered contiguously, as in the reference (a pooled token has no single original position).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -64,6 +65,9 @@ class EventPooling:
         Pooling strides (key event & key frame, key event other, non-key & key frame, non-key other).
     pool : {"bilinear", "average"}
         Bilinear matches LLaVA-OV's own pooling.
+    relevance : FrameTextRelevance, optional
+        Frame-text scorer; default :class:`EmbeddingRelevance` (no second model), or the reference's
+        :class:`SiglipRelevance` for users with a SigLIP checkpoint.
 
     Input ``tokens.unpooled`` (B, F, h0, w0, D) and ``tokens.text`` (B, R, D); returns a
     :class:`~vidpress.tokens.PackedTokens` whose ``info`` is the list of per-row EventPlans.
@@ -84,10 +88,14 @@ class EventPooling:
     key_frames: int | float = 6
     strides: tuple[int, int, int, int] = (2, 4, 4, 8)
     pool: Literal["bilinear", "average"] = "bilinear"
-    needs: Needs = field(default=Needs(unpooled=True, text=True), init=False, repr=False)
+    relevance: Any = None
+    needs: Needs = field(init=False, repr=False)
     positions: str = field(default="contiguous", init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.relevance is None:
+            object.__setattr__(self, "relevance", EmbeddingRelevance())
+        object.__setattr__(self, "needs", Needs(unpooled=True, text=True, pixels=self.relevance.needs_pixels))
         check_mode(self.mode)
         if len(self.strides) != 4 or any(int(s) != s or s < 1 for s in self.strides):
             raise InvalidParameterError(f"strides must be 4 integers >= 1, got {self.strides}")
@@ -96,10 +104,9 @@ class EventPooling:
         if self.boundaries < 0 or self.min_event_frames < 1:
             raise InvalidParameterError("boundaries must be >= 0 and min_event_frames >= 1")
 
-    def plan(self, frames: torch.Tensor, text: torch.Tensor | None, grid: tuple[int, int]):
-        """The :class:`EventPlan` of one video from its frame embeddings (F, D) and text embeddings (R, D)."""
-        relevance = (EmbeddingRelevance()(frames, text) if text is not None and len(text)
-                     else torch.zeros(frames.shape[0]))
+    def plan(self, tokens: VisualTokens, row: int, frames: torch.Tensor, grid: tuple[int, int]):
+        """The :class:`EventPlan` of batch row ``row`` from its frame embeddings (F, D)."""
+        relevance = self.relevance(tokens, row, frames)
         return plan_events(frames, relevance, segmentation="faithful" if self.mode == "faithful" else "adaptive",
                            boundaries=self.boundaries, z=self.z, min_event_frames=self.min_event_frames,
                            key_events=self.key_events, key_frames=self.key_frames, strides=self.strides,
@@ -113,8 +120,7 @@ class EventPooling:
         batch, frames = grids.shape[:2]
         rows, plans = [], []
         for b in range(batch):
-            plan = self.plan(grids[b].float().mean((1, 2)), None if tokens.text is None else tokens.text[b],
-                             tuple(grids.shape[2:4]))
+            plan = self.plan(tokens, b, grids[b].float().mean((1, 2)), tuple(grids.shape[2:4]))
             pooled = {s: pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool)
                       for s in set(plan.strides)}
             taken = {s: 0 for s in pooled}
