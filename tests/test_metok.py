@@ -192,7 +192,7 @@ def test_siglip_relevance_path_runs_through_generate(tiny, inputs, tmp_path):
     """The reference's second-SigLIP relevance, with a tiny random SigLIP saved locally (offline)."""
     from transformers import SiglipConfig, SiglipModel
 
-    from vidpress.stages.pre_llm.events import SiglipRelevance
+    from vidpress.stages.pre_llm.relevance import SiglipRelevance
 
     config = SiglipConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                                        "num_attention_heads": 2, "vocab_size": 300, "max_position_embeddings": 64},

@@ -13,8 +13,8 @@ faithful vs fixed (the pooling itself is the same):
   :func:`~vidpress.stages.pre_llm.events.segment`), so a long video is not forced into 5 events.
 
 Frame-text relevance: the reference scores frames with a second full SigLIP model
-(:class:`~vidpress.stages.pre_llm.events.SiglipRelevance`); the default here is
-:class:`~vidpress.stages.pre_llm.events.EmbeddingRelevance` (no second vision model). Positions: the packed
+(:class:`~vidpress.stages.pre_llm.relevance.SiglipRelevance`); the default here is
+:class:`~vidpress.stages.pre_llm.relevance.EmbeddingRelevance` (no second vision model). Positions: the packed
 block is numbered contiguously, as in the reference (a pooled token has no single original position).
 """
 
@@ -30,7 +30,8 @@ from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
 from ...stages import Needs
 from ...tokens import PackedTokens, StageContext, VisualTokens
-from .events import EmbeddingRelevance, plan_events
+from .events import plan_events
+from .relevance import EmbeddingRelevance
 
 
 def pool_grid(x: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
