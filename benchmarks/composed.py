@@ -6,8 +6,8 @@ Writes benchmarks/results/<device>/composed.{json,md}. Used to pick the composed
 README.
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +25,9 @@ from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 
 
 def main() -> None:
-    video = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_VIDEO
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", nargs="?", default=DEFAULT_VIDEO)
+    video = parser.parse_args().video
     torch.set_grad_enabled(False)
     loaded = load_model("default")
     frames = vidpress.load_video(video, 32).frames
