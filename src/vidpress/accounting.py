@@ -260,16 +260,14 @@ def _dry_pre_llm(spec: ModelSpec, frames: int, stage: Any, events: int, generato
     """
     from .tokens import PackedTokens, VisualTokens
 
-    pooled = torch.rand(1, frames, spec.tokens_per_frame, 8, generator=generator)
-    tokens = VisualTokens(pooled, spec.grid)
+    width = max(8, events + 1)
+    tokens = VisualTokens(torch.rand(1, frames, spec.tokens_per_frame, width, generator=generator), spec.grid)
     if stage.needs.unpooled or stage.needs.text:
         side = math.isqrt(spec.patches)
-        width = max(8, events + 1)
         event_of = torch.arange(frames) * events // frames
         feats = torch.nn.functional.one_hot(event_of, width).float() + 0.01 * torch.rand(frames, width, generator=generator)
         unpooled = feats[None, :, None, None, :].expand(1, frames, side, side, width).contiguous()
-        tokens = VisualTokens(torch.rand(1, frames, spec.tokens_per_frame, width, generator=generator), spec.grid,
-                              unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
+        tokens = VisualTokens(tokens.features, spec.grid, unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
                               text=torch.rand(1, 12, width, generator=generator))
     plan = stage(tokens, None)
     if isinstance(plan, PackedTokens):

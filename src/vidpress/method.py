@@ -83,6 +83,15 @@ class Method:
 
     name: ClassVar[str]
 
+    def __post_init__(self) -> None:
+        """Runs after a subclass's dataclass ``__init__``: lists (from the CLI or JSON) become tuples, as the
+        frozen hyperparameters expect, and :meth:`build` validates every parameter now, not at the first forward."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+        self.build()
+
     def build(self) -> Stages:
         raise NotImplementedError
 

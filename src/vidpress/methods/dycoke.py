@@ -44,9 +44,6 @@ class DyCoke(Method):
     tau: float = 0.9
     mode: Literal["faithful", "fixed"] = "fixed"
 
-    def __post_init__(self) -> None:
-        self.build()  # validates every parameter now, not at the first forward
-
     def build(self) -> Stages:
         return Stages(pre_llm=TemporalMerge(k=self.k, mode=self.mode),
                       decode=DynamicKV(l=self.l, p=self.p, tau=self.tau, mode=self.mode))

@@ -36,9 +36,6 @@ class FastV(Method):
     r: float = 0.5
     retention: float | None = None
 
-    def __post_init__(self) -> None:
-        self.build()
-
     def build(self) -> Stages:
         keep = 1.0 - self.r
         return Stages(prefill=AttentionRank(schedule=((self.k, keep, keep),), query_rows="last",
@@ -64,11 +61,6 @@ class PyramidDrop(Method):
     layers: tuple[float, ...] = (0.25, 0.5, 0.75)
     lam: float = 0.5
     retention: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        self.build()
 
     def build(self) -> Stages:
         return Stages(prefill=AttentionRank(schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),

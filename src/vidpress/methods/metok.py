@@ -57,13 +57,6 @@ class METok(Method):
     boundaries: int = 4
     relevance: Any = None
 
-    def __post_init__(self) -> None:
-        for name in ("strides", "layers", "schedule"):  # CLI/JSON give lists
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
-        self.build()  # validates every parameter now, not at the first forward
-
     def build(self) -> Stages:
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
         return Stages(pre_llm=EventPooling(mode=self.mode, boundaries=self.boundaries, z=self.z,

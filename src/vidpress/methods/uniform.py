@@ -15,9 +15,6 @@ class _Control(Method):
     retention: float = 0.25
     kind: ClassVar[str]
 
-    def __post_init__(self) -> None:
-        self.build()
-
     def build(self) -> Stages:
         return Stages(pre_llm=UniformBaseline(retention=self.retention, kind=self.kind))
 
