@@ -93,3 +93,11 @@ def test_fastv_generate_stays_consistent(tiny, inputs):
     for layer in range(4):
         assert out.past_key_values.layers[layer].keys.shape[2] == acc.other_tokens + acc.stored_visual[layer] + 19
     assert acc.stored_visual[2] == math.ceil(acc.visual_in * 0.25)
+
+
+def test_decode_stage_before_a_prefill_drop_is_refused(tiny, inputs):
+    from vidpress.errors import IncompatibleStagesError
+
+    composed = compose(FastV(k=2, r=0.5), DynamicKV(l=1, p=0.5))  # DyCoke selects at layer 0, FastV drops at 2
+    with torch.no_grad(), vidpress.apply(tiny.model, composed), pytest.raises(IncompatibleStagesError, match="layer 2"):
+        tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)

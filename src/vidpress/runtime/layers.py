@@ -178,7 +178,8 @@ def trim_cache(session: Session, cache: Any, first_layer: int) -> None:
 
 def _select_view(session: Session, layer: int, scores: Tensor) -> None:
     stage = session.stages.decode
-    for later in range(stage.first_layer, session.num_layers):
+    # Cache layouts are fixed once prefill ends, so checking them at the first decoding step is enough.
+    for later in range(stage.first_layer, session.num_layers) if session.ctx.step == 1 else ():
         if session.stored[later] is not session.stored[layer] and not (
                 session.stored[later] is not None and session.stored[layer] is not None
                 and torch.equal(session.stored[later], session.stored[layer])):
