@@ -14,11 +14,10 @@ import torch
 
 import vidpress
 from common import DEFAULT_VIDEO
-from vidpress.bench import BenchRow, device_name, markdown
+from vidpress.bench import device_name, markdown, run_cells
 from vidpress.method import compose
-from vidpress.methods import FastV, get_method
+from vidpress.methods import FastV
 from vidpress.models.default import load_model
-from vidpress.pipeline import ask
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.event_pooling import EventPooling
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
@@ -39,14 +38,8 @@ def main() -> None:
         "metok stage 1 + fastv r=0.5": compose(EventPooling(), FastV(k=2, r=0.5)),
         "metok stage 1 + fastv r=0.5 + dynamic-kv": compose(EventPooling(), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
     }
-    ask(loaded.model, loaded.processor, frames, question, get_method("none"), max_new_tokens=2, progress=False)
-    base = ask(loaded.model, loaded.processor, frames, question, get_method("none"), max_new_tokens=32,
-               min_new_tokens=32, progress=False, label="uncompressed")
-    rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
-    for name, method in configs.items():
-        answer = ask(loaded.model, loaded.processor, frames, question, method, max_new_tokens=32, min_new_tokens=32,
-                     progress=False, label=name)
-        rows.append(BenchRow(name, None, answer).as_dict(base))
+    cells = [(name, None, method) for name, method in configs.items()]
+    rows = run_cells(loaded.model, loaded.processor, frames, question, cells, new_tokens=32)
     table = markdown(rows)
     print(table)
     folder = Path(__file__).parent / "results" / device_name()

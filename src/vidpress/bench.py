@@ -63,6 +63,10 @@ def device_name() -> str:
     return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
 
 
+def _skipped(name: str, retention: float | None, exc: Exception) -> str:
+    return f"{name}{'' if retention is None else f' @ {retention:.0%}'}: skipped ({exc})"
+
+
 def plan(methods: Sequence[str], retentions: Sequence[float]) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
     """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built."""
     cells, notes = [], []
@@ -76,7 +80,7 @@ def plan(methods: Sequence[str], retentions: Sequence[float]) -> tuple[list[tupl
             try:
                 cells.append((name, r, METHODS[name].at_retention(r)))
             except BudgetError as exc:
-                notes.append(f"{name} @ {r:.0%}: skipped ({exc})")
+                notes.append(_skipped(name, r, exc))
     return cells, notes
 
 
@@ -88,8 +92,6 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
     with a note, never silently run at another budget.
     """
-    from tqdm.auto import tqdm
-
     cells, notes = plan(methods, retentions)
     if depth is not None:  # drop in-LLM cells that cannot be resolved for this model before running anything
         kept = []
@@ -98,8 +100,16 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
                 cell[2].build().for_depth(depth)
                 kept.append(cell)
             except BudgetError as exc:
-                notes.append(f"{cell[0]}{'' if cell[1] is None else f' @ {cell[1]:.0%}'}: skipped ({exc})")
+                notes.append(_skipped(cell[0], cell[1], exc))
         cells = kept
+    return run_cells(model, processor, frames, question, cells, new_tokens=new_tokens, progress=progress), notes
+
+
+def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Sequence[tuple[str, float | None, Any]],
+              *, new_tokens: int = 32, progress: bool = True) -> list[dict[str, Any]]:
+    """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each."""
+    from tqdm.auto import tqdm
+
     none = get_method("none")
     ask(model, processor, frames, question, none, max_new_tokens=2, progress=False)  # warm-up
     base = ask(model, processor, frames, question, none, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -107,9 +117,9 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
     rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
     for name, r, method in tqdm(cells, desc="benchmark", unit="run", disable=not progress):
         answer = ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
-                     min_new_tokens=new_tokens, progress=False)
+                     min_new_tokens=new_tokens, progress=False, label=name)
         rows.append(BenchRow(name, r, answer).as_dict(base))
-    return rows, notes
+    return rows
 
 
 COLUMNS = ("method", "target_retention", "retention", "mean_alive_retention", "visual_tokens_llm", "prefill_flops_ratio",
