@@ -9,7 +9,7 @@ import vidpress
 from vidpress.accounting import estimate, spec_from_config
 from vidpress.errors import BudgetError
 from vidpress.method import compose
-from vidpress.methods import FastV, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial
+from vidpress.methods import FastV, FastVID, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial, VisionZip
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.prefill.attention_rank import solve_keep
 from vidpress.tokens import VisualTokens
@@ -19,6 +19,59 @@ CONTROLS = (UniformFrames, UniformSpatial, RandomTokens)
 
 def _tokens(frames=8, per_frame=16):
     return VisualTokens(torch.randn(1, frames, per_frame, 4), (4, 4))
+
+
+def _scenes(frames=8, per_frame=16, cut=4):
+    """Two scenes (frames [0, cut) and [cut, F)) of noisy constant features, a ranked encoder attention
+    (token t of every frame receives t + 1), keys equal to the features, and one newline token."""
+    torch.manual_seed(0)
+    base = torch.zeros(frames, 1, 4)
+    base[:cut, :, 0], base[cut:, :, 1] = 1.0, 1.0
+    feats = (base + 0.05 * torch.randn(frames, per_frame, 4))[None]
+    attention = torch.arange(1.0, per_frame + 1).expand(1, frames, per_frame)
+    return VisualTokens(feats, (4, 4), extra=torch.full((1, 1, 4), 9.0), attention=attention, keys=feats)
+
+
+def test_same_retention_means_same_visual_tokens_for_every_pre_llm_method():
+    tokens = _scenes()
+    for r, budget in ((0.25, 32), (0.1, 13), (0.5, 64)):
+        counts = {cls.name: cls(retention=r).build().pre_llm(tokens) for cls in (*CONTROLS, VisionZip, FastVID)}
+        assert {getattr(p, "num_visual", p.num_kept) for p in counts.values()} == {budget}, r
+
+
+def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_by_hand():
+    tokens = _scenes()
+    packed = VisionZip(retention=0.25).build().pre_llm(tokens)  # 4 per frame: round(4/7) = 1 contextual, 3 dominant
+    assert packed.num_kept == 32 + 1 and packed.extra_tokens == 1 and packed.frame_of[0, -1] == -1
+    assert torch.equal(packed.features[0, -1], tokens.extra[0, 0])
+    x = tokens.features[0, 0]
+    assert torch.equal(packed.features[0, :3], x[[13, 14, 15]])  # the three most attended, in order
+    # contextual: targets strided over the 13 others (step 13 -> token 0 alone), all others join it
+    assert torch.allclose(packed.features[0, 3], x[:13].mean(0), atol=1e-6)
+    faithful = VisionZip(retention=0.25, mode="faithful").build().pre_llm(tokens)
+    assert torch.allclose(faithful.features[0, 3], x[0] + x[1:13].mean(0), atol=1e-6)
+    at_10 = VisionZip(retention=0.1).build().pre_llm(tokens)  # 13 = 2 x 5 + 1 x 3: round(2/7) = 0 contextual
+    assert torch.bincount(at_10.frame_of[0, :-1], minlength=8).tolist() == [2] * 5 + [1] * 3
+    assert torch.equal(at_10.features[0, :2], x[[14, 15]])
+
+
+def test_fastvid_segments_and_budgets_by_hand():
+    tokens = _scenes()
+    stage = FastVID(retention=0.25, min_segments=2, threshold=0.5).build().pre_llm
+    packed = stage(tokens)
+    # DySeg cuts at the scene change only: segments 0-3 and 4-7; 4 per frame: round(0.4 * 4) = 2 salient,
+    # the other 2 x 4 = 8 per segment go to anchor frame 0 (stride 4) of each segment.
+    assert packed.num_visual == 32 and packed.events[0, :-1].bincount().tolist() == [16, 16]
+    assert torch.bincount(packed.frame_of[0, :-1], minlength=8).tolist() == [10, 2, 2, 2, 10, 2, 2, 2]
+    f1 = packed.frame_of[0] == 1
+    assert torch.equal(packed.features[0, f1], tokens.features[0, 1, [14, 15]])  # salient = most attended
+    at_10 = stage.__class__(retention=0.1, min_segments=2, threshold=0.5)(tokens)
+    # 13 = [2]*5 + [1]*3; salient round(0.8) = 1, round(0.4) = 0; contextual 4 per segment on frames 0 and 4
+    assert torch.bincount(at_10.frame_of[0, :-1], minlength=8).tolist() == [5, 1, 1, 1, 5, 0, 0, 0]
+    faithful = stage.__class__(retention=0.1, min_segments=2, threshold=0.5, mode="faithful")(tokens)
+    assert faithful.num_visual == 8  # the reference keeps int(16 * 0.1) = 1 per frame, not the budget of 13
+    with pytest.raises(BudgetError, match="anchor frame"):
+        stage.__class__(retention=0.5, min_segments=1, threshold=0.0, anchor_stride=8, mode="faithful")(tokens)
 
 
 def _spec(layers=8):
@@ -62,7 +115,7 @@ def test_fastv_and_pdrop_counts_by_hand():
 
 
 @pytest.mark.parametrize("method", [FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0)]
-                         + [cls(retention=1.0) for cls in CONTROLS], ids=lambda m: m.label)
+                         + [cls(retention=1.0) for cls in (*CONTROLS, VisionZip, FastVID)], ids=lambda m: m.label)
 def test_keep_everything_equals_uncompressed(tiny, inputs, method):
     with torch.no_grad():
         reference = tiny.model(**inputs).logits
@@ -101,3 +154,40 @@ def test_decode_stage_before_a_prefill_drop_is_refused(tiny, inputs):
     composed = compose(FastV(k=2, r=0.5), DynamicKV(l=1, p=0.5))  # DyCoke selects at layer 0, FastV drops at 2
     with torch.no_grad(), vidpress.apply(tiny.model, composed), pytest.raises(IncompatibleStagesError, match="layer 2"):
         tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+
+
+def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
+    from vidpress.models.llava_onevision import ADAPTER
+    from vidpress.runtime.encoder import encoder_signals
+
+    tower = tiny.model.model.vision_tower
+    pixels = inputs["pixel_values_videos"].flatten(0, 1)
+    seen = {}
+    handle = ADAPTER.encoder_attention(tiny.model).register_forward_pre_hook(
+        lambda m, a, k: seen.update(hidden=a[0] if a else k["hidden_states"]), with_kwargs=True)
+    tower.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            weights = tower(pixels, output_attentions=True).attentions[-1]  # (n, H, P, P)
+    finally:
+        tower.config._attn_implementation = "sdpa"
+        handle.remove()
+    received, keys = encoder_signals(ADAPTER.encoder_attention(tiny.model), seen["hidden"], cls_row=False, chunk=5)
+    assert torch.allclose(received, weights.mean((1, 2)), atol=1e-6)
+    assert keys.shape == (pixels.shape[0], weights.shape[-1], 16)
+
+
+@pytest.mark.parametrize("method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)],
+                         ids=lambda m: m.name)
+def test_merging_peers_generate_and_match_the_calculator(tiny, inputs, method):
+    with torch.no_grad(), vidpress.apply(tiny.model, compose(method, DynamicKV(l=2, p=0.5))) as run:
+        out = tiny.model.generate(**inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                  return_dict_in_generate=True)
+    acc = run.report.accounting
+    other = inputs["input_ids"].shape[1] - 48  # text and the newline stay; 48 = 12 frames x 4 tokens
+    assert acc.prefill_visual == [12] * 4 and acc.other_tokens == other  # 25 % of 48
+    for layer in range(4):
+        assert out.past_key_values.layers[layer].keys.shape[2] == other + 12 + 19
+    spec = spec_from_config(tiny.model.config)
+    assert estimate(spec, acc.frames, compose(method, DynamicKV(l=2, p=0.5)),
+                    text_tokens=acc.other_tokens - 1).prefill_visual == acc.prefill_visual

@@ -253,26 +253,34 @@ def resolve_spec(model: str) -> ModelSpec:
 
 
 def _dry_pre_llm(spec: ModelSpec, frames: int, stage: Any, events: int, generator: torch.Generator):
-    """Dry-run a pre-LLM stage: (visual tokens kept, event of each (1, M) or None, key events (1, E) or None).
+    """Dry-run a pre-LLM stage: (visual tokens kept, event of each (1, M) or None, key events (1, E) or None,
+    extra tokens kept beside the visual ones).
 
-    Stages that see the unpooled grid and the question (METok stage 1) get a constructed video of ``events``
-    equal-length events (piecewise-constant frame features) and a random question.
+    Stages that see the unpooled grid, the question or the encoder attention (METok stage 1, VisionZip,
+    FastVID) get a constructed video of ``events`` equal-length events (piecewise-constant frame features),
+    a random question and random encoder attention.
     """
     from .tokens import PackedTokens, VisualTokens
 
     width = max(8, events + 1)
     tokens = VisualTokens(torch.rand(1, frames, spec.tokens_per_frame, width, generator=generator), spec.grid)
-    if stage.needs.unpooled or stage.needs.text:
+    needs = stage.needs
+    if needs.unpooled or needs.text or needs.encoder_attention:
         side = math.isqrt(spec.patches)
         event_of = torch.arange(frames) * events // frames
         feats = torch.nn.functional.one_hot(event_of, width).float() + 0.01 * torch.rand(frames, width, generator=generator)
         unpooled = feats[None, :, None, None, :].expand(1, frames, side, side, width).contiguous()
-        tokens = VisualTokens(tokens.features, spec.grid, unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
-                              text=torch.rand(1, 12, width, generator=generator))
+        features, attention, keys = tokens.features, None, None
+        if needs.encoder_attention:
+            features = keys = feats[None, :, None, :] + 0.01 * torch.rand(1, frames, spec.tokens_per_frame, width,
+                                                                          generator=generator)
+            attention = torch.rand(1, frames, spec.tokens_per_frame, generator=generator)
+        tokens = VisualTokens(features, spec.grid, unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
+                              text=torch.rand(1, 12, width, generator=generator), attention=attention, keys=keys)
     plan = stage(tokens, None)
     if isinstance(plan, PackedTokens):
-        return plan.num_kept, plan.events, plan.key_events
-    return plan.num_kept, None, None
+        return plan.num_visual, plan.events[:, : plan.num_visual], plan.key_events, plan.extra_tokens
+    return plan.num_kept, None, None, spec.extra_visual
 
 
 def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: int = 78,
@@ -316,8 +324,8 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
             raise BudgetError(f"retention must be in (0, 1], got {retention}")
         kept = round(retention * n)
     elif stages is not None and stages.pre_llm is not None:
-        kept, event_of, key = _dry_pre_llm(spec, frames, stages.pre_llm, events, generator)
-        other = text_tokens if event_of is not None else other
+        kept, event_of, key, extra = _dry_pre_llm(spec, frames, stages.pre_llm, events, generator)
+        other = text_tokens + extra
     else:
         kept = n
     prefill = [kept] * layers

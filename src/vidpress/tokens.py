@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
+
+from .errors import BudgetError
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class VisualTokens:
         ``Needs.text``; ``text_ids`` (B, R) are their token ids.
     pixels : Tensor, shape (B, F, 3, H, W), optional
         The video's pixel values as the vision tower received them, when a stage's ``Needs.pixels``.
+    attention : Tensor, shape (B, F, T), optional
+        float32 vision-encoder attention each token receives (VisionZip's dominance score), pooled to the
+        frame grid like the features, when a stage's ``Needs.encoder_attention``; ``keys`` (B, F, T, Dk) are
+        that layer's head-averaged keys, pooled the same way (VisionZip's merging metric).
     """
 
     features: Tensor
@@ -40,6 +47,8 @@ class VisualTokens:
     text: Tensor | None = None
     text_ids: Tensor | None = None
     pixels: Tensor | None = None
+    attention: Tensor | None = None
+    keys: Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -111,6 +120,10 @@ class PackedTokens:
         Source frame of each token, -1 for tokens that belong to no frame (newlines).
     info : Any
         What the stage wants reported (e.g. an :class:`~vidpress.stages.pre_llm.events.EventPlan`).
+    extra_tokens : int
+        How many tokens at the end of the block are the model's own extra tokens (LLaVA-OV's newline) kept
+        as in the uncompressed layout: they are not visual tokens and are accounted like text. METok's
+        newlines per event are part of its budget and stay visual (``extra_tokens=0``).
     """
 
     features: Tensor
@@ -118,7 +131,39 @@ class PackedTokens:
     key_events: Tensor
     frame_of: Tensor
     info: Any = None
+    extra_tokens: int = 0
 
     @property
     def num_kept(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def num_visual(self) -> int:
+        """Visual tokens in the block: ``num_kept - extra_tokens``."""
+        return self.num_kept - self.extra_tokens
+
+    @staticmethod
+    def from_rows(rows: list[tuple[Tensor, Tensor, Tensor]], num_events: int, extra: Tensor | None = None,
+                  info: Any = None) -> PackedTokens:
+        """Stack per-row blocks, each followed by the model's ``extra`` tokens (B, E, D) as non-visual tokens.
+
+        ``rows`` holds, per batch row, (features (M, D), frame_of (M,), events (M,)); every event is a key
+        event. Used by stages that merge tokens but have no key-event notion (VisionZip, FastVID).
+
+        Raises
+        ------
+        BudgetError
+            Rows of different lengths (videos that compress differently; run them one at a time).
+        """
+        lengths = sorted({len(r[0]) for r in rows})
+        if len(lengths) > 1:
+            raise BudgetError(f"videos in the batch compress to different lengths {lengths}; run them one at a time")
+        n_extra = 0 if extra is None else extra.shape[1]
+        feats, frame_of, events = [], [], []
+        for b, (x, f, e) in enumerate(rows):
+            tail = e[-1:] if len(e) else e.new_zeros(1)
+            feats.append(x if not n_extra else torch.cat([x, extra[b].to(x.dtype)]))
+            frame_of.append(torch.cat([f, f.new_full((n_extra,), -1)]))
+            events.append(torch.cat([e, tail.expand(n_extra)]))
+        key = torch.ones(len(rows), num_events, dtype=torch.bool, device=feats[0].device)
+        return PackedTokens(torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra)

@@ -8,11 +8,14 @@ from ..errors import UnknownMethodError
 from ..method import Method, Stages
 from .dycoke import DyCoke
 from .fastv import FastV, PyramidDrop
+from .fastvid import FastVID
 from .metok import METok
 from .uniform import RandomTokens, UniformFrames, UniformSpatial
+from .visionzip import VisionZip
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok, FastV, PyramidDrop,
-                                                                UniformFrames, UniformSpatial, RandomTokens)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok, FastV, PyramidDrop, VisionZip,
+                                                                FastVID, UniformFrames, UniformSpatial,
+                                                                RandomTokens)}
 
 
 def get_method(name: str, **params: Any) -> Method | Stages:
@@ -26,5 +29,5 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
-__all__ = ["METHODS", "DyCoke", "FastV", "METok", "PyramidDrop", "RandomTokens", "UniformFrames", "UniformSpatial",
-           "get_method"]
+__all__ = ["METHODS", "DyCoke", "FastV", "FastVID", "METok", "PyramidDrop", "RandomTokens", "UniformFrames",
+           "UniformSpatial", "VisionZip", "get_method"]

@@ -77,6 +77,35 @@ class LlavaOnevisionAdapter:
                                 "method installed (vidpress.apply) so vidpress sees the vision encoding")
         return projected.view(batch, frames, side, side, -1)
 
+    def encoder_attention(self, model: nn.Module) -> nn.Module:
+        """The vision attention module of the layer whose output the projector receives
+        (``config.vision_feature_layer``): VisionZip scores tokens by this layer's attention.
+
+        Raises
+        ------
+        VidpressError
+            Multi-layer or embedding-layer vision features (no single attention layer to score).
+        """
+        layer = model.config.vision_feature_layer
+        modules = [m for m in model.model.vision_tower.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")]
+        if not isinstance(layer, int) or layer == 0 or not modules:
+            raise VidpressError(f"vision_feature_layer={layer!r} has no single attention layer to score; "
+                                "encoder-attention methods need one integer feature layer")
+        return modules[layer if layer < 0 else layer - 1]
+
+    def encoder_has_cls(self, model: nn.Module) -> bool:
+        """Whether the encoder's first token is a CLS token the projector drops ("default" strategy)."""
+        return model.config.vision_feature_select_strategy == "default"
+
+    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
+                             frames: int) -> tuple[Tensor, Tensor]:
+        """Pool encoder attention (B*F, P) and keys (B*F, P, Dk) to the frame grid with the model's own pooling:
+        (B, F, T) and (B, F, T, Dk). The CLS column, if any, is dropped first, as the projector drops it."""
+        if self.encoder_has_cls(model):
+            received, keys = received[:, 1:], keys[:, 1:]
+        pooled = model.model.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
+        return pooled[..., 0].reshape(batch, frames, -1), pooled[..., 1:].reshape(batch, frames, pooled.shape[1], -1)
+
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         shape = (*hidden.shape[:-1], -1, attention.head_dim)
         query = attention.q_proj(hidden).view(shape).transpose(1, 2)

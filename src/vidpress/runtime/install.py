@@ -15,6 +15,7 @@ import torch
 from ..method import Stages
 from ..models.base import adapter_for
 from ..report import Report
+from .encoder import encoder_signals
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
@@ -46,6 +47,8 @@ class Run:
         self._vision_s = 0.0
         self._projected: torch.Tensor | None = None
         self._pixels: torch.Tensor | None = None
+        self._encoder: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._encoder_s = 0.0
         self._install()
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -71,8 +74,11 @@ class Run:
             started = time.perf_counter()
             positions = getattr(self.stages.pre_llm, "positions", "original")
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
-                                    projected=lambda: self._projected, pixels=lambda: self._pixels)
-            self._projected = self._pixels = None
+                                    projected=lambda: self._projected, pixels=lambda: self._pixels,
+                                    encoder=lambda: self._encoder)
+            self._projected = self._pixels = self._encoder = None
+            session.timings["overhead_s"] += self._encoder_s
+            self._encoder_s = 0.0
             session.started = started
             session.info["vision_before_s"] = self._vision_s
             self._active = (weakref.ref(kwargs["cache"]), session)
@@ -122,6 +128,15 @@ class Run:
     def _capture_pixels(self, module: Any, args: tuple) -> None:
         self._pixels = args[0] if args else None  # (B*F, 3, H, W): generate consumes pixel_values_videos early
 
+    def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
+        started = time.perf_counter()
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._encoder = encoder_signals(module, hidden, self.adapter.encoder_has_cls(self.model))
+        _sync(self._device())
+        elapsed = time.perf_counter() - started
+        self._encoder_s += elapsed  # method overhead, not vision encoding
+        self._vision_s -= elapsed
+
     def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         session = self.session_of(kwargs.get("cache"))
         if session is not None and session.ctx.step == 0:
@@ -144,6 +159,9 @@ class Run:
         pre = self.stages.pre_llm
         if pre is not None and pre.needs.unpooled:
             add(self.adapter.projector(self.model).register_forward_hook(self._capture_projected))
+        if pre is not None and pre.needs.encoder_attention:
+            add(self.adapter.encoder_attention(self.model).register_forward_pre_hook(self._capture_encoder,
+                                                                                     with_kwargs=True))
         if pre is not None and pre.needs.pixels:
             add(self.adapter.vision_modules(self.model)[0].register_forward_pre_hook(self._capture_pixels))
         llm = self.adapter.language_model(self.model)
@@ -200,7 +218,7 @@ class Run:
         self._handles.clear()
         self._finish()
         self._active = None
-        self._projected = self._pixels = None
+        self._projected = self._pixels = self._encoder = None
 
     def __enter__(self) -> Run:
         return self

@@ -27,11 +27,12 @@ def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
 
 
 def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any], positions: str,
-                  projected: Any = None, pixels: Any = None) -> Session:
+                  projected: Any = None, pixels: Any = None, encoder: Any = None) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
-    ``projected`` / ``pixels`` return the projector's latest output (the unpooled grid) and the vision
-    tower's latest input, captured by the runtime for stages that need them.
+    ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
+    vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
+    need them.
     """
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
@@ -52,7 +53,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
                           f"{n_frame_tokens + extra.shape[1]} tokens; build the prompt with the model's processor")
     embeds = model.get_input_embeddings()(input_ids)
     pre = stages.pre_llm
-    if pre is not None and (pre.needs.unpooled or pre.needs.text or pre.needs.pixels):
+    if pre is not None and (pre.needs.unpooled or pre.needs.text or pre.needs.pixels or pre.needs.encoder_attention):
         unpooled = adapter.unpooled_grid(model, projected(), batch, frames) if pre.needs.unpooled else None
         after = int(video_pos[:, -1].max()) + 1
         seen = pixels() if pixels is not None else None
@@ -60,8 +61,14 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
             video_pixels = seen.view(batch, frames, *seen.shape[1:])
         if pre.needs.pixels and video_pixels is None:
             raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
+        attention = keys = None
+        if pre.needs.encoder_attention:
+            if encoder is None or encoder() is None or encoder()[0].shape[0] != batch * frames:
+                raise VidpressError(f"{type(pre).__name__} needs the vision encoder's attention for this video; "
+                                    "run the model with the method installed (vidpress.apply)")
+            attention, keys = adapter.pool_encoder_signals(model, *encoder(), batch, frames)
         tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, extra=extra, text=embeds[:, after:],
-                              text_ids=input_ids[:, after:], pixels=video_pixels)
+                              text_ids=input_ids[:, after:], pixels=video_pixels, attention=attention, keys=keys)
 
     start = time.perf_counter()
     if pre is not None:
@@ -80,7 +87,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         kept_video = video_pos[:, : plan.num_kept]
         block = plan.features.to(embeds.dtype)
         embeds = embeds.scatter(1, kept_video[..., None].expand(-1, -1, embeds.shape[-1]), block)
-        visual = torch.zeros_like(is_video).scatter_(1, kept_video, True)
+        visual = torch.zeros_like(is_video).scatter_(1, kept_video[:, : plan.num_visual], True)
         events = torch.full_like(input_ids, -1).scatter_(1, kept_video, plan.events.to(input_ids.device))
     else:
         block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)

@@ -39,6 +39,9 @@ class Needs:
         A pre-LLM stage gets the embeddings of the text after the video (``VisualTokens.text``).
     pixels : bool
         A pre-LLM stage gets the video's pixel values (``VisualTokens.pixels``).
+    encoder_attention : bool
+        A pre-LLM stage gets the vision encoder's attention received per token and its keys
+        (``VisualTokens.attention`` / ``keys``), computed apart from the encoder's own attention call.
     trim_after_prefill : bool
         A decode stage: once prefill ends, layers >= ``first_layer`` permanently keep only the visual KV
         entries alive at the last layer (METok stage 3); nothing is re-selected while decoding.
@@ -49,6 +52,7 @@ class Needs:
     unpooled: bool = False
     text: bool = False
     pixels: bool = False
+    encoder_attention: bool = False
     trim_after_prefill: bool = False
 
 

@@ -30,6 +30,12 @@ def visual_budget(retention: float, n: int) -> int:
     return max(1, round(retention * n))
 
 
+def frame_budgets(budget: int, frames: int) -> list[int]:
+    """Split ``budget`` tokens evenly over ``frames`` frames; the first ``budget % frames`` frames take one more."""
+    base, rest = divmod(budget, frames)
+    return [base + (f < rest) for f in range(frames)]
+
+
 def spread(count: int, n: int) -> torch.Tensor:
     """``count`` indices spread evenly over ``range(n)`` (centred in equal bins), sorted and unique."""
     return ((torch.arange(count) + 0.5) * n / count).long().clamp_max(n - 1)
@@ -75,9 +81,7 @@ class UniformBaseline:
                 chosen = spread(whole + (rest > 0), frames).tolist()
                 counts = [per_frame] * whole + ([rest] if rest else [])
             else:
-                base, rest = divmod(budget, frames)
-                chosen = list(range(frames))
-                counts = [base + (f < rest) for f in chosen]
+                chosen, counts = list(range(frames)), frame_budgets(budget, frames)
             keep = torch.cat([spread(c, per_frame) + f * per_frame for f, c in zip(chosen, counts) if c])
             keep = keep.expand(batch, -1)
         return Selection.from_indices(keep.to(tokens.features.device), n)

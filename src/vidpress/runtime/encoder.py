@@ -1,0 +1,46 @@
+"""Vision-encoder attention for stages that rank tokens by the attention they receive (VisionZip, FastVID).
+
+The encoder keeps its own attention implementation (SDPA returns no weights): a forward pre-hook on the
+scored attention module recomputes fp32 softmax(q k^T * scale) from the same input, a chunk of frames at a
+time, so at most ``chunk * heads * P * P`` floats exist at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def encoder_signals(attention: nn.Module, hidden: Tensor, cls_row: bool, chunk: int = 8) -> tuple[Tensor, Tensor]:
+    """Attention received and head-averaged keys of one vision attention module.
+
+    Parameters
+    ----------
+    attention : nn.Module
+        A SigLIP/CLIP/DINOv2-style attention with ``q_proj``, ``k_proj``, ``head_dim`` and ``scale`` or
+        ``scaling``.
+    hidden : Tensor, shape (n, P, Dv)
+        Its input: n frames of P encoder tokens.
+    cls_row : bool
+        Score by the first (CLS) token's attention row only (VisionZip on CLIP); otherwise average over every
+        query row (VisionZip's rule for SigLIP, which has no CLS token).
+
+    Returns
+    -------
+    received : Tensor, shape (n, P), float32
+        Attention each token receives, averaged over heads (and query rows).
+    keys : Tensor, shape (n, P, head_dim), float32
+        The keys averaged over heads (VisionZip's merging metric).
+    """
+    head_dim = attention.head_dim
+    scale = getattr(attention, "scale", None) or getattr(attention, "scaling", head_dim**-0.5)
+    received, keys = [], []
+    for part in hidden.split(chunk):
+        shape = (*part.shape[:-1], -1, head_dim)
+        query = attention.q_proj(part).view(shape).transpose(1, 2).float()
+        key = attention.k_proj(part).view(shape).transpose(1, 2).float()
+        rows = query[:, :, :1] if cls_row else query
+        probs = torch.softmax(rows @ key.transpose(-1, -2) * scale, dim=-1)  # (n, H, R, P)
+        received.append(probs.mean((1, 2)))
+        keys.append(key.mean(1))
+    return torch.cat(received), torch.cat(keys)

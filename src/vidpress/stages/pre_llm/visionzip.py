@@ -1,0 +1,107 @@
+"""VisionZip (Yang et al., CVPR 2025) per frame: dominant tokens by vision-encoder attention received, plus
+contextual tokens that merge the rest by key similarity (methods.md §3).
+
+Where it acts here: on the model's pooled frame grid (LLaVA-OV's 2x2 bilinear pooling), with the encoder's
+attention and keys pooled the same way - the "pooling" variant of the LLaVA-OV ports (HoliTom, DyToK).
+Tokens are merged after the projector (the reference merges encoder outputs before it); the projector is
+per-token, so only the non-linearity separates the two.
+
+faithful vs fixed (selection is the same):
+
+- ``faithful``: a contextual token is ``target + mean(tokens assigned to it)``, as the reference adds them,
+  which doubles its scale.
+- ``fixed`` (default): a contextual token is the mean of its target and the tokens assigned to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..._checks import check_mode, check_ratio
+from ...errors import VidpressError
+from ...stages import Needs
+from ...tokens import PackedTokens, StageContext, VisualTokens
+from .uniform import frame_budgets, visual_budget
+
+
+def merge_into_targets(x: torch.Tensor, metric: torch.Tensor, count: int, faithful: bool) -> torch.Tensor:
+    """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (n, D), every other token
+    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D)."""
+    metric = torch.nn.functional.normalize(metric.float(), dim=-1)
+    step = max(1, x.shape[0] // count)
+    targets = torch.arange(0, x.shape[0], step, device=x.device)[:count]
+    others = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    others[targets] = False
+    assign = (metric[others] @ metric[targets].T).argmax(-1)
+    sums = torch.zeros(count, x.shape[1], device=x.device).index_add_(0, assign, x[others].float())
+    counts = torch.bincount(assign, minlength=count)[:, None].float()
+    if faithful:
+        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype)
+    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class VisionZipStage:
+    """VisionZip as a pre-LLM stage at a budget of ``visual_budget(retention, F*T)`` tokens.
+
+    Parameters
+    ----------
+    retention : float
+        Fraction of visual tokens entering the LLM, in (0, 1]; split evenly over frames.
+    contextual_share : float
+        Share of each frame's budget spent on contextual (merged) tokens, in [0, 1] (default 1/7: the 6:1
+        dominant:contextual split of the LLaVA-OV ports, e.g. 42 + 7 of 196 at 25 %). Never more contextual
+        tokens than tokens dropped, so ``retention=1`` keeps every token unchanged.
+    mode : {"fixed", "faithful"}
+        How contextual tokens are formed (see module docstring).
+
+    Input ``tokens.features`` (B, F, T, D) with ``tokens.attention`` (B, F, T) and ``tokens.keys``
+    (B, F, T, Dk); returns a :class:`~vidpress.tokens.PackedTokens`: per frame, its dominant tokens in
+    original order then its contextual tokens, followed by the model's extra tokens.
+
+    Raises
+    ------
+    BudgetError
+        ``retention`` outside (0, 1].
+    InvalidParameterError
+        ``contextual_share`` outside [0, 1], unknown ``mode``.
+    """
+
+    retention: float = 0.25
+    contextual_share: float = 1 / 7
+    mode: Literal["faithful", "fixed"] = "fixed"
+    needs: Needs = field(default=Needs(encoder_attention=True), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        visual_budget(self.retention, 1)
+        check_ratio("contextual_share", self.contextual_share)
+        check_mode(self.mode)
+
+    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
+        if tokens.attention is None or tokens.keys is None:
+            raise VidpressError("VisionZip needs the vision encoder's attention; the runtime provides it when "
+                                "the model's adapter exposes its encoder attention")
+        batch, frames, per_frame, _ = tokens.features.shape
+        budgets = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
+        rows = []
+        for b in range(batch):
+            parts, frame_of = [], []
+            for f, budget in enumerate(budgets):
+                if budget == 0:
+                    continue
+                contextual = min(round(budget * self.contextual_share), per_frame - budget)
+                x = tokens.features[b, f]
+                dominant = tokens.attention[b, f].topk(budget - contextual).indices.sort().values
+                parts.append(x[dominant])
+                if contextual:
+                    rest = torch.ones(per_frame, dtype=torch.bool, device=x.device)
+                    rest[dominant] = False
+                    parts.append(merge_into_targets(x[rest], tokens.keys[b, f][rest], contextual, self.mode == "faithful"))
+                frame_of += [f] * budget
+            feats = torch.cat(parts)
+            frame_of_t = torch.tensor(frame_of, device=feats.device)
+            rows.append((feats, frame_of_t, torch.zeros_like(frame_of_t)))
+        return PackedTokens.from_rows(rows, 1, tokens.extra)
