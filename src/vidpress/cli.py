@@ -180,8 +180,7 @@ def events(
 def bench(
     video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
     question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
-    methods_: str = typer.Option("dycoke,metok,fastv,pdrop,frames,spatial,random", "--methods",
-                                 help="Comma-separated method names."),
+    methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or all."),
     retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
@@ -200,7 +199,9 @@ def bench(
 
     frames = frames or (16 if quick else 32)
     new_tokens = new_tokens or (8 if quick else 32)
-    chosen = [m.strip() for m in methods_.split(",") if m.strip()]
+    from .methods import METHODS
+
+    chosen = list(METHODS) if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
     levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else [float(r) for r in retentions.split(",")]
     path = video or bundled_clip()
     clip = load_video(path, frames)

@@ -9,7 +9,8 @@ segment is merged into its most similar anchor (Density-based Token Merging).
 faithful vs fixed (the reference code's quirks):
 
 - kNN density: the reference takes the k *largest* distances (``topk`` without ``largest=False``);
-  ``fixed`` uses the k nearest, as DPC-kNN defines it.
+  ``fixed`` uses the k nearest, as DPC-kNN defines it. Both break density ties deterministically (the
+  reference adds unseeded noise).
 - Merged tokens: the reference averages L2-normalised features, so contextual tokens lose the features'
   scale; ``fixed`` uses normalised features only to assign tokens and merges the raw features.
 - Budget: the reference keeps ``int(T * r)`` per frame and ``floor`` per anchor frame, so it keeps fewer
