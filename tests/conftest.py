@@ -42,3 +42,11 @@ def inputs(tiny, clip_frames):
     from vidpress.pipeline import build_inputs
 
     return build_inputs(tiny.processor, clip_frames, "What happens in the video?")
+
+
+@pytest.fixture(scope="session")
+def tiny_next_video():
+    """A 4-layer random LLaVA-NeXT-Video (LongVA layout: CLIP tower, average pooling, no newline), 4 tokens/frame."""
+    from vidpress.models.default import random_llava_next_video
+
+    return random_llava_next_video(layers=4, hidden=64, image_size=56, seed=0)

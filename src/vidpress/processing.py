@@ -4,7 +4,8 @@ transformers' ``LlavaOnevisionProcessor`` needs torchvision for video. Where a c
 loads, vidpress uses it; otherwise :class:`OfflineVideoProcessor` stands in with the same call surface
 (``apply_chat_template``, ``__call__(text=, videos=)``, ``batch_decode``) and the same outputs: frames resized
 to the square input size (bicubic, antialiased), rescaled and normalised, and each ``<video>`` expanded to
-``F * ceil(side / 2) ** 2 + 1`` placeholders, as LLaVA-OV's processor does.
+``F * ceil(side / 2) ** 2 + 1`` placeholders, as LLaVA-OV's processor does (``layout="llava_onevision"``), or
+``F * (side // 2) ** 2`` for the LLaVA-NeXT-Video layout (average pooling, no newline).
 """
 
 from __future__ import annotations
@@ -35,16 +36,19 @@ class OfflineVideoProcessor:
     """
 
     def __init__(self, tokenizer: Any, image_size: int, patch_size: int, image_mean: Sequence[float],
-                 image_std: Sequence[float], chat_template: str | None = None, video_token: str = "<video>"):
-        self.tokenizer, self.image_size, self.patch_size = tokenizer, image_size, patch_size
+                 image_std: Sequence[float], chat_template: str | None = None, video_token: str = "<video>",
+                 layout: str = "llava_onevision"):
+        self.tokenizer, self.image_size, self.patch_size, self.layout = tokenizer, image_size, patch_size, layout
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.chat_template = chat_template or tokenizer.chat_template
         self.video_token = video_token
         self.tokenizer.padding_side = "left"
 
     def tokens_per_video(self, num_frames: int) -> int:
-        pooled = math.ceil(self.image_size // self.patch_size / 2)
-        return num_frames * pooled * pooled + 1
+        side = self.image_size // self.patch_size
+        if self.layout == "llava_next_video":
+            return num_frames * (side // 2) ** 2
+        return num_frames * math.ceil(side / 2) ** 2 + 1
 
     def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kw: Any) -> str:
         return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False,
@@ -86,7 +90,8 @@ class OfflineVideoProcessor:
     def save_pretrained(self, directory: str | Path) -> None:
         self.tokenizer.save_pretrained(directory)
         config = dict(image_size=self.image_size, patch_size=self.patch_size, image_mean=self.image_mean,
-                      image_std=self.image_std, chat_template=self.chat_template, video_token=self.video_token)
+                      image_std=self.image_std, chat_template=self.chat_template, video_token=self.video_token,
+                      layout=self.layout)
         (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -107,5 +112,6 @@ class OfflineVideoProcessor:
         if (directory / "chat_template.json").exists():
             template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
         vision = model_config.vision_config
+        layout = "llava_next_video" if model_config.model_type == "llava_next_video" else "llava_onevision"
         return cls(tokenizer, vision.image_size, vision.patch_size, pre.get("image_mean", [0.5] * 3),
-                   pre.get("image_std", [0.5] * 3), chat_template=template)
+                   pre.get("image_std", [0.5] * 3), chat_template=template, layout=layout)

@@ -25,8 +25,12 @@ class VisualTokens:
         Per-frame token grid after the projector and the 2-D pooling, in the LLM's width.
     grid : tuple[int, int]
         (h, w) with h * w == T: the spatial layout of each frame's tokens (row-major).
-    unpooled : Tensor, shape (B, F, h0, w0, D), optional
-        The projected grid before the model's own 2-D pooling (only when a stage's ``Needs.unpooled``).
+    unpooled : Tensor, shape (B, F, h0, w0, D'), optional
+        The grid before the model's own 2-D pooling (only when a stage's ``Needs.unpooled``): projected
+        (D' = D) when the model pools after its projector (LLaVA-OV), the encoder output otherwise.
+    project : callable, optional
+        Maps pooled ``unpooled`` tokens (..., D') to the LLM width D: the model's projector when it pools
+        before projecting (LLaVA-NeXT-Video), None (identity) otherwise.
     extra : Tensor, shape (B, E, D), optional
         Tokens the model appends to the video block (LLaVA-OV's ``image_newline``), in the LLM's width.
     text : Tensor, shape (B, R, D), optional
@@ -43,6 +47,7 @@ class VisualTokens:
     features: Tensor
     grid: tuple[int, int]
     unpooled: Tensor | None = None
+    project: Any = None
     extra: Tensor | None = None
     text: Tensor | None = None
     text_ids: Tensor | None = None

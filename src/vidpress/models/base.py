@@ -35,6 +35,23 @@ class Adapter(Protocol):
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary-embedded queries (B, H, R, head_dim) of ``hidden`` (B, R, D) for one attention module."""
 
+    def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """(module, "input" | "output") the runtime captures for :meth:`unpooled_grid` (METok stage 1)."""
+
+    def unpooled_grid(self, model: nn.Module, captured: Tensor | None, batch: int, frames: int) -> tuple[Tensor, Any]:
+        """The grid before the model's pooling (B, F, h0, w0, D') and the projector to apply after pooling it
+        (None when the grid is already projected)."""
+
+    def encoder_attention(self, model: nn.Module) -> nn.Module:
+        """The vision attention module whose attention VisionZip / FastVID score."""
+
+    def encoder_has_cls(self, model: nn.Module) -> bool:
+        """Whether the encoder sequence starts with a CLS token the projector drops."""
+
+    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
+                             frames: int) -> tuple[Tensor, Tensor]:
+        """Encoder attention (B*F, P) and keys (B*F, P, Dk) pooled like the features: (B, F, T), (B, F, T, Dk)."""
+
 
 _ADAPTERS: list[Adapter] = []
 
@@ -56,7 +73,7 @@ def adapter_for(model: Any) -> Adapter:
     UnsupportedModelError
         The class is not supported; the message lists the supported classes.
     """
-    from . import llava_onevision  # noqa: F401  (registers its adapter)
+    from . import llava_next_video, llava_onevision  # noqa: F401  (register their adapters)
 
     name = type(model).__name__
     for adapter in _ADAPTERS:

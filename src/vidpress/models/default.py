@@ -111,6 +111,34 @@ def random_model(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: 
                        trained=False)
 
 
+def random_llava_next_video(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
+                            attn_implementation: str = "sdpa") -> LoadedModel:
+    """A small random-weight ``LlavaNextVideoForConditionalGeneration`` (LongVA's layout: CLIP tower, penultimate
+    layer without CLS, 2x2 average pooling before the projector, no newline; Qwen2 LM), byte-level tokenizer.
+
+    ``image_size`` 56 with patch 14 gives 4x4 patches, pooled to 2x2 = 4 tokens per frame; 336 gives LongVA's 144.
+    """
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    tokenizer = byte_tokenizer()
+    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                tie_word_embeddings=False)
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=32)
+    torch.manual_seed(seed)
+    config = LlavaNextVideoConfig(text_config=text, vision_config=vision, vision_feature_layer=-2,
+                                  vision_feature_select_strategy="default", spatial_pool_mode="average",
+                                  spatial_pool_stride=2, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                                  video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+    config._attn_implementation = attn_implementation
+    model = LlavaNextVideoForConditionalGeneration(config).eval()
+    processor = OfflineVideoProcessor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3, chat_template=CHAT_TEMPLATE,
+                                      layout="llava_next_video")
+    return LoadedModel(model, processor, f"random-weight LLaVA-NeXT-Video / LongVA layout ({layers}-layer Qwen2 LM, "
+                       f"hidden {hidden}; CLIP tower) - answers are not meaningful", trained=False)
+
+
 def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Dinov2Model
     from transformers import LlavaOnevisionForConditionalGeneration
@@ -163,7 +191,8 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
 
 
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
-    """``"default"``, ``"random"``, a local checkpoint directory, or a hub id (needs the hub or its cache).
+    """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout), a local
+    checkpoint directory, or a hub id (needs the hub or its cache).
 
     Raises
     ------
@@ -181,6 +210,8 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         loaded = default_model()
     elif name == "random":
         loaded = random_model(layers=4, hidden=128, image_size=224)
+    elif name == "random-llava-next-video":
+        loaded = random_llava_next_video(layers=4, hidden=128, image_size=336)
     else:
         try:
             config = AutoConfig.from_pretrained(name)

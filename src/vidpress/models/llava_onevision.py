@@ -39,9 +39,9 @@ class LlavaOnevisionAdapter:
         """Modules whose forward time is the vision-encoding time (tower and projector)."""
         return model.model.vision_tower, model.model.multi_modal_projector
 
-    def projector(self, model: nn.Module) -> nn.Module:
-        """The module whose output is the unpooled projected grid (B*F, h0*w0, D)."""
-        return model.model.multi_modal_projector
+    def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """Where the runtime captures what :meth:`unpooled_grid` needs: the projector's output (B*F, h0*w0, D)."""
+        return model.model.multi_modal_projector, "output"
 
     def has_video(self, inputs: dict[str, Any]) -> bool:
         return inputs.get("pixel_values_videos") is not None or bool((inputs.get("mm_encoder_outputs") or {}).get("video"))
@@ -69,13 +69,14 @@ class LlavaOnevisionAdapter:
         tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
         return VisualTokens(tokens, grid), features[:, frames * per_frame :]
 
-    def unpooled_grid(self, model: nn.Module, projected: Tensor | None, batch: int, frames: int) -> Tensor:
-        """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D)."""
+    def unpooled_grid(self, model: nn.Module, projected: Tensor | None, batch: int, frames: int) -> tuple[Tensor, None]:
+        """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D); nothing to project after
+        pooling (None)."""
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
             raise VidpressError("the projector output for this video was not captured; run the model with the "
                                 "method installed (vidpress.apply) so vidpress sees the vision encoding")
-        return projected.view(batch, frames, side, side, -1)
+        return projected.view(batch, frames, side, side, -1), None
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
         """The vision attention module of the layer whose output the projector receives

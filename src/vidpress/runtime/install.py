@@ -158,7 +158,11 @@ class Run:
             add(module.register_forward_hook(self._vision_post))
         pre = self.stages.pre_llm
         if pre is not None and pre.needs.unpooled:
-            add(self.adapter.projector(self.model).register_forward_hook(self._capture_projected))
+            module, where = self.adapter.unpooled_capture(self.model)
+            if where == "input":
+                add(module.register_forward_pre_hook(lambda m, args: self._capture_projected(m, args, args[0])))
+            else:
+                add(module.register_forward_hook(self._capture_projected))
         if pre is not None and pre.needs.encoder_attention:
             add(self.adapter.encoder_attention(self.model).register_forward_pre_hook(self._capture_encoder,
                                                                                      with_kwargs=True))

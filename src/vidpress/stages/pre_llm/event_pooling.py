@@ -119,10 +119,11 @@ class EventPooling:
             raise VidpressError("EventPooling needs the unpooled projected grid; the runtime provides it when "
                                 "the model's adapter exposes its projector")
         batch, frames = grids.shape[:2]
+        project = tokens.project or (lambda x: x)  # models that pool before their projector
         rows, plans = [], []
         for b in range(batch):
-            plan = self.plan(tokens, b, grids[b].float().mean((1, 2)), tuple(grids.shape[2:4]))
-            pooled = {s: pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool)
+            plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), tuple(grids.shape[2:4]))
+            pooled = {s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
                       for s in set(plan.strides)}
             taken = {s: 0 for s in pooled}
             feats, events, frame_of = [], [], []

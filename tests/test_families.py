@@ -1,0 +1,66 @@
+"""Every method on every supported model family, through the same stages (issue: model families)."""
+
+import pytest
+import torch
+
+import vidpress
+from vidpress.errors import UnsupportedModelError
+from vidpress.method import compose
+from vidpress.methods import (DyCoke, FastV, FastVID, METok, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial,
+                              VisionZip)
+from vidpress.models.base import supported_models
+from vidpress.pipeline import build_inputs
+from vidpress.stages.decode.dynamic_kv import DynamicKV
+
+KEEP_EVERYTHING = [
+    DyCoke(k=0, p=0),
+    METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((1, 1.0, 1.0), (3, 1.0, 1.0))),
+    FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0), VisionZip(retention=1.0), FastVID(retention=1.0),
+    UniformFrames(retention=1.0), UniformSpatial(retention=1.0), RandomTokens(retention=1.0),
+]
+COMPRESSING = [DyCoke(k=0.7, l=2, p=0.5), METok(key_events=1, key_frames=3, schedule=((1, 0.7, 0.4), (3, 0.5, 0.0))),
+               compose(FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)), compose(VisionZip(retention=0.25), DynamicKV(l=1, p=0.5)),
+               compose(FastVID(retention=0.25), DynamicKV(l=1, p=0.5))]
+
+
+@pytest.fixture(params=["llava_onevision", "llava_next_video"])
+def family(request, tiny, tiny_next_video, clip_frames):
+    loaded = tiny if request.param == "llava_onevision" else tiny_next_video
+    return loaded, build_inputs(loaded.processor, clip_frames, "What happens in the video?")
+
+
+def test_next_video_layout_has_no_newline(tiny_next_video, clip_frames):
+    inputs = build_inputs(tiny_next_video.processor, clip_frames, "q")
+    assert (inputs["input_ids"] == tiny_next_video.model.config.video_token_index).sum() == 12 * 4
+
+
+@pytest.mark.parametrize("method", KEEP_EVERYTHING, ids=lambda m: m.label)
+def test_keep_everything_reproduces_logits_and_greedy_tokens(family, method):
+    loaded, inputs = family
+    with torch.no_grad():
+        reference = loaded.model(**inputs).logits
+        greedy = loaded.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        with vidpress.apply(loaded.model, method):
+            out = loaded.model(**inputs).logits
+            tokens = loaded.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert torch.equal(tokens, greedy)
+
+
+@pytest.mark.parametrize("method", COMPRESSING, ids=lambda m: getattr(m, "label", None) or m.name)
+def test_generate_with_decode_pruning_keeps_caches_as_accounted(family, method):
+    loaded, inputs = family
+    with torch.no_grad(), vidpress.apply(loaded.model, method) as run:
+        out = loaded.model.generate(**inputs, max_new_tokens=21, min_new_tokens=21, do_sample=False,
+                                    return_dict_in_generate=True)
+    acc = run.report.accounting
+    assert acc.prefill_visual[0] < acc.visual_in or acc.prefill_visual[-1] < acc.visual_in
+    for layer in range(4):
+        assert out.past_key_values.layers[layer].keys.shape[2] == acc.other_tokens + acc.stored_visual[layer] + 20
+    assert run.report.decode_steps == 20
+
+
+def test_unsupported_model_lists_the_supported_classes():
+    assert {"LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration"} <= set(supported_models())
+    with pytest.raises(UnsupportedModelError, match="LlavaNextVideoForConditionalGeneration"):
+        vidpress.apply(torch.nn.Linear(2, 2), DyCoke())
