@@ -85,3 +85,12 @@ def test_bench_quick_writes_table_and_plots(tmp_path):
     assert rows[0]["first_token_kl"] == pytest.approx(0, abs=1e-6) and rows[0]["greedy_token_agreement"] == 1
     assert {r["visual_tokens_llm"] for r in rows if r["target_retention"] == 0.25} == {rows[0]["visual_tokens_llm"] // 4}
     assert "fastv @ 25%: skipped" in result.output  # unreachable at this depth: said, never run at another budget
+
+
+def test_run_on_the_llava_next_video_family():
+    result = runner.invoke(app, ["run", "--model", "random-llava-next-video", "--method", "fastvid", "--set",
+                                 "retention=0.1", "--frames", "8", "--max-new-tokens", "3", "--compare", "--json"])
+    assert result.exit_code == 0, result.output
+    base, fastvid = json.loads(result.output)["runs"]
+    assert base["visual_tokens_llm"] == 8 * 144  # 336 px CLIP, 24x24 pooled 2x2, no newline (LongVA's layout)
+    assert fastvid["visual_tokens_llm"] == round(0.1 * 8 * 144)

@@ -64,3 +64,18 @@ def test_unsupported_model_lists_the_supported_classes():
     assert {"LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration"} <= set(supported_models())
     with pytest.raises(UnsupportedModelError, match="LlavaNextVideoForConditionalGeneration"):
         vidpress.apply(torch.nn.Linear(2, 2), DyCoke())
+
+
+def test_next_video_report_agrees_with_config_calculator(tiny_next_video, clip_frames):
+    from vidpress.accounting import estimate, spec_from_config
+
+    inputs = build_inputs(tiny_next_video.processor, clip_frames, "What happens in the video?")
+    method = VisionZip(retention=0.25)
+    with torch.no_grad(), vidpress.apply(tiny_next_video.model, method) as run:
+        tiny_next_video.model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    acc = run.report.accounting
+    spec = spec_from_config(tiny_next_video.model.config, dtype_bytes=4)
+    assert (spec.tokens_per_frame, spec.extra_visual, spec.vision.tokens) == (4, 0, 17)  # 2x2 pooled, no newline, CLS
+    planned = estimate(spec, 12, method.build(), text_tokens=acc.other_tokens)
+    assert planned.prefill_visual == acc.prefill_visual and planned.kv_bytes == acc.kv_bytes
+    assert planned.prefill_flops == pytest.approx(acc.prefill_flops)

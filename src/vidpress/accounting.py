@@ -87,6 +87,10 @@ PRESETS: dict[str, ModelSpec] = {
     "llava-ov-0.5b": ModelSpec("llava-ov-0.5b", LLMDims(896, 4864, 24, 14, 2, 64), _siglip(), 196, (14, 14), 729),
     "llava-ov-7b": ModelSpec("llava-ov-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
     "llava-ov-72b": ModelSpec("llava-ov-72b", LLMDims(8192, 29568, 80, 64, 8, 128), _siglip(), 196, (14, 14), 729),
+    # LLaVA-Video-7B-Qwen2 as transformers loads it (LlavaOnevisionForConditionalGeneration): the LLaVA-OV-7B
+    # layout, one newline after the video. The original code puts a newline after every grid row instead
+    # ("grid"); no transformers class reproduces that, so this preset counts the layout vidpress runs.
+    "llava-video-7b": ModelSpec("llava-video-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
     # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
     # LongVA's video layout has no newline token [RECON: UniRes without newline for video].
     "longva-7b": ModelSpec("longva-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
@@ -211,7 +215,8 @@ class Accounting:
 
 
 def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2) -> ModelSpec:
-    """A :class:`ModelSpec` from a LLaVA-OneVision config object, a config dict, or a ``config.json`` path.
+    """A :class:`ModelSpec` from a LLaVA-OneVision or LLaVA-NeXT-Video config object, a config dict, or a
+    ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no newline).
 
     Raises
     ------
@@ -238,9 +243,10 @@ def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2)
     vdims = VisionDims(vision["hidden_size"], vision.get("intermediate_size")
                        or int(vision["hidden_size"] * vision.get("mlp_ratio", 4)),
                        vision["num_hidden_layers"], side * side + cls_token, vision["patch_size"])
-    pooled = math.ceil(side / 2)
+    next_video = cfg.get("model_type") == "llava_next_video"
+    pooled = side // cfg.get("spatial_pool_stride", 2) if next_video else math.ceil(side / 2)
     return ModelSpec(name or cfg.get("_name_or_path") or cfg.get("model_type", "model"), llm, vdims,
-                     pooled * pooled, (pooled, pooled), side * side, 1, dtype_bytes)
+                     pooled * pooled, (pooled, pooled), side * side, 0 if next_video else 1, dtype_bytes)
 
 
 def resolve_spec(model: str) -> ModelSpec:
