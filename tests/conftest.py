@@ -22,7 +22,7 @@ def shared_video(name: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny():
     """A 4-layer random LLaVA-OneVision (Qwen2 LM, SigLIP tower), 4 tokens per frame, fp32, SDPA."""
-    from vidpress.models.default import random_model
+    from vidpress.models.random import random_model
 
     torch.manual_seed(0)
     return random_model(layers=4, hidden=64, image_size=56, seed=0)
@@ -47,6 +47,14 @@ def inputs(tiny, clip_frames):
 @pytest.fixture(scope="session")
 def tiny_next_video():
     """A 4-layer random LLaVA-NeXT-Video (LongVA layout: CLIP tower, average pooling, no newline), 4 tokens/frame."""
-    from vidpress.models.default import random_llava_next_video
+    from vidpress.models.random import random_llava_next_video
 
     return random_llava_next_video(layers=4, hidden=64, image_size=56, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen():
+    """A 4-layer random Qwen2.5-VL (windowed ViT, M-RoPE), 4 tokens per temporal patch of two frames."""
+    from vidpress.models.random import random_qwen2_5_vl
+
+    return random_qwen2_5_vl(layers=4, hidden=64, image_size=56, seed=0)

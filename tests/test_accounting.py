@@ -47,3 +47,17 @@ def test_report_agrees_with_config_calculator(tiny, inputs):
 def test_presets_run(preset):
     acc = estimate(PRESETS[preset], 16, vidpress.DyCoke().build())
     assert 0 < acc.retention < 1 and acc.vision_flops > 0
+
+
+def test_qwen_preset_counts_temporal_patches_and_windowed_vision_by_hand():
+    from vidpress.accounting import layer_flops
+
+    spec = PRESETS["qwen2.5-vl-7b"]
+    acc = estimate(spec, 63)  # 63 frames -> 32 temporal patches (the last frame is repeated, as the processor does)
+    assert acc.frames == 32 and acc.visual_in == 32 * 256 and acc.other_tokens == 78
+    v, n = spec.vision, 1024
+    full = layer_flops(n, 1280, 3420)
+    windowed = 4 * n * 1280**2 + 2 * n * 64 * 1280 + 2 * n * 1280 * 3420
+    embed = n * 3 * 2 * 14 * 14 * 1280
+    assert acc.vision_flops == 32 * (embed + 4 * full + 28 * windowed)
+    assert acc.projector_flops == 32 * 256 * (5120 * 5120 + 5120 * 3584)  # merger: 4 x 1280 -> 5120 -> 3584

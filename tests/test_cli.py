@@ -94,3 +94,12 @@ def test_run_on_the_llava_next_video_family():
     base, fastvid = json.loads(result.output)["runs"]
     assert base["visual_tokens_llm"] == 8 * 144  # 336 px CLIP, 24x24 pooled 2x2, no newline (LongVA's layout)
     assert fastvid["visual_tokens_llm"] == round(0.1 * 8 * 144)
+
+
+def test_run_on_qwen2_5_vl_counts_temporal_patches():
+    result = runner.invoke(app, ["run", "--model", "random-qwen2.5-vl", "--method", "dycoke", "--frames", "8",
+                                 "--max-new-tokens", "3", "--compare", "--json"])
+    assert result.exit_code == 0, result.output
+    base, dycoke = json.loads(result.output)["runs"]
+    assert base["visual_tokens_llm"] == 4 * 144  # 8 frames -> 4 temporal patches of 336 px: 24x24 merged 2x2
+    assert dycoke["visual_tokens_llm"] < base["visual_tokens_llm"]

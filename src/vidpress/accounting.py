@@ -9,7 +9,10 @@ per-layer formula plus the patch embedding) and the projector are counted separa
 KV-cache bytes per token per layer are ``2 * kv_heads * head_dim * dtype_bytes`` (keys and values).
 
 The calculator works from a config alone (:func:`estimate`), for the presets in :data:`PRESETS` or any
-LLaVA-OneVision-style ``config.json``, and from a measured run (:class:`vidpress.report.Report`).
+LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL ``config.json``, and from a measured run
+(:class:`vidpress.report.Report`). For Qwen2.5-VL a "frame" of tokens is a temporal patch of two video
+frames; its windowed encoder layers attend within windows (``2*n*w*d`` instead of ``2*n**2*d``) and its
+projector is the 2x2 patch merger.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ class LLMDims:
 
 @dataclass(frozen=True)
 class VisionDims:
-    """Vision tower sizes; ``tokens`` is the encoder sequence per frame (patches plus any CLS)."""
+    """Vision tower sizes; ``tokens`` is the encoder sequence per frame (patches plus any CLS).
+
+    ``window_tokens`` > 0: all but ``full_layers`` layers attend within windows of that many tokens
+    (Qwen2.5-VL); ``temporal_patch`` frames share one patch embedding (Qwen: 2).
+    """
 
     hidden: int
     intermediate: int
@@ -47,6 +54,9 @@ class VisionDims:
     tokens: int
     patch_size: int
     channels: int = 3
+    window_tokens: int = 0
+    full_layers: int = 0
+    temporal_patch: int = 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class ModelSpec:
         (h, w) layout of those tokens.
     patches : int
         Encoder patch tokens per frame that go through the projector (CLS excluded).
+    merge : int
+        Qwen's patch merger side (2): the projector maps ``merge**2`` patches to one token. 1: a per-patch MLP.
     extra_visual : int
         Tokens appended to the video block (LLaVA-OV's single newline); never pruned, so accounted as
         non-visual tokens.
@@ -76,6 +88,7 @@ class ModelSpec:
     patches: int
     extra_visual: int = 1
     dtype_bytes: int = 2
+    merge: int = 1
 
 
 def _siglip(layers: int = 26) -> VisionDims:
@@ -91,6 +104,11 @@ PRESETS: dict[str, ModelSpec] = {
     # layout, one newline after the video. The original code puts a newline after every grid row instead
     # ("grid"); no transformers class reproduces that, so this preset counts the layout vidpress runs.
     "llava-video-7b": ModelSpec("llava-video-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
+    # Qwen2.5-VL-7B at 448x448 frames: 32x32 patches per temporal patch (2 frames), merged 2x2 -> 256 tokens;
+    # 32-layer ViT (hidden 1280, MLP 3420), 112 px windows (64 patches) except 4 full-attention blocks.
+    "qwen2.5-vl-7b": ModelSpec("qwen2.5-vl-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
+                               VisionDims(1280, 3420, 32, 1024, 14, window_tokens=64, full_layers=4, temporal_patch=2),
+                               256, (16, 16), 1024, extra_visual=0, merge=2),
     # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
     # LongVA's video layout has no newline token [RECON: UniRes without newline for video].
     "longva-7b": ModelSpec("longva-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
@@ -114,16 +132,25 @@ def kv_bytes_per_token(llm: LLMDims, dtype_bytes: int = 2) -> int:
 
 
 def vision_flops(spec: ModelSpec, frames: int) -> float:
-    """Vision-encoder FLOPs for ``frames`` frames: patch embedding plus every encoder layer."""
+    """Vision-encoder FLOPs for ``frames`` frames (temporal patches): patch embedding plus every encoder layer,
+    windowed layers attending within ``window_tokens``."""
     v = spec.vision
-    embed = v.tokens * v.channels * v.patch_size**2 * v.hidden
-    return frames * (embed + v.layers * layer_flops(v.tokens, v.hidden, v.intermediate))
+    embed = v.tokens * v.channels * v.temporal_patch * v.patch_size**2 * v.hidden
+    full = layer_flops(v.tokens, v.hidden, v.intermediate)
+    if not v.window_tokens:
+        return frames * (embed + v.layers * full)
+    windowed = full - 2 * v.tokens * v.tokens * v.hidden + 2 * v.tokens * v.window_tokens * v.hidden
+    return frames * (embed + v.full_layers * full + (v.layers - v.full_layers) * windowed)
 
 
 def projector_flops(spec: ModelSpec, frames: int) -> float:
-    """Two-layer MLP projector FLOPs (vision width -> d -> d) over every patch of ``frames`` frames."""
-    d = spec.llm.hidden
-    return frames * spec.patches * (spec.vision.hidden * d + d * d)
+    """Projector FLOPs over every patch of ``frames`` frames: a two-layer MLP (vision width -> d -> d), or Qwen's
+    merger (``merge**2`` patches concatenated: 4Dv -> 4Dv -> d per token)."""
+    d, dv = spec.llm.hidden, spec.vision.hidden
+    if spec.merge > 1:
+        wide = spec.merge**2 * dv
+        return frames * spec.patches // spec.merge**2 * (wide * wide + wide * d)
+    return frames * spec.patches * (dv * d + d * d)
 
 
 @dataclass
@@ -214,9 +241,35 @@ class Accounting:
         }
 
 
-def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2) -> ModelSpec:
-    """A :class:`ModelSpec` from a LLaVA-OneVision or LLaVA-NeXT-Video config object, a config dict, or a
-    ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no newline).
+def _llm_dims(text: dict) -> LLMDims:
+    heads = text["num_attention_heads"]
+    return LLMDims(text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], heads,
+                   text.get("num_key_value_heads") or heads, text.get("head_dim") or text["hidden_size"] // heads)
+
+
+def _qwen_spec(cfg: dict, name: str | None, dtype_bytes: int, tokens_per_frame: int | None) -> ModelSpec:
+    """Qwen2.5-VL / Qwen2-VL: the resolution is not in the config; 448 px frames (256 tokens per temporal patch)
+    unless ``tokens_per_frame`` (square grid) comes from a measured request."""
+    vision, merge = cfg["vision_config"], cfg["vision_config"].get("spatial_merge_size", 2)
+    tokens = tokens_per_frame or 256
+    side = math.isqrt(tokens)
+    patches = tokens * merge * merge
+    window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
+    full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
+    depth = vision.get("depth") or vision.get("num_hidden_layers")
+    vdims = VisionDims(vision.get("hidden_size") or vision["embed_dim"], vision.get("intermediate_size")
+                       or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)), depth, patches,
+                       vision.get("patch_size", 14), window_tokens=window, full_layers=full,
+                       temporal_patch=vision.get("temporal_patch_size", 2))
+    return ModelSpec(name or cfg.get("_name_or_path") or cfg["model_type"], _llm_dims(cfg.get("text_config") or cfg),
+                     vdims, tokens, (side, tokens // max(side, 1)), patches, 0, dtype_bytes, merge)
+
+
+def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2,
+                     tokens_per_frame: int | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from a LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL config object, a config dict,
+    or a ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no newline;
+    Qwen2.5-VL: ``tokens_per_frame`` per temporal patch, default 256 = 448 px frames).
 
     Raises
     ------
@@ -230,14 +283,14 @@ def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2)
             raise FileNotFoundError(f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path")
         config = json.loads(path.read_text())
     cfg = config if isinstance(config, dict) else config.to_dict()
+    if cfg.get("model_type") in ("qwen2_5_vl", "qwen2_vl"):
+        return _qwen_spec(cfg, name, dtype_bytes, tokens_per_frame)
     text, vision = cfg.get("text_config"), cfg.get("vision_config")
     if not text or not vision:
         raise UnsupportedModelError(
             f"config {name or cfg.get('model_type')!r} has no text_config/vision_config; "
             f"the calculator supports LLaVA-OneVision-style configs and the presets {', '.join(PRESETS)}")
-    heads = text["num_attention_heads"]
-    llm = LLMDims(text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], heads,
-                  text.get("num_key_value_heads") or heads, text.get("head_dim") or text["hidden_size"] // heads)
+    llm = _llm_dims(text)
     side = vision["image_size"] // vision["patch_size"]
     cls_token = 1 if vision.get("model_type", "") in ("clip_vision_model", "dinov2") else 0
     vdims = VisionDims(vision["hidden_size"], vision.get("intermediate_size")
@@ -319,6 +372,7 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
 
     if frames < 1:
         raise BudgetError(f"frames must be >= 1, got {frames}")
+    frames = math.ceil(frames / spec.vision.temporal_patch)  # Qwen: one frame of tokens per 2 video frames
     layers = spec.llm.layers
     stages = stages.for_depth(layers) if stages is not None else None
     n = frames * spec.tokens_per_frame

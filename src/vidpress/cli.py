@@ -48,7 +48,7 @@ def run(
     method: str = typer.Option("dycoke", "--method", "-m", help="Method name (see `vidpress methods`), or none."),
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable (e.g. k=0.7)."),
     frames: int = typer.Option(32, "--frames", "-f", min=1, help="Frames sampled uniformly."),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
     compare: bool = typer.Option(False, "--compare", help="Also run the uncompressed model and print ratios."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
@@ -146,7 +146,7 @@ def events(
     video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
     question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
     frames: int = typer.Option(32, "--frames", "-f", min=2),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
     params: list[str] = typer.Option([], "--set", help="METok hyperparameter NAME=VALUE, repeatable."),
     out: Path = typer.Option(Path("events.png"), "--out", "-o", help="PNG to write."),
 ) -> None:
@@ -184,7 +184,7 @@ def bench(
     retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
     quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
 ) -> None:

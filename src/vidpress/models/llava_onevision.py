@@ -39,6 +39,14 @@ class LlavaOnevisionAdapter:
         """Modules whose forward time is the vision-encoding time (tower and projector)."""
         return model.model.vision_tower, model.model.multi_modal_projector
 
+    def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
+        """Put back video inputs ``generate`` consumed before the forward (nothing for this family)."""
+
+    def prefill_positions(self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor,
+                          mask: Tensor | None) -> Tensor | None:
+        """The caller's 1-D position ids, if any (None: the runtime derives them from the mask)."""
+        return kwargs.get("position_ids")
+
     def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
         """Where the runtime captures what :meth:`unpooled_grid` needs: the projector's output (B*F, h0*w0, D)."""
         return model.model.multi_modal_projector, "output"

@@ -49,7 +49,12 @@ class Run:
         self._pixels: torch.Tensor | None = None
         self._encoder: tuple[torch.Tensor, torch.Tensor] | None = None
         self._encoder_s = 0.0
-        self._install()
+        self._vision_kwargs: dict = {}
+        try:
+            self._install()
+        except Exception:  # e.g. an adapter refusing a stage: leave the model exactly as it was
+            self.remove()
+            raise
 
     # -- hooks -------------------------------------------------------------------------------------
     def session_of(self, cache: Any) -> Session | None:
@@ -73,6 +78,7 @@ class Run:
                 self._memory = PeakMemory(self._device())
             started = time.perf_counter()
             positions = getattr(self.stages.pre_llm, "positions", "original")
+            self.adapter.restore_inputs(kwargs, self._vision_kwargs)
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
                                     projected=lambda: self._projected, pixels=lambda: self._pixels,
                                     encoder=lambda: self._encoder)
@@ -110,7 +116,8 @@ class Run:
         if self._memory is not None:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._memory.peak)
 
-    def _vision_pre(self, module: Any, args: tuple) -> None:
+    def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._vision_kwargs = kwargs  # e.g. Qwen's grid_thw, which generate does not pass on to the forward
         if self._active is not None and self._active[1].ctx.step > 0 or self._active is None:
             self._finish()  # a new request starts: stop the previous request's memory meter
             self._active = None
@@ -154,7 +161,7 @@ class Run:
         add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
         add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
         for module in self.adapter.vision_modules(self.model):
-            add(module.register_forward_pre_hook(self._vision_pre))
+            add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
             add(module.register_forward_hook(self._vision_post))
         pre = self.stages.pre_llm
         if pre is not None and pre.needs.unpooled:

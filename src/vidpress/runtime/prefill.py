@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ..errors import BudgetError, VidpressError
+from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
 from ..tokens import PackedTokens, VisualTokens
 from .session import Session, per_row_positions
@@ -96,18 +96,24 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
     kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
 
-    original = kwargs.get("position_ids")
-    original = default_positions(input_ids, mask) if original is None else original.expand(batch, -1)
+    original = adapter.prefill_positions(model, kwargs, input_ids, mask)  # (B, S), or (R, B, S) for M-RoPE
+    original = default_positions(input_ids, mask) if original is None else original.expand(*original.shape[:-2], batch, -1)
     new_mask = mask.gather(1, kept) if mask is not None else None
+    mrope_delta = None
+    if original.dim() == 3:  # decoding continues after the largest (t, h, w) id, as transformers' rope deltas do
+        mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
     if positions == "contiguous":
+        if original.dim() == 3:
+            raise IncompatibleStagesError(f"{type(pre).__name__} renumbers positions contiguously (its reference "
+                                          "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'")
         new_positions = default_positions(kept, new_mask)
         offset = original[:, -1:] - new_positions[:, -1:]
     else:
-        new_positions, offset = original.gather(1, kept), None
+        new_positions, offset = original.gather(-1, kept.expand(*original.shape[:-2], -1, -1)), None
 
     session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
                       visual=visual.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
-                      pos_offset=offset)
+                      pos_offset=offset, mrope_delta=mrope_delta)
     if events is not None:
         session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
     session.timings.update(overhead_s=overhead)
@@ -129,6 +135,8 @@ def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(session.logical_len, session.logical_len + new, device=session.kept.device)[None]
+        if session.mrope_delta is not None:
+            positions = (positions + session.mrope_delta)[None].expand(3, -1, -1)
     if session.pos_offset is not None:
         positions = positions - session.pos_offset
     kwargs["position_ids"] = positions

@@ -46,6 +46,7 @@ class Session:
     frames: int
     tokens_per_frame: int
     pos_offset: Tensor | None = None
+    mrope_delta: Tensor | None = None  # (B, 1): M-RoPE id of the first generated token minus its logical index
     logical_len: int = 0
     layouts: list[Tensor | None] = field(default_factory=list)
     stored: list[Tensor | None] = field(default_factory=list)
