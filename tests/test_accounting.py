@@ -61,3 +61,15 @@ def test_qwen_preset_counts_temporal_patches_and_windowed_vision_by_hand():
     embed = n * 3 * 2 * 14 * 14 * 1280
     assert acc.vision_flops == 32 * (embed + 4 * full + 28 * windowed)
     assert acc.projector_flops == 32 * 256 * (5120 * 5120 + 5120 * 3584)  # merger: 4 x 1280 -> 5120 -> 3584
+
+
+def test_full_size_random_config_is_the_preset_architecture():
+    from vidpress.errors import UnsupportedModelError
+    from vidpress.models.random import full_size_config
+
+    config, _ = full_size_config("llava-ov-7b")
+    spec, preset = spec_from_config(config), PRESETS["llava-ov-7b"]
+    assert (spec.llm, spec.vision, spec.tokens_per_frame, spec.patches) == (
+        preset.llm, preset.vision, preset.tokens_per_frame, preset.patches)
+    with pytest.raises(UnsupportedModelError, match="llava-ov-7b"):
+        full_size_config("longva-7b")

@@ -93,7 +93,9 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
 
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
     """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
-    ``"random-qwen2.5-vl"``, a local checkpoint directory, or a hub id (needs the hub or its cache).
+    ``"random-qwen2.5-vl"``, ``"random:<preset>"`` (a LLaVA-OV preset's real architecture with random bf16
+    weights, e.g. ``random:llava-ov-7b``, built on the GPU when there is one), a local checkpoint directory, or a
+    hub id (needs the hub or its cache).
 
     Raises
     ------
@@ -115,6 +117,10 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         loaded = random_llava_next_video(layers=4, hidden=128, image_size=336)
     elif name == "random-qwen2.5-vl":
         loaded = random_qwen2_5_vl(layers=4, hidden=128, image_size=336)
+    elif name.startswith("random:"):  # e.g. random:llava-ov-7b, the real architecture with random weights
+        from .random import random_full_size
+
+        loaded = random_full_size(name.split(":", 1)[1], device=device)
     else:
         try:
             config = AutoConfig.from_pretrained(name)

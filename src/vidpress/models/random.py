@@ -148,3 +148,54 @@ def random_qwen2_5_vl(layers: int = 4, hidden: int = 64, image_size: int = 56, s
     processor = OfflineQwenVideoProcessor(tokenizer, image_size, chat_template=QWEN_TEMPLATE)
     return LoadedModel(model, processor, f"random-weight Qwen2.5-VL ({layers}-layer LM, hidden {hidden}; windowed ViT, "
                        "M-RoPE) - answers are not meaningful", trained=False)
+
+
+def full_size_config(preset: str) -> Any:
+    """(config, tokenizer) of a LLaVA-OneVision preset's real architecture (``llava-ov-0.5b``, ``-7b``, ``-72b``:
+    Qwen2 LLM of the preset's sizes, 152,064-token vocabulary, SigLIP-so400m at 384 px with its last layer
+    removed) and the byte-level tokenizer, for random-weight cost measurements.
+
+    Raises
+    ------
+    UnsupportedModelError
+        ``preset`` is not a LLaVA-OneVision preset.
+    """
+    from ..accounting import PRESETS
+    from ..errors import UnsupportedModelError
+
+    if preset not in PRESETS or not preset.startswith("llava-ov"):
+        choices = ", ".join(p for p in PRESETS if p.startswith("llava-ov"))
+        raise UnsupportedModelError(f"no full-size random build for {preset!r}; choose one of {choices}")
+    llm, tokenizer = PRESETS[preset].llm, byte_tokenizer()
+    text = dict(model_type="qwen2", vocab_size=152064, hidden_size=llm.hidden, intermediate_size=llm.intermediate,
+                num_hidden_layers=llm.layers, num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads,
+                max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                tie_word_embeddings=llm.hidden < 1024)
+    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                  num_attention_heads=16, image_size=384, patch_size=14)
+    return _llava_config(text, vision, tokenizer), tokenizer
+
+
+def random_full_size(preset: str = "llava-ov-7b", dtype: torch.dtype = torch.bfloat16, device: str | None = None,
+                     seed: int = 0) -> LoadedModel:
+    """A random-weight model with a preset's real dimensions, built directly on ``device`` (default: CUDA when
+    available) in ``dtype``, SDPA attention: speed and memory at full size without the checkpoint.
+
+    LLaVA-OneVision-7B in bf16 takes about 16 GB; build it on a GPU.
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    config, tokenizer = full_size_config(preset)
+    config._attn_implementation = "sdpa"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlavaOnevisionForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    processor = _processor(tokenizer, 384, 14, [0.5] * 3, [0.5] * 3)
+    return LoadedModel(model, processor, f"random-weight {preset} (real architecture, {str(dtype).split('.')[-1]}, "
+                       f"{device}) - answers are not meaningful", trained=False)
