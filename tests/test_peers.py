@@ -45,10 +45,13 @@ def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_by_hand():
     assert packed.num_kept == 32 + 1 and packed.extra_tokens == 1 and packed.frame_of[0, -1] == -1
     assert torch.equal(packed.features[0, -1], tokens.extra[0, 0])
     x = tokens.features[0, 0]
-    assert torch.equal(packed.features[0, :3], x[[13, 14, 15]])  # the three most attended, in order
-    # contextual: targets strided over the 13 others (step 13 -> token 0 alone), all others join it
-    assert torch.allclose(packed.features[0, 3], x[:13].mean(0), atol=1e-6)
-    faithful = VisionZip(retention=0.25, mode="faithful").build().pre_llm(tokens)
+    # contextual: targets strided over the 13 others (step 13 -> token 0 alone), all others join it; fixed
+    # mode keeps source order, so the contextual token (source 0) precedes the three most attended
+    assert packed.source[0, :4].tolist() == [0, 13, 14, 15] and packed.source[0, -1] == 128  # newline: its own
+    assert torch.allclose(packed.features[0, 0], x[:13].mean(0), atol=1e-6)
+    assert torch.equal(packed.features[0, 1:4], x[[13, 14, 15]])
+    faithful = VisionZip(retention=0.25, mode="faithful").build().pre_llm(tokens)  # dominant, then contextual
+    assert torch.equal(faithful.features[0, :3], x[[13, 14, 15]])
     assert torch.allclose(faithful.features[0, 3], x[0] + x[1:13].mean(0), atol=1e-6)
     at_10 = VisionZip(retention=0.1).build().pre_llm(tokens)  # 13 = 2 x 5 + 1 x 3: round(2/7) = 0 contextual
     assert torch.bincount(at_10.frame_of[0, :-1], minlength=8).tolist() == [2] * 5 + [1] * 3
@@ -191,3 +194,25 @@ def test_merging_peers_generate_and_match_the_calculator(tiny, inputs, method):
     spec = spec_from_config(tiny.model.config)
     assert estimate(spec, acc.frames, compose(method, DynamicKV(l=2, p=0.5)),
                     text_tokens=acc.other_tokens - 1).prefill_visual == acc.prefill_visual
+
+
+@pytest.mark.parametrize("method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)],
+                         ids=lambda m: m.name)
+def test_merging_peers_put_tokens_at_their_sources_positions(tiny, inputs, method):
+    seen = []
+    hook = tiny.model.model.language_model.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad(), vidpress.apply(tiny.model, method) as run:
+            tiny.model(**inputs)
+    finally:
+        hook.remove()
+    video = (inputs["input_ids"][0] == tiny.model.config.video_token_id).nonzero().flatten()
+    session, positions = run.last_session, seen[0][0]
+    block = session.visual[0].nonzero().flatten()
+    assert len(block) == 12 and method.build().pre_llm.positions == "original"
+    # each token sits at its source placeholder's position: frame placeholders only, increasing (source order)
+    assert positions[block].tolist() == sorted(set(positions[block].tolist()))
+    assert set(positions[block].tolist()) <= set(video[:48].tolist()) and positions[block].max() > video[11]
+    text = session.kept[0] > video.max()
+    assert torch.equal(positions[text], session.kept[0][text])  # text after the video: uncompressed positions

@@ -125,6 +125,11 @@ class PackedTokens:
         Source frame of each token, -1 for tokens that belong to no frame (newlines).
     info : Any
         What the stage wants reported (e.g. an :class:`~vidpress.stages.pre_llm.events.EventPlan`).
+    source : LongTensor, shape (B, M), optional
+        The video placeholder (index into the F*T frame tokens, then the extra tokens) whose position each token
+        takes: itself for a kept token, the target or anchor for a merged one. With it the runtime gives the
+        block the original positions of its sources (gathered (t, h, w) ids on M-RoPE models) unless the stage
+        asks for contiguous positions; without it the block is numbered from the video's start.
     extra_tokens : int
         How many tokens at the end of the block are the model's own extra tokens (LLaVA-OV's newline) kept
         as in the uncompressed layout: they are not visual tokens and are accounted like text. METok's
@@ -137,6 +142,7 @@ class PackedTokens:
     frame_of: Tensor
     info: Any = None
     extra_tokens: int = 0
+    source: Tensor | None = None
 
     @property
     def num_kept(self) -> int:
@@ -148,12 +154,13 @@ class PackedTokens:
         return self.num_kept - self.extra_tokens
 
     @staticmethod
-    def from_rows(rows: list[tuple[Tensor, Tensor, Tensor]], num_events: int, extra: Tensor | None = None,
-                  info: Any = None) -> PackedTokens:
+    def from_rows(rows: list[tuple[Tensor, Tensor, Tensor, Tensor]], num_events: int, n: int,
+                  extra: Tensor | None = None, info: Any = None) -> PackedTokens:
         """Stack per-row blocks, each followed by the model's ``extra`` tokens (B, E, D) as non-visual tokens.
 
-        ``rows`` holds, per batch row, (features (M, D), frame_of (M,), events (M,)); every event is a key
-        event. Used by stages that merge tokens but have no key-event notion (VisionZip, FastVID).
+        ``rows`` holds, per batch row, (features (M, D), frame_of (M,), events (M,), source (M,)) with sources
+        indexing the ``n`` frame tokens; the extra tokens take their own placeholders (n, n + 1, ...). Every
+        event is a key event. Used by stages that merge tokens without key events (VisionZip, FastVID).
 
         Raises
         ------
@@ -164,11 +171,13 @@ class PackedTokens:
         if len(lengths) > 1:
             raise BudgetError(f"videos in the batch compress to different lengths {lengths}; run them one at a time")
         n_extra = 0 if extra is None else extra.shape[1]
-        feats, frame_of, events = [], [], []
-        for b, (x, f, e) in enumerate(rows):
+        feats, frame_of, events, sources = [], [], [], []
+        for b, (x, f, e, src) in enumerate(rows):
             tail = e[-1:] if len(e) else e.new_zeros(1)
             feats.append(x if not n_extra else torch.cat([x, extra[b].to(x.dtype)]))
             frame_of.append(torch.cat([f, f.new_full((n_extra,), -1)]))
             events.append(torch.cat([e, tail.expand(n_extra)]))
+            sources.append(torch.cat([src, n + torch.arange(n_extra, device=src.device)]))
         key = torch.ones(len(rows), num_events, dtype=torch.bool, device=feats[0].device)
-        return PackedTokens(torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra)
+        return PackedTokens(torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra,
+                            torch.stack(sources))

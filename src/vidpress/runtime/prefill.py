@@ -109,7 +109,12 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         new_positions = default_positions(kept, new_mask)
         offset = original[:, -1:] - new_positions[:, -1:]
     else:
-        new_positions, offset = original.gather(-1, kept.expand(*original.shape[:-2], -1, -1)), None
+        at = kept
+        if isinstance(plan, PackedTokens) and plan.source is not None:  # each token at its source's position
+            mapping = torch.arange(length, device=kept.device).expand(batch, -1).clone()
+            mapping.scatter_(1, kept_video, video_pos.gather(1, plan.source.to(video_pos.device)))
+            at = mapping.gather(1, kept)
+        new_positions, offset = original.gather(-1, at.expand(*original.shape[:-2], -1, -1)), None
 
     session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
                       visual=visual.gather(1, kept), frames=frames, tokens_per_frame=per_frame,

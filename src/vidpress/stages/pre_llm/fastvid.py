@@ -13,6 +13,9 @@ faithful vs fixed (the reference code's quirks):
   reference adds unseeded noise).
 - Merged tokens: the reference averages L2-normalised features, so contextual tokens lose the features'
   scale; ``fixed`` uses normalised features only to assign tokens and merges the raw features.
+- Positions: the reference rebuilds the sequence (contiguous positions); ``fixed`` puts every token at its
+  source's original position (a merged token at its anchor's), so the text after the video keeps its
+  uncompressed positions and no gap opens between video and text.
 - Budget: the reference keeps ``int(T * r)`` per frame and ``floor`` per anchor frame, so it keeps fewer
   tokens than the budget and fails when an anchor frame has too few candidates; ``fixed`` keeps exactly
   ``visual_budget(r, F*T)`` and adds anchor frames (smaller stride) until the budget fits.
@@ -109,6 +112,11 @@ class FastVIDStage:
             check_layer(name, getattr(self, name), minimum=1)
         check_mode(self.mode)
 
+    @property
+    def positions(self) -> str:
+        """``contiguous`` in faithful mode (the reference rebuilds the sequence), else sources' positions."""
+        return "contiguous" if self.mode == "faithful" else "original"
+
     def budgets(self, frames: int, per_frame: int) -> tuple[list[int], list[int]]:
         """(tokens kept, of which salient) per frame."""
         if self.mode == "faithful":
@@ -168,11 +176,11 @@ class FastVIDStage:
                     out.append(self.merge(anchors, pool, faithful))
                     where += [f * per_frame + int(i) for f, i in zip(owners, anchor_ids)]
                 event += [e] * (sum(salient[first:last + 1]) + sum(counts))
-            order = torch.tensor(where, device=x.device).argsort()
-            feats = torch.cat(out)[order]
-            rows.append((feats, torch.tensor(where, device=x.device)[order] // per_frame,
-                         torch.tensor(event, device=x.device)[order]))
-        return PackedTokens.from_rows(rows, num_events, tokens.extra)
+            source = torch.tensor(where, device=x.device)
+            order = source.argsort()
+            rows.append((torch.cat(out)[order], source[order] // per_frame, torch.tensor(event, device=x.device)[order],
+                         source[order]))
+        return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra)
 
     def merge(self, anchors: Tensor, pool: Tensor, faithful: bool) -> Tensor:
         """DTM: each token of ``pool`` (n, D) joins its most similar anchor (m, D) by cosine; a merged token is

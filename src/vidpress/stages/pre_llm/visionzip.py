@@ -9,8 +9,11 @@ per-token, so only the non-linearity separates the two.
 faithful vs fixed (selection is the same):
 
 - ``faithful``: a contextual token is ``target + mean(tokens assigned to it)``, as the reference adds them,
-  which doubles its scale.
-- ``fixed`` (default): a contextual token is the mean of its target and the tokens assigned to it.
+  which doubles its scale; each frame's dominant tokens then its contextual ones, numbered contiguously
+  from the video's start (the reference rebuilds the sequence).
+- ``fixed`` (default): a contextual token is the mean of its target and the tokens assigned to it; every
+  token sits in original order at its source's position (a contextual token at its target's), so the text
+  after the video keeps its uncompressed positions and no gap opens between video and text.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from ...tokens import PackedTokens, StageContext, VisualTokens
 from .uniform import frame_budgets, visual_budget
 
 
-def merge_into_targets(x: torch.Tensor, metric: torch.Tensor, count: int, faithful: bool) -> torch.Tensor:
+def merge_into_targets(x: torch.Tensor, metric: torch.Tensor, count: int,
+                       faithful: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (n, D), every other token
-    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D)."""
+    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D) and the targets'
+    row indices (count,)."""
     metric = torch.nn.functional.normalize(metric.float(), dim=-1)
     step = max(1, x.shape[0] // count)
     targets = torch.arange(0, x.shape[0], step, device=x.device)[:count]
@@ -39,8 +44,8 @@ def merge_into_targets(x: torch.Tensor, metric: torch.Tensor, count: int, faithf
     sums = torch.zeros(count, x.shape[1], device=x.device).index_add_(0, assign, x[others].float())
     counts = torch.bincount(assign, minlength=count)[:, None].float()
     if faithful:
-        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype)
-    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype)
+        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype), targets
+    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype), targets
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ class VisionZipStage:
         How contextual tokens are formed (see module docstring).
 
     Input ``tokens.features`` (B, F, T, D) with ``tokens.attention`` (B, F, T) and ``tokens.keys``
-    (B, F, T, Dk); returns a :class:`~vidpress.tokens.PackedTokens`: per frame, its dominant tokens in
-    original order then its contextual tokens, followed by the model's extra tokens.
+    (B, F, T, Dk); returns a :class:`~vidpress.tokens.PackedTokens` of the kept tokens frame by frame
+    (order and positions per ``mode``), followed by the model's extra tokens.
 
     Raises
     ------
@@ -80,6 +85,11 @@ class VisionZipStage:
         check_ratio("contextual_share", self.contextual_share)
         check_mode(self.mode)
 
+    @property
+    def positions(self) -> str:
+        """``contiguous`` in faithful mode (the reference rebuilds the sequence), else sources' positions."""
+        return "contiguous" if self.mode == "faithful" else "original"
+
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         if tokens.attention is None or tokens.keys is None:
             raise VidpressError("VisionZip needs the vision encoder's attention; the runtime provides it when "
@@ -88,20 +98,27 @@ class VisionZipStage:
         budgets = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
         rows = []
         for b in range(batch):
-            parts, frame_of = [], []
+            parts, sources = [], []
             for f, budget in enumerate(budgets):
                 if budget == 0:
                     continue
                 contextual = min(round(budget * self.contextual_share), per_frame - budget)
                 x = tokens.features[b, f]
                 dominant = tokens.attention[b, f].topk(budget - contextual).indices.sort().values
-                parts.append(x[dominant])
+                feats, source = [x[dominant]], [dominant]
                 if contextual:
                     rest = torch.ones(per_frame, dtype=torch.bool, device=x.device)
                     rest[dominant] = False
-                    parts.append(merge_into_targets(x[rest], tokens.keys[b, f][rest], contextual, self.mode == "faithful"))
-                frame_of += [f] * budget
-            feats = torch.cat(parts)
-            frame_of_t = torch.tensor(frame_of, device=feats.device)
-            rows.append((feats, frame_of_t, torch.zeros_like(frame_of_t)))
-        return PackedTokens.from_rows(rows, 1, tokens.extra)
+                    merged, targets = merge_into_targets(x[rest], tokens.keys[b, f][rest], contextual,
+                                                         self.mode == "faithful")
+                    feats.append(merged)
+                    source.append(rest.nonzero().flatten()[targets])
+                feats, source = torch.cat(feats), torch.cat(source)
+                if self.mode == "fixed":
+                    order = source.argsort()
+                    feats, source = feats[order], source[order]
+                parts.append(feats)
+                sources.append(source + f * per_frame)
+            source = torch.cat(sources)
+            rows.append((torch.cat(parts), source // per_frame, torch.zeros_like(source), source))
+        return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
