@@ -20,6 +20,8 @@ from vidpress.methods import FastV
 from vidpress.models.default import load_model
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.event_pooling import EventPooling
+from vidpress.stages.pre_llm.fastvid import FastVIDStage
+from vidpress.stages.prefill.attention_rank import AttentionRank
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 
 
@@ -37,6 +39,13 @@ def main() -> None:
         "ttm k=0.7 + fastv r=0.5 + dynamic-kv": compose(TemporalMerge(k=0.7), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
         "metok stage 1 + fastv r=0.5": compose(EventPooling(), FastV(k=2, r=0.5)),
         "metok stage 1 + fastv r=0.5 + dynamic-kv": compose(EventPooling(), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
+        # the peers issue's example: FastVID's pre-LLM stage (its segments act as METok's events), METok's
+        # per-event prefill pruning at two of its layers, DyCoke's decode pruning after the last drop
+        "fastvid 50% + metok prefill (3, 10) + dynamic-kv": compose(
+            FastVIDStage(retention=0.5), AttentionRank(schedule=((3, 0.76, 0.38), (10, 0.76, 0.0))),
+            DynamicKV(l=11, p=0.5)),
+        "fastvid 50% + fastv r=0.5 + dynamic-kv": compose(FastVIDStage(retention=0.5), FastV(k=2, r=0.5),
+                                                          DynamicKV(l=3, p=0.5)),
     }
     cells = [(name, None, method) for name, method in configs.items()]
     rows = run_cells(loaded.model, loaded.processor, frames, question, cells, new_tokens=32)

@@ -55,7 +55,7 @@ def test_qwen_preset_counts_temporal_patches_and_windowed_vision_by_hand():
     spec = PRESETS["qwen2.5-vl-7b"]
     acc = estimate(spec, 63)  # 63 frames -> 32 temporal patches (the last frame is repeated, as the processor does)
     assert acc.frames == 32 and acc.visual_in == 32 * 256 and acc.other_tokens == 78
-    v, n = spec.vision, 1024
+    n = 1024
     full = layer_flops(n, 1280, 3420)
     windowed = 4 * n * 1280**2 + 2 * n * 64 * 1280 + 2 * n * 1280 * 3420
     embed = n * 3 * 2 * 14 * 14 * 1280

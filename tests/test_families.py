@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vidpress
-from vidpress.errors import UnsupportedModelError, VidpressError
+from vidpress.errors import UnsupportedModelError
 from vidpress.method import compose
 from vidpress.methods import (DyCoke, FastV, FastVID, METok, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial,
                               VisionZip)
@@ -14,7 +14,7 @@ from vidpress.stages.decode.dynamic_kv import DynamicKV
 
 KEEP_EVERYTHING = [
     DyCoke(k=0, p=0),
-    METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((1, 1.0, 1.0), (3, 1.0, 1.0))),
+    METok(z=100.0, strides=(2, 2, 2, 2), schedule=((1, 1.0, 1.0), (3, 1.0, 1.0))),  # fixed: one event, source positions
     FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0), VisionZip(retention=1.0), FastVID(retention=1.0),
     UniformFrames(retention=1.0), UniformSpatial(retention=1.0), RandomTokens(retention=1.0),
 ]
@@ -32,18 +32,6 @@ def family(request, tiny, tiny_next_video, tiny_qwen, clip_frames):
     return loaded, build_inputs(loaded.processor, clip_frames, "What happens in the video?")
 
 
-def _refused_on_qwen(loaded, method) -> bool:
-    """Stages the Qwen2.5-VL adapter cannot serve yet (the unmerged grid, encoder attention: METok stage 1,
-    VisionZip, FastVID) must refuse with a clear error when installed, never run wrongly."""
-    stages = method.build() if hasattr(method, "build") else method
-    wanted = stages.pre_llm is not None and (stages.pre_llm.needs.unpooled or stages.pre_llm.needs.encoder_attention)
-    if type(loaded.model).__name__.startswith("Qwen2") and wanted:
-        with pytest.raises(VidpressError, match="not available on Qwen2.5-VL yet"):
-            vidpress.apply(loaded.model, method)
-        return True
-    return False
-
-
 def test_next_video_layout_has_no_newline(tiny_next_video, clip_frames):
     inputs = build_inputs(tiny_next_video.processor, clip_frames, "q")
     assert (inputs["input_ids"] == tiny_next_video.model.config.video_token_index).sum() == 12 * 4
@@ -52,8 +40,6 @@ def test_next_video_layout_has_no_newline(tiny_next_video, clip_frames):
 @pytest.mark.parametrize("method", KEEP_EVERYTHING, ids=lambda m: m.label)
 def test_keep_everything_reproduces_logits_and_greedy_tokens(family, method):
     loaded, inputs = family
-    if _refused_on_qwen(loaded, method):
-        return
     with torch.no_grad():
         reference = loaded.model(**inputs).logits
         greedy = loaded.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -67,8 +53,6 @@ def test_keep_everything_reproduces_logits_and_greedy_tokens(family, method):
 @pytest.mark.parametrize("method", COMPRESSING, ids=lambda m: getattr(m, "label", None) or m.name)
 def test_generate_with_decode_pruning_keeps_caches_as_accounted(family, method):
     loaded, inputs = family
-    if _refused_on_qwen(loaded, method):
-        return
     with torch.no_grad(), vidpress.apply(loaded.model, method) as run:
         out = loaded.model.generate(**inputs, max_new_tokens=21, min_new_tokens=21, do_sample=False,
                                     return_dict_in_generate=True)
@@ -154,3 +138,52 @@ def test_qwen_faithful_renumbering_is_refused(tiny_qwen, clip_frames):
     with torch.no_grad(), vidpress.apply(tiny_qwen.model, DyCoke(mode="faithful")):
         with pytest.raises(IncompatibleStagesError, match="M-RoPE"):
             tiny_qwen.model(**inputs)
+
+
+def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qwen, clip_frames):
+    """Our fp32 recomputation (qkv, vision RoPE, per-segment softmax, merge units, window order undone) against
+    the weights the model's own eager attention produces inside its last vision block."""
+    from transformers import AttentionInterface
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+    from transformers.vision_utils import get_vision_window_index
+
+    from vidpress.models.qwen2_5_vl import ADAPTER
+
+    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
+    recorded, seen = [], {}
+
+    def recording(module, *args, **kwargs):
+        out, weights = qwen.eager_attention_forward(module, *args, **kwargs)
+        recorded.append(weights.float())
+        return out, weights
+
+    AttentionInterface.register("vidpress_recording", recording)
+    visual, block = tiny_qwen.model.model.visual, ADAPTER.encoder_attention(tiny_qwen.model)
+    hook = block.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)
+    visual.config._attn_implementation = "vidpress_recording"
+    try:
+        with torch.no_grad():
+            visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"])
+    finally:
+        visual.config._attn_implementation = "sdpa"
+        hook.remove()
+    with torch.no_grad():
+        received, keys = ADAPTER.encoder_signals(tiny_qwen.model, block, seen["args"], seen["kwargs"],
+                                                 {"grid_thw": inputs["video_grid_thw"]})
+    last = recorded[-len(seen["kwargs"]["cu_seqlens"]) + 1:]  # the last block's segments (one per temporal patch)
+    per_patch = torch.cat([w[0].mean((0, 1)) for w in last]).view(-1, 4).mean(1)
+    window, _ = get_vision_window_index(inputs["video_grid_thw"], 2, 56, 14)
+    assert torch.allclose(received, per_patch[window.argsort()], atol=1e-5)
+    assert received.shape == (24,) and keys.shape == (24, 16)  # 6 temporal patches x 2x2 merged tokens
+
+
+def test_metok_on_qwen_halves_its_strides_on_the_merged_grid(tiny_qwen, clip_frames):
+    inputs = build_inputs(tiny_qwen.processor, clip_frames, "What happens in the video?")
+    method = METok(key_events=1, key_frames=1, schedule=((1, 0.7, 0.4), (3, 0.5, 0.0)))
+    with torch.no_grad(), vidpress.apply(tiny_qwen.model, method) as run:
+        tiny_qwen.model(**inputs)
+    plan = run.last_session.stage_info[0]
+    # reference strides (2, 4, 4, 8) on the patch grid -> (1, 2, 2, 4) on the 2x2 merged grid: 4 / 1 / 1 tokens
+    assert set(plan.strides) <= {1, 2, 4} and 1 in plan.strides
+    assert plan.tokens == [4 if s == 1 else 1 for s in plan.strides]
+    assert run.report.accounting.prefill_visual[0] == sum(plan.tokens)

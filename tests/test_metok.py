@@ -9,7 +9,7 @@ import vidpress
 from conftest import shared_video
 from vidpress.accounting import PRESETS, estimate, spec_from_config
 from vidpress.errors import InvalidParameterError
-from vidpress.stages.pre_llm.event_pooling import pool_grid
+from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.events import adjacent_similarity, plan_events, segment
 from vidpress.stages.prefill.attention_rank import AttentionRank, keep_count
 from vidpress.tokens import LayerSignals
@@ -105,7 +105,7 @@ def _reference_step(model, embeds, positions, generated, layouts, stored):
     llm = model.model.language_model
     prompt = embeds.clone()
     gen = llm.embed_tokens(torch.tensor([generated], dtype=torch.long)) if generated else embeds[:, :0]
-    gen_pos = positions[:, -1:] + 1 + torch.arange(len(generated))[None]
+    gen_pos = positions[:, -1:] + 1 + torch.arange(len(generated))[None]  # decoding continues after the prompt
     for index, layer in enumerate(llm.layers):
         alive, keep = layouts[index][0], set(stored[index][0].tolist())
         n = alive.numel()
@@ -128,7 +128,8 @@ def _reference_step(model, embeds, positions, generated, layouts, stored):
 def test_generate_matches_uncached_reference_with_per_layer_kv_lengths(tiny, inputs):
     captured = []
     llm = tiny.model.model.language_model
-    hook = llm.register_forward_pre_hook(lambda m, a, k: captured.append(k.get("inputs_embeds")), with_kwargs=True)
+    hook = llm.register_forward_pre_hook(lambda m, a, k: captured.append((k.get("inputs_embeds"), k.get("position_ids"))),
+                                         with_kwargs=True)
     try:
         with torch.no_grad(), vidpress.apply(tiny.model, vidpress.METok(**METHOD)) as run:
             out = tiny.model.generate(**inputs, max_new_tokens=22, min_new_tokens=22, do_sample=False,
@@ -146,8 +147,8 @@ def test_generate_matches_uncached_reference_with_per_layer_kv_lengths(tiny, inp
     cache = out.past_key_values
     for layer in range(4):  # the final cache: stored prompt entries + every generated token but the last
         assert cache.layers[layer].keys.shape[2] == other + acc.stored_visual[layer] + len(generated) - 1
-    embeds = captured[0]
-    positions = torch.arange(embeds.shape[1])[None]
+    embeds, positions = captured[0]  # fixed mode: pooled tokens at their windows' original positions
+    assert positions[0, -1] == inputs["input_ids"].shape[1] - 1  # the last prompt token keeps its position
     layouts = [session.layout(layer) for layer in range(4)]
     stored = [session.layout(layer, stored=True) for layer in range(4)]
     with torch.no_grad():

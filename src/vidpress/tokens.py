@@ -28,6 +28,8 @@ class VisualTokens:
     unpooled : Tensor, shape (B, F, h0, w0, D'), optional
         The grid before the model's own 2-D pooling (only when a stage's ``Needs.unpooled``): projected
         (D' = D) when the model pools after its projector (LLaVA-OV), the encoder output otherwise.
+    unpooled_stride : int
+        How far ``unpooled`` is already pooled from the patch grid (Qwen's 2x2 merger: 2; otherwise 1).
     project : callable, optional
         Maps pooled ``unpooled`` tokens (..., D') to the LLM width D: the model's projector when it pools
         before projecting (LLaVA-NeXT-Video), None (identity) otherwise.
@@ -48,6 +50,7 @@ class VisualTokens:
     grid: tuple[int, int]
     unpooled: Tensor | None = None
     project: Any = None
+    unpooled_stride: int = 1
     extra: Tensor | None = None
     text: Tensor | None = None
     text_ids: Tensor | None = None

@@ -43,12 +43,17 @@ class Adapter(Protocol):
         """Position ids of the full prompt, sequence last ((B, S), or (R, B, S) for M-RoPE); None lets the runtime
         derive 1-D ids from the mask as ``generate`` does."""
 
-    def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
-        """(module, "input" | "output") the runtime captures for :meth:`unpooled_grid` (METok stage 1)."""
+    def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str] | None:
+        """(module, "input" | "output") the runtime captures for :meth:`unpooled_grid` (METok stage 1); None when
+        nothing needs capturing."""
 
-    def unpooled_grid(self, model: nn.Module, captured: Tensor | None, batch: int, frames: int) -> tuple[Tensor, Any]:
-        """The grid before the model's pooling (B, F, h0, w0, D') and the projector to apply after pooling it
-        (None when the grid is already projected)."""
+    def unpooled_grid(self, model: nn.Module, captured: Tensor | None, tokens: VisualTokens) -> tuple[Tensor, Any, int]:
+        """The grid before the model's pooling (B, F, h0, w0, D'), the projector to apply after pooling it (None
+        when the grid is already projected) and how far the grid is already pooled from the patch grid."""
+
+    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
+                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Attention received and head-averaged keys from one call of :meth:`encoder_attention`'s module."""
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
         """The vision attention module whose attention VisionZip / FastVID score."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import VidpressError
 from ..tokens import VisualTokens
 from .base import register
+from .encoder_attention import check_signals
 from .llava_onevision import LlavaOnevisionAdapter
 
 
@@ -54,20 +55,22 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         tokens = features.reshape(features.shape[0], -1, grid[0] * grid[1], features.shape[-1])
         return VisualTokens(tokens, grid), features[:, :0]
 
-    def unpooled_grid(self, model: nn.Module, projected: Tensor | None, batch: int,
-                      frames: int) -> tuple[Tensor, nn.Module]:
+    def unpooled_grid(self, model: nn.Module, projected: Tensor | None,
+                      tokens: VisualTokens) -> tuple[Tensor, nn.Module, int]:
         """The captured encoder grid (B*F, h0*w0, Dv) -> (B, F, h0, w0, Dv), and the projector that a stage pooling
         it itself (METok stage 1) applies after pooling, in the model's own order."""
+        batch, frames = tokens.features.shape[:2]
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
             raise VidpressError("the encoder grid for this video was not captured; run the model with the method "
                                 "installed (vidpress.apply) so vidpress sees the vision encoding")
-        return projected.view(batch, frames, side, side, -1), model.model.multi_modal_projector
+        return projected.view(batch, frames, side, side, -1), model.model.multi_modal_projector, 1
 
     def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
                              frames: int) -> tuple[Tensor, Tensor]:
         """Average-pool encoder attention (B*F, P) and keys (B*F, P, Dk) to the frame grid, as the features
         are pooled: (B, F, T) and (B, F, T, Dk)."""
+        check_signals(received, batch * frames)
         if self.encoder_has_cls(model):
             received, keys = received[:, 1:], keys[:, 1:]
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size

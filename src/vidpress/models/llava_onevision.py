@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..errors import VidpressError
 from ..tokens import VisualTokens
 from .base import register
+from .encoder_attention import check_signals, encoder_signals
 
 
 class LlavaOnevisionAdapter:
@@ -77,14 +78,16 @@ class LlavaOnevisionAdapter:
         tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
         return VisualTokens(tokens, grid), features[:, frames * per_frame :]
 
-    def unpooled_grid(self, model: nn.Module, projected: Tensor | None, batch: int, frames: int) -> tuple[Tensor, None]:
+    def unpooled_grid(self, model: nn.Module, projected: Tensor | None,
+                      tokens: VisualTokens) -> tuple[Tensor, None, int]:
         """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D); nothing to project after
-        pooling (None)."""
+        pooling (None); the grid is the patch grid (stride 1)."""
+        batch, frames = tokens.features.shape[:2]
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
             raise VidpressError("the projector output for this video was not captured; run the model with the "
                                 "method installed (vidpress.apply) so vidpress sees the vision encoding")
-        return projected.view(batch, frames, side, side, -1), None
+        return projected.view(batch, frames, side, side, -1), None, 1
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
         """The vision attention module of the layer whose output the projector receives
@@ -102,6 +105,13 @@ class LlavaOnevisionAdapter:
                                 "encoder-attention methods need one integer feature layer")
         return modules[layer if layer < 0 else layer - 1]
 
+    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
+                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Attention received (B*F, P) and head-averaged keys (B*F, P, Dk) of ``module``'s call with ``args``/
+        ``kwargs`` (see :func:`~vidpress.models.encoder_attention.encoder_signals`)."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return encoder_signals(module, hidden, self.encoder_has_cls(model))
+
     def encoder_has_cls(self, model: nn.Module) -> bool:
         """Whether the encoder's first token is a CLS token the projector drops ("default" strategy)."""
         return model.config.vision_feature_select_strategy == "default"
@@ -110,6 +120,7 @@ class LlavaOnevisionAdapter:
                              frames: int) -> tuple[Tensor, Tensor]:
         """Pool encoder attention (B*F, P) and keys (B*F, P, Dk) to the frame grid with the model's own pooling:
         (B, F, T) and (B, F, T, Dk). The CLS column, if any, is dropped first, as the projector drops it."""
+        check_signals(received, batch * frames)
         if self.encoder_has_cls(model):
             received, keys = received[:, 1:], keys[:, 1:]
         pooled = model.model.apply_pooling(torch.cat([received[..., None], keys], dim=-1))

@@ -10,18 +10,17 @@ kept tokens keep their ids, gathered, never renumbered, and text after the video
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from transformers.vision_utils import get_vision_window_index
 
 from ..errors import BudgetError, VidpressError
 from ..tokens import VisualTokens
 from .base import register
 from .llava_onevision import LlavaOnevisionAdapter
-
-NOT_YET = ("{what} is not available on Qwen2.5-VL yet ({why}); use a method without it, e.g. dycoke, fastv, "
-           "pdrop or the frames/spatial/random controls")
-
 
 class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
     model_class_names = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
@@ -77,13 +76,55 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
                                                   attention_mask=mask)
         return positions
 
-    def unpooled_capture(self, model: nn.Module) -> tuple[nn.Module, str]:
-        raise VidpressError(NOT_YET.format(what="pooling the unmerged grid (METok stage 1)",
-                                           why="the 2x2 merger is an MLP, not a pooling"))
+    def unpooled_capture(self, model: nn.Module) -> None:
+        """Nothing to capture: the merger is an MLP, so the finest grid in the LLM's width is the merged one."""
+        return None
+
+    def unpooled_grid(self, model: nn.Module, captured: Any, tokens: VisualTokens) -> tuple[Tensor, None, int]:
+        """The merged grid (B, T, h, w, D), already pooled 2x2 from the patch grid (stride 2): stages that re-pool
+        it (METok stage 1) halve their strides."""
+        batch, frames = tokens.features.shape[:2]
+        return (tokens.features.view(batch, frames, *tokens.grid, -1), None,
+                model.config.vision_config.spatial_merge_size)
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
-        raise VidpressError(NOT_YET.format(what="vision-encoder attention (VisionZip, FastVID)",
-                                           why="windowed attention with fused qkv and vision RoPE"))
+        """The last vision block's attention (a full-attention block in Qwen2.5-VL's configs: each temporal
+        patch attends within itself), whose output the merger receives."""
+        return model.model.visual.blocks[-1].attn
+
+    def encoder_has_cls(self, model: nn.Module) -> bool:
+        return False
+
+    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
+                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
+        in temporal order: fp32 softmax(q k^T) with the vision RoPE, within each attention segment
+        (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, with the window
+        permutation undone as the model undoes it after its merger."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seq, heads = hidden.shape[0], module.num_heads
+        query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = kwargs["position_embeddings"]
+        query, key = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(query, key, cos, sin)
+        query, key = query.float().transpose(0, 1), key.float().transpose(0, 1)  # (H, seq, hd)
+        bounds = kwargs["cu_seqlens"].tolist()
+        received = torch.cat([torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
+                              for a, b in zip(bounds[:-1], bounds[1:])])
+        vision = model.config.vision_config
+        unit = vision.spatial_merge_size**2
+        received, keys = received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
+        window_index, _ = get_vision_window_index(vision_kwargs["grid_thw"], vision.spatial_merge_size,
+                                                  vision.window_size, vision.patch_size)
+        reverse = window_index.argsort().to(received.device)
+        return received[reverse], keys[reverse]
+
+    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
+                             frames: int) -> tuple[Tensor, Tensor]:
+        """Per-token signals (N,), (N, Dk) -> (B, T, h*w), (B, T, h*w, Dk): already one per LLM token."""
+        if received.shape[0] % (batch * frames):
+            raise VidpressError(f"the captured encoder attention has {received.shape[0]} tokens for {batch * frames} "
+                                "temporal patches; run the model with the method installed (vidpress.apply)")
+        return received.view(batch, frames, -1), keys.view(batch, frames, -1, keys.shape[-1])
 
 
 ADAPTER = register(Qwen2_5_VLAdapter())

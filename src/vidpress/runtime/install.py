@@ -15,7 +15,6 @@ import torch
 from ..method import Stages
 from ..models.base import adapter_for
 from ..report import Report
-from .encoder import encoder_signals
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
@@ -137,8 +136,7 @@ class Run:
 
     def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self._encoder = encoder_signals(module, hidden, self.adapter.encoder_has_cls(self.model))
+        self._encoder = self.adapter.encoder_signals(self.model, module, args, kwargs, self._vision_kwargs)
         _sync(self._device())
         elapsed = time.perf_counter() - started
         self._encoder_s += elapsed  # method overhead, not vision encoding
@@ -164,8 +162,9 @@ class Run:
             add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
             add(module.register_forward_hook(self._vision_post))
         pre = self.stages.pre_llm
-        if pre is not None and pre.needs.unpooled:
-            module, where = self.adapter.unpooled_capture(self.model)
+        capture = self.adapter.unpooled_capture(self.model) if pre is not None and pre.needs.unpooled else None
+        if capture is not None:
+            module, where = capture
             if where == "input":
                 add(module.register_forward_pre_hook(lambda m, args: self._capture_projected(m, args, args[0])))
             else:

@@ -54,7 +54,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
     embeds = model.get_input_embeddings()(input_ids)
     pre = stages.pre_llm
     if pre is not None and (pre.needs.unpooled or pre.needs.text or pre.needs.pixels or pre.needs.encoder_attention):
-        unpooled, project = adapter.unpooled_grid(model, projected(), batch, frames) if pre.needs.unpooled else (None, None)
+        unpooled, project, stride = adapter.unpooled_grid(model, projected(), tokens) if pre.needs.unpooled else (None, None, 1)
         after = int(video_pos[:, -1].max()) + 1
         seen = pixels() if pixels is not None else None
         if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
@@ -63,11 +63,11 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
             raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
         attention = keys = None
         if pre.needs.encoder_attention:
-            if encoder is None or encoder() is None or encoder()[0].shape[0] != batch * frames:
+            if encoder is None or encoder() is None:
                 raise VidpressError(f"{type(pre).__name__} needs the vision encoder's attention for this video; "
                                     "run the model with the method installed (vidpress.apply)")
             attention, keys = adapter.pool_encoder_signals(model, *encoder(), batch, frames)
-        tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, project=project, extra=extra, text=embeds[:, after:],
+        tokens = VisualTokens(tokens.features, tokens.grid, unpooled=unpooled, project=project, unpooled_stride=stride, extra=extra, text=embeds[:, after:],
                               text_ids=input_ids[:, after:], pixels=video_pixels, attention=attention, keys=keys)
 
     start = time.perf_counter()

@@ -56,6 +56,18 @@ class Needs:
     trim_after_prefill: bool = False
 
 
+class SourcePositions:
+    """Mixin for pre-LLM stages with a faithful/fixed ``mode`` that pack their own block (METok stage 1,
+    VisionZip, FastVID): the references renumber the block contiguously (``faithful``); ``fixed`` puts every
+    token at its source's original position (:attr:`~vidpress.tokens.PackedTokens.source`)."""
+
+    mode: str
+
+    @property
+    def positions(self) -> str:
+        return "contiguous" if self.mode == "faithful" else "original"
+
+
 @runtime_checkable
 class PreLLMStage(Protocol):
     """Acts on projected tokens before the LLM; the plan shortens the prefill sequence."""

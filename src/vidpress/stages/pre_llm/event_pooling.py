@@ -8,14 +8,14 @@ temporal order, each followed by the model's newline token (when it has one).
 faithful vs fixed (the pooling itself is the same):
 
 - ``faithful`` splits every video into 5 events (the 4 lowest adjacent similarities, hard-coded in the
-  reference), whatever its length.
-- ``fixed`` (default) uses adaptive segmentation: the number of events follows the video (see
-  :func:`~vidpress.stages.pre_llm.events.segment`), so a long video is not forced into 5 events.
+  reference) and numbers the packed block contiguously, as the reference does.
+- ``fixed`` (default) segments adaptively (:func:`~vidpress.stages.pre_llm.events.segment`: a long video is
+  not forced into 5 events) and gives each pooled token the original position ((t, h, w) ids on M-RoPE
+  models) of the model token nearest its window's centre.
 
 Frame-text relevance: the reference scores frames with a second full SigLIP model
 (:class:`~vidpress.stages.pre_llm.relevance.SiglipRelevance`); the default here is
-:class:`~vidpress.stages.pre_llm.relevance.EmbeddingRelevance` (no second vision model). Positions: the packed
-block is numbered contiguously, as in the reference (a pooled token has no single original position).
+:class:`~vidpress.stages.pre_llm.relevance.EmbeddingRelevance` (no second vision model).
 """
 
 from __future__ import annotations
@@ -28,26 +28,15 @@ import torch
 
 from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
-from ...stages import Needs
+from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
 from .events import plan_events
+from .pooling import pool_grid, window_sources
 from .relevance import EmbeddingRelevance
 
 
-def pool_grid(x: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
-    """Pool (n, h0, w0, D) frame grids by ``stride``: bilinear to ceil(h0/s) (LLaVA-OV's own pooling at s=2),
-    or average pooling to floor(h0/s) (the reference's "average" mode). Returns (n, T', D)."""
-    grid = x.permute(0, 3, 1, 2)
-    if mode == "bilinear":
-        size = [math.ceil(grid.shape[2] / stride), math.ceil(grid.shape[3] / stride)]
-        out = torch.nn.functional.interpolate(grid, size=size, mode="bilinear")
-    else:
-        out = torch.nn.functional.avg_pool2d(grid, stride) if stride > 1 else grid
-    return out.permute(0, 2, 3, 1).flatten(1, 2)
-
-
 @dataclass(frozen=True)
-class EventPooling:
+class EventPooling(SourcePositions):
     """METok stage 1 as a pre-LLM stage.
 
     Parameters
@@ -91,7 +80,6 @@ class EventPooling:
     pool: Literal["bilinear", "average"] = "bilinear"
     relevance: Any = None
     needs: Needs = field(init=False, repr=False)
-    positions: str = field(default="contiguous", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.relevance is None:
@@ -105,19 +93,22 @@ class EventPooling:
         if self.boundaries < 0 or self.min_event_frames < 1:
             raise InvalidParameterError("boundaries must be >= 0 and min_event_frames >= 1")
 
+
     def plan(self, tokens: VisualTokens, row: int, frames: torch.Tensor, grid: tuple[int, int]):
-        """The :class:`EventPlan` of batch row ``row`` from its frame embeddings (F, D)."""
+        """The :class:`EventPlan` of batch row ``row`` from its frame embeddings (F, D). Strides are relative to
+        the patch grid; on an unpooled grid already merged by ``tokens.unpooled_stride`` (Qwen's 2x2 merger)
+        they are divided by it."""
         relevance = self.relevance(tokens, row, frames)
+        strides = tuple(max(1, s // tokens.unpooled_stride) for s in self.strides)
         return plan_events(frames, relevance, segmentation="faithful" if self.mode == "faithful" else "adaptive",
                            boundaries=self.boundaries, z=self.z, min_event_frames=self.min_event_frames,
-                           key_events=self.key_events, key_frames=self.key_frames, strides=self.strides,
+                           key_events=self.key_events, key_frames=self.key_frames, strides=strides,
                            grid=grid, rounding=math.ceil if self.pool == "bilinear" else math.floor)
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         grids = tokens.unpooled
         if grids is None:
-            raise VidpressError("EventPooling needs the unpooled projected grid; the runtime provides it when "
-                                "the model's adapter exposes its projector")
+            raise VidpressError("EventPooling needs the unpooled grid; install it with vidpress.apply to capture it")
         batch, frames = grids.shape[:2]
         project = tokens.project or (lambda x: x)  # models that pool before their projector
         rows, plans = [], []
@@ -126,7 +117,7 @@ class EventPooling:
             pooled = {s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
                       for s in set(plan.strides)}
             taken = {s: 0 for s in pooled}
-            feats, events, frame_of = [], [], []
+            feats, events, frame_of, source = [], [], [], []
             for e, (a, z) in enumerate(plan.events):
                 for f in range(a, z + 1):
                     s = plan.strides[f]
@@ -134,11 +125,16 @@ class EventPooling:
                     taken[s] += 1
                     events += [e] * feats[-1].shape[0]
                     frame_of += [f] * feats[-1].shape[0]
+                    source += (window_sources(grids.shape[2:4], s, tokens.grid, self.pool) + f * tokens.tokens_per_frame).tolist()
                 if tokens.extra is not None and tokens.extra.shape[1]:  # one newline after each event
                     feats.append(tokens.extra[b, :1].to(grids.dtype))
                     events.append(e)
                     frame_of.append(-1)
-            rows.append((torch.cat(feats), events, frame_of, plan))
+                    source.append(-1)
+            # a newline sits where the next event starts; the last one at the model's own newline placeholder
+            for i in reversed(range(len(source))):
+                source[i] = source[i] if source[i] >= 0 else (source[i + 1:] or [frames * tokens.tokens_per_frame])[0]
+            rows.append((torch.cat(feats), events, frame_of, source))
             plans.append(plan)
         lengths = {len(r[1]) for r in rows}
         if len(lengths) > 1:
@@ -149,4 +145,5 @@ class EventPooling:
             key[b, p.key_events] = True
         device = grids.device
         return PackedTokens(torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows], device=device),
-                            key.to(device), torch.tensor([r[2] for r in rows], device=device), plans)
+                            key.to(device), torch.tensor([r[2] for r in rows], device=device), plans,
+                            source=torch.tensor([r[3] for r in rows], device=device))

@@ -113,3 +113,12 @@ def plan_events(frames: Tensor, relevance: Tensor, *, segmentation: str, boundar
     tokens = [rounding(grid[0] / s) * rounding(grid[1] / s) for s in frame_stride]
     return EventPlan(similarity.tolist(), bounds, events, relevance.float().tolist(), key_ev, key_fr,
                      frame_stride, tokens)
+
+
+def dyseg(frames: Tensor, threshold: float, min_segments: int) -> list[tuple[int, int]]:
+    """DySeg: cut after frame i when similarity(i, i+1) < ``threshold`` or is among the ``min_segments - 1``
+    lowest. ``frames`` (F, D) frame embeddings; returns inclusive (first, last) frame ranges."""
+    similarity = adjacent_similarity(frames)
+    lowest = similarity.topk(min(min_segments - 1, similarity.numel()), largest=False).indices
+    cuts = set(lowest.tolist()) | set((similarity < threshold).nonzero().flatten().tolist())
+    return events_from_boundaries(sorted(cuts), frames.shape[0])

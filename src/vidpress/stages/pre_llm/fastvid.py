@@ -23,44 +23,22 @@ faithful vs fixed (the reference code's quirks):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor
 
 from ..._checks import check_layer, check_mode, check_ratio
-from ...errors import BudgetError, VidpressError
-from ...stages import Needs
+from ...errors import BudgetError
+from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
-from .events import adjacent_similarity, events_from_boundaries
+from .events import dyseg
+from .merging import density_scores, merge_into_anchors, require_encoder_attention
 from .uniform import frame_budgets, visual_budget
 
 
-def dyseg(frames: Tensor, threshold: float, min_segments: int) -> list[tuple[int, int]]:
-    """DySeg: cut after frame i when similarity(i, i+1) < ``threshold`` or is among the ``min_segments - 1``
-    lowest. ``frames`` (F, D) frame embeddings; returns inclusive (first, last) frame ranges."""
-    similarity = adjacent_similarity(frames)
-    lowest = similarity.topk(min(min_segments - 1, similarity.numel()), largest=False).indices
-    cuts = set(lowest.tolist()) | set((similarity < threshold).nonzero().flatten().tolist())
-    return events_from_boundaries(sorted(cuts), frames.shape[0])
-
-
-def density_scores(x: Tensor, knn: int, nearest: bool) -> Tensor:
-    """DPC-kNN score of each of ``x``'s (n, D) tokens: exp(-mean squared kNN distance) times the distance
-    to the nearest token of higher density (the densest token gets the largest distance). (n,) float32."""
-    x = x.float()
-    dist = torch.cdist(x, x) / math.sqrt(x.shape[-1])
-    near = dist.topk(min(knn, x.shape[0]), dim=-1, largest=not nearest).values
-    density = (-(near**2).mean(-1)).exp()
-    density = density + 1e-6 * torch.arange(x.shape[0], device=x.device) / x.shape[0]  # deterministic ties
-    denser = density[None, :] > density[:, None]
-    return torch.where(denser, dist, dist.max()).min(-1).values * density
-
-
 @dataclass(frozen=True)
-class FastVIDStage:
+class FastVIDStage(SourcePositions):
     """FastVID as a pre-LLM stage.
 
     Parameters
@@ -82,9 +60,8 @@ class FastVIDStage:
     mode : {"fixed", "faithful"}
         See the module docstring.
 
-    Input ``tokens.features`` (B, F, T, D) and ``tokens.attention`` (B, F, T); returns a
-    :class:`~vidpress.tokens.PackedTokens` in original token order (a merged token sits at its anchor), whose
-    events are the segments.
+    Input ``tokens.features`` (B, F, T, D), ``tokens.attention`` (B, F, T); returns a :class:`PackedTokens` in
+    original order (a merged token at its anchor) whose events are the segments.
 
     Raises
     ------
@@ -112,29 +89,21 @@ class FastVIDStage:
             check_layer(name, getattr(self, name), minimum=1)
         check_mode(self.mode)
 
-    @property
-    def positions(self) -> str:
-        """``contiguous`` in faithful mode (the reference rebuilds the sequence), else sources' positions."""
-        return "contiguous" if self.mode == "faithful" else "original"
 
     def budgets(self, frames: int, per_frame: int) -> tuple[list[int], list[int]]:
         """(tokens kept, of which salient) per frame."""
-        if self.mode == "faithful":
-            kept = [int(per_frame * self.retention)] * frames
-            return kept, [int(self.salient_share * k) for k in kept]
-        kept = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
-        return kept, [round(self.salient_share * k) for k in kept]
+        faithful = self.mode == "faithful"  # the reference floors per frame
+        kept = ([int(per_frame * self.retention)] * frames if faithful
+                else frame_budgets(visual_budget(self.retention, frames * per_frame), frames))
+        return kept, [(int if faithful else round)(self.salient_share * k) for k in kept]
 
     def anchors(self, need: list[int], room: list[int]) -> tuple[list[int], list[int]]:
-        """Anchor frames of one segment (offsets) and the anchor tokens each takes; ``need``/``room``: the
-        contextual tokens each frame owes and the candidates it has."""
+        """Anchor frames (offsets) of a segment and their anchor counts, from each frame's owed ``need``/``room``."""
         total, length = sum(need), len(need)
         for stride in range(self.anchor_stride, 0, -1):
             frames = list(range(0, length, stride))
             base, rest = divmod(total, len(frames))
-            counts = [base + (i < rest) for i in range(len(frames))]
-            if self.mode == "faithful":
-                counts = [base] * len(frames)
+            counts = [base + (self.mode == "fixed" and i < rest) for i in range(len(frames))]  # faithful floors
             if all(c <= room[f] for f, c in zip(frames, counts)):
                 return frames, counts
             if self.mode == "faithful":
@@ -143,9 +112,7 @@ class FastVIDStage:
         return list(range(length)), need
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
-        if tokens.attention is None:
-            raise VidpressError("FastVID needs the vision encoder's attention; the runtime provides it when the "
-                                "model's adapter exposes its encoder attention")
+        require_encoder_attention(tokens, "FastVID")
         batch, frames, per_frame, _ = tokens.features.shape
         kept, salient = self.budgets(frames, per_frame)
         faithful = self.mode == "faithful"
@@ -173,7 +140,7 @@ class FastVIDStage:
                     owners = [first + a for a, c in zip(anchor_frames, counts) for _ in range(c)]
                     pool = torch.cat([x[first + i, c] for i, c in enumerate(candidates)])
                     anchors = x[owners, anchor_ids]
-                    out.append(self.merge(anchors, pool, faithful))
+                    out.append(merge_into_anchors(anchors, pool, self.merge_weight, faithful))
                     where += [f * per_frame + int(i) for f, i in zip(owners, anchor_ids)]
                 event += [e] * (sum(salient[first:last + 1]) + sum(counts))
             source = torch.tensor(where, device=x.device)
@@ -181,15 +148,3 @@ class FastVIDStage:
             rows.append((torch.cat(out)[order], source[order] // per_frame, torch.tensor(event, device=x.device)[order],
                          source[order]))
         return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra)
-
-    def merge(self, anchors: Tensor, pool: Tensor, faithful: bool) -> Tensor:
-        """DTM: each token of ``pool`` (n, D) joins its most similar anchor (m, D) by cosine; a merged token is
-        ``a * anchor + (1 - a) * mean(joined)`` with ``a = max(1 / (count + 1), merge_weight)``. (m, D)."""
-        unit_a = torch.nn.functional.normalize(anchors.float(), dim=-1)
-        unit_p = torch.nn.functional.normalize(pool.float(), dim=-1)
-        assign = (unit_p @ unit_a.T).argmax(-1)
-        source, base = (unit_p, unit_a) if faithful else (pool.float(), anchors.float())
-        counts = torch.bincount(assign, minlength=anchors.shape[0])[:, None].float()
-        mean = torch.zeros_like(base).index_add_(0, assign, source) / counts.clamp(min=1)
-        weight = (1 / (counts + 1)).clamp(min=self.merge_weight)
-        return (weight * base + (1 - weight) * mean).to(anchors.dtype)

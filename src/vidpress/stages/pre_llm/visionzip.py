@@ -24,32 +24,14 @@ from typing import Literal
 import torch
 
 from ..._checks import check_mode, check_ratio
-from ...errors import VidpressError
-from ...stages import Needs
+from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
+from .merging import merge_into_targets, require_encoder_attention
 from .uniform import frame_budgets, visual_budget
 
 
-def merge_into_targets(x: torch.Tensor, metric: torch.Tensor, count: int,
-                       faithful: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (n, D), every other token
-    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D) and the targets'
-    row indices (count,)."""
-    metric = torch.nn.functional.normalize(metric.float(), dim=-1)
-    step = max(1, x.shape[0] // count)
-    targets = torch.arange(0, x.shape[0], step, device=x.device)[:count]
-    others = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    others[targets] = False
-    assign = (metric[others] @ metric[targets].T).argmax(-1)
-    sums = torch.zeros(count, x.shape[1], device=x.device).index_add_(0, assign, x[others].float())
-    counts = torch.bincount(assign, minlength=count)[:, None].float()
-    if faithful:
-        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype), targets
-    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype), targets
-
-
 @dataclass(frozen=True)
-class VisionZipStage:
+class VisionZipStage(SourcePositions):
     """VisionZip as a pre-LLM stage at a budget of ``visual_budget(retention, F*T)`` tokens.
 
     Parameters
@@ -85,15 +67,9 @@ class VisionZipStage:
         check_ratio("contextual_share", self.contextual_share)
         check_mode(self.mode)
 
-    @property
-    def positions(self) -> str:
-        """``contiguous`` in faithful mode (the reference rebuilds the sequence), else sources' positions."""
-        return "contiguous" if self.mode == "faithful" else "original"
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
-        if tokens.attention is None or tokens.keys is None:
-            raise VidpressError("VisionZip needs the vision encoder's attention; the runtime provides it when "
-                                "the model's adapter exposes its encoder attention")
+        require_encoder_attention(tokens, "VisionZip")
         batch, frames, per_frame, _ = tokens.features.shape
         budgets = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
         rows = []

@@ -1,0 +1,67 @@
+"""Token merging shared by the pre-LLM peers: VisionZip's contextual tokens, FastVID's DPC-kNN density
+scores and its density-based token merging. Pure tensor functions (methods.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ...errors import VidpressError
+
+
+def require_encoder_attention(tokens, name: str) -> None:
+    """Raise unless the runtime gave ``tokens`` the vision encoder's attention (``Needs.encoder_attention``)."""
+    if tokens.attention is None or tokens.keys is None:
+        raise VidpressError(f"{name} needs the vision encoder's attention; the runtime provides it when the "
+                            "model's adapter exposes its encoder attention (vidpress.apply)")
+
+
+def joined(assign: Tensor, values: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Sum of the ``values`` (n, D) rows joined to each of ``count`` groups by ``assign`` (n,), and the group
+    sizes: (count, D) float32, (count, 1) float32."""
+    sums = torch.zeros(count, values.shape[1], device=values.device).index_add_(0, assign, values.float())
+    return sums, torch.bincount(assign, minlength=count)[:, None].float()
+
+
+def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) -> tuple[Tensor, Tensor]:
+    """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (n, D), every other token
+    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D) and the targets'
+    row indices (count,)."""
+    metric = torch.nn.functional.normalize(metric.float(), dim=-1)
+    step = max(1, x.shape[0] // count)
+    targets = torch.arange(0, x.shape[0], step, device=x.device)[:count]
+    others = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    others[targets] = False
+    assign = (metric[others] @ metric[targets].T).argmax(-1)
+    sums, counts = joined(assign, x[others], count)
+    if faithful:
+        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype), targets
+    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype), targets
+
+
+def density_scores(x: Tensor, knn: int, nearest: bool) -> Tensor:
+    """DPC-kNN score of each of ``x``'s (n, D) tokens: exp(-mean squared kNN distance) times the distance
+    to the nearest token of higher density (the densest token gets the largest distance). (n,) float32."""
+    x = x.float()
+    dist = torch.cdist(x, x) / math.sqrt(x.shape[-1])
+    near = dist.topk(min(knn, x.shape[0]), dim=-1, largest=not nearest).values
+    density = (-(near**2).mean(-1)).exp()
+    density = density + 1e-6 * torch.arange(x.shape[0], device=x.device) / x.shape[0]  # deterministic ties
+    denser = density[None, :] > density[:, None]
+    return torch.where(denser, dist, dist.max()).min(-1).values * density
+
+
+def merge_into_anchors(anchors: Tensor, pool: Tensor, weight_floor: float, faithful: bool) -> Tensor:
+    """FastVID's Density-based Token Merging: each token of ``pool`` (n, D) joins its most similar anchor (m, D)
+    by cosine; a merged token is ``a * anchor + (1 - a) * mean(joined)`` with ``a = max(1 / (count + 1),
+    weight_floor)`` (the reference's beta). Faithful mode merges the L2-normalised features. (m, D)."""
+    unit_a = torch.nn.functional.normalize(anchors.float(), dim=-1)
+    unit_p = torch.nn.functional.normalize(pool.float(), dim=-1)
+    assign = (unit_p @ unit_a.T).argmax(-1)
+    source, base = (unit_p, unit_a) if faithful else (pool.float(), anchors.float())
+    sums, counts = joined(assign, source, anchors.shape[0])
+    mean = sums / counts.clamp(min=1)
+    weight = (1 / (counts + 1)).clamp(min=weight_floor)
+    return (weight * base + (1 - weight) * mean).to(anchors.dtype)
