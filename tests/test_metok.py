@@ -208,3 +208,14 @@ def test_siglip_relevance_path_runs_through_generate(tiny, inputs, tmp_path):
     plan = run.last_session.stage_info[0]
     frames = inputs["pixel_values_videos"].shape[1]
     assert len(plan.relevance) == frames and len(set(plan.relevance)) > 1  # one real score per frame
+
+
+def test_short_video_with_every_frame_kept_keeps_one_newline(tiny, inputs):
+    """Several events with every frame at full resolution: a newline per event would overflow the video's
+    placeholders, so only the last event keeps its newline (before, this raised BudgetError)."""
+    method = vidpress.METok(key_events=1.0, key_frames=1.0, z=-10.0, min_event_frames=3,
+                            schedule=((1, 1.0, 1.0), (3, 1.0, 1.0)))
+    with torch.no_grad(), vidpress.apply(tiny.model, method) as run:
+        tiny.model(**inputs)
+    assert len(run.last_session.stage_info[0].events) == 4  # 12 frames, at most 12 // 3 events
+    assert run.report.accounting.prefill_visual[0] == 12 * 4 + 1

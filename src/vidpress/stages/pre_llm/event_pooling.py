@@ -3,7 +3,7 @@
 The projected grid of each frame, taken *before* the model's own pooling, is pooled with a stride that
 depends on whether the frame is a key frame and whether its event is a key event (reference strides
 2 / 4 / 4 / 8: 196 / 49 / 16 tokens per frame on a 27 x 27 grid in bilinear mode). Events are emitted in
-temporal order, each followed by the model's newline token (when it has one).
+order, each followed by the model's newline (only the last one when they would not fit the placeholders).
 
 faithful vs fixed (the pooling itself is the same):
 
@@ -112,6 +112,8 @@ class EventPooling(SourcePositions):
         batch, frames = grids.shape[:2]
         project = tokens.project or (lambda x: x)  # models that pool before their projector
         rows, plans = [], []
+        per_frame = tokens.tokens_per_frame
+        room = frames * per_frame + (0 if tokens.extra is None else tokens.extra.shape[1])
         for b in range(batch):
             plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), tuple(grids.shape[2:4]))
             pooled = {s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
@@ -125,15 +127,16 @@ class EventPooling(SourcePositions):
                     taken[s] += 1
                     events += [e] * feats[-1].shape[0]
                     frame_of += [f] * feats[-1].shape[0]
-                    source += (window_sources(grids.shape[2:4], s, tokens.grid, self.pool) + f * tokens.tokens_per_frame).tolist()
-                if tokens.extra is not None and tokens.extra.shape[1]:  # one newline after each event
+                    source += (window_sources(grids.shape[2:4], s, tokens.grid, self.pool) + f * per_frame).tolist()
+                newlines = tokens.extra is not None and tokens.extra.shape[1]  # one after each event, if they fit
+                if newlines and (e == len(plan.events) - 1 or sum(plan.tokens) + len(plan.events) <= room):
                     feats.append(tokens.extra[b, :1].to(grids.dtype))
                     events.append(e)
                     frame_of.append(-1)
                     source.append(-1)
             # a newline sits where the next event starts; the last one at the model's own newline placeholder
             for i in reversed(range(len(source))):
-                source[i] = source[i] if source[i] >= 0 else (source[i + 1:] or [frames * tokens.tokens_per_frame])[0]
+                source[i] = source[i] if source[i] >= 0 else (source[i + 1:] or [frames * per_frame])[0]
             rows.append((torch.cat(feats), events, frame_of, source))
             plans.append(plan)
         lengths = {len(r[1]) for r in rows}
