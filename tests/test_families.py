@@ -187,3 +187,17 @@ def test_metok_on_qwen_halves_its_strides_on_the_merged_grid(tiny_qwen, clip_fra
     assert set(plan.strides) <= {1, 2, 4} and 1 in plan.strides
     assert plan.tokens == [4 if s == 1 else 1 for s in plan.strides]
     assert run.report.accounting.prefill_visual[0] == sum(plan.tokens)
+
+
+def test_a_saved_qwen_checkpoint_loads_and_compresses(tiny_qwen, clip_frames, tmp_path):
+    """`vidpress run --model <local dir>` path for Qwen2.5-VL: load_model picks the adapter and the processor."""
+    from vidpress.models.default import load_model
+
+    tiny_qwen.model.save_pretrained(tmp_path)
+    tiny_qwen.processor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32)
+    inputs = build_inputs(loaded.processor, clip_frames, "What happens in the video?")
+    assert inputs["video_grid_thw"].tolist() == [[6, 4, 4]]
+    with torch.no_grad(), vidpress.apply(loaded.model, FastVID(retention=0.5)) as run:
+        loaded.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert run.report.accounting.prefill_visual[0] == 12

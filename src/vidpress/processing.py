@@ -94,7 +94,7 @@ class OfflineVideoProcessor:
         self.tokenizer.save_pretrained(directory)
         config = dict(image_size=self.image_size, patch_size=self.patch_size, image_mean=self.image_mean,
                       image_std=self.image_std, chat_template=self.chat_template, video_token=self.video_token,
-                      layout=self.layout)
+                      layout=self.layout, fps=getattr(self, "fps", None))
         (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -105,7 +105,12 @@ class OfflineVideoProcessor:
         directory = Path(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         if (directory / CONFIG_NAME).exists():
-            return cls(tokenizer, **json.loads((directory / CONFIG_NAME).read_text()))
+            saved = json.loads((directory / CONFIG_NAME).read_text())
+            fps = saved.pop("fps", None)
+            if saved["layout"] == "qwen2_5_vl":
+                return OfflineQwenVideoProcessor(tokenizer, saved["image_size"], saved["chat_template"], fps or 1.0,
+                                                 saved["image_mean"], saved["image_std"])
+            return OfflineVideoProcessor(tokenizer, **saved)
         pre = {}
         for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
             if (directory / name).exists():
@@ -115,10 +120,9 @@ class OfflineVideoProcessor:
         if (directory / "chat_template.json").exists():
             template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
         vision = model_config.vision_config
-        if model_config.model_type in ("qwen2_5_vl", "qwen2_vl"):
-            side = pre.get("size", {}).get("shortest_edge")
-            side = 14 * 2 * round(math.sqrt(side) / 28) if side else 448
-            return OfflineQwenVideoProcessor(tokenizer, side, chat_template=template)
+        if model_config.model_type in ("qwen2_5_vl", "qwen2_vl"):  # square 448 px frames: 256 tokens per 2 frames
+            return OfflineQwenVideoProcessor(tokenizer, 448, chat_template=template,
+                                             image_mean=pre.get("image_mean", CLIP_MEAN), image_std=pre.get("image_std", CLIP_STD))
         layout = "llava_next_video" if model_config.model_type == "llava_next_video" else "llava_onevision"
         return cls(tokenizer, vision.image_size, vision.patch_size, pre.get("image_mean", [0.5] * 3),
                    pre.get("image_std", [0.5] * 3), chat_template=template, layout=layout)

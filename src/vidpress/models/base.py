@@ -74,7 +74,13 @@ def register(adapter: Adapter) -> Adapter:
     return adapter
 
 
+def _register_all() -> None:
+    from . import llava_next_video, llava_onevision, qwen2_5_vl  # noqa: F401  (each registers its adapter)
+
+
 def supported_models() -> list[str]:
+    """The transformers model class names vidpress has adapters for."""
+    _register_all()
     return [name for adapter in _ADAPTERS for name in adapter.model_class_names]
 
 
@@ -86,8 +92,7 @@ def adapter_for(model: Any) -> Adapter:
     UnsupportedModelError
         The class is not supported; the message lists the supported classes.
     """
-    from . import llava_next_video, llava_onevision, qwen2_5_vl  # noqa: F401  (register their adapters)
-
+    _register_all()
     name = type(model).__name__
     for adapter in _ADAPTERS:
         if name in adapter.model_class_names:

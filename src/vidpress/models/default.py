@@ -91,6 +91,19 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
     return LoadedModel(model, processor, description, False)
 
 
+def _checkpoint_processor(name: str, model: Any) -> Any:
+    """The checkpoint's own processor, or the offline one when it needs torchvision (not installable here)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except (ImportError, AttributeError):
+        from huggingface_hub import snapshot_download
+
+        local = name if Path(name).is_dir() else snapshot_download(name)
+        return OfflineVideoProcessor.from_pretrained(local, model.config)
+
+
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
     """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
     ``"random-qwen2.5-vl"``, ``"random:<preset>"`` (a LLaVA-OV preset's real architecture with random bf16
@@ -104,9 +117,10 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
     OSError
         A hub id that cannot be fetched (no network and not in the local cache): the message says so.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from ..errors import UnsupportedModelError
+    from ..processing import CONFIG_NAME
     from .base import supported_models
 
     if name == "default":
@@ -131,14 +145,12 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         if arch not in supported_models():
             raise UnsupportedModelError(f"{name} is a {arch}; vidpress supports: {', '.join(supported_models())}")
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype).eval()
-        try:
-            processor = AutoProcessor.from_pretrained(name)
-        except (ImportError, AttributeError):  # no torchvision for the video processor
-            from huggingface_hub import snapshot_download
-
-            local = name if Path(name).is_dir() else snapshot_download(name)
-            processor = OfflineVideoProcessor.from_pretrained(local, model.config)
-        loaded = LoadedModel(model, processor, f"{name} ({arch}, pretrained)", True)
+        saved_by_vidpress = (Path(name) / CONFIG_NAME).exists()  # its own random / untrained builds
+        processor = (OfflineVideoProcessor.from_pretrained(name, model.config) if saved_by_vidpress
+                     else _checkpoint_processor(name, model))
+        trained = not saved_by_vidpress
+        loaded = LoadedModel(model, processor, f"{name} ({arch}, {'pretrained' if trained else 'saved by vidpress'})",
+                             trained)
     if device:
         loaded.model.to(device)
     return loaded
