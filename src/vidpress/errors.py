@@ -60,3 +60,8 @@ class UnknownMethodError(VidpressError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingVideosError(VidpressError, FileNotFoundError):
+    """A benchmark's videos are not where the caller said (or no folder was given); the message names the
+    folder and where the videos come from."""

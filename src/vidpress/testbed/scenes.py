@@ -1,0 +1,198 @@
+"""Procedural video QA whose answers need the video's time structure (issue: trained testbed).
+
+A video is a list of :class:`Scene` (events): each has its own background and objects (shape, colour,
+count, motion) and its own length in frames. Questions are multiple choice with 4 options, NExT-QA /
+VideoMME style, and every answer is a pure function of the scene list (:func:`answer`), so it can be
+re-derived and checked. Everything is seeded: the same seed gives the same scenes, frames and questions.
+
+Question types: ``scene_count`` (how many scenes), ``color_in_scene`` (the object's colour in scene k),
+``first`` / ``last`` (which object appeared first / last), ``never`` (which object never appeared),
+``changed`` (what changed between scene k and k + 1), ``count_in_scene`` (how many objects in scene k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+          "white": (245, 245, 245), "purple": (150, 60, 190)}
+BACKGROUNDS = {"black": (15, 15, 15), "gray": (110, 110, 110), "teal": (20, 110, 110), "brown": (110, 70, 30),
+               "navy": (20, 25, 80)}
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("static", "left-to-right", "top-to-bottom")
+CHANGES = ("the background", "the object's colour", "the object's shape", "the number of objects")
+ORDINALS = ("first", "second", "third", "fourth", "fifth")
+TYPES = ("scene_count", "color_in_scene", "first", "last", "never", "changed", "count_in_scene")
+SPLIT_SALT = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One event: ``count`` copies of one object on one background for ``frames`` frames."""
+
+    background: str
+    shape: str
+    color: str
+    count: int
+    motion: str
+    frames: int
+
+    @property
+    def object(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question about a scene list; ``params`` say which scene(s) it asks about."""
+
+    kind: str
+    text: str
+    options: tuple[str, ...]
+    answer: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sample:
+    video_id: str
+    scenes: tuple[Scene, ...]
+    question: Question
+
+    def frames(self, size: int = 112) -> np.ndarray:
+        """Rendered video (F, size, size, 3) uint8."""
+        return render(self.scenes, size)
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    return Scene(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))),
+                 int(rng.integers(1, 5)), str(rng.choice(MOTIONS)), int(rng.integers(4, 13)))
+
+
+def change(scene: Scene, what: str, rng: np.random.Generator) -> Scene:
+    """``scene`` with exactly one attribute (one of :data:`CHANGES`) changed, new length."""
+    frames = int(rng.integers(4, 13))
+    if what == CHANGES[0]:
+        return replace(scene, background=str(rng.choice([b for b in BACKGROUNDS if b != scene.background])), frames=frames)
+    if what == CHANGES[1]:
+        return replace(scene, color=str(rng.choice([c for c in COLORS if c != scene.color])), frames=frames)
+    if what == CHANGES[2]:
+        return replace(scene, shape=str(rng.choice([s for s in SHAPES if s != scene.shape])), frames=frames)
+    return replace(scene, count=int(rng.choice([n for n in (1, 2, 3, 4) if n != scene.count])), frames=frames)
+
+
+def random_video(rng: np.random.Generator) -> tuple[Scene, ...]:
+    """3 to 5 scenes; one consecutive pair differs in exactly one attribute, the others are independent."""
+    scenes = [random_scene(rng) for _ in range(int(rng.integers(3, 6)))]
+    k = int(rng.integers(0, len(scenes) - 1))
+    scenes[k + 1] = change(scenes[k], str(rng.choice(CHANGES)), rng)
+    return tuple(scenes)
+
+
+def answer(kind: str, scenes: tuple[Scene, ...], params: dict[str, Any]) -> str:
+    """The correct option text of a question of ``kind`` about ``scenes`` (None when the question is ill-posed)."""
+    objects = [s.object for s in scenes]
+    if kind == "scene_count":
+        return str(len(scenes))
+    if kind == "color_in_scene":
+        return scenes[params["scene"]].color
+    if kind == "count_in_scene":
+        return str(scenes[params["scene"]].count)
+    if kind in ("first", "last"):
+        shown = [o for o in params["choices"] if o in objects]
+        order = sorted(shown, key=objects.index) if kind == "first" else sorted(shown, key=lambda o: max(
+            i for i, x in enumerate(objects) if x == o))
+        return order[0] if kind == "first" else order[-1]
+    if kind == "never":
+        return next(o for o in params["choices"] if o not in objects)
+    if kind == "changed":
+        a, b = scenes[params["scene"]], scenes[params["scene"] + 1]
+        diffs = [a.background != b.background, a.color != b.color, a.shape != b.shape, a.count != b.count]
+        return CHANGES[diffs.index(True)] if sum(diffs) == 1 else None
+    raise ValueError(f"unknown question kind {kind!r}; choose one of {TYPES}")
+
+
+def ask(kind: str, scenes: tuple[Scene, ...], rng: np.random.Generator) -> Question | None:
+    """A question of ``kind`` about ``scenes`` with 4 shuffled options, or None when the scenes cannot pose it
+    (e.g. ``never`` needs 3 distinct objects shown)."""
+    objects = list(dict.fromkeys(s.object for s in scenes))
+    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in objects]
+    params: dict[str, Any] = {}
+    k = int(rng.integers(0, len(scenes)))
+    if kind == "scene_count":
+        text, pool = "How many scenes does the video have?", [str(n) for n in range(2, 7)]
+    elif kind == "color_in_scene":
+        params["scene"] = k
+        text, pool = f"What colour was the {scenes[k].shape} in the {ORDINALS[k]} scene?", list(COLORS)
+    elif kind == "count_in_scene":
+        params["scene"] = k
+        text, pool = f"How many {scenes[k].object}s were in the {ORDINALS[k]} scene?", ["1", "2", "3", "4"]
+    elif kind in ("first", "last"):
+        if len(objects) < 2:
+            return None
+        anchor = scenes[0].object if kind == "first" else scenes[-1].object
+        others = [o for o in objects if o != anchor] + list(rng.permutation(absent))
+        params["choices"] = [anchor] + others[:3]
+        text, pool = f"Which of these objects appeared {kind}?", params["choices"]
+    elif kind == "never":
+        if len(objects) < 3:
+            return None
+        params["choices"] = list(rng.permutation(objects))[:3] + [str(rng.choice(absent))]
+        text, pool = "Which of these objects never appeared?", params["choices"]
+    elif kind == "changed":
+        pairs = [i for i in range(len(scenes) - 1) if answer("changed", scenes, {"scene": i}) is not None]
+        params["scene"] = int(rng.choice(pairs))
+        text = f"What changed between the {ORDINALS[params['scene']]} and the {ORDINALS[params['scene'] + 1]} scene?"
+        pool = list(CHANGES)
+    else:
+        raise ValueError(f"unknown question kind {kind!r}; choose one of {TYPES}")
+    correct = answer(kind, scenes, params)
+    wrong = [o for o in pool if o != correct]
+    options = [correct] + [str(o) for o in rng.permutation(wrong)[:3]]
+    options = [options[i] for i in rng.permutation(4)]
+    return Question(kind, text, tuple(options), options.index(correct), params)
+
+
+def render(scenes: tuple[Scene, ...], size: int = 112) -> np.ndarray:
+    """Frames (F, size, size, 3) uint8: each scene's background and objects, moving per its motion."""
+    out, r = [], size // 10
+    for scene in scenes:
+        for t in range(scene.frames):
+            image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+            draw = ImageDraw.Draw(image)
+            shift = (t / max(1, scene.frames - 1) - 0.5) * size * 0.3
+            for i in range(scene.count):
+                x, y = size * (i + 1) / (scene.count + 1), size / 2
+                x += shift if scene.motion == "left-to-right" else 0
+                y += shift if scene.motion == "top-to-bottom" else 0
+                box, color = (x - r, y - r, x + r, y + r), COLORS[scene.color]
+                if scene.shape == "circle":
+                    draw.ellipse(box, fill=color)
+                elif scene.shape == "square":
+                    draw.rectangle(box, fill=color)
+                else:
+                    draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=color)
+            out.append(np.asarray(image))
+    return np.stack(out)
+
+
+def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
+    """``videos`` samples (one question each, question kinds in rotation) of ``split``: train, validation or
+    test, seeded so splits never share a video seed. Same arguments, same samples."""
+    if split not in SPLIT_SALT:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SALT)}, got {split!r}")
+    rng = np.random.default_rng(seed + SPLIT_SALT[split])
+    samples = []
+    for i in range(videos):
+        scenes = random_video(rng)
+        question = None
+        for kind in TYPES[i % len(TYPES):] + TYPES[: i % len(TYPES)]:  # rotate; skip kinds the scenes cannot pose
+            question = ask(kind, scenes, rng)
+            if question is not None:
+                break
+        samples.append(Sample(f"{split}-{seed}-{i:05d}", scenes, question))
+    return samples

@@ -1,0 +1,67 @@
+"""The procedural video-QA generator: reproducible, answers derived from the scene list, renderable."""
+
+import numpy as np
+import pytest
+
+from vidpress.testbed.scenes import BACKGROUNDS, COLORS, TYPES, answer, make_split, render
+
+
+def test_same_seed_same_videos_and_questions_other_seed_differs():
+    a, b = make_split("train", 20, seed=3), make_split("train", 20, seed=3)
+    assert a == b
+    assert np.array_equal(a[5].frames(64), b[5].frames(64))
+    assert make_split("train", 20, seed=4) != a
+    assert {s.video_id for s in make_split("test", 20)}.isdisjoint(s.video_id for s in make_split("train", 20))
+
+
+def _check(sample):
+    """Re-derive the answer from the scene list, independently of the generator's own answer()."""
+    scenes, q = sample.scenes, sample.question
+    objects, right = [s.object for s in scenes], q.options[q.answer]
+    first = {o: objects.index(o) if o in objects else 99 for o in q.options}
+    last = {o: max([i for i, x in enumerate(objects) if x == o], default=-1) for o in q.options}
+    if q.kind == "scene_count":
+        return right == str(len(scenes))
+    if q.kind == "color_in_scene":
+        return right == scenes[q.params["scene"]].color
+    if q.kind == "count_in_scene":
+        return right == str(scenes[q.params["scene"]].count)
+    if q.kind == "first":
+        return all(first[right] < first[o] for o in q.options if o != right)
+    if q.kind == "last":
+        return all(last[right] > last[o] for o in q.options if o != right)
+    if q.kind == "never":
+        return right not in objects and all(o in objects for o in q.options if o != right)
+    a, b = scenes[q.params["scene"]], scenes[q.params["scene"] + 1]
+    diffs = {"the background": a.background != b.background, "the object's colour": a.color != b.color,
+             "the object's shape": a.shape != b.shape, "the number of objects": a.count != b.count}
+    return sum(diffs.values()) == 1 and diffs[right]
+
+
+def test_every_answer_is_determined_by_the_scene_list():
+    samples = make_split("test", 560)
+    assert len(samples) >= 500 and {s.question.kind for s in samples} == set(TYPES)
+    for sample in samples:
+        q = sample.question
+        assert len(q.options) == 4 and len(set(q.options)) == 4  # chance is 25 %
+        assert q.options[q.answer] == answer(q.kind, sample.scenes, q.params)
+        assert _check(sample), (sample.scenes, q)
+
+
+def test_rendered_frames_show_each_scene():
+    sample = make_split("validation", 1, seed=7)[0]
+    frames = render(sample.scenes, 96)
+    assert frames.shape == (sum(s.frames for s in sample.scenes), 96, 96, 3) and frames.dtype == np.uint8
+    start = 0
+    for scene in sample.scenes:
+        first = frames[start]
+        assert tuple(first[0, 0]) == BACKGROUNDS[scene.background]  # corner: background
+        assert (first.reshape(-1, 3) == COLORS[scene.color]).all(-1).any()  # the object's colour is drawn
+        start += scene.frames
+
+
+def test_unknown_split_and_kind_raise():
+    with pytest.raises(ValueError, match="split"):
+        make_split("dev", 1)
+    with pytest.raises(ValueError, match="kind"):
+        answer("colour", (), {})
