@@ -1,0 +1,1 @@
+"""Integrations with evaluation frameworks (lmms-eval)."""
