@@ -65,3 +65,35 @@ def test_unknown_split_and_kind_raise():
         make_split("dev", 1)
     with pytest.raises(ValueError, match="kind"):
         answer("colour", (), {})
+
+
+def test_wilson_interval_by_hand():
+    from vidpress.evaluate import wilson
+
+    low, high = wilson(5, 10)  # p = 0.5, n = 10: 0.5 -/+ 0.263 (z = 1.96)
+    assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def test_evaluate_keep_everything_scores_like_uncompressed(tiny):
+    import vidpress
+    from vidpress.evaluate import evaluate
+    from vidpress.methods import get_method
+
+    samples = make_split("test", 6)
+    base = evaluate(tiny.model, tiny.processor, samples, get_method("none"), frames=8, progress=False)
+    same = evaluate(tiny.model, tiny.processor, samples, vidpress.DyCoke(k=0, p=0), frames=8, progress=False)
+    cheaper = evaluate(tiny.model, tiny.processor, samples, vidpress.DyCoke(k=0.7), frames=8, progress=False)
+    assert base.total == 6 and same.correct == base.correct and same.prefill_flops == base.prefill_flops
+    assert cheaper.prefill_flops < base.prefill_flops
+
+
+def test_cli_eval_prints_accuracy_and_accuracy_retained():
+    from typer.testing import CliRunner
+
+    from vidpress.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--model", "random", "--method", "dycoke", "--retention", "0.25",
+                                      "-n", "4", "-f", "8"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy retained" in result.output and "dycoke @ 25%" in result.output

@@ -22,6 +22,10 @@ console = Console(width=max(120, Console().width))
 err = Console(stderr=True, width=max(120, Console().width))
 
 
+MODEL_HELP = ("default | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
+              "local checkpoint dir | hub id.")
+
+
 def bundled_clip() -> Path:
     """The short real clip shipped with vidpress (NASA footage, public domain)."""
     return Path(str(resources.files("vidpress") / "assets" / "nasa_13013_clip.mp4"))
@@ -48,7 +52,7 @@ def run(
     method: str = typer.Option("dycoke", "--method", "-m", help="Method name (see `vidpress methods`), or none."),
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable (e.g. k=0.7)."),
     frames: int = typer.Option(32, "--frames", "-f", min=1, help="Frames sampled uniformly."),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
     compare: bool = typer.Option(False, "--compare", help="Also run the uncompressed model and print ratios."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
@@ -146,7 +150,7 @@ def events(
     video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
     question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
     frames: int = typer.Option(32, "--frames", "-f", min=2),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
     params: list[str] = typer.Option([], "--set", help="METok hyperparameter NAME=VALUE, repeatable."),
     out: Path = typer.Option(Path("events.png"), "--out", "-o", help="PNG to write."),
 ) -> None:
@@ -184,7 +188,7 @@ def bench(
     retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
-    model: str = typer.Option("default", "--model", help="default | random | random-llava-next-video | random-qwen2.5-vl | local checkpoint dir | hub id."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
     quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
 ) -> None:
@@ -237,6 +241,46 @@ def bench(
     for note in notes:
         console.print(f"[yellow]{note}[/]")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command(name="eval")
+def eval_(
+    method: str = typer.Option("none", "--method", "-m", help="Method name (see `vidpress methods`), or none."),
+    params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
+    retention: Optional[float] = typer.Option(None, "--retention", help="Configure the method for this retention."),
+    questions: int = typer.Option(100, "--questions", "-n", min=1, max=560, help="From the 560-question test split."),
+    frames: int = typer.Option(16, "--frames", "-f", min=1, help="Frames sampled uniformly per video."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
+) -> None:
+    """Multiple-choice accuracy on the procedural video-QA test split, with accuracy retained vs uncompressed."""
+    import torch
+
+    from .evaluate import evaluate
+    from .methods import METHODS, get_method
+    from .models.default import load_model
+    from .testbed.scenes import make_split
+
+    if retention is not None and (params or method not in METHODS):
+        raise typer.BadParameter("--retention configures a named method by itself; drop --set or pick a method")
+    chosen = METHODS[method].at_retention(retention) if retention is not None else get_method(method, **_parse_set(params))
+    with console.status("loading model", spinner="dots"):
+        loaded = load_model(model)
+    torch.set_grad_enabled(False)
+    samples = make_split("test", 560)[:questions]
+    results = [evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=frames, label="uncompressed")]
+    if method not in ("none", "uncompressed"):
+        label = f"{method} @ {retention:.0%}" if retention is not None else None
+        results.append(evaluate(loaded.model, loaded.processor, samples, chosen, frames=frames, label=label))
+    table = Table(title=f"procedural video QA, {questions} test questions, {frames} frames, chance 25 %")
+    for column in ("method", "accuracy", "95 % CI", "LLM prefill FLOPs", "accuracy retained"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for r in results:
+        low, high = r.interval
+        table.add_row(r.method, f"{r.accuracy:.1%}", f"{low:.1%} - {high:.1%}", f"{r.prefill_flops:.3g}",
+                      f"{r.accuracy / results[0].accuracy:.1%}" if results[0].correct else "—")
+    console.print(table)
+    if not loaded.trained:
+        console.print("[bold yellow]note[/]: untrained model - accuracy is at chance; a trained testbed is needed")
 
 
 @app.command()
