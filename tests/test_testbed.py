@@ -97,3 +97,33 @@ def test_cli_eval_prints_accuracy_and_accuracy_retained():
                                       "-n", "4", "-f", "8"])
     assert result.exit_code == 0, result.output
     assert "accuracy retained" in result.output and "dycoke @ 25%" in result.output
+
+
+def test_training_updates_the_projector_and_round_trips(tmp_path):
+    """The testbed training loop at toy scale: the projector trains, the best checkpoint saves and reloads."""
+    import torch
+
+    from vidpress.models.random import random_model
+    from vidpress.testbed.train import save, train, trainable_state
+
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    before = {k: v.clone() for k, v in trainable_state(loaded.model).items()}
+    record = train(loaded.model, loaded.processor, steps=4, train_videos=6, val_videos=4, frames=4, size=56,
+                   batch=2, eval_every=2, log=lambda *_: None)
+    after = trainable_state(loaded.model)
+    assert set(before) == {"model.image_newline", "model.multi_modal_projector.linear_1.weight",
+                           "model.multi_modal_projector.linear_1.bias", "model.multi_modal_projector.linear_2.weight",
+                           "model.multi_modal_projector.linear_2.bias"}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert len(record["history"]) == 2 and 0 <= record["best_val_accuracy"] <= 1
+    assert not any(p.requires_grad for p in loaded.model.parameters())  # frozen again after training
+    path = save(loaded.model, record, tmp_path)
+    restored = torch.load(path)
+    assert all(torch.allclose(restored[k].float(), after[k], atol=1e-2) for k in after)
+
+
+def test_missing_testbed_weights_say_how_to_train(tmp_path):
+    from vidpress.testbed.train import load_testbed
+
+    with pytest.raises(FileNotFoundError, match="python -m vidpress.testbed.train"):
+        load_testbed(tmp_path)

@@ -105,7 +105,8 @@ def _checkpoint_processor(name: str, model: Any) -> Any:
 
 
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
-    """``"default"``, ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
+    """``"default"``, ``"testbed"`` (the default build with a projector trained on the procedural video QA, once
+    trained), ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
     ``"random-qwen2.5-vl"``, ``"random:<preset>"`` (a LLaVA-OV preset's real architecture with random bf16
     weights, e.g. ``random:llava-ov-7b``, built on the GPU when there is one), a local checkpoint directory, or a
     hub id (needs the hub or its cache).
@@ -127,6 +128,10 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         loaded = default_model()
     elif name == "random":
         loaded = random_model(layers=4, hidden=128, image_size=224)
+    elif name == "testbed":
+        from ..testbed.train import load_testbed
+
+        loaded = load_testbed()
     elif name == "random-llava-next-video":
         loaded = random_llava_next_video(layers=4, hidden=128, image_size=336)
     elif name == "random-qwen2.5-vl":
