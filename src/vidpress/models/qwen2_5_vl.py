@@ -22,6 +22,7 @@ from ..tokens import VisualTokens
 from .base import register
 from .llava_onevision import LlavaOnevisionAdapter
 
+
 class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
     model_class_names = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
 
@@ -52,8 +53,7 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
         h, w = self.grid(model, grids[0])
         per_video = out.pooler_output  # one (T*h*w, D) block per video
-        tokens = nn.utils.rnn.pad_sequence(list(per_video), batch_first=True).view(len(per_video), -1, h * w,
-                                                                                   per_video[0].shape[-1])
+        tokens = torch.stack(list(per_video)).view(len(per_video), -1, h * w, per_video[0].shape[-1])
         return VisualTokens(tokens, (h, w)), tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
 
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
