@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .method import Method, Stages, apply
@@ -37,6 +36,21 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def letter_token_ids(processor: Any) -> list[int]:
+    """Token ids of the option letters A-D.
+
+    Raises
+    ------
+    ValueError
+        The tokenizer has no single token for each letter.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError("the tokenizer needs one token per option letter A-D to score multiple choice")
+    return ids
 
 
 @dataclass
@@ -69,17 +83,12 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Meth
     """
     from tqdm.auto import tqdm
 
-    tokenizer = getattr(processor, "tokenizer", processor)
-    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
-    if any(i is None or i == tokenizer.unk_token_id for i in letter_ids):
-        raise ValueError("the tokenizer needs one token per option letter A-D to score multiple choice")
+    letter_ids = letter_token_ids(processor)
     name = label or (method.label if isinstance(method, Method) else method.name)
     correct, flops = 0, 0.0
     with apply(model, method) as run, torch.inference_mode():
         for sample in tqdm(samples, desc=f"eval ({name})", disable=not progress):
-            video = sample.frames(size)
-            video = video[np.linspace(0, len(video) - 1, frames).round().astype(int)]
-            inputs = build_inputs(processor, video, choice_prompt(sample)).to(model.device)
+            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample)).to(model.device)
             logits = model(**inputs).logits[0, -1]
             correct += int(int(logits[letter_ids].argmax()) == sample.question.answer)
             flops += run.report.accounting.prefill_flops

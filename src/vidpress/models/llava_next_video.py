@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..errors import VidpressError
 from ..tokens import VisualTokens
 from .base import register
-from .encoder_attention import check_signals
 from .llava_onevision import LlavaOnevisionAdapter
 
 
@@ -37,20 +34,18 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         """The pooling runs before the projector here: capture the pooling's input (the encoder grid)."""
         return model.model.vision_resampler, "input"
 
+    def run_video_encoder(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        return model.model.get_video_features(
+            inputs["pixel_values_videos"],
+            vision_feature_layer=inputs.get("vision_feature_layer", model.config.vision_feature_layer),
+            vision_feature_select_strategy=inputs.get("vision_feature_select_strategy",
+                                                      model.config.vision_feature_select_strategy),
+            return_dict=True,
+        )
+
     def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
         """Per-frame tokens (B, F, T, D) and no extra tokens (B, 0, D); consumes the video inputs."""
-        encoded = dict(inputs.get("mm_encoder_outputs") or {})
-        out = encoded.pop("video", None)
-        if out is None:
-            out = model.model.get_video_features(
-                inputs["pixel_values_videos"],
-                vision_feature_layer=inputs.get("vision_feature_layer", model.config.vision_feature_layer),
-                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy",
-                                                          model.config.vision_feature_select_strategy),
-                return_dict=True,
-            )
-        inputs.update(pixel_values_videos=None, mm_encoder_outputs=encoded or None)
-        features = out.pooler_output  # (B, F*T, D)
+        features = self.video_outputs(model, inputs).pooler_output  # (B, F*T, D)
         grid = self.grid(model)
         tokens = features.reshape(features.shape[0], -1, grid[0] * grid[1], features.shape[-1])
         return VisualTokens(tokens, grid), features[:, :0]
@@ -59,24 +54,14 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
                       tokens: VisualTokens) -> tuple[Tensor, nn.Module, int]:
         """The captured encoder grid (B*F, h0*w0, Dv) -> (B, F, h0, w0, Dv), and the projector that a stage pooling
         it itself (METok stage 1) applies after pooling, in the model's own order."""
-        batch, frames = tokens.features.shape[:2]
-        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
-        if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
-            raise VidpressError("the encoder grid for this video was not captured; run the model with the method "
-                                "installed (vidpress.apply) so vidpress sees the vision encoding")
-        return projected.view(batch, frames, side, side, -1), model.model.multi_modal_projector, 1
+        grid, _, stride = super().unpooled_grid(model, projected, tokens)
+        return grid, model.model.multi_modal_projector, stride
 
-    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
-                             frames: int) -> tuple[Tensor, Tensor]:
-        """Average-pool encoder attention (B*F, P) and keys (B*F, P, Dk) to the frame grid, as the features
-        are pooled: (B, F, T) and (B, F, T, Dk)."""
-        check_signals(received, batch * frames)
-        if self.encoder_has_cls(model):
-            received, keys = received[:, 1:], keys[:, 1:]
+    def pool_patch_grid(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Average pooling by ``spatial_pool_stride``, as the model's ``vision_resampler`` pools its features."""
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
-        x = torch.cat([received[..., None], keys], dim=-1).view(received.shape[0], side, side, -1).permute(0, 3, 1, 2)
-        pooled = nn.functional.avg_pool2d(x, model.config.spatial_pool_stride).flatten(2).transpose(1, 2)
-        return pooled[..., 0].reshape(batch, frames, -1), pooled[..., 1:].reshape(batch, frames, pooled.shape[1], -1)
+        grid = x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        return nn.functional.avg_pool2d(grid, model.config.spatial_pool_stride).flatten(2).transpose(1, 2)
 
 
 ADAPTER = register(LlavaNextVideoAdapter())

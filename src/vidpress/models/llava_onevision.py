@@ -55,23 +55,31 @@ class LlavaOnevisionAdapter:
     def has_video(self, inputs: dict[str, Any]) -> bool:
         return inputs.get("pixel_values_videos") is not None or bool((inputs.get("mm_encoder_outputs") or {}).get("video"))
 
-    def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
-        """Per-frame tokens (B, F, T, D) and the newline (B, 1, D); consumes the video inputs from ``inputs``.
-
-        ``generate`` pre-encodes the video into ``mm_encoder_outputs["video"]``; a direct call passes
-        ``pixel_values_videos``. Both go through transformers' own ``get_video_features``.
-        """
+    def video_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """transformers' video-encoder output for this request, consuming the video inputs from ``inputs``:
+        ``generate`` pre-encodes the video into ``mm_encoder_outputs["video"]``; a direct call passes pixel values,
+        which :meth:`run_video_encoder` encodes."""
         encoded = dict(inputs.get("mm_encoder_outputs") or {})
         out = encoded.pop("video", None)
         if out is None:
-            out = model.model.get_video_features(
-                inputs["pixel_values_videos"],
-                vision_feature_layer=inputs.get("vision_feature_layer"),
-                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
-                return_dict=True,
-            )
-        inputs.update(pixel_values_videos=None, image_sizes_videos=None, mm_encoder_outputs=encoded or None)
-        features = out.pooler_output  # (B, F*T + 1, D): frame tokens then the newline
+            out = self.run_video_encoder(model, inputs)
+        inputs.update(pixel_values_videos=None, mm_encoder_outputs=encoded or None)
+        if "image_sizes_videos" in inputs:
+            inputs["image_sizes_videos"] = None
+        return out
+
+    def run_video_encoder(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """transformers' own ``get_video_features`` on the request's ``pixel_values_videos``."""
+        return model.model.get_video_features(
+            inputs["pixel_values_videos"],
+            vision_feature_layer=inputs.get("vision_feature_layer"),
+            vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+            return_dict=True,
+        )
+
+    def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
+        """Per-frame tokens (B, F, T, D) and the newline (B, 1, D); consumes the video inputs from ``inputs``."""
+        features = self.video_outputs(model, inputs).pooler_output  # (B, F*T + 1, D): frame tokens, newline
         grid = self.grid(model)
         per_frame = grid[0] * grid[1]
         frames = (features.shape[1] - 1) // per_frame
@@ -85,8 +93,8 @@ class LlavaOnevisionAdapter:
         batch, frames = tokens.features.shape[:2]
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
-            raise VidpressError("the projector output for this video was not captured; run the model with the "
-                                "method installed (vidpress.apply) so vidpress sees the vision encoding")
+            raise VidpressError("the unpooled grid of this video was not captured; run the model with the method "
+                                "installed (vidpress.apply) so vidpress sees the vision encoding")
         return projected.view(batch, frames, side, side, -1), None, 1
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
@@ -123,8 +131,12 @@ class LlavaOnevisionAdapter:
         check_signals(received, batch * frames)
         if self.encoder_has_cls(model):
             received, keys = received[:, 1:], keys[:, 1:]
-        pooled = model.model.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
+        pooled = self.pool_patch_grid(model, torch.cat([received[..., None], keys], dim=-1))
         return pooled[..., 0].reshape(batch, frames, -1), pooled[..., 1:].reshape(batch, frames, pooled.shape[1], -1)
+
+    def pool_patch_grid(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The model's own per-frame pooling of a patch grid (n, h0*w0, C) -> (n, T, C): bilinear 2x2 here."""
+        return model.model.apply_pooling(x)
 
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         shape = (*hidden.shape[:-1], -1, attention.head_dim)

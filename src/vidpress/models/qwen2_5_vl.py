@@ -44,17 +44,16 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         grids = inputs.get("video_grid_thw")
         if grids is None:
             raise VidpressError("Qwen2.5-VL inputs need video_grid_thw; build them with the model's processor")
-        encoded = dict(inputs.get("mm_encoder_outputs") or {})
-        out = encoded.pop("video", None)
-        if out is None:
-            out = model.model.get_video_features(inputs["pixel_values_videos"], grids, return_dict=True)
-        inputs.update(pixel_values_videos=None, mm_encoder_outputs=encoded or None)
+        out = self.video_outputs(model, inputs)
         if len({tuple(g.tolist()) for g in grids}) > 1:
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
         h, w = self.grid(model, grids[0])
         per_video = out.pooler_output  # one (T*h*w, D) block per video
         tokens = torch.stack(list(per_video)).view(len(per_video), -1, h * w, per_video[0].shape[-1])
         return VisualTokens(tokens, (h, w)), tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
+
+    def run_video_encoder(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        return model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
 
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """``generate`` encodes the video first and drops ``video_grid_thw``; take it from the vision call."""

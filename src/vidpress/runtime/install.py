@@ -116,7 +116,8 @@ class Run:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._memory.peak)
 
     def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self._vision_kwargs = kwargs  # e.g. Qwen's grid_thw, which generate does not pass on to the forward
+        if module is self.adapter.vision_modules(self.model)[0]:  # the tower's call: e.g. Qwen's grid_thw, which
+            self._vision_kwargs = kwargs                          # generate does not pass on to the forward
         if self._active is not None and self._active[1].ctx.step > 0 or self._active is None:
             self._finish()  # a new request starts: stop the previous request's memory meter
             self._active = None

@@ -63,9 +63,10 @@ class Sample:
     scenes: tuple[Scene, ...]
     question: Question
 
-    def frames(self, size: int = 112) -> np.ndarray:
-        """Rendered video (F, size, size, 3) uint8."""
-        return render(self.scenes, size)
+    def frames(self, size: int = 112, count: int | None = None) -> np.ndarray:
+        """Rendered video (F, size, size, 3) uint8; with ``count``, that many frames sampled uniformly."""
+        video = render(self.scenes, size)
+        return video if count is None else video[np.linspace(0, len(video) - 1, count).round().astype(int)]
 
 
 def random_scene(rng: np.random.Generator) -> Scene:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..evaluate import LETTERS, choice_prompt
+from ..evaluate import choice_prompt, letter_token_ids
 from ..pipeline import build_inputs
 from .scenes import Sample, make_split
 
@@ -33,9 +33,7 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
-            video = sample.frames(size)
-            video = video[np.linspace(0, len(video) - 1, frames).round().astype(int)]
-            inputs = build_inputs(processor, video, choice_prompt(sample))
+            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample))
             hidden = model.model.vision_tower(inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states
             selected = hidden[model.config.vision_feature_layer]
             if model.config.vision_feature_select_strategy == "default":
@@ -72,8 +70,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
           log=print) -> dict[str, Any]:
     """Train the projector in place; returns the run's record (kept weights = best validation accuracy)."""
     torch.manual_seed(seed)
-    tokenizer = processor.tokenizer
-    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+    letter_ids = letter_token_ids(processor)
     started = time.time()
     train_data = encode(model, processor, make_split("train", train_videos, seed), frames, size)
     val_data = encode(model, processor, make_split("validation", val_videos, seed), frames, size)
