@@ -67,8 +67,10 @@ def _skipped(name: str, retention: float | None, exc: Exception) -> str:
     return f"{name}{'' if retention is None else f' @ {retention:.0%}'}: skipped ({exc})"
 
 
-def plan(methods: Sequence[str], retentions: Sequence[float]) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
-    """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built."""
+def plan(methods: Sequence[str], retentions: Sequence[float],
+         depth: int | None = None) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
+    """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built
+    (with ``depth``, the LLM's layer count, also in-LLM cells that cannot be resolved for that model)."""
     cells, notes = [], []
     for name in methods:
         if name not in METHODS:
@@ -81,7 +83,16 @@ def plan(methods: Sequence[str], retentions: Sequence[float]) -> tuple[list[tupl
                 cells.append((name, r, METHODS[name].at_retention(r)))
             except BudgetError as exc:
                 notes.append(_skipped(name, r, exc))
-    return cells, notes
+    if depth is None:
+        return cells, notes
+    kept = []
+    for cell in cells:  # drop in-LLM cells this model cannot resolve before running anything
+        try:
+            cell[2].build().for_depth(depth)
+            kept.append(cell)
+        except BudgetError as exc:
+            notes.append(_skipped(cell[0], cell[1], exc))
+    return kept, notes
 
 
 def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: Sequence[str],
@@ -92,16 +103,7 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
     with a note, never silently run at another budget.
     """
-    cells, notes = plan(methods, retentions)
-    if depth is not None:  # drop in-LLM cells that cannot be resolved for this model before running anything
-        kept = []
-        for cell in cells:
-            try:
-                cell[2].build().for_depth(depth)
-                kept.append(cell)
-            except BudgetError as exc:
-                notes.append(_skipped(cell[0], cell[1], exc))
-        cells = kept
+    cells, notes = plan(methods, retentions, depth)
     return run_cells(model, processor, frames, question, cells, new_tokens=new_tokens, progress=progress), notes
 
 

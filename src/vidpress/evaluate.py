@@ -55,12 +55,21 @@ def letter_token_ids(processor: Any) -> list[int]:
 
 @dataclass
 class EvalResult:
-    """Accuracy of one method on ``total`` questions; ``prefill_flops`` is the mean LLM prefill FLOPs."""
+    """Accuracy of one method on ``total`` questions; ``prefill_flops`` is the mean LLM prefill FLOPs;
+    ``hits`` says per question whether it was right, in the samples' order."""
 
     method: str
     correct: int
     total: int
     prefill_flops: float
+    hits: tuple[bool, ...] = ()
+
+    def by_kind(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """Accuracy per question kind of ``samples`` (the ones evaluated, same order)."""
+        kinds: dict[str, list[bool]] = {}
+        for sample, hit in zip(samples, self.hits, strict=True):
+            kinds.setdefault(sample.question.kind, []).append(hit)
+        return {kind: sum(v) / len(v) for kind, v in sorted(kinds.items())}
 
     @property
     def accuracy(self) -> float:
@@ -71,25 +80,34 @@ class EvalResult:
         return wilson(self.correct, self.total)
 
 
-def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Method | Stages, *, frames: int = 16,
-             size: int = 112, progress: bool = True, label: str | None = None) -> EvalResult:
+def prepare(processor: Any, samples: Sequence[Sample], *, frames: int = 12, size: int = 112) -> list[Any]:
+    """Each sample's processor inputs (``frames`` frames sampled uniformly at ``size`` px, lettered prompt), so a
+    matrix of methods renders and tokenises every video once."""
+    return [build_inputs(processor, sample.frames(size, frames), choice_prompt(sample)) for sample in samples]
+
+
+def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Method | Stages, *, frames: int = 12,
+             size: int = 112, progress: bool = True, label: str | None = None,
+             inputs: Sequence[Any] | None = None) -> EvalResult:
     """Ask every sample with ``method`` installed; ``frames`` frames sampled uniformly from each rendered video
-    (``size`` px). Returns an :class:`EvalResult`.
+    (``size`` px), or the ``inputs`` :func:`prepare` made for these samples. Returns an :class:`EvalResult`.
 
     Raises
     ------
     ValueError
-        The tokenizer has no single token for each option letter.
+        The tokenizer has no single token for each option letter, or ``inputs`` do not match ``samples``.
     """
     from tqdm.auto import tqdm
 
     letter_ids = letter_token_ids(processor)
+    if inputs is not None and len(inputs) != len(samples):
+        raise ValueError(f"{len(inputs)} prepared inputs for {len(samples)} samples; prepare() the same samples")
     name = label or (method.label if isinstance(method, Method) else method.name)
-    correct, flops = 0, 0.0
+    hits, flops = [], 0.0
     with apply(model, method) as run, torch.inference_mode():
-        for sample in tqdm(samples, desc=f"eval ({name})", disable=not progress):
-            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample)).to(model.device)
-            logits = model(**inputs).logits[0, -1]
-            correct += int(int(logits[letter_ids].argmax()) == sample.question.answer)
+        for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
+            prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size)[0]
+            logits = model(**prepared.to(model.device)).logits[0, -1]
+            hits.append(int(logits[letter_ids].argmax()) == sample.question.answer)
             flops += run.report.accounting.prefill_flops
-    return EvalResult(name, correct, len(samples), flops / max(1, len(samples)))
+    return EvalResult(name, sum(hits), len(samples), flops / max(1, len(samples)), tuple(hits))

@@ -66,7 +66,19 @@ class Sample:
     def frames(self, size: int = 112, count: int | None = None) -> np.ndarray:
         """Rendered video (F, size, size, 3) uint8; with ``count``, that many frames sampled uniformly."""
         video = render(self.scenes, size)
-        return video if count is None else video[np.linspace(0, len(video) - 1, count).round().astype(int)]
+        return video if count is None else video[self.frame_indices(count)]
+
+    def frame_indices(self, count: int) -> np.ndarray:
+        """Indices of ``count`` frames sampled uniformly from the whole video (what :meth:`frames` keeps)."""
+        return np.linspace(0, sum(s.frames for s in self.scenes) - 1, count).round().astype(int)
+
+    def scene_at(self, index: int) -> tuple[Scene, int]:
+        """The scene showing frame ``index`` of the video and the frame's index within that scene."""
+        for scene in self.scenes:
+            if index < scene.frames:
+                return scene, index
+            index -= scene.frames
+        raise IndexError(f"frame {index} is past the video's end")
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
@@ -158,6 +170,13 @@ def ask(kind: str, scenes: tuple[Scene, ...], rng: np.random.Generator) -> Quest
     return Question(kind, text, tuple(options), options.index(correct), params)
 
 
+def object_centres(scene: Scene, t: int, size: int) -> list[tuple[float, float]]:
+    """Centres (x, y) in px of the scene's objects in its frame ``t``; each object spans ``size // 10`` px radius."""
+    shift = (t / max(1, scene.frames - 1) - 0.5) * size * 0.3
+    return [(size * (i + 1) / (scene.count + 1) + (shift if scene.motion == "left-to-right" else 0),
+             size / 2 + (shift if scene.motion == "top-to-bottom" else 0)) for i in range(scene.count)]
+
+
 def render(scenes: tuple[Scene, ...], size: int = 112) -> np.ndarray:
     """Frames (F, size, size, 3) uint8: each scene's background and objects, moving per its motion."""
     out, r = [], size // 10
@@ -165,11 +184,7 @@ def render(scenes: tuple[Scene, ...], size: int = 112) -> np.ndarray:
         for t in range(scene.frames):
             image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
             draw = ImageDraw.Draw(image)
-            shift = (t / max(1, scene.frames - 1) - 0.5) * size * 0.3
-            for i in range(scene.count):
-                x, y = size * (i + 1) / (scene.count + 1), size / 2
-                x += shift if scene.motion == "left-to-right" else 0
-                y += shift if scene.motion == "top-to-bottom" else 0
+            for x, y in object_centres(scene, t, size):
                 box, color = (x - r, y - r, x + r, y + r), COLORS[scene.color]
                 if scene.shape == "circle":
                     draw.ellipse(box, fill=color)
