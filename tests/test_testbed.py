@@ -77,15 +77,23 @@ def test_wilson_interval_by_hand():
 
 def test_evaluate_keep_everything_scores_like_uncompressed(tiny):
     import vidpress
-    from vidpress.evaluate import evaluate
+    from vidpress.evaluate import evaluate, prepare
     from vidpress.methods import get_method
 
     samples = make_split("test", 6)
     base = evaluate(tiny.model, tiny.processor, samples, get_method("none"), frames=8, progress=False)
     same = evaluate(tiny.model, tiny.processor, samples, vidpress.DyCoke(k=0, p=0), frames=8, progress=False)
     cheaper = evaluate(tiny.model, tiny.processor, samples, vidpress.DyCoke(k=0.7), frames=8, progress=False)
-    assert base.total == 6 and same.correct == base.correct and same.prefill_flops == base.prefill_flops
+    assert base.total == 6 and same.hits == base.hits and same.prefill_flops == base.prefill_flops
     assert cheaper.prefill_flops < base.prefill_flops
+    prepared = prepare(tiny.processor, samples, frames=8)  # the matrix renders each video once
+    again = evaluate(tiny.model, tiny.processor, samples, get_method("none"), inputs=prepared, progress=False)
+    assert again.hits == base.hits and again.prefill_flops == base.prefill_flops
+    kinds = base.by_kind(samples)
+    assert set(kinds) == {s.question.kind for s in samples}
+    assert sum(kinds[s.question.kind] for s in samples) == pytest.approx(base.correct)  # one question per kind here
+    with pytest.raises(ValueError, match="prepare"):
+        evaluate(tiny.model, tiny.processor, samples, get_method("none"), inputs=prepared[:2], progress=False)
 
 
 def test_cli_eval_prints_accuracy_and_accuracy_retained():
@@ -99,27 +107,93 @@ def test_cli_eval_prints_accuracy_and_accuracy_retained():
     assert "accuracy retained" in result.output and "dycoke @ 25%" in result.output
 
 
-def test_training_updates_the_projector_and_round_trips(tmp_path):
-    """The testbed training loop at toy scale: the projector trains, the best checkpoint saves and reloads."""
+def test_shared_prefix_letter_logits_equal_the_full_forward(tiny):
+    """Training asks every question of a video off one cached prefix; each must score as the full model does."""
+    import torch
+
+    from vidpress.evaluate import choice_prompt, letter_token_ids
+    from vidpress.pipeline import build_inputs
+    from vidpress.testbed.train import encode, letter_logits, video_questions
+
+    model, processor = tiny.model, tiny.processor
+    samples = make_split("train", 2, seed=5)
+    data = encode(model, processor, samples, frames=4, size=56)
+    letters = letter_token_ids(processor)
+    with torch.inference_mode():
+        logits, answers, kinds = letter_logits(model, data, letters)
+        asked = [q for s in samples for q in video_questions(s)]
+        assert len(asked) == len(logits) and kinds == [q.question.kind for q in asked]
+        assert answers.tolist() == [q.question.answer for q in asked]
+        for row, sample in zip(logits, asked):
+            full = model(**build_inputs(processor, sample.frames(56, 4), choice_prompt(sample))).logits[0, -1, letters]
+            assert torch.allclose(row, full, atol=1e-4)
+
+
+def test_video_questions_ask_every_kind_the_scenes_allow():
+    from vidpress.testbed.train import video_questions
+
+    sample = make_split("train", 1, seed=2)[0]
+    asked = video_questions(sample)
+    assert asked[0] == sample and asked == video_questions(sample)  # seeded by the video id
+    kinds = [q.question.kind for q in asked]
+    assert len(set(kinds)) == len(kinds) and set(kinds) <= set(TYPES) and len(kinds) >= 5
+    for q in asked:
+        assert q.question.options[q.question.answer] == answer(q.question.kind, q.scenes, q.question.params)
+
+
+def test_lora_merge_keeps_the_outputs(tiny):
+    """merge_lora folds W += s B A into the plain layers: same logits, no peft modules left; apply_lora redoes it."""
+    import copy
+
+    import torch
+
+    from vidpress.testbed.train import add_lora, apply_lora, merge_lora
+
+    model = copy.deepcopy(tiny.model)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    scale = add_lora(model, rank=4)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    with torch.no_grad():
+        before = model.model.language_model(input_ids=ids).last_hidden_state
+        factors = merge_lora(model, scale)
+        after = model.model.language_model(input_ids=ids).last_hidden_state
+    assert factors and not any("lora" in n for n, _ in model.named_parameters())
+    assert not torch.allclose(before, tiny.model.model.language_model(input_ids=ids).last_hidden_state, atol=1e-3)
+    assert torch.allclose(before, after, atol=1e-5)
+    fresh = copy.deepcopy(tiny.model)
+    apply_lora(fresh, factors, scale)
+    assert all(torch.allclose(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
+    """The testbed training loop at toy scale: projector and LoRA train, the best checkpoint saves, merged."""
     import torch
 
     from vidpress.models.random import random_model
-    from vidpress.testbed.train import save, train, trainable_state
+    from vidpress.testbed.train import WEIGHTS, save, train, trainable_state
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
-    before = {k: v.clone() for k, v in trainable_state(loaded.model).items()}
-    record = train(loaded.model, loaded.processor, steps=4, train_videos=6, val_videos=4, frames=4, size=56,
-                   batch=2, eval_every=2, log=lambda *_: None)
-    after = trainable_state(loaded.model)
-    assert set(before) == {"model.image_newline", "model.multi_modal_projector.linear_1.weight",
-                           "model.multi_modal_projector.linear_1.bias", "model.multi_modal_projector.linear_2.weight",
-                           "model.multi_modal_projector.linear_2.bias"}
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert len(record["history"]) == 2 and 0 <= record["best_val_accuracy"] <= 1
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    record = train(loaded.model, loaded.processor, steps=4, train_videos=6, val_videos=3, frames=4, size=56,
+                   batch=2, rank=4, eval_every=2, log=None)
+    after = loaded.model.state_dict()
+    assert set(after) == set(before)  # LoRA merged: the plain architecture again
+    assert set(trainable_state(loaded.model)) == {
+        "model.image_newline", "model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.bias",
+        "model.multi_modal_projector.linear_2.weight", "model.multi_modal_projector.linear_2.bias"}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.multi_modal_projector") for k in changed)
+    assert any(k.endswith("self_attn.q_proj.weight") for k in changed)  # the merged LoRA
+    assert not any(k.startswith("model.vision_tower") for k in changed)
+    assert len(record["history"]) == 2 and 0 <= record["best_val_accuracy"] <= 1 and record["lora"]
     assert not any(p.requires_grad for p in loaded.model.parameters())  # frozen again after training
     path = save(loaded.model, record, tmp_path)
+    assert path.name == WEIGHTS
     restored = torch.load(path)
-    assert all(torch.allclose(restored[k].float(), after[k], atol=1e-2) for k in after)
+    assert set(restored) == set(trainable_state(loaded.model)) | set(record["lora"])
 
 
 def test_missing_testbed_weights_say_how_to_train(tmp_path):
@@ -127,3 +201,38 @@ def test_missing_testbed_weights_say_how_to_train(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="python -m vidpress.testbed.train"):
         load_testbed(tmp_path)
+
+
+def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
+    """A static object at the centre of a 112 px frame (radius 11 px) covers the 4 central tokens of the 4x4
+    pooled grid (each about 12 % of its area): they get "red circle 1", the other 12 the background "gray"."""
+    import torch
+
+    from vidpress.testbed.scenes import Question, Sample, Scene
+    from vidpress.testbed.train import word_targets
+
+    scene = Scene("gray", "circle", "red", 1, "static", 4)
+    sample = Sample("v", (scene,), Question("scene_count", "?", ("1", "2", "3", "4"), 0))
+    targets = word_targets(tiny.model, tiny.processor, sample, frames=2, size=112)
+    assert targets.shape == (2, 16, tiny.model.config.text_config.hidden_size)
+    centre = {5, 6, 9, 10}
+    thing, ground = targets[0, 5], targets[0, 0]
+    assert not torch.allclose(thing, ground)
+    for i in range(16):
+        assert torch.equal(targets[0, i], thing if i in centre else ground)
+    assert torch.equal(targets[0], targets[1])  # static: every frame alike
+
+
+def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
+    from vidpress.testbed.card import write_card
+
+    record = {"seed": 0, "steps": 180, "batch_videos": 4, "lr": 2e-4, "lora_lr": 1e-3, "lora_rank": 16,
+              "lora_scale": 2.0, "frames": 12, "image_size": 112, "train_videos": 700, "val_videos": 32,
+              "val_questions": 218, "best_val_accuracy": 0.8, "seconds": 3600.0,
+              "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.5}}],
+              "test_questions": 560, "test_correct": 448, "test_accuracy": 0.8, "test_interval": [0.765, 0.831],
+              "test_by_kind": {"first": 0.9}, "test_subset": 50, "test_subset_correct": 41}
+    text = write_card(tmp_path, record).read_text()
+    for fact in ("**80.0%** on 560 test questions", "76.5%-83.1%", "41 right", "rank-16 LoRA", "700 videos",
+                 "| 30 | 1.200 | 50.0% |", "| first | 90.0% |", "--steps 180", "seed 0"):
+        assert fact in text, fact

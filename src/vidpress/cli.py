@@ -22,7 +22,7 @@ console = Console(width=max(120, Console().width))
 err = Console(stderr=True, width=max(120, Console().width))
 
 
-MODEL_HELP = ("default | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
+MODEL_HELP = ("default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
               "local checkpoint dir | hub id.")
 
 
@@ -249,11 +249,14 @@ def eval_(
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
     retention: Optional[float] = typer.Option(None, "--retention", help="Configure the method for this retention."),
     questions: int = typer.Option(100, "--questions", "-n", min=1, max=560, help="From the 560-question test split."),
-    frames: int = typer.Option(16, "--frames", "-f", min=1, help="Frames sampled uniformly per video."),
-    model: str = typer.Option("default", "--model", help=MODEL_HELP),
+    frames: int = typer.Option(12, "--frames", "-f", min=1, help="Frames sampled uniformly per video (the testbed "
+                                                                   "was trained on 12)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: testbed once trained, else default. " + MODEL_HELP),
 ) -> None:
     """Multiple-choice accuracy on the procedural video-QA test split, with accuracy retained vs uncompressed."""
     import torch
+
+    from .testbed.train import testbed_available
 
     from .evaluate import evaluate
     from .methods import METHODS, get_method
@@ -263,6 +266,7 @@ def eval_(
     if retention is not None and (params or method not in METHODS):
         raise typer.BadParameter("--retention configures a named method by itself; drop --set or pick a method")
     chosen = METHODS[method].at_retention(retention) if retention is not None else get_method(method, **_parse_set(params))
+    model = model or ("testbed" if testbed_available() else "default")
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)

@@ -1,12 +1,22 @@
-"""Train the testbed VLM's projector on the procedural video QA (issue: trained testbed).
+"""Train the testbed VLM on the procedural video QA (issue: trained testbed).
 
-    python -m vidpress.testbed.train --steps 3000 --out src/vidpress/assets/testbed
+    python -m vidpress.testbed.train --out src/vidpress/assets/testbed
 
 The model is the default LLaVA-OneVision build (real DINOv2-S tower, real SmolLM2-135M-Instruct LM, both
-frozen) at ``image_size`` px; only the projector and ``image_newline`` train. Vision features are computed
-once per video (the tower is frozen), then every step runs projector -> pooling -> LM on a batch and takes the
-cross-entropy of the answer letter after the prompt. The best validation checkpoint is saved with a model
-card (data, steps, seed, accuracies). Everything is seeded.
+frozen) at ``image_size`` px. Two stages:
+
+1. alignment (:func:`align`, seconds): the projector alone learns to put each pooled visual token on the
+   input embedding of words describing what it covers ("red circle 2" on the object, "gray" elsewhere), so
+   the frozen LM reads a frame as words. No LM forward is needed, so it costs almost nothing.
+2. question answering: projector, ``image_newline`` and a LoRA (``peft``) on the LM's linear layers train on
+   the cross-entropy of the answer letter after each prompt, exactly what ``vidpress eval`` scores.
+
+Two things make stage 2 fit a 2-core CPU: the tower is frozen, so each video's features are computed once;
+and every video is asked all question kinds at once: the prompt puts the video first, so the video prefix
+runs once per video (batched across videos) and its KV cache is shared by the questions' suffixes.
+
+The best validation checkpoint is kept; the LoRA is merged into the LM's weights, so the saved testbed is a
+plain ``transformers`` model once loaded (no peft needed to use it). Everything is seeded.
 """
 
 from __future__ import annotations
@@ -15,96 +25,200 @@ import argparse
 import json
 import math
 import time
+import zlib
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..evaluate import choice_prompt, letter_token_ids
 from ..pipeline import build_inputs
-from .scenes import Sample, make_split
+from .scenes import TYPES, Sample, ask, make_split, object_centres
 
-WEIGHTS = "testbed_projector.pt"
+WEIGHTS = "testbed.pt"
+TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int) -> list[dict]:
-    """Per sample: the tokenised prompt and the frozen tower's selected features (F, P, Dv), computed once."""
+def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
+    """``sample`` and one more question of every other kind its scenes can pose, seeded by the video id."""
+    rng = np.random.default_rng([seed, zlib.crc32(sample.video_id.encode())])
+    extra = [ask(kind, sample.scenes, rng) for kind in TYPES if kind != sample.question.kind]
+    return [sample] + [replace(sample, question=q) for q in extra if q is not None]
+
+
+def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
+           all_kinds: bool = True) -> list[dict]:
+    """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
+    and per question the token ids after the video (Ls,) with the answer index."""
+    tokenizer = processor.tokenizer
+    video_token = processor.video_token
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
             inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample))
+            ids = inputs["input_ids"][0]
+            end = int((ids == model.config.video_token_id).nonzero().max()) + 1
             hidden = model.model.vision_tower(inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states
             selected = hidden[model.config.vision_feature_layer]
             if model.config.vision_feature_select_strategy == "default":
                 selected = selected[:, 1:]
-            out.append({"input_ids": inputs["input_ids"][0], "features": selected.clone(),
-                        "answer": sample.question.answer})
+            questions = []
+            for asked in (video_questions(sample, seed) if all_kinds else [sample]):
+                conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text",
+                                                                                  "text": choice_prompt(asked)}]}]
+                text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+                suffix = tokenizer(text.split(video_token)[-1], add_special_tokens=False, return_tensors="pt")
+                questions.append({"ids": suffix["input_ids"][0], "answer": asked.question.answer,
+                                  "kind": asked.question.kind})
+            if not torch.equal(questions[0]["ids"], ids[end:]):
+                raise RuntimeError("the question suffix does not tokenise as in the full prompt")
+            out.append({"prefix": ids[:end], "features": selected.clone(), "questions": questions,
+                        "targets": word_targets(model, processor, sample, frames, size)})
     return out
 
 
-def letter_logits(model: Any, batch: list[dict], letter_ids: list[int]) -> torch.Tensor:
-    """(B, 4) logits of the option letters after each prompt; gradients reach the projector only."""
+def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: int) -> torch.Tensor:
+    """(F, g*g, D) alignment targets for the pooled visual tokens: a token whose area the object covers gets
+    the mean input embedding of the object's colour, shape and count ("red", "circle", "2"), any other the
+    background's ("gray"); g is the pooled grid side (4 at 112 px). The frozen LM then reads a frame like words.
+    """
+    embed = model.model.get_input_embeddings().weight
+    tokenizer = processor.tokenizer
+    side = size // model.config.vision_config.patch_size
+    grid = math.ceil(side / 2)  # LLaVA-OneVision's 2x bilinear pooling of the patch grid
+    cell, r = size / grid, size // 10
+
+    def words(*texts: str) -> torch.Tensor:
+        ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids
+               if tokenizer.decode([i]).strip()]  # not a lone space token
+        return embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()
+
+    ys, xs = (torch.arange(grid * 8) + 0.5) * cell / 8, (torch.arange(grid * 8) + 0.5) * cell / 8
+    out = []
+    for index in sample.frame_indices(frames):
+        scene, t = sample.scene_at(int(index))
+        mask = torch.zeros(grid * 8, grid * 8)
+        for x, y in object_centres(scene, t, size):
+            mask += (((xs[None] - x) ** 2 + (ys[:, None] - y) ** 2) <= r * r).float()
+        cover = mask.clamp(max=1).reshape(grid, 8, grid, 8).mean((1, 3)).flatten()  # object share of each token
+        thing, ground = words(" " + scene.color, " " + scene.shape, str(scene.count)), words(" " + scene.background)
+        out.append(torch.where(cover[:, None] >= 0.1, thing, ground))
+    return torch.stack(out).detach()
+
+
+def project(model: Any, features: torch.Tensor) -> torch.Tensor:
+    """(V, F, P, Dv) tower features -> (V, F, p, D) pooled visual tokens, as LLaVA-OneVision makes them."""
     inner = model.model
-    rows = []
-    for item in batch:  # one at a time: prompts differ in length, and batch 1 is what fits a 2-core CPU
-        video = inner.multi_modal_projector(item["features"])
-        video = inner.apply_pooling(video).flatten(0, 1)
-        video = torch.cat([video, inner.image_newline[None]], dim=0)
-        ids = item["input_ids"]
-        embeds = inner.get_input_embeddings()(ids[None]).clone()
-        embeds[0, ids == model.config.video_token_id] = video.to(embeds.dtype)
-        hidden = inner.language_model(inputs_embeds=embeds).last_hidden_state[:, -1]
-        rows.append(model.lm_head(hidden)[0, letter_ids])
-    return torch.stack(rows)
+    video = inner.apply_pooling(inner.multi_modal_projector(features.flatten(0, 1)))
+    return video.reshape(*features.shape[:2], *video.shape[1:])
 
 
-def accuracy(model: Any, data: list[dict], letter_ids: list[int]) -> float:
-    with torch.inference_mode():
-        right = sum(int(letter_logits(model, [d], letter_ids)[0].argmax() == d["answer"]) for d in data)
-    return right / max(1, len(data))
-
-
-def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
-          size: int = 112, lr: float = 2e-3, batch: int = 8, seed: int = 0, eval_every: int = 100,
-          log=print) -> dict[str, Any]:
-    """Train the projector in place; returns the run's record (kept weights = best validation accuracy)."""
-    torch.manual_seed(seed)
-    letter_ids = letter_token_ids(processor)
-    started = time.time()
-    train_data = encode(model, processor, make_split("train", train_videos, seed), frames, size)
-    val_data = encode(model, processor, make_split("validation", val_videos, seed), frames, size)
-    log(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [*model.model.multi_modal_projector.parameters(), model.model.image_newline]
+def align(model: Any, data: list[dict], *, steps: int, lr: float = 1e-3, batch: int = 8, seed: int = 0,
+          log: Callable[[str], Any] = print) -> dict[str, float]:
+    """Stage 1 (cheap: no LM forward): fit the projector so each pooled visual token lands on its
+    :func:`word_targets` embedding (MSE). Returns the final loss and the share of tokens whose nearest
+    target (cosine) among the batch's distinct targets is their own."""
+    params = list(model.model.multi_modal_projector.parameters())
     for p in params:
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
-    order = np.random.default_rng(seed)
-    best, best_state, history = -1.0, None, []
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    rng = np.random.default_rng(seed)
     for step in range(1, steps + 1):
-        picks = order.choice(len(train_data), size=min(batch, len(train_data)), replace=False)
-        chunk = [train_data[i] for i in picks]
-        with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
-            logits = letter_logits(model, chunk, letter_ids)
-            loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor([d["answer"] for d in chunk]))
+        chunk = [data[i] for i in rng.choice(len(data), size=min(batch, len(data)), replace=False)]
+        with torch.enable_grad():
+            tokens = project(model, torch.stack([d["features"] for d in chunk]))
+            target = torch.stack([d["targets"] for d in chunk])
+            loss = torch.nn.functional.mse_loss(tokens, target) / target.pow(2).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
-        if step % eval_every == 0 or step == steps:
-            acc = accuracy(model, val_data, letter_ids)
-            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started})
-            log(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc:.1%}")
-            if acc > best:
-                best, best_state = acc, {k: v.detach().clone() for k, v in trainable_state(model).items()}
-    model.load_state_dict(best_state, strict=False)
+    with torch.no_grad():
+        flat, target = tokens.reshape(-1, tokens.shape[-1]), target.reshape(-1, target.shape[-1])
+        distinct, which = target.unique(dim=0, return_inverse=True)
+        nearest = torch.nn.functional.normalize(flat, dim=-1) @ torch.nn.functional.normalize(distinct, dim=-1).T
+        hit = float((nearest.argmax(-1) == which).float().mean())
     for p in params:
         p.requires_grad_(False)
-    return {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "frames": frames, "image_size": size,
-            "train_videos": train_videos, "val_videos": val_videos, "best_val_accuracy": best, "history": history}
+    log(f"alignment: {steps} steps, relative MSE {loss.item():.3f}, tokens nearest their own word {hit:.1%}")
+    return {"align_steps": steps, "align_relative_mse": loss.item(), "align_token_accuracy": hit}
+
+
+def letter_logits(model: Any, videos: list[dict], letter_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(N, 4) option-letter logits of every question of ``videos``, with the answers (N,) and kinds.
+
+    The prefixes (equal length: same frames, same template) run as one batch; the cache is gathered per
+    question and the right-padded suffixes continue from it. Gradients reach the projector and any LoRA.
+    """
+    inner = model.model
+    video = project(model, torch.stack([v["features"] for v in videos])).flatten(1, 2)  # (V, F*p, D)
+    video = torch.cat([video, inner.image_newline.expand(len(videos), 1, -1)], dim=1)
+    prefix = torch.stack([v["prefix"] for v in videos])
+    embeds = inner.get_input_embeddings()(prefix)
+    embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
+    cache = inner.language_model(inputs_embeds=embeds, use_cache=True).cache
+    questions = [(i, q) for i, v in enumerate(videos) for q in v["questions"]]
+    cache.batch_select_indices(torch.tensor([i for i, _ in questions]))
+    lengths = torch.tensor([len(q["ids"]) for _, q in questions])
+    suffix = torch.nn.utils.rnn.pad_sequence([q["ids"] for _, q in questions], batch_first=True)
+    past = prefix.shape[1]
+    mask = torch.cat([torch.ones(len(questions), past, dtype=torch.long),
+                      (torch.arange(suffix.shape[1]) < lengths[:, None]).long()], dim=1)
+    positions = (past + torch.arange(suffix.shape[1])).expand(len(questions), -1)
+    hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
+                                  cache=cache).last_hidden_state
+    last = hidden[torch.arange(len(questions)), lengths - 1]
+    answers = torch.tensor([q["answer"] for _, q in questions])
+    return model.lm_head(last)[:, letter_ids], answers, [q["kind"] for _, q in questions]
+
+
+def accuracy(model: Any, data: list[dict], letter_ids: list[int], batch: int = 8) -> dict[str, float]:
+    """Accuracy over every question of ``data``, overall (``"all"``) and per question kind."""
+    right: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(data), batch):
+            logits, answers, kinds = letter_logits(model, data[start:start + batch], letter_ids)
+            for kind, hit in zip(kinds, (logits.argmax(-1) == answers).tolist()):
+                right.setdefault(kind, []).append(hit)
+                right.setdefault("all", []).append(hit)
+    return {k: float(np.mean(v)) for k, v in sorted(right.items())}
+
+
+def add_lora(model: Any, rank: int) -> float:
+    """Inject a rank-``rank`` LoRA (peft) into the LM's linear layers; returns its scale alpha / r."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                       target_modules=list(LORA_TARGETS)), model.model.language_model)
+    return 2.0
+
+
+def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
+    """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
+    and return the factors keyed ``<module>.lora_A`` / ``.lora_B`` (what :func:`save` stores)."""
+    factors = {}
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            a, b = module.lora_A["default"].weight.detach(), module.lora_B["default"].weight.detach()
+            factors[f"{name}.lora_A"], factors[f"{name}.lora_B"] = a.clone(), b.clone()
+            parent, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), child, module.base_layer)
+    apply_lora(model, factors, scale)
+    return factors
+
+
+def apply_lora(model: Any, factors: dict[str, torch.Tensor], scale: float) -> None:
+    """Add saved LoRA factors into the plain model's weights: W += scale * B @ A (Hu et al., 2021, eq. 3)."""
+    with torch.no_grad():
+        for key, a in factors.items():
+            if key.endswith(".lora_A"):
+                name = key[: -len(".lora_A")]
+                weight = model.get_submodule(name).weight
+                weight += (scale * factors[f"{name}.lora_B"].float() @ a.float()).to(weight.dtype)
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -113,33 +227,116 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
                                                                           "model.image_newline"))}
 
 
+def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
+          size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
+          align_steps: int = 1500, eval_every: int = 50, data: tuple[list[dict], list[dict]] | None = None,
+          log: Callable[[str], Any] | None = print) -> dict[str, Any]:
+    """Train in place and return the run's record.
+
+    Stage 1 (:func:`align`, ``align_steps``) fits the projector so visual tokens read as words; stage 2 trains
+    projector, newline and (``rank`` > 0) a LoRA on the answer letters, ``batch`` videos per step, each asked
+    every question kind. The weights kept are the best validation accuracy's, the LoRA merged; the record
+    carries its ``lora`` factors for :func:`save`. ``data`` reuses :func:`encode` output (train, validation).
+    """
+    from tqdm.auto import tqdm
+
+    say = log or (lambda _: None)
+    torch.manual_seed(seed)
+    letter_ids = letter_token_ids(processor)
+    started = time.time()
+    train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed),
+                                    encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed))
+    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    aligned = align(model, train_data, steps=align_steps, seed=seed, log=say) if align_steps else {}
+    if align_steps:
+        aligned["val_accuracy_after_align"] = accuracy(model, val_data, letter_ids)["all"]
+        say(f"validation accuracy after alignment, LM untouched: {aligned['val_accuracy_after_align']:.1%}")
+    scale = add_lora(model, rank) if rank else 0.0
+    projector = [*model.model.multi_modal_projector.parameters(), model.model.image_newline]
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in projector + lora:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW([{"params": projector, "lr": lr}, {"params": lora, "lr": lora_lr}], weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * s / max(1, steps))))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))])
+    best, best_state, history = -1.0, None, []
+    for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
+        chunk = [train_data[i] for i in order[(step - 1) * batch: step * batch]]  # epochs of shuffled videos
+        with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
+            logits, answers, _ = letter_logits(model, chunk, letter_ids)
+            loss = torch.nn.functional.cross_entropy(logits.float(), answers)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % eval_every == 0 or step == steps:
+            acc = accuracy(model, val_data, letter_ids)
+            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started})
+            say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
+                + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
+            if acc["all"] > best:
+                best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters()
+                                                 if p.requires_grad}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in best_state:
+                p.copy_(best_state[n])
+    factors = merge_lora(model, scale) if rank else {}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {**aligned, "seed": seed, "steps": steps, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank,
+            "lora_scale": scale, "frames": frames, "image_size": size, "train_videos": train_videos,
+            "val_videos": val_videos, "val_questions": sum(len(v["questions"]) for v in val_data),
+            "best_val_accuracy": best, "history": history, "seconds": time.time() - started, "lora": factors}
+
+
 def save(model: Any, record: dict[str, Any], out: Path) -> Path:
+    """Write the projector, newline and LoRA factors (fp16) and the run's record (``testbed.json``)."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.to(torch.float16) for k, v in trainable_state(model).items()}, out / WEIGHTS)
-    (out / "testbed.json").write_text(json.dumps(record, indent=2))
+    state = {**trainable_state(model), **record.get("lora", {})}
+    torch.save({k: v.to(torch.float16) for k, v in state.items()}, out / WEIGHTS)
+    (out / "testbed.json").write_text(json.dumps({k: v for k, v in record.items() if k != "lora"}, indent=2))
     return out / WEIGHTS
 
 
+def testbed_available(directory: str | Path | None = None) -> bool:
+    """Whether trained testbed weights and the real base weights they were trained on are both here."""
+    from ..models.default import find_weights
+
+    return (Path(directory or TESTBED_DIR) / WEIGHTS).exists() and find_weights() is not None
+
+
 def load_testbed(directory: str | Path | None = None) -> Any:
-    """The trained testbed: the default build at the recorded image size with the saved projector.
+    """The trained testbed: the default build at the recorded image size, the saved projector, LoRA merged.
 
     Raises
     ------
     FileNotFoundError
         No trained weights in ``directory`` (default ``vidpress/assets/testbed``): train them with
-        ``python -m vidpress.testbed.train``.
+        ``python -m vidpress.testbed.train``; or the real SmolLM2 / DINOv2 weights the testbed extends are
+        missing (``shared/data/weights`` or ``$VIDPRESS_WEIGHTS``).
     """
-    from ..models.default import LoadedModel, default_model
+    from ..models.default import LoadedModel, default_model, find_weights
 
-    folder = Path(directory) if directory else Path(__file__).resolve().parents[1] / "assets" / "testbed"
+    folder = Path(directory) if directory else TESTBED_DIR
     if not (folder / WEIGHTS).exists():
         raise FileNotFoundError(f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
-                                f"--out {folder}` (about 2 h on a 2-core CPU, minutes on a GPU)")
+                                f"--out {folder}` (about 80 min on a 2-core CPU, minutes on a GPU)")
+    if find_weights() is None:
+        raise FileNotFoundError("the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
+                                "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them")
     record = json.loads((folder / "testbed.json").read_text())
     loaded = default_model(image_size=record["image_size"])
-    state = torch.load(folder / WEIGHTS, map_location="cpu")
-    loaded.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M with a projector trained on procedural video QA "
+    state = {k: v.float() for k, v in torch.load(folder / WEIGHTS, map_location="cpu").items()}
+    loaded.model.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k}, strict=False)
+    apply_lora(loaded.model, {k: v for k, v in state.items() if ".lora_" in k}, record.get("lora_scale", 0.0))
+    description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
                    f"(seed {record['seed']}, {record['steps']} steps, validation accuracy {record['best_val_accuracy']:.1%})")
     return LoadedModel(loaded.model, loaded.processor, description, trained=True)
 
@@ -148,20 +345,26 @@ def main(argv: list[str] | None = None) -> None:
     from ..models.default import default_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--train-videos", type=int, default=3000)
-    parser.add_argument("--val-videos", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--train-videos", type=int, default=2400)
+    parser.add_argument("--val-videos", type=int, default=64)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch", type=int, default=4, help="videos per step (each asked every question kind)")
+    parser.add_argument("--align-steps", type=int, default=1500, help="stage 1: projector-to-word alignment steps")
+    parser.add_argument("--lr", type=float, default=5e-4, help="stage 2 projector and newline learning rate")
+    parser.add_argument("--lora-lr", type=float, default=5e-4)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank on the LM's linear layers (0: projector only)")
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("src/vidpress/assets/testbed"))
+    parser.add_argument("--out", type=Path, default=TESTBED_DIR)
     args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
     loaded = default_model(image_size=args.image_size)
     record = train(loaded.model, loaded.processor, steps=args.steps, train_videos=args.train_videos,
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
-                   batch=args.batch, seed=args.seed)
+                   lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
+                   align_steps=args.align_steps)
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 
 
