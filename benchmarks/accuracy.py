@@ -1,0 +1,103 @@
+"""Accuracy retained per method and retention on the trained testbed (procedural video QA, issue: testbed).
+
+    python benchmarks/accuracy.py [-n 200] [--retentions 0.5,0.25,0.15,0.1] [--methods all]
+
+Every method x retention (``vidpress bench``'s matrix, same cells and skip notes) on the first ``n`` test
+questions, against the uncompressed testbed on the same questions. Each video is rendered and tokenised
+once. Writes benchmarks/results/<device>/accuracy.{csv,json,md} and accuracy_vs_flops.png (accuracy
+retained vs LLM prefill FLOPs, 95 % Wilson intervals as error bars).
+"""
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vidpress.bench import device_name, plan
+from vidpress.evaluate import evaluate, prepare
+from vidpress.methods import METHODS, get_method
+from vidpress.models.default import load_model
+from vidpress.testbed.scenes import make_split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--questions", type=int, default=200)
+    parser.add_argument("--retentions", default="0.5,0.25,0.15,0.1")
+    parser.add_argument("--methods", default="all", help="comma-separated names, or all")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--model", default="testbed", help="testbed (trained), or any --model of the CLI (smoke runs)")
+    parser.add_argument("-o", "--out", type=Path, default=Path(__file__).parent / "results" / device_name())
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    loaded = load_model(args.model)
+    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else args.methods.split(",")
+    cells, notes = plan(methods, [float(r) for r in args.retentions.split(",")],
+                        depth=loaded.model.config.text_config.num_hidden_layers)
+    samples = make_split("test", 560)[: args.questions]
+    inputs = prepare(loaded.processor, samples, frames=args.frames)
+    started = time.time()
+    base = evaluate(loaded.model, loaded.processor, samples, get_method("none"), inputs=inputs, label="uncompressed")
+    rows = []
+    for name, retention, method in [("uncompressed", 1.0, None)] + cells:
+        result = base if method is None else evaluate(loaded.model, loaded.processor, samples, method,
+                                                      inputs=inputs, label=name)
+        low, high = result.interval
+        rows.append({"method": name, "target_retention": retention, "accuracy": result.accuracy, "ci_low": low,
+                     "ci_high": high, "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
+                     "prefill_flops_ratio": result.prefill_flops / base.prefill_flops, "correct": result.correct,
+                     "questions": result.total})
+        print(f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
+              f"[{low:.1%}, {high:.1%}]  retained {rows[-1]['accuracy_retained']:6.1%}  "
+              f"prefill FLOPs {rows[-1]['prefill_flops_ratio']:.3f}")
+    meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
+            "chance": 0.25, "seconds": round(time.time() - started)}
+    if not loaded.trained:
+        print("note: untrained model - accuracy is chance; this run only checks the matrix runs")
+    write(rows, notes, meta, args.out)
+
+
+def write(rows, notes, meta, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "accuracy.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
+    lines = ["| method | retention | accuracy | 95 % CI | accuracy retained | LLM prefill FLOPs / uncompressed |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "—" if r["target_retention"] is None else f"{r['target_retention']:.0%}"
+        lines.append(f"| {r['method']} | {target} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} "
+                     f"| {r['accuracy_retained']:.1%} | {r['prefill_flops_ratio']:.3f} |")
+    (out / "accuracy.md").write_text(f"# Accuracy retained on the testbed\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
+                                     + "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes))
+    base_acc = rows[0]["accuracy"]
+    panels = 2 if base_acc else 1  # accuracy retained is undefined when the uncompressed model scores 0
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), constrained_layout=True, squeeze=False)
+    for i, name in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = sorted((r for r in rows if r["method"] == name), key=lambda r: r["prefill_flops_ratio"])
+        x = [r["prefill_flops_ratio"] for r in mine]
+        err = [[r["accuracy"] - r["ci_low"] for r in mine], [r["ci_high"] - r["accuracy"] for r in mine]]
+        for ax, scale in zip(axes[0], (1.0, base_acc)):
+            ax.errorbar(x, [r["accuracy"] / scale for r in mine], yerr=[[e / scale for e in side] for side in err],
+                        fmt="-o", capsize=3, label=name, color=f"C{i}")
+    for ax, scale, label in zip(axes[0], (1.0, base_acc), ("accuracy", "accuracy retained (of uncompressed)")):
+        ax.axhline(meta["chance"] / scale, ls=":", color="gray", label="chance")
+        ax.set(xlabel="LLM prefill FLOPs / uncompressed", ylabel=label, xscale="log",
+               title=f"testbed, {meta['questions']} test questions, {meta['frames']} frames")
+    axes[0][0].legend(fontsize=8)
+    fig.savefig(out / "accuracy_vs_flops.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
