@@ -21,6 +21,18 @@ def test_flops_json_and_table():
     assert table.exit_code == 0 and "longva-7b" in table.output
 
 
+def test_flops_skips_a_reference_row_that_cannot_run_but_not_the_chosen_mode():
+    """4 frames: faithful TTM (the reference code) crashes there; the fixed default still prints, with a note."""
+    result = runner.invoke(app, ["flops", "--frames", "4", "--method", "dycoke", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert [r["label"] for r in payload["rows"]][:2] == ["uncompressed", "dycoke"]
+    assert not any("faithful" in r["label"] for r in payload["rows"])
+    assert len(payload["notes"]) == 1 and "faithful" in payload["notes"][0] and "at least 5 frames" in payload["notes"][0]
+    chosen = runner.invoke(app, ["flops", "--frames", "4", "--method", "dycoke", "--set", "mode=faithful"])
+    assert chosen.exit_code != 0 and "at least 5 frames" in str(chosen.exception or chosen.output)
+
+
 @pytest.mark.parametrize("video", [None, "mmaction2_demo_arm_wrestling.mp4"])
 def test_run_compare_json(video):
     args = ["run"] + ([str(shared_video(video))] if video else []) + [

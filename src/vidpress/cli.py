@@ -112,6 +112,7 @@ def flops(
 ) -> None:
     """Compute tokens, FLOPs and KV bytes from a config alone, without building the model."""
     from .accounting import estimate, resolve_spec
+    from .errors import BudgetError, InvalidParameterError
     from .methods import get_method
     from .report import human_bytes, human_flops
 
@@ -122,13 +123,17 @@ def flops(
             (getattr(chosen, "label", "uncompressed"), estimate(spec, frames, stages, text_tokens=text_tokens,
                                                                    retention=retention, events=n_events))]
     ideal = getattr(chosen, "idealised_retention", None)
+    notes = []
     if ideal is not None and retention is None:
         for label, variant in getattr(chosen, "reference_variants", lambda: [])():
-            rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))
+            try:  # a reference variant may not run where the chosen mode does (faithful TTM at <= 4 frames)
+                rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))
+            except (BudgetError, InvalidParameterError) as exc:
+                notes.append(f"{label}: skipped ({exc})")
         rows.append((f"{chosen.name} idealised ({ideal():.1%}, paper)",
                      estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal())))
     if as_json:
-        print(json.dumps({"model": spec.name, "frames": frames, "text_tokens": text_tokens,
+        print(json.dumps({"model": spec.name, "frames": frames, "text_tokens": text_tokens, "notes": notes,
                           "rows": [{"label": label, **acc.as_dict()} for label, acc in rows]}, indent=2))
         return
     base = rows[0][1]
@@ -143,6 +148,8 @@ def flops(
     console.print(table)
     console.print(f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
                   "(unchanged by pre-LLM methods; counted apart from the LLM)")
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
 
 
 @app.command()
