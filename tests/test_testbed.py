@@ -105,6 +105,7 @@ def test_cli_eval_prints_accuracy_and_accuracy_retained():
                                       "-n", "4", "-f", "8"])
     assert result.exit_code == 0, result.output
     assert "accuracy retained" in result.output and "dycoke @ 25%" in result.output
+    assert "accuracy per question kind" in result.output and "scene_count (1)" in result.output  # 4 kinds, 1 each
 
 
 def test_shared_prefix_letter_logits_equal_the_full_forward(tiny):

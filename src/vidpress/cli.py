@@ -290,6 +290,15 @@ def eval_(
         table.add_row(r.method, f"{r.accuracy:.1%}", f"{low:.1%} - {high:.1%}", f"{r.prefill_flops:.3g}",
                       f"{r.accuracy / results[0].accuracy:.1%}" if results[0].correct else "—")
     console.print(table)
+    kinds = Table(title="accuracy per question kind")
+    kinds.add_column("method")
+    by_kind = [r.by_kind(samples) for r in results]
+    counts = {kind: sum(s.question.kind == kind for s in samples) for kind in by_kind[0]}
+    for kind, n in counts.items():
+        kinds.add_column(f"{kind} ({n})", justify="right")
+    for r, acc in zip(results, by_kind):
+        kinds.add_row(r.method, *(f"{acc[kind]:.0%}" for kind in counts))
+    console.print(kinds)
     if not loaded.trained:
         console.print("[bold yellow]note[/]: untrained model - accuracy is at chance; a trained testbed is needed")
 
