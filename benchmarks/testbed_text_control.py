@@ -17,7 +17,8 @@ import torch
 from vidpress.evaluate import choice_prompt, letter_token_ids
 from vidpress.models.default import default_model
 from vidpress.testbed.scenes import make_split
-from vidpress.testbed.train import add_lora, video_questions
+from vidpress.testbed.lora import add_lora
+from vidpress.testbed.train import video_questions
 
 
 def describe(sample) -> str:

@@ -148,7 +148,7 @@ def test_lora_merge_keeps_the_outputs(tiny):
 
     import torch
 
-    from vidpress.testbed.train import add_lora, apply_lora, merge_lora
+    from vidpress.testbed.lora import add_lora, apply_lora, merge_lora
 
     model = copy.deepcopy(tiny.model)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
@@ -210,7 +210,7 @@ def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
     import torch
 
     from vidpress.testbed.scenes import Question, Sample, Scene
-    from vidpress.testbed.train import word_targets
+    from vidpress.testbed.align import word_targets
 
     scene = Scene("gray", "circle", "red", 1, "static", 4)
     sample = Sample("v", (scene,), Question("scene_count", "?", ("1", "2", "3", "4"), 0))

@@ -35,11 +35,12 @@ import torch
 
 from ..evaluate import choice_prompt, letter_token_ids
 from ..pipeline import build_inputs
-from .scenes import TYPES, Sample, ask, make_split, object_centres
+from .align import align, project, word_targets
+from .lora import add_lora, apply_lora, merge_lora
+from .scenes import TYPES, Sample, ask, make_split
 
 WEIGHTS = "testbed.pt"
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
@@ -80,74 +81,6 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
     return out
 
 
-def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: int) -> torch.Tensor:
-    """(F, g*g, D) alignment targets for the pooled visual tokens: a token whose area the object covers gets
-    the mean input embedding of the object's colour, shape and count ("red", "circle", "2"), any other the
-    background's ("gray"); g is the pooled grid side (4 at 112 px). The frozen LM then reads a frame like words.
-    """
-    embed = model.model.get_input_embeddings().weight
-    tokenizer = processor.tokenizer
-    side = size // model.config.vision_config.patch_size
-    grid = math.ceil(side / 2)  # LLaVA-OneVision's 2x bilinear pooling of the patch grid
-    cell, r = size / grid, size // 10
-
-    def words(*texts: str) -> torch.Tensor:
-        ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids
-               if tokenizer.decode([i]).strip()]  # not a lone space token
-        return embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()
-
-    ys, xs = (torch.arange(grid * 8) + 0.5) * cell / 8, (torch.arange(grid * 8) + 0.5) * cell / 8
-    out = []
-    for index in sample.frame_indices(frames):
-        scene, t = sample.scene_at(int(index))
-        mask = torch.zeros(grid * 8, grid * 8)
-        for x, y in object_centres(scene, t, size):
-            mask += (((xs[None] - x) ** 2 + (ys[:, None] - y) ** 2) <= r * r).float()
-        cover = mask.clamp(max=1).reshape(grid, 8, grid, 8).mean((1, 3)).flatten()  # object share of each token
-        thing, ground = words(" " + scene.color, " " + scene.shape, str(scene.count)), words(" " + scene.background)
-        out.append(torch.where(cover[:, None] >= 0.1, thing, ground))
-    return torch.stack(out).detach()
-
-
-def project(model: Any, features: torch.Tensor) -> torch.Tensor:
-    """(V, F, P, Dv) tower features -> (V, F, p, D) pooled visual tokens, as LLaVA-OneVision makes them."""
-    inner = model.model
-    video = inner.apply_pooling(inner.multi_modal_projector(features.flatten(0, 1)))
-    return video.reshape(*features.shape[:2], *video.shape[1:])
-
-
-def align(model: Any, data: list[dict], *, steps: int, lr: float = 1e-3, batch: int = 8, seed: int = 0,
-          log: Callable[[str], Any] = print) -> dict[str, float]:
-    """Stage 1 (cheap: no LM forward): fit the projector so each pooled visual token lands on its
-    :func:`word_targets` embedding (MSE). Returns the final loss and the share of tokens whose nearest
-    target (cosine) among the batch's distinct targets is their own."""
-    params = list(model.model.multi_modal_projector.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    rng = np.random.default_rng(seed)
-    for step in range(1, steps + 1):
-        chunk = [data[i] for i in rng.choice(len(data), size=min(batch, len(data)), replace=False)]
-        with torch.enable_grad():
-            tokens = project(model, torch.stack([d["features"] for d in chunk]))
-            target = torch.stack([d["targets"] for d in chunk])
-            loss = torch.nn.functional.mse_loss(tokens, target) / target.pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    with torch.no_grad():
-        flat, target = tokens.reshape(-1, tokens.shape[-1]), target.reshape(-1, target.shape[-1])
-        distinct, which = target.unique(dim=0, return_inverse=True)
-        nearest = torch.nn.functional.normalize(flat, dim=-1) @ torch.nn.functional.normalize(distinct, dim=-1).T
-        hit = float((nearest.argmax(-1) == which).float().mean())
-    for p in params:
-        p.requires_grad_(False)
-    log(f"alignment: {steps} steps, relative MSE {loss.item():.3f}, tokens nearest their own word {hit:.1%}")
-    return {"align_steps": steps, "align_relative_mse": loss.item(), "align_token_accuracy": hit}
-
-
 def letter_logits(model: Any, videos: list[dict], letter_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(N, 4) option-letter logits of every question of ``videos``, with the answers (N,) and kinds.
 
@@ -186,39 +119,6 @@ def accuracy(model: Any, data: list[dict], letter_ids: list[int], batch: int = 8
                 right.setdefault(kind, []).append(hit)
                 right.setdefault("all", []).append(hit)
     return {k: float(np.mean(v)) for k, v in sorted(right.items())}
-
-
-def add_lora(model: Any, rank: int) -> float:
-    """Inject a rank-``rank`` LoRA (peft) into the LM's linear layers; returns its scale alpha / r."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                       target_modules=list(LORA_TARGETS)), model.model.language_model)
-    return 2.0
-
-
-def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
-    """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
-    and return the factors keyed ``<module>.lora_A`` / ``.lora_B`` (what :func:`save` stores)."""
-    factors = {}
-    for name, module in list(model.named_modules()):
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            a, b = module.lora_A["default"].weight.detach(), module.lora_B["default"].weight.detach()
-            factors[f"{name}.lora_A"], factors[f"{name}.lora_B"] = a.clone(), b.clone()
-            parent, child = name.rsplit(".", 1)
-            setattr(model.get_submodule(parent), child, module.base_layer)
-    apply_lora(model, factors, scale)
-    return factors
-
-
-def apply_lora(model: Any, factors: dict[str, torch.Tensor], scale: float) -> None:
-    """Add saved LoRA factors into the plain model's weights: W += scale * B @ A (Hu et al., 2021, eq. 3)."""
-    with torch.no_grad():
-        for key, a in factors.items():
-            if key.endswith(".lora_A"):
-                name = key[: -len(".lora_A")]
-                weight = model.get_submodule(name).weight
-                weight += (scale * factors[f"{name}.lora_B"].float() @ a.float()).to(weight.dtype)
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:

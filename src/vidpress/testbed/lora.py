@@ -1,0 +1,42 @@
+"""The testbed's LoRA on the LM (peft for training), merged into plain weights for saving and loading."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model: Any, rank: int) -> float:
+    """Inject a rank-``rank`` LoRA (peft) into the LM's linear layers; returns its scale alpha / r."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                       target_modules=list(LORA_TARGETS)), model.model.language_model)
+    return 2.0
+
+
+def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
+    """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
+    and return the factors keyed ``<module>.lora_A`` / ``.lora_B`` (what :func:`save` stores)."""
+    factors = {}
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            a, b = module.lora_A["default"].weight.detach(), module.lora_B["default"].weight.detach()
+            factors[f"{name}.lora_A"], factors[f"{name}.lora_B"] = a.clone(), b.clone()
+            parent, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), child, module.base_layer)
+    apply_lora(model, factors, scale)
+    return factors
+
+
+def apply_lora(model: Any, factors: dict[str, torch.Tensor], scale: float) -> None:
+    """Add saved LoRA factors into the plain model's weights: W += scale * B @ A (Hu et al., 2021, eq. 3)."""
+    with torch.no_grad():
+        for key, a in factors.items():
+            if key.endswith(".lora_A"):
+                name = key[: -len(".lora_A")]
+                weight = model.get_submodule(name).weight
+                weight += (scale * factors[f"{name}.lora_B"].float() @ a.float()).to(weight.dtype)
