@@ -9,14 +9,13 @@ retained vs LLM prefill FLOPs, 95 % Wilson intervals as error bars).
 """
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from vidpress.bench import device_name, plan
+from vidpress.bench import device_name, plan, write_rows
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.default import load_model
@@ -66,12 +65,7 @@ def write(rows, notes, meta, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "accuracy.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
+    write_rows(rows, notes, meta, out, "accuracy")
     lines = ["| method | retention | accuracy | 95 % CI | accuracy retained | LLM prefill FLOPs / uncompressed |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -150,6 +150,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_rows(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any], out: Path, stem: str) -> None:
+    """``<stem>.csv`` (one line per row) and ``<stem>.json`` (meta, rows, notes) under ``out``, created if needed."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{stem}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
+
+
 def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any], out: Path) -> list[Path]:
     """bench.csv, bench.json, bench.md, fidelity_vs_flops.png, ttft.png under ``out``."""
     import matplotlib
@@ -157,12 +167,7 @@ def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
+    write_rows(rows, notes, meta, out, "bench")
     note_text = "".join(f"- {n}\n" for n in best_by_retention(rows) + notes)
     (out / "bench.md").write_text(f"# vidpress bench\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
                                   f"{markdown(rows)}\n\n{note_text}")

@@ -42,11 +42,15 @@ class Answer:
     first_logits: torch.Tensor | None = None
 
 
-def build_inputs(processor: Any, frames: np.ndarray, question: str) -> Any:
-    """Chat-formatted prompt with one video, as the processor's own template writes it."""
+def chat_prompt(processor: Any, question: str) -> str:
+    """The prompt text for one video then ``question``, as the processor's own chat template writes it."""
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return processor(text=prompt, videos=[frames], return_tensors="pt")
+    return processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+def build_inputs(processor: Any, frames: np.ndarray, question: str) -> Any:
+    """Chat-formatted prompt with one video, tokenised with the video's frames by the processor."""
+    return processor(text=chat_prompt(processor, question), videos=[frames], return_tensors="pt")
 
 
 def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: Method | Stages,

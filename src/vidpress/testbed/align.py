@@ -32,13 +32,13 @@ def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: 
                if tokenizer.decode([i]).strip()]  # not a lone space token
         return embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()
 
-    ys, xs = (torch.arange(grid * 8) + 0.5) * cell / 8, (torch.arange(grid * 8) + 0.5) * cell / 8
+    centres = (torch.arange(grid * 8) + 0.5) * cell / 8  # an 8x8 sample grid per token, same along x and y
     out = []
     for index in sample.frame_indices(frames):
         scene, t = sample.scene_at(int(index))
         mask = torch.zeros(grid * 8, grid * 8)
         for x, y in object_centres(scene, t, size):
-            mask += (((xs[None] - x) ** 2 + (ys[:, None] - y) ** 2) <= r * r).float()
+            mask += (((centres[None] - x) ** 2 + (centres[:, None] - y) ** 2) <= r * r).float()
         cover = mask.clamp(max=1).reshape(grid, 8, grid, 8).mean((1, 3)).flatten()  # object share of each token
         thing, ground = words(" " + scene.color, " " + scene.shape, str(scene.count)), words(" " + scene.background)
         out.append(torch.where(cover[:, None] >= 0.1, thing, ground))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..evaluate import evaluate
 from ..methods import get_method
+from .lora import LORA_TARGETS
 from .scenes import TYPES, make_split
 from .train import TESTBED_DIR, WEIGHTS, load_testbed
 
@@ -52,7 +53,7 @@ video model: it answers the procedural multiple-choice questions of `vidpress.te
   from the real SmolLM2-135M-Instruct LM (Apache-2.0, GGUF Q4_1 dequantised to fp32) and the real DINOv2-S
   vision tower (Apache-2.0) in `shared/data/weights` (see its SOURCES.md). Both stay frozen.
 - Trained: the 2-layer projector and `image_newline`, and a rank-{record['lora_rank']} LoRA (peft; alpha = 2r, scale
-  {record['lora_scale']}) on the LM's {', '.join(('q', 'k', 'v', 'o', 'gate', 'up', 'down'))} projections. The LoRA is
+  {record['lora_scale']}) on the LM's {', '.join(LORA_TARGETS)} layers. The LoRA is
   merged into the LM's weights at load, so the loaded model is a plain `transformers` model.
 - Input: {record['frames']} frames sampled uniformly, {record['image_size']} px, 16 visual tokens per frame
   ({record['frames'] * 16} visual tokens + 1 newline).

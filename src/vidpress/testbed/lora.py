@@ -13,9 +13,9 @@ def add_lora(model: Any, rank: int) -> float:
     """Inject a rank-``rank`` LoRA (peft) into the LM's linear layers; returns its scale alpha / r."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                       target_modules=list(LORA_TARGETS)), model.model.language_model)
-    return 2.0
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+    inject_adapter_in_model(config, model.model.language_model)
+    return config.lora_alpha / config.r
 
 
 def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:

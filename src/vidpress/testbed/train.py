@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..evaluate import choice_prompt, letter_token_ids
-from ..pipeline import build_inputs
+from ..pipeline import build_inputs, chat_prompt
 from .align import align, project, word_targets
 from .lora import add_lora, apply_lora, merge_lora
 from .scenes import TYPES, Sample, ask, make_split
@@ -68,9 +68,7 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
                 selected = selected[:, 1:]
             questions = []
             for asked in (video_questions(sample, seed) if all_kinds else [sample]):
-                conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text",
-                                                                                  "text": choice_prompt(asked)}]}]
-                text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+                text = chat_prompt(processor, choice_prompt(asked))
                 suffix = tokenizer(text.split(video_token)[-1], add_special_tokens=False, return_tensors="pt")
                 questions.append({"ids": suffix["input_ids"][0], "answer": asked.question.answer,
                                   "kind": asked.question.kind})
