@@ -300,7 +300,8 @@ def eval_(
         kinds.add_row(r.method, *(f"{acc[kind]:.0%}" for kind in counts))
     console.print(kinds)
     if not loaded.trained:
-        console.print("[bold yellow]note[/]: untrained model - accuracy is at chance; a trained testbed is needed")
+        console.print("[bold yellow]note[/]: untrained model - its answers seldom name an option, so accuracy is at or "
+                      "below chance; a trained testbed is needed")
 
 
 @app.command()

@@ -70,8 +70,7 @@ first {record['test_questions']} questions of the held-out test split (`make_spl
 Stage 1, alignment (projector only, no LM forward): {record.get('align_steps', 0)} steps putting each pooled visual token on the
 input embedding of the words it shows; {record.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
-cosine, seed {record['seed']}; loss: cross-entropy of the answer letter after the prompt, as `vidpress eval` scores
-it. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
+cosine, seed {record['seed']}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
 {record['seconds'] / 60:.0f} min on a 2-core x86-64 CPU (AVX2, no GPU).
 
 | step | training loss | validation accuracy |

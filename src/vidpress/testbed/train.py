@@ -9,7 +9,8 @@ frozen) at ``image_size`` px. Two stages:
    input embedding of words describing what it covers ("red circle 2" on the object, "gray" elsewhere), so
    the frozen LM reads a frame as words. No LM forward is needed, so it costs almost nothing.
 2. question answering: projector, ``image_newline`` and a LoRA (``peft``) on the LM's linear layers train on
-   the cross-entropy of the answer letter after each prompt, exactly what ``vidpress eval`` scores.
+   the cross-entropy of the correct option's text (then the end of turn) after each prompt, the answer
+   ``vidpress eval`` generates and matches to the options.
 
 Two things make stage 2 fit a 2-core CPU: the tower is frozen, so each video's features are computed once;
 and every video is asked all question kinds at once: the prompt puts the video first, so the video prefix
@@ -33,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..evaluate import choice_prompt, letter_token_ids
+from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from ..pipeline import build_inputs, chat_prompt
 from .align import align, project, word_targets
 from .lora import add_lora, apply_lora, merge_lora
@@ -53,7 +54,8 @@ def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
 def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
            all_kinds: bool = True) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
-    and per question the token ids after the video (Ls,) with the answer index."""
+    the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
+    token ids then the end of turn (La,), the options and the answer index."""
     tokenizer = processor.tokenizer
     video_token = processor.video_token
     out = []
@@ -70,7 +72,9 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
             for asked in (video_questions(sample, seed) if all_kinds else [sample]):
                 text = chat_prompt(processor, choice_prompt(asked))
                 suffix = tokenizer(text.split(video_token)[-1], add_special_tokens=False, return_tensors="pt")
-                questions.append({"ids": suffix["input_ids"][0], "answer": asked.question.answer,
+                target = tokenizer(asked.question.options[asked.question.answer], add_special_tokens=False).input_ids
+                questions.append({"ids": suffix["input_ids"][0], "target": torch.tensor(target + [tokenizer.eos_token_id]),
+                                  "options": asked.question.options, "answer": asked.question.answer,
                                   "kind": asked.question.kind})
             if not torch.equal(questions[0]["ids"], ids[end:]):
                 raise RuntimeError("the question suffix does not tokenise as in the full prompt")
@@ -79,11 +83,13 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
     return out
 
 
-def letter_logits(model: Any, videos: list[dict], letter_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(N, 4) option-letter logits of every question of ``videos``, with the answers (N,) and kinds.
+def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:
+    """Run each question's ``suffixes(question)`` ids on its video's cached prefix.
 
     The prefixes (equal length: same frames, same template) run as one batch; the cache is gathered per
-    question and the right-padded suffixes continue from it. Gradients reach the projector and any LoRA.
+    question and the right-padded suffixes continue from it. Returns the suffixes' last hidden states
+    (N, Ls, D), their lengths (N,), the attention mask so far (N, Lp + Ls), the cache and the questions.
+    Gradients reach the projector and any LoRA.
     """
     inner = model.model
     video = project(model, torch.stack([v["features"] for v in videos])).flatten(1, 2)  # (V, F*p, D)
@@ -92,29 +98,58 @@ def letter_logits(model: Any, videos: list[dict], letter_ids: list[int]) -> tupl
     embeds = inner.get_input_embeddings()(prefix)
     embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
     cache = inner.language_model(inputs_embeds=embeds, use_cache=True).cache
-    questions = [(i, q) for i, v in enumerate(videos) for q in v["questions"]]
-    cache.batch_select_indices(torch.tensor([i for i, _ in questions]))
-    lengths = torch.tensor([len(q["ids"]) for _, q in questions])
-    suffix = torch.nn.utils.rnn.pad_sequence([q["ids"] for _, q in questions], batch_first=True)
+    questions = [q for v in videos for q in v["questions"]]
+    cache.batch_select_indices(torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]]))
+    ids = [suffixes(q) for q in questions]
+    lengths = torch.tensor([len(i) for i in ids])
+    suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
     past = prefix.shape[1]
-    mask = torch.cat([torch.ones(len(questions), past, dtype=torch.long),
+    mask = torch.cat([torch.ones(len(ids), past, dtype=torch.long),
                       (torch.arange(suffix.shape[1]) < lengths[:, None]).long()], dim=1)
-    positions = (past + torch.arange(suffix.shape[1])).expand(len(questions), -1)
+    positions = (past + torch.arange(suffix.shape[1])).expand(len(ids), -1)
     hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
                                   cache=cache).last_hidden_state
-    last = hidden[torch.arange(len(questions)), lengths - 1]
-    answers = torch.tensor([q["answer"] for _, q in questions])
-    return model.lm_head(last)[:, letter_ids], answers, [q["kind"] for _, q in questions]
+    return hidden, lengths, mask, cache, questions
 
 
-def accuracy(model: Any, data: list[dict], letter_ids: list[int], batch: int = 8) -> dict[str, float]:
-    """Accuracy over every question of ``data``, overall (``"all"``) and per question kind."""
+def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
+    """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced."""
+    hidden, _, _, _, questions = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
+    rows = torch.cat([torch.full((len(q["target"]),), i) for i, q in enumerate(questions)])
+    cols = torch.cat([len(q["ids"]) - 1 + torch.arange(len(q["target"])) for q in questions])
+    logits = model.lm_head(hidden[rows, cols])
+    return torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]))
+
+
+def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
+    """Every question's greedy answer text (up to ``max_new_tokens``, cut at the end of turn), in order."""
+    hidden, lengths, mask, cache, questions = _continue(model, videos, lambda q: q["ids"])
+    rows = torch.arange(len(questions))
+    token = model.lm_head(hidden[rows, lengths - 1]).argmax(-1)
+    out = [token]
+    for step in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
+        mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long)], dim=1)
+        hidden = model.model.language_model(input_ids=token[:, None], attention_mask=mask,
+                                            position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
+                                            cache=cache).last_hidden_state
+        token = model.lm_head(hidden[:, -1]).argmax(-1)
+        out.append(token)
+    ids = torch.stack(out, 1).tolist()
+    end = tokenizer.eos_token_id
+    return [tokenizer.decode(row[:row.index(end)] if end in row else row, skip_special_tokens=True) for row in ids]
+
+
+def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> dict[str, float]:
+    """Accuracy over every question of ``data`` (greedy answer matched to the options), overall (``"all"``)
+    and per question kind."""
     right: dict[str, list[int]] = {}
     with torch.inference_mode():
         for start in range(0, len(data), batch):
-            logits, answers, kinds = letter_logits(model, data[start:start + batch], letter_ids)
-            for kind, hit in zip(kinds, (logits.argmax(-1) == answers).tolist()):
-                right.setdefault(kind, []).append(hit)
+            videos = data[start:start + batch]
+            questions = [q for v in videos for q in v["questions"]]
+            for q, text in zip(questions, greedy_answers(model, videos, tokenizer)):
+                hit = match_option(text, q["options"]) == q["answer"]
+                right.setdefault(q["kind"], []).append(hit)
                 right.setdefault("all", []).append(hit)
     return {k: float(np.mean(v)) for k, v in sorted(right.items())}
 
@@ -132,7 +167,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     """Train in place and return the run's record.
 
     Stage 1 (:func:`align`, ``align_steps``) fits the projector so visual tokens read as words; stage 2 trains
-    projector, newline and (``rank`` > 0) a LoRA on the answer letters, ``batch`` videos per step, each asked
+    projector, newline and (``rank`` > 0) a LoRA on the answers' text, ``batch`` videos per step, each asked
     every question kind. The weights kept are the best validation accuracy's, the LoRA merged; the record
     carries its ``lora`` factors for :func:`save`. ``data`` reuses :func:`encode` output (train, validation).
     """
@@ -140,7 +175,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
 
     say = log or (lambda _: None)
     torch.manual_seed(seed)
-    letter_ids = letter_token_ids(processor)
+    tokenizer = processor.tokenizer
     started = time.time()
     train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed),
                                     encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed))
@@ -149,7 +184,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         p.requires_grad_(False)
     aligned = align(model, train_data, steps=align_steps, seed=seed, log=say) if align_steps else {}
     if align_steps:
-        aligned["val_accuracy_after_align"] = accuracy(model, val_data, letter_ids)["all"]
+        aligned["val_accuracy_after_align"] = accuracy(model, val_data, tokenizer)["all"]
         say(f"validation accuracy after alignment, LM untouched: {aligned['val_accuracy_after_align']:.1%}")
     scale = add_lora(model, rank) if rank else 0.0
     projector = [*model.model.multi_modal_projector.parameters(), model.model.image_newline]
@@ -166,15 +201,14 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
         chunk = [train_data[i] for i in order[(step - 1) * batch: step * batch]]  # epochs of shuffled videos
         with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
-            logits, answers, _ = letter_logits(model, chunk, letter_ids)
-            loss = torch.nn.functional.cross_entropy(logits.float(), answers)
+            loss = answer_loss(model, chunk)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % eval_every == 0 or step == steps:
-            acc = accuracy(model, val_data, letter_ids)
+            acc = accuracy(model, val_data, tokenizer)
             history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started})
             say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
                 + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
