@@ -2,6 +2,7 @@
 
     python benchmarks/testbed_text_control.py zero-shot          # no training
     python benchmarks/testbed_text_control.py lora --lr 1e-3     # LoRA on the answer text, validation every 20 steps
+    python benchmarks/testbed_text_control.py lora --kinds first --steps 40   # one question kind
 
 Replaces the video with its ground-truth text ("Scene 1: 2 red circles on a gray background. ...") and asks
 the same questions as ``vidpress eval`` (options listed, the greedy answer matched to them). If the LM cannot
@@ -18,13 +19,8 @@ import torch
 from vidpress.evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from vidpress.models.default import default_model
 from vidpress.testbed.lora import add_lora
-from vidpress.testbed.scenes import make_split
+from vidpress.testbed.scenes import TYPES, describe, make_split
 from vidpress.testbed.train import video_questions
-
-
-def describe(sample) -> str:
-    return " ".join(f"Scene {i + 1}: {s.count} {s.color} {s.shape}{'s' if s.count > 1 else ''} on a {s.background} "
-                    f"background." for i, s in enumerate(sample.scenes))
 
 
 def main() -> None:
@@ -33,19 +29,23 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16, help="questions per step")
+    parser.add_argument("--kinds", default=",".join(TYPES), help="comma-separated question kinds (default: all)")
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    if set(kinds) - set(TYPES):
+        parser.error(f"unknown question kinds {sorted(set(kinds) - set(TYPES))}; choose from {', '.join(TYPES)}")
     torch.manual_seed(0)
     loaded = default_model(image_size=112)
     model, processor, tokenizer = loaded.model, loaded.processor, loaded.processor.tokenizer
     end = tokenizer.eos_token_id
 
     def ids(sample) -> torch.Tensor:
-        text = describe(sample) + "\n" + choice_prompt(sample)
+        text = describe(sample.scenes) + "\n" + choice_prompt(sample)
         conversation = [{"role": "user", "content": [{"type": "text", "text": text}]}]
         return tokenizer(processor.apply_chat_template(conversation, add_generation_prompt=True),
                          return_tensors="pt").input_ids[0]
 
-    val = [q for s in make_split("validation", 32) for q in video_questions(s)]
+    val = [q for s in make_split("validation", 32) for q in video_questions(s) if q.question.kind in kinds]
     val_ids = [ids(q) for q in val]
 
     def accuracy() -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     if args.mode == "zero-shot":
         print(f"{len(val)} validation questions, chance 25 %: {accuracy():.1%}")
         return
-    train = [q for s in make_split("train", 400) for q in video_questions(s)]
+    train = [q for s in make_split("train", 400) for q in video_questions(s) if q.question.kind in kinds]
     rows = [(ids(q), torch.tensor(tokenizer(q.question.options[q.question.answer], add_special_tokens=False).input_ids
                                   + [end])) for q in train]
     for p in model.parameters():

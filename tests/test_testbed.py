@@ -267,3 +267,29 @@ def test_committed_testbed_matches_its_model_card():
                       size=record["image_size"], progress=False)
     assert result.correct == record["test_subset_correct"]
     assert record["test_questions"] >= 500 and record["test_accuracy"] == record["test_correct"] / record["test_questions"]
+
+
+def test_match_option_exact_then_first_mentioned():
+    from vidpress.evaluate import match_option
+
+    options = ("red circle", "blue square", "red", "the background")
+    assert match_option(" Blue square.", options) == 1
+    assert match_option("red", options) == 2  # exact beats the longer option that contains it
+    assert match_option("It was the background, not the red circle", options) == 3  # mentioned first
+    assert match_option("a green triangle", options) is None
+
+
+def test_caption_item_describes_the_scenes(tiny):
+    import torch
+
+    from vidpress.testbed.scenes import describe
+    from vidpress.testbed.train import encode
+
+    sample = make_split("train", 1, seed=3)[0]
+    plain, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56)
+    captioned, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, caption=True)
+    *questions, item = captioned["questions"]
+    assert [q["kind"] for q in questions] == [q["kind"] for q in plain["questions"]] and item["kind"] == "caption"
+    assert all(torch.equal(a["ids"], b["ids"]) for a, b in zip(questions, plain["questions"], strict=True))
+    text = tiny.processor.tokenizer.decode(item["target"][:-1])
+    assert text == describe(sample.scenes) and describe(sample.scenes).startswith("Scene 1: ")

@@ -2,11 +2,12 @@
 
 Each question is asked with its 4 options listed; the model greedily generates its answer (at most
 :data:`ANSWER_TOKENS` tokens, so any decode-stage method runs too) and the answer counts when it names the
-right option (:func:`match_option`). The answer is the option's text, not a letter: small LMs cannot bind
-option letters to contents (the "cloze" versus "MCF" formulations of OLMES / lm-eval-harness), and
-SmolLM2-135M, the testbed's LM, is one. Accuracy comes with a 95 % Wilson interval; accuracy retained is the method's accuracy over the uncompressed model's on the same
-questions. Meaningful only on a model trained for the task (see the testbed issue); on an untrained model
-it measures chance.
+right option (:func:`match_option`). The answer is the option's text, not a letter: small LMs do not bind
+option letters to their contents (OLMES's "cloze" versus "MCF" formulations), and SmolLM2-135M, the
+testbed's LM, stayed at chance on letters even when given the scenes as text. Accuracy comes with a 95 %
+Wilson interval; accuracy retained is the method's accuracy over the uncompressed model's on the same
+questions. Meaningful only on a model trained for the task (see the testbed issue); an untrained model's
+answers seldom name an option, so it scores at or below chance.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Meth
         for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
             prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size)[0]
             prompt = prepared["input_ids"].shape[1]
+            end = processor.tokenizer.eos_token_id
             out = model.generate(**prepared.to(model.device), max_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                 eos_token_id=processor.tokenizer.eos_token_id, pad_token_id=processor.tokenizer.eos_token_id)
+                                 eos_token_id=end, pad_token_id=end)
             text = processor.tokenizer.decode(out[0, prompt:], skip_special_tokens=True)
             hits.append(match_option(text, sample.question.options) == sample.question.answer)
             flops += run.report.accounting.prefill_flops

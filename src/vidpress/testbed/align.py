@@ -30,7 +30,7 @@ def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: 
     def words(*texts: str) -> torch.Tensor:
         ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids
                if tokenizer.decode([i]).strip()]  # not a lone space token
-        return embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()
+        return (embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()).detach().cpu()
 
     centres = (torch.arange(grid * 8) + 0.5) * cell / 8  # an 8x8 sample grid per token, same along x and y
     out = []
@@ -66,8 +66,8 @@ def align(model: Any, data: list[dict], *, steps: int, lr: float = 1e-3, batch: 
     for step in range(1, steps + 1):
         chunk = [data[i] for i in rng.choice(len(data), size=min(batch, len(data)), replace=False)]
         with torch.enable_grad():
-            tokens = project(model, torch.stack([d["features"] for d in chunk]))
-            target = torch.stack([d["targets"] for d in chunk])
+            tokens = project(model, torch.stack([d["features"] for d in chunk]).to(model.device))
+            target = torch.stack([d["targets"] for d in chunk]).to(model.device)
             loss = torch.nn.functional.mse_loss(tokens, target) / target.pow(2).mean()
         optimiser.zero_grad()
         loss.backward()

@@ -81,6 +81,13 @@ class Sample:
         raise IndexError(f"frame {index} is past the video's end")
 
 
+def describe(scenes: tuple[Scene, ...]) -> str:
+    """The scene list as text ("Scene 1: 2 red circles on a gray background. ..."): the text control's stand-in
+    for the video and the testbed's caption target."""
+    return " ".join(f"Scene {i + 1}: {s.count} {s.color} {s.shape}{'s' if s.count > 1 else ''} on a {s.background} "
+                    f"background." for i, s in enumerate(scenes))
+
+
 def random_scene(rng: np.random.Generator) -> Scene:
     return Scene(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))),
                  int(rng.integers(1, 5)), str(rng.choice(MOTIONS)), int(rng.integers(4, 13)))

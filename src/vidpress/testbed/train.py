@@ -38,7 +38,9 @@ from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from ..pipeline import build_inputs, chat_prompt
 from .align import align, project, word_targets
 from .lora import add_lora, apply_lora, merge_lora
-from .scenes import TYPES, Sample, ask, make_split
+from .scenes import TYPES, Sample, ask, describe, make_split
+
+CAPTION = "Describe each scene."  #: the auxiliary caption task's prompt
 
 WEIGHTS = "testbed.pt"
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
@@ -52,19 +54,21 @@ def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
 
 
 def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
-           all_kinds: bool = True) -> list[dict]:
+           all_kinds: bool = True, caption: bool = False) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
     the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
-    token ids then the end of turn (La,), the options and the answer index."""
+    token ids then the end of turn (La,), the options and the answer index. With ``caption``, each video also
+    gets a ``"caption"`` item: :data:`CAPTION` asked, :func:`describe`'s text as its target."""
     tokenizer = processor.tokenizer
     video_token = processor.video_token
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
             inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample))
-            ids = inputs["input_ids"][0]
+            ids = inputs["input_ids"][0]  # kept on the CPU, like everything encode returns; batches move later
             end = int((ids == model.config.video_token_id).nonzero().max()) + 1
-            hidden = model.model.vision_tower(inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states
+            pixels = inputs["pixel_values_videos"][0].to(model.device)
+            hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
             selected = hidden[model.config.vision_feature_layer]
             if model.config.vision_feature_select_strategy == "default":
                 selected = selected[:, 1:]
@@ -76,10 +80,15 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
                 questions.append({"ids": suffix["input_ids"][0], "target": torch.tensor(target + [tokenizer.eos_token_id]),
                                   "options": asked.question.options, "answer": asked.question.answer,
                                   "kind": asked.question.kind})
+            if caption:
+                text = chat_prompt(processor, CAPTION).split(video_token)[-1]
+                target = tokenizer(describe(sample.scenes), add_special_tokens=False).input_ids
+                questions.append({"ids": tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0],
+                                  "target": torch.tensor(target + [tokenizer.eos_token_id]), "kind": "caption"})
             if not torch.equal(questions[0]["ids"], ids[end:]):
                 raise RuntimeError("the question suffix does not tokenise as in the full prompt")
-            out.append({"prefix": ids[:end], "features": selected.clone(), "questions": questions,
-                        "targets": word_targets(model, processor, sample, frames, size)})
+            out.append({"prefix": ids[:end], "features": selected.cpu().clone(), "questions": questions,
+                        "targets": word_targets(model, processor, sample, frames, size).cpu()})
     return out
 
 
@@ -91,44 +100,48 @@ def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.T
     (N, Ls, D), their lengths (N,), the attention mask so far (N, Lp + Ls), the cache and the questions.
     Gradients reach the projector and any LoRA.
     """
-    inner = model.model
-    video = project(model, torch.stack([v["features"] for v in videos])).flatten(1, 2)  # (V, F*p, D)
+    inner, device = model.model, model.device
+    video = project(model, torch.stack([v["features"] for v in videos]).to(device)).flatten(1, 2)  # (V, F*p, D)
     video = torch.cat([video, inner.image_newline.expand(len(videos), 1, -1)], dim=1)
-    prefix = torch.stack([v["prefix"] for v in videos])
+    prefix = torch.stack([v["prefix"] for v in videos]).to(device)
     embeds = inner.get_input_embeddings()(prefix)
     embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
     cache = inner.language_model(inputs_embeds=embeds, use_cache=True).cache
     questions = [q for v in videos for q in v["questions"]]
-    cache.batch_select_indices(torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]]))
+    cache.batch_select_indices(torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]], device=device))
     ids = [suffixes(q) for q in questions]
-    lengths = torch.tensor([len(i) for i in ids])
-    suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
+    lengths = torch.tensor([len(i) for i in ids], device=device)
+    suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device)
     past = prefix.shape[1]
-    mask = torch.cat([torch.ones(len(ids), past, dtype=torch.long),
-                      (torch.arange(suffix.shape[1]) < lengths[:, None]).long()], dim=1)
-    positions = (past + torch.arange(suffix.shape[1])).expand(len(ids), -1)
+    mask = torch.cat([torch.ones(len(ids), past, dtype=torch.long, device=device),
+                      (torch.arange(suffix.shape[1], device=device) < lengths[:, None]).long()], dim=1)
+    positions = (past + torch.arange(suffix.shape[1], device=device)).expand(len(ids), -1)
     hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
                                   cache=cache).last_hidden_state
     return hidden, lengths, mask, cache, questions
 
 
 def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
-    """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced."""
+    """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced; plus the
+    caption items' own mean when :func:`encode` added them (so their long targets do not drown the answers)."""
     hidden, _, _, _, questions = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
     rows = torch.cat([torch.full((len(q["target"]),), i) for i, q in enumerate(questions)])
     cols = torch.cat([len(q["ids"]) - 1 + torch.arange(len(q["target"])) for q in questions])
-    logits = model.lm_head(hidden[rows, cols])
-    return torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]))
+    logits = model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
+    losses = torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]).to(logits.device),
+                                               reduction="none")
+    captions = torch.cat([torch.full((len(q["target"]),), q["kind"] == "caption") for q in questions]).to(losses.device)
+    return losses[~captions].mean() + (losses[captions].mean() if captions.any() else 0.0)
 
 
 def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
     """Every question's greedy answer text (up to ``max_new_tokens``, cut at the end of turn), in order."""
     hidden, lengths, mask, cache, questions = _continue(model, videos, lambda q: q["ids"])
-    rows = torch.arange(len(questions))
+    rows = torch.arange(len(questions), device=hidden.device)
     token = model.lm_head(hidden[rows, lengths - 1]).argmax(-1)
     out = [token]
     for step in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
-        mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long, device=mask.device)], dim=1)
         hidden = model.model.language_model(input_ids=token[:, None], attention_mask=mask,
                                             position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
                                             cache=cache).last_hidden_state
@@ -148,6 +161,8 @@ def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> di
             videos = data[start:start + batch]
             questions = [q for v in videos for q in v["questions"]]
             for q, text in zip(questions, greedy_answers(model, videos, tokenizer)):
+                if q["kind"] == "caption":
+                    continue
                 hit = match_option(text, q["options"]) == q["answer"]
                 right.setdefault(q["kind"], []).append(hit)
                 right.setdefault("all", []).append(hit)
@@ -162,14 +177,14 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
-          align_steps: int = 1500, eval_every: int = 50, data: tuple[list[dict], list[dict]] | None = None,
-          log: Callable[[str], Any] | None = print) -> dict[str, Any]:
+          align_steps: int = 1500, eval_every: int = 50, caption: bool = False,
+          data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Train in place and return the run's record.
 
     Stage 1 (:func:`align`, ``align_steps``) fits the projector so visual tokens read as words; stage 2 trains
     projector, newline and (``rank`` > 0) a LoRA on the answers' text, ``batch`` videos per step, each asked
-    every question kind. The weights kept are the best validation accuracy's, the LoRA merged; the record
-    carries its ``lora`` factors for :func:`save`. ``data`` reuses :func:`encode` output (train, validation).
+    every question kind, and with ``caption`` also to describe the video (an auxiliary task). The weights kept
+    are the best validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`. ``data`` reuses :func:`encode` output (train, validation).
     """
     from tqdm.auto import tqdm
 
@@ -177,7 +192,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     started = time.time()
-    train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed),
+    train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed,
+                                           caption=caption),
                                     encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed))
     say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s")
     for p in model.parameters():
@@ -225,14 +241,15 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     return {**aligned, "seed": seed, "steps": steps, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank,
             "lora_scale": scale, "frames": frames, "image_size": size, "train_videos": train_videos,
             "val_videos": val_videos, "val_questions": sum(len(v["questions"]) for v in val_data),
-            "best_val_accuracy": best, "history": history, "seconds": time.time() - started, "lora": factors}
+            "caption_task": caption, "best_val_accuracy": best, "history": history, "seconds": time.time() - started,
+            "lora": factors}
 
 
 def save(model: Any, record: dict[str, Any], out: Path) -> Path:
     """Write the projector, newline and LoRA factors (fp16) and the run's record (``testbed.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     state = {**trainable_state(model), **record.get("lora", {})}
-    torch.save({k: v.to(torch.float16) for k, v in state.items()}, out / WEIGHTS)
+    torch.save({k: v.cpu().to(torch.float16) for k, v in state.items()}, out / WEIGHTS)
     (out / "testbed.json").write_text(json.dumps({k: v for k, v in record.items() if k != "lora"}, indent=2))
     return out / WEIGHTS
 
@@ -259,7 +276,7 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     folder = Path(directory) if directory else TESTBED_DIR
     if not (folder / WEIGHTS).exists():
         raise FileNotFoundError(f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
-                                f"--out {folder}` (about 80 min on a 2-core CPU, minutes on a GPU)")
+                                f"--out {folder}` (see the README's testbed section for the runs so far)")
     if find_weights() is None:
         raise FileNotFoundError("the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
                                 "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them")
@@ -288,15 +305,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-lr", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on the LM's linear layers (0: projector only)")
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--caption", action="store_true", help="also train each video's scene description (auxiliary)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TESTBED_DIR)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to train (default: cuda when available); the saved weights are device-free")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     loaded = default_model(image_size=args.image_size)
+    loaded.model.to(args.device)
     record = train(loaded.model, loaded.processor, steps=args.steps, train_videos=args.train_videos,
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
-                   align_steps=args.align_steps)
+                   align_steps=args.align_steps, caption=args.caption)
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 
 
