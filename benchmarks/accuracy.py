@@ -55,7 +55,7 @@ def main() -> None:
     meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
             "chance": 0.25, "seconds": round(time.time() - started)}
     if not loaded.trained:
-        print("note: untrained model - accuracy is chance; this run only checks the matrix runs")
+        print("note: untrained model - accuracy is at or below chance; this run only checks the matrix runs")
     write(rows, notes, meta, args.out)
 
 
