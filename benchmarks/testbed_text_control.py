@@ -20,7 +20,7 @@ from vidpress.evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from vidpress.models.default import default_model
 from vidpress.testbed.lora import add_lora
 from vidpress.testbed.scenes import TYPES, describe, make_split
-from vidpress.testbed.train import video_questions
+from vidpress.testbed.train import answer_target, video_questions
 
 
 def main() -> None:
@@ -62,8 +62,7 @@ def main() -> None:
         print(f"{len(val)} validation questions, chance 25 %: {accuracy():.1%}")
         return
     train = [q for s in make_split("train", 400) for q in video_questions(s) if q.question.kind in kinds]
-    rows = [(ids(q), torch.tensor(tokenizer(q.question.options[q.question.answer], add_special_tokens=False).input_ids
-                                  + [end])) for q in train]
+    rows = [(ids(q), answer_target(tokenizer, q.question.options[q.question.answer])) for q in train]
     for p in model.parameters():
         p.requires_grad_(False)
     add_lora(model, 16)

@@ -100,12 +100,11 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Meth
     if inputs is not None and len(inputs) != len(samples):
         raise ValueError(f"{len(inputs)} prepared inputs for {len(samples)} samples; prepare() the same samples")
     name = label or (method.label if isinstance(method, Method) else method.name)
-    hits, flops = [], 0.0
+    hits, flops, end = [], 0.0, processor.tokenizer.eos_token_id
     with apply(model, method) as run, torch.inference_mode():
         for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
             prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size)[0]
             prompt = prepared["input_ids"].shape[1]
-            end = processor.tokenizer.eos_token_id
             out = model.generate(**prepared.to(model.device), max_new_tokens=ANSWER_TOKENS, do_sample=False,
                                  eos_token_id=end, pad_token_id=end)
             text = processor.tokenizer.decode(out[0, prompt:], skip_special_tokens=True)

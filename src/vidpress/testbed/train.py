@@ -53,6 +53,11 @@ def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
     return [sample] + [replace(sample, question=q) for q in extra if q is not None]
 
 
+def answer_target(tokenizer: Any, answer: str) -> torch.Tensor:
+    """(La,) token ids of ``answer`` then the end of turn: what training teaches the LM to say."""
+    return torch.tensor(tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+
+
 def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
            all_kinds: bool = True, caption: bool = False) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
@@ -72,19 +77,17 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
             selected = hidden[model.config.vision_feature_layer]
             if model.config.vision_feature_select_strategy == "default":
                 selected = selected[:, 1:]
-            questions = []
-            for asked in (video_questions(sample, seed) if all_kinds else [sample]):
-                text = chat_prompt(processor, choice_prompt(asked))
-                suffix = tokenizer(text.split(video_token)[-1], add_special_tokens=False, return_tensors="pt")
-                target = tokenizer(asked.question.options[asked.question.answer], add_special_tokens=False).input_ids
-                questions.append({"ids": suffix["input_ids"][0], "target": torch.tensor(target + [tokenizer.eos_token_id]),
-                                  "options": asked.question.options, "answer": asked.question.answer,
-                                  "kind": asked.question.kind})
+
+            def item(prompt: str, said: str, **extra: Any) -> dict:  # ids after the video, then the target
+                text = chat_prompt(processor, prompt).split(video_token)[-1]
+                return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
+                        "target": answer_target(tokenizer, said), **extra}
+
+            questions = [item(choice_prompt(asked), asked.question.options[asked.question.answer],
+                              options=asked.question.options, answer=asked.question.answer, kind=asked.question.kind)
+                         for asked in (video_questions(sample, seed) if all_kinds else [sample])]
             if caption:
-                text = chat_prompt(processor, CAPTION).split(video_token)[-1]
-                target = tokenizer(describe(sample.scenes), add_special_tokens=False).input_ids
-                questions.append({"ids": tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0],
-                                  "target": torch.tensor(target + [tokenizer.eos_token_id]), "kind": "caption"})
+                questions.append(item(CAPTION, describe(sample.scenes), kind="caption"))
             if not torch.equal(questions[0]["ids"], ids[end:]):
                 raise RuntimeError("the question suffix does not tokenise as in the full prompt")
             out.append({"prefix": ids[:end], "features": selected.cpu().clone(), "questions": questions,
