@@ -207,6 +207,33 @@ def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
     assert set(restored) == set(trainable_state(loaded.model)) | set(record["lora"])
 
 
+def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
+    """--curriculum trains 'first' alone, then adds kinds in CURRICULUM order; --seconds shrinks the run to
+    fit; each new best is checkpointed as it comes (a loadable record and weights)."""
+    import json
+
+    from vidpress.models.random import random_model
+    from vidpress.testbed import train as training
+
+    seen = []
+    real_loss = training.answer_loss
+    monkeypatch.setattr(training, "answer_loss", lambda model, videos: (
+        seen.append({q["kind"] for v in videos for q in v["questions"]}), real_loss(model, videos))[1])
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    record = training.train(loaded.model, loaded.processor, steps=6, train_videos=6, val_videos=2, frames=4, size=56,
+                            batch=3, rank=4, eval_every=2, align_steps=0, curriculum=2, log=None)
+    assert seen[0] == seen[1] == {"first"}
+    assert seen[2] | seen[3] <= {"first", "last"} and "last" in seen[2] | seen[3]
+    assert record["steps"] == 6 and record["curriculum"] == 2
+
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    record = training.train(loaded.model, loaded.processor, steps=6, train_videos=6, val_videos=2, frames=4, size=56,
+                            batch=3, rank=4, eval_every=2, align_steps=0, seconds=1e-3, checkpoint=tmp_path, log=None)
+    assert record["steps"] == 3 and [h["step"] for h in record["history"]] == [2, 3]  # out of time after step 2
+    saved = json.loads((tmp_path / "testbed.json").read_text())
+    assert (tmp_path / training.WEIGHTS).exists() and saved["steps"] in (2, 3) and "lora" not in saved
+
+
 def test_missing_testbed_weights_say_how_to_train(tmp_path):
     from vidpress.testbed.train import load_testbed
 

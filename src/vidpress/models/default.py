@@ -48,6 +48,7 @@ def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(weights / LM_DIR, gguf_file=LM_FILE)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
     lm = AutoModelForCausalLM.from_pretrained(weights / LM_DIR, gguf_file=LM_FILE, dtype=torch.float32)
+    torch.manual_seed(0)  # mean_resizing samples the two new rows: the same on every machine
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     text = {k: v for k, v in lm.config.to_dict().items() if k != "quantization_config"}
     # from_pretrained maps the hub key layout onto this transformers version's module names.

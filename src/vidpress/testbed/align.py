@@ -7,6 +7,7 @@ the projector runs on features the frozen tower computed once.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: 
     grid = math.ceil(side / 2)  # LLaVA-OneVision's 2x bilinear pooling of the patch grid
     cell, r = size / grid, size // 10
 
+    @functools.cache  # a video repeats a few scenes over its frames
     def words(*texts: str) -> torch.Tensor:
         ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids
                if tokenizer.decode([i]).strip()]  # not a lone space token

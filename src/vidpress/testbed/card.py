@@ -19,7 +19,7 @@ from ..evaluate import evaluate
 from ..methods import get_method
 from .lora import LORA_TARGETS
 from .scenes import TYPES, make_split
-from .train import TESTBED_DIR, WEIGHTS, load_testbed
+from .train import CURRICULUM, TESTBED_DIR, WEIGHTS, load_testbed
 
 SUBSET = 50  #: test questions the suite re-checks against the card
 
@@ -42,6 +42,9 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     """``MODEL_CARD.md`` from the run's record (training settings, validation and test accuracy)."""
     low, high = record["test_interval"]
     kinds = "\n".join(f"| {k} | {v:.1%} |" for k, v in record["test_by_kind"].items())
+    curriculum = (f"; the question kinds joined one at a time, every {record['curriculum']} steps, in the order "
+                  f"{', '.join(CURRICULUM)}" if record.get("curriculum") else "")
+    every = record["history"][0]["step"] if record["history"] else 50
     curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_accuracy']['all']:.1%} |" for h in record["history"])
     text = f"""# vidpress testbed (DINOv2-S + SmolLM2-135M, procedural video QA)
 
@@ -70,8 +73,8 @@ first {record['test_questions']} questions of the held-out test split (`make_spl
 Stage 1, alignment (projector only, no LM forward): {record.get('align_steps', 0)} steps putting each pooled visual token on the
 input embedding of the words it shows; {record.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
-cosine, seed {record['seed']}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
-{record['seconds'] / 60:.0f} min on a 2-core x86-64 CPU (AVX2, no GPU).
+cosine, seed {record['seed']}{curriculum}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
+{record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}.
 
 | step | training loss | validation accuracy |
 |---|---|---|
@@ -90,7 +93,7 @@ The first {record['test_subset']} test questions: {record['test_subset_correct']
 python -m pip install -e ".[train]"
 python -m vidpress.testbed.train --steps {record['steps']} --train-videos {record['train_videos']} --val-videos {record['val_videos']} \\
     --batch {record['batch_videos']} --rank {record['lora_rank']} --lr {record['lr']} --lora-lr {record['lora_lr']} \\
-    --align-steps {record.get('align_steps', 0)} --seed {record['seed']}
+    --align-steps {record.get('align_steps', 0)} --curriculum {record.get('curriculum', 0)} --eval-every {every} --seed {record['seed']}
 python -m vidpress.testbed.card      # test accuracy -> testbed.json, this card
 vidpress eval --method dycoke --retention 0.25
 ```

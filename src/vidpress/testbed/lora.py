@@ -18,14 +18,22 @@ def add_lora(model: Any, rank: int) -> float:
     return config.lora_alpha / config.r
 
 
+def lora_factors(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of the injected LoRA's factors, keyed ``<module>.lora_A`` / ``.lora_B`` (what ``save`` stores)."""
+    factors = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            factors[f"{name}.lora_A"] = module.lora_A["default"].weight.detach().clone()
+            factors[f"{name}.lora_B"] = module.lora_B["default"].weight.detach().clone()
+    return factors
+
+
 def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
     """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
-    and return the factors keyed ``<module>.lora_A`` / ``.lora_B`` (what :func:`save` stores)."""
-    factors = {}
+    and return its factors (:func:`lora_factors`)."""
+    factors = lora_factors(model)
     for name, module in list(model.named_modules()):
         if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            a, b = module.lora_A["default"].weight.detach(), module.lora_B["default"].weight.detach()
-            factors[f"{name}.lora_A"], factors[f"{name}.lora_B"] = a.clone(), b.clone()
             parent, child = name.rsplit(".", 1)
             setattr(model.get_submodule(parent), child, module.base_layer)
     apply_lora(model, factors, scale)

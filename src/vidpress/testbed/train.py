@@ -37,10 +37,12 @@ import torch
 from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from ..pipeline import build_inputs, chat_prompt
 from .align import align, project, word_targets
-from .lora import add_lora, apply_lora, merge_lora
+from .lora import add_lora, apply_lora, lora_factors, merge_lora
 from .scenes import TYPES, Sample, ask, describe, make_split
 
 CAPTION = "Describe each scene."  #: the auxiliary caption task's prompt
+#: ``curriculum`` order: the kind a model learns first from video alone (stop 10's canary), then the rest
+CURRICULUM = ("first", "last", "color_in_scene", "count_in_scene", "never", "changed", "scene_count")
 
 WEIGHTS = "testbed.pt"
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
@@ -178,16 +180,31 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
                                                                           "model.image_newline"))}
 
 
+def device_name(model: Any) -> str:
+    """The accelerator's or processor's name, for the record and the model card."""
+    import platform
+
+    if model.device.type == "cuda":
+        return torch.cuda.get_device_name(model.device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
-          align_steps: int = 1500, eval_every: int = 50, caption: bool = False,
+          align_steps: int = 1500, eval_every: int = 50, caption: bool = False, curriculum: int = 0,
+          seconds: float | None = None, checkpoint: Path | None = None,
           data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Train in place and return the run's record.
 
     Stage 1 (:func:`align`, ``align_steps``) fits the projector so visual tokens read as words; stage 2 trains
     projector, newline and (``rank`` > 0) a LoRA on the answers' text, ``batch`` videos per step, each asked
-    every question kind, and with ``caption`` also to describe the video (an auxiliary task). The weights kept
-    are the best validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`. ``data`` reuses :func:`encode` output (train, validation).
+    every question kind, and with ``caption`` also to describe the video (an auxiliary task). With
+    ``curriculum`` > 0 the kinds join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
+    ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
+    the step count shrinks to what fits, and the cosine schedule follows it. The weights kept are the best
+    validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`, and
+    ``checkpoint`` (a folder) gets each new best as it comes, so a run cut off keeps it. ``data`` reuses
+    :func:`encode` output (train, validation).
     """
     from tqdm.auto import tqdm
 
@@ -198,12 +215,15 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed,
                                            caption=caption),
                                     encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed))
-    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s")
+    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {device_name(model)}")
     for p in model.parameters():
         p.requires_grad_(False)
     aligned = align(model, train_data, steps=align_steps, seed=seed, log=say) if align_steps else {}
+    timing = {"train": 0.0, "steps": 0, "eval": 0.0, "evals": 0}
     if align_steps:
+        clock = time.time()
         aligned["val_accuracy_after_align"] = accuracy(model, val_data, tokenizer)["all"]
+        timing.update(eval=time.time() - clock, evals=1)
         say(f"validation accuracy after alignment, LM untouched: {aligned['val_accuracy_after_align']:.1%}")
     scale = add_lora(model, rank) if rank else 0.0
     projector = [*model.model.multi_modal_projector.parameters(), model.model.image_newline]
@@ -211,14 +231,27 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     for p in projector + lora:
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW([{"params": projector, "lr": lr}, {"params": lora, "lr": lora_lr}], weight_decay=0.0)
+    total = [steps]  # shrinks to fit ``seconds``; the schedule reads it
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * s / max(1, steps))))
+        1 + math.cos(math.pi * min(1.0, s / max(1, total[0])))))
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))])
+    if curriculum and set(CURRICULUM) != set(TYPES):
+        raise ValueError(f"CURRICULUM {CURRICULUM} must order exactly the question kinds {TYPES}")
+    settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
+                "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
+                "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
+                "curriculum": curriculum, "device": device_name(model)}
     best, best_state, history = -1.0, None, []
     for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
-        chunk = [train_data[i] for i in order[(step - 1) * batch: step * batch]]  # epochs of shuffled videos
+        if step > total[0]:
+            break
+        clock = time.time()
+        kinds = CURRICULUM[: 1 + (step - 1) // curriculum] if curriculum else TYPES
+        chunk = [{**v, "questions": [q for q in v["questions"] if q["kind"] in kinds or q["kind"] == "caption"]}
+                 for v in (train_data[i] for i in order[(step - 1) * batch: step * batch])]  # epochs of shuffled videos
+        chunk = [v for v in chunk if v["questions"]]
         with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
             loss = answer_loss(model, chunk)
         optimiser.zero_grad()
@@ -226,14 +259,25 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % eval_every == 0 or step == steps:
+        timing["train"] += time.time() - clock
+        timing["steps"] += 1
+        if step % eval_every == 0 or step == total[0]:
+            clock = time.time()
             acc = accuracy(model, val_data, tokenizer)
+            timing["eval"] += time.time() - clock
+            timing["evals"] += 1
             history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started})
             say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
                 + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
             if acc["all"] > best:
                 best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters()
                                                  if p.requires_grad}
+                if checkpoint is not None:
+                    save(model, {**aligned, **settings, "steps": step, "best_val_accuracy": best, "history": history,
+                                 "seconds": time.time() - started, "lora": lora_factors(model)}, checkpoint)
+        if seconds and (step == 20 or step % eval_every == 0):  # fit the rest of the run in what is left
+            per_step = timing["train"] / timing["steps"] + timing["eval"] / max(1, timing["evals"]) / eval_every
+            total[0] = min(total[0], max(step + 1, step + int((seconds - (time.time() - started)) / per_step)))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in best_state:
@@ -241,11 +285,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     factors = merge_lora(model, scale) if rank else {}
     for p in model.parameters():
         p.requires_grad_(False)
-    return {**aligned, "seed": seed, "steps": steps, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank,
-            "lora_scale": scale, "frames": frames, "image_size": size, "train_videos": train_videos,
-            "val_videos": val_videos, "val_questions": sum(len(v["questions"]) for v in val_data),
-            "caption_task": caption, "best_val_accuracy": best, "history": history, "seconds": time.time() - started,
-            "lora": factors}
+    return {**aligned, **settings, "steps": min(steps, total[0]), "best_val_accuracy": best, "history": history,
+            "seconds": time.time() - started, "lora": factors}
 
 
 def save(model: Any, record: dict[str, Any], out: Path) -> Path:
@@ -309,18 +350,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on the LM's linear layers (0: projector only)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--caption", action="store_true", help="also train each video's scene description (auxiliary)")
+    parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
+                        help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="wall-time cap for the whole run; the step count and schedule shrink to fit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TESTBED_DIR)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to train (default: cuda when available); the saved weights are device-free")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    torch.set_float32_matmul_precision("high")  # TF32 on a GPU (about 3x); fp32 weights and CPU use unchanged
     loaded = default_model(image_size=args.image_size)
     loaded.model.to(args.device)
     record = train(loaded.model, loaded.processor, steps=args.steps, train_videos=args.train_videos,
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
-                   align_steps=args.align_steps, caption=args.caption)
+                   align_steps=args.align_steps, caption=args.caption, curriculum=args.curriculum,
+                   seconds=args.seconds, checkpoint=args.out)
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 
 

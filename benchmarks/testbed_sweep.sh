@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Train the testbed in three settings at once on one GPU, each into its own folder under OUT with its log:
+#   mix         every question kind from the start (the settings of the CPU run C);
+#   curriculum  the kinds join one at a time, every 100 steps, 'first' first;
+#   caption     the mix plus the auxiliary scene-description task.
+# Keep the best by validation accuracy, then score it on the test split: python -m vidpress.testbed.card --out OUT/NAME
+#
+# usage: benchmarks/testbed_sweep.sh OUT SECONDS [more vidpress.testbed.train flags, for all three]
+set -u
+out=${1:?usage: testbed_sweep.sh OUT SECONDS [flags]}; seconds=${2:?wall seconds per run, encoding included}; shift 2
+mkdir -p "$out"
+common=(--train-videos 6000 --val-videos 48 --batch 16 --steps 20000 --eval-every 100 --lr 2e-4 --lora-lr 1e-3
+        --align-steps 600 --seconds "$seconds" "$@")
+export TQDM_MININTERVAL=60 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+run() {  # NAME FLAGS...: one run, its own model cache (the three start at once)
+    local name=$1; shift
+    VIDPRESS_CACHE="/tmp/vidpress-cache-$name" python3 -m vidpress.testbed.train "${common[@]}" "$@" \
+        --out "$out/$name" >"$out/$name.log" 2>&1 &
+}
+run mix
+run curriculum --curriculum 100
+run caption --caption
+wait
+grep "best validation" "$out"/*.log
