@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train the testbed in three settings at once on one GPU, each into its own folder under OUT with its log:
+# Train the testbed in three settings at once on one GPU, each into its own folder under OUT, one log
+# (OUT/sweep.log, lines prefixed by the setting):
 #   mix         every question kind from the start (the settings of the CPU run C);
 #   curriculum  the kinds join one at a time, every 100 steps, 'first' first;
 #   caption     the mix plus the auxiliary scene-description task.
@@ -15,10 +16,10 @@ export TQDM_MININTERVAL=60 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 run() {  # NAME FLAGS...: one run, its own model cache (the three start at once)
     local name=$1; shift
     VIDPRESS_CACHE="/tmp/vidpress-cache-$name" python3 -m vidpress.testbed.train "${common[@]}" "$@" \
-        --out "$out/$name" >"$out/$name.log" 2>&1 &
+        --out "$out/$name" 2>&1 | sed -u "s/^/[$name] /" >>"$out/sweep.log" &
 }
 run mix
 run curriculum --curriculum 100
 run caption --caption
 wait
-grep "best validation" "$out"/*.log
+grep "best validation" "$out/sweep.log"
