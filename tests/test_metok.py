@@ -11,7 +11,8 @@ from vidpress.accounting import PRESETS, estimate, spec_from_config
 from vidpress.errors import InvalidParameterError
 from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.events import adjacent_similarity, plan_events, segment
-from vidpress.stages.prefill.attention_rank import AttentionRank, keep_count
+from vidpress.stages.prefill.attention_rank import AttentionRank
+from vidpress.stages.prefill.schedule import keep_count
 from vidpress.tokens import LayerSignals
 
 

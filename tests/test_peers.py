@@ -11,7 +11,7 @@ from vidpress.errors import BudgetError
 from vidpress.method import compose
 from vidpress.methods import FastV, FastVID, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial, VisionZip
 from vidpress.stages.decode.dynamic_kv import DynamicKV
-from vidpress.stages.prefill.attention_rank import solve_keep
+from vidpress.stages.prefill.schedule import solve_keep
 from vidpress.tokens import VisualTokens
 
 CONTROLS = (UniformFrames, UniformSpatial, RandomTokens)

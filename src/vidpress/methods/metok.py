@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 from ..method import Method, Stages
 from ..stages.decode.layerwise_trim import LayerwiseTrim
 from ..stages.pre_llm.event_pooling import EventPooling
-from ..stages.prefill.attention_rank import AttentionRank, metok_schedule
+from ..stages.prefill.attention_rank import AttentionRank
+from ..stages.prefill.schedule import metok_schedule
 
 
 @dataclass(frozen=True)
