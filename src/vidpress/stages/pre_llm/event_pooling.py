@@ -93,7 +93,6 @@ class EventPooling(SourcePositions):
         if self.boundaries < 0 or self.min_event_frames < 1:
             raise InvalidParameterError("boundaries must be >= 0 and min_event_frames >= 1")
 
-
     def plan(self, tokens: VisualTokens, row: int, frames: torch.Tensor, grid: tuple[int, int]):
         """The :class:`EventPlan` of batch row ``row`` from its frame embeddings (F, D). Strides are relative to
         the patch grid; on an unpooled grid already merged by ``tokens.unpooled_stride`` (Qwen's 2x2 merger)
