@@ -231,9 +231,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     for p in projector + lora:
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW([{"params": projector, "lr": lr}, {"params": lora, "lr": lora_lr}], weight_decay=0.0)
-    total = [steps]  # shrinks to fit ``seconds``; the schedule reads it
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+    total = [steps]  # shrinks to fit ``seconds``; the schedule (5 % warm-up, then cosine) follows it
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(1, total[0] // 20)) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / max(1, total[0])))))
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))])
@@ -266,7 +265,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
             acc = accuracy(model, val_data, tokenizer)
             timing["eval"] += time.time() - clock
             timing["evals"] += 1
-            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started})
+            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started,
+                            "lr_factor": schedule.get_last_lr()[0] / lr})
             say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
                 + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
             if acc["all"] > best:
