@@ -276,6 +276,34 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
                  "| 30 | 1.200 | 50.0% |", "| first | 90.0% |", "--steps 180", "seed 0"):
         assert fact in text, fact
 
+    first = {**record, "command": "python -m vidpress.testbed.train --steps 90 --out /tmp/a", "align_steps": 600,
+             "align_token_accuracy": 0.95, "best_val_accuracy": 0.4}
+    text = write_card(tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}).read_text()
+    assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
+    assert "600 steps putting" in text and "validation accuracy 40.0%" in text
+
+
+def test_training_continues_from_a_saved_testbed(tmp_path):
+    """--init loads the saved projector and LoRA into the next run (no alignment); another rank is refused."""
+    import torch
+
+    from vidpress.models.random import random_model
+    from vidpress.testbed.train import train
+
+    settings = dict(train_videos=4, val_videos=2, frames=4, size=56, batch=2, eval_every=1, log=None)
+    first = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    train(first.model, first.processor, steps=2, rank=4, checkpoint=tmp_path, lr=1e-2, lora_lr=1e-2, **settings)
+    then = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    record = train(then.model, then.processor, steps=1, rank=4, init=tmp_path, lr=0.0, lora_lr=0.0, **settings)
+    assert record["init"]["steps"] >= 1 and "align_steps" not in record  # continued, not re-aligned
+    saved, now = first.model.state_dict(), then.model.state_dict()
+    for key in ("model.multi_modal_projector.linear_1.weight", "model.language_model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(saved[key], random_model(layers=2, hidden=64, image_size=56, seed=0).model.state_dict()[key])
+        torch.testing.assert_close(now[key], saved[key], atol=2e-3, rtol=0)  # the fp16 checkpoint of the best step
+    with pytest.raises(ValueError, match="--rank"):
+        other = random_model(layers=2, hidden=64, image_size=56, seed=0)
+        train(other.model, other.processor, steps=1, rank=2, init=tmp_path, **settings)
+
 
 def test_committed_testbed_matches_its_model_card():
     """The committed testbed re-scores the card's fixed 50-question test subset exactly (greedy, fp32, CPU)."""

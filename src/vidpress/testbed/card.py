@@ -38,13 +38,28 @@ def score(folder: Path, questions: int = 560) -> dict[str, Any]:
     return record
 
 
+def command(record: dict[str, Any]) -> str:
+    """The command line that trained ``record``'s run (rebuilt from its settings for records that predate
+    ``command``). A run capped by ``--seconds`` settles its step count from the machine's speed."""
+    if record.get("command"):
+        return record["command"]
+    every = record["history"][0]["step"] if record["history"] else 50
+    return (f"python -m vidpress.testbed.train --steps {record['steps']} --train-videos {record['train_videos']} "
+            f"--val-videos {record['val_videos']} --batch {record['batch_videos']} --rank {record['lora_rank']} "
+            f"--lr {record['lr']} --lora-lr {record['lora_lr']} --align-steps {record.get('align_steps', 0)} "
+            f"--curriculum {record.get('curriculum', 0)} --eval-every {every} --seed {record['seed']}")
+
+
 def write_card(folder: Path, record: dict[str, Any]) -> Path:
     """``MODEL_CARD.md`` from the run's record (training settings, validation and test accuracy)."""
     low, high = record["test_interval"]
     kinds = "\n".join(f"| {k} | {v:.1%} |" for k, v in record["test_by_kind"].items())
     curriculum = (f"; the question kinds joined one at a time, every {record['curriculum']} steps, in the order "
                   f"{', '.join(CURRICULUM)}" if record.get("curriculum") else "")
-    every = record["history"][0]["step"] if record["history"] else 50
+    first = record.get("init") or record  # a continued run's alignment is its first run's
+    continued = (f"\nStage 2 continued the run recorded under `init` in `testbed.json` ({first['steps']} steps, validation "
+                 f"accuracy {first['best_val_accuracy']:.1%}) with the settings below." if record.get("init") else "")
+    commands = "\n".join(command(r) for r in ([record["init"]] if record.get("init") else []) + [record])
     curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_accuracy']['all']:.1%} |" for h in record["history"])
     text = f"""# vidpress testbed (DINOv2-S + SmolLM2-135M, procedural video QA)
 
@@ -70,8 +85,8 @@ scenes allow. Validation: {record['val_videos']} videos ({record['val_questions'
 first {record['test_questions']} questions of the held-out test split (`make_split("test", 560)`), disjoint video seeds.
 
 ## Training
-Stage 1, alignment (projector only, no LM forward): {record.get('align_steps', 0)} steps putting each pooled visual token on the
-input embedding of the words it shows; {record.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.
+Stage 1, alignment (projector only, no LM forward): {first.get('align_steps', 0)} steps putting each pooled visual token on the
+input embedding of the words it shows; {first.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.{continued}
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
 cosine, seed {record['seed']}{curriculum}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
 {record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}.
@@ -91,9 +106,7 @@ The first {record['test_subset']} test questions: {record['test_subset_correct']
 ## Reproduce
 ```bash
 python -m pip install -e ".[train]"
-python -m vidpress.testbed.train --steps {record['steps']} --train-videos {record['train_videos']} --val-videos {record['val_videos']} \\
-    --batch {record['batch_videos']} --rank {record['lora_rank']} --lr {record['lr']} --lora-lr {record['lora_lr']} \\
-    --align-steps {record.get('align_steps', 0)} --curriculum {record.get('curriculum', 0)} --eval-every {every} --seed {record['seed']}
+{commands}
 python -m vidpress.testbed.card      # test accuracy -> testbed.json, this card
 vidpress eval --method dycoke --retention 0.25
 ```

@@ -28,6 +28,24 @@ def lora_factors(model: Any) -> dict[str, torch.Tensor]:
     return factors
 
 
+def set_lora(model: Any, factors: dict[str, torch.Tensor]) -> None:
+    """Load saved :func:`lora_factors` into the injected LoRA, to continue training it.
+
+    Raises
+    ------
+    ValueError
+        A factor is missing or has another shape (another rank): train with the saved run's ``--rank``.
+    """
+    with torch.no_grad():
+        for key, target in lora_factors(model).items():
+            saved = factors.get(key)
+            if saved is None or saved.shape != target.shape:
+                raise ValueError(f"the saved LoRA has no factor {key} of shape {tuple(target.shape)} "
+                                 f"(found {None if saved is None else tuple(saved.shape)}); use the saved run's --rank")
+            name, part = key.rsplit(".", 1)
+            getattr(model.get_submodule(name), part)["default"].weight.copy_(saved)
+
+
 def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
     """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
     and return its factors (:func:`lora_factors`)."""

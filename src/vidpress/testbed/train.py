@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import zlib
 from dataclasses import replace
@@ -37,7 +38,7 @@ import torch
 from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from ..pipeline import build_inputs, chat_prompt
 from .align import align, project, word_targets
-from .lora import add_lora, apply_lora, lora_factors, merge_lora
+from .lora import add_lora, apply_lora, lora_factors, merge_lora, set_lora
 from .scenes import TYPES, Sample, ask, describe, make_split
 
 CAPTION = "Describe each scene."  #: the auxiliary caption task's prompt
@@ -192,7 +193,8 @@ def device_name(model: Any) -> str:
 def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
           align_steps: int = 1500, eval_every: int = 50, caption: bool = False, curriculum: int = 0,
-          seconds: float | None = None, checkpoint: Path | None = None,
+          seconds: float | None = None, checkpoint: Path | None = None, init: Path | None = None,
+          command: str | None = None,
           data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Train in place and return the run's record.
 
@@ -203,8 +205,14 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what fits, and the cosine schedule follows it. The weights kept are the best
     validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`, and
-    ``checkpoint`` (a folder) gets each new best as it comes, so a run cut off keeps it. ``data`` reuses
-    :func:`encode` output (train, validation).
+    ``checkpoint`` (a folder) gets each new best as it comes, so a run cut off keeps it. ``init`` (a saved
+    testbed folder) continues from its projector, newline and LoRA instead of aligning afresh; its record is
+    kept under ``"init"``. ``command`` (the command line) is recorded. ``data`` reuses :func:`encode` output (train, validation).
+
+    Raises
+    ------
+    ValueError
+        ``init`` holds a LoRA of another rank than ``rank``.
     """
     from tqdm.auto import tqdm
 
@@ -218,7 +226,13 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {device_name(model)}")
     for p in model.parameters():
         p.requires_grad_(False)
-    aligned = align(model, train_data, steps=align_steps, seed=seed, log=say) if align_steps else {}
+    if init is not None:  # stage 1 was done by the run continued from
+        prior, state = read_saved(init)
+        model.load_state_dict({k: v.to(model.device) for k, v in state.items() if ".lora_" not in k}, strict=False)
+        align_steps, aligned = 0, {"init": prior}
+        say(f"continuing from {init} ({prior['steps']} steps, validation accuracy {prior['best_val_accuracy']:.1%})")
+    else:
+        aligned = align(model, train_data, steps=align_steps, seed=seed, log=say) if align_steps else {}
     timing = {"train": 0.0, "steps": 0, "eval": 0.0, "evals": 0}
     if align_steps:
         clock = time.time()
@@ -226,6 +240,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         timing.update(eval=time.time() - clock, evals=1)
         say(f"validation accuracy after alignment, LM untouched: {aligned['val_accuracy_after_align']:.1%}")
     scale = add_lora(model, rank) if rank else 0.0
+    if init is not None and rank:
+        set_lora(model, {k: v for k, v in state.items() if ".lora_" in k})
     projector = [*model.model.multi_modal_projector.parameters(), model.model.image_newline]
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     for p in projector + lora:
@@ -241,7 +257,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
-                "curriculum": curriculum, "device": device_name(model)}
+                "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
     for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
         if step > total[0]:
@@ -266,7 +282,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
             timing["eval"] += time.time() - clock
             timing["evals"] += 1
             history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started,
-                            "lr_factor": schedule.get_last_lr()[0] / lr})
+                            "lr_factor": schedule.lr_lambdas[0](schedule.last_epoch)})
             say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
                 + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
             if acc["all"] > best:
@@ -305,6 +321,12 @@ def testbed_available(directory: str | Path | None = None) -> bool:
     return (Path(directory or TESTBED_DIR) / WEIGHTS).exists() and find_weights() is not None
 
 
+def read_saved(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A saved testbed's record and its trained tensors (fp32, CPU), as :func:`save` wrote them."""
+    record = json.loads((Path(folder) / "testbed.json").read_text())
+    return record, {k: v.float() for k, v in torch.load(Path(folder) / WEIGHTS, map_location="cpu").items()}
+
+
 def load_testbed(directory: str | Path | None = None) -> Any:
     """The trained testbed: the default build at the recorded image size, the saved projector, LoRA merged.
 
@@ -324,9 +346,8 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     if find_weights() is None:
         raise FileNotFoundError("the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
                                 "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them")
-    record = json.loads((folder / "testbed.json").read_text())
+    record, state = read_saved(folder)
     loaded = default_model(image_size=record["image_size"])
-    state = {k: v.float() for k, v in torch.load(folder / WEIGHTS, map_location="cpu").items()}
     loaded.model.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k}, strict=False)
     apply_lora(loaded.model, {k: v for k, v in state.items() if ".lora_" in k}, record.get("lora_scale", 0.0))
     description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
@@ -354,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="wall-time cap for the whole run; the step count and schedule shrink to fit")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from a saved testbed folder (its projector and LoRA; no alignment)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TESTBED_DIR)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -367,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
                    align_steps=args.align_steps, caption=args.caption, curriculum=args.curriculum,
-                   seconds=args.seconds, checkpoint=args.out)
+                   seconds=args.seconds, checkpoint=args.out, init=args.init,
+                   command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 
 
