@@ -20,7 +20,7 @@ from vidpress.evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from vidpress.models.default import default_model
 from vidpress.testbed.lora import add_lora
 from vidpress.testbed.scenes import TYPES, describe, make_split
-from vidpress.testbed.train import answer_target, video_questions
+from vidpress.testbed.qa import answer_target, video_questions
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def test_shared_prefix_answers_equal_the_full_model(tiny):
 
     from vidpress.evaluate import ANSWER_TOKENS, choice_prompt
     from vidpress.pipeline import build_inputs
-    from vidpress.testbed.train import answer_loss, encode, greedy_answers, video_questions
+    from vidpress.testbed.qa import answer_loss, encode, greedy_answers, video_questions
 
     model, processor = tiny.model, tiny.processor
     tokenizer = processor.tokenizer
@@ -141,7 +141,7 @@ def test_shared_prefix_answers_equal_the_full_model(tiny):
 
 
 def test_video_questions_ask_every_kind_the_scenes_allow():
-    from vidpress.testbed.train import video_questions
+    from vidpress.testbed.qa import video_questions
 
     sample = make_split("train", 1, seed=2)[0]
     asked = video_questions(sample)
@@ -184,7 +184,8 @@ def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
     import torch
 
     from vidpress.models.random import random_model
-    from vidpress.testbed.train import WEIGHTS, save, train, trainable_state
+    from vidpress.testbed.saved import WEIGHTS, save, trainable_state
+    from vidpress.testbed.train import train
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
@@ -214,6 +215,7 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
 
     from vidpress.models.random import random_model
     from vidpress.testbed import train as training
+    from vidpress.testbed.saved import WEIGHTS
 
     seen = []
     real_loss = training.answer_loss
@@ -225,6 +227,7 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
     assert seen[0] == seen[1] == {"first"}
     assert seen[2] | seen[3] <= {"first", "last"} and "last" in seen[2] | seen[3]
     assert record["steps"] == 6 and record["curriculum"] == 2
+    assert sorted(training.CURRICULUM) == sorted(TYPES)  # every kind joins, once
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     record = training.train(loaded.model, loaded.processor, steps=6, train_videos=6, val_videos=2, frames=4, size=56,
@@ -232,11 +235,11 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
     assert record["steps"] == 3 and [h["step"] for h in record["history"]] == [2, 3]  # out of time after step 2
     assert record["history"][-1]["lr_factor"] == pytest.approx(0.0, abs=1e-9)  # the cosine ends with the run
     saved = json.loads((tmp_path / "testbed.json").read_text())
-    assert (tmp_path / training.WEIGHTS).exists() and saved["steps"] in (2, 3) and "lora" not in saved
+    assert (tmp_path / WEIGHTS).exists() and saved["steps"] in (2, 3) and "lora" not in saved
 
 
 def test_missing_testbed_weights_say_how_to_train(tmp_path):
-    from vidpress.testbed.train import load_testbed
+    from vidpress.testbed.saved import load_testbed
 
     with pytest.raises(FileNotFoundError, match="python -m vidpress.testbed.train"):
         load_testbed(tmp_path)
@@ -312,7 +315,7 @@ def test_committed_testbed_matches_its_model_card():
     from vidpress.evaluate import evaluate
     from vidpress.methods import get_method
     from vidpress.testbed.card import SUBSET
-    from vidpress.testbed.train import TESTBED_DIR, load_testbed, testbed_available
+    from vidpress.testbed.saved import TESTBED_DIR, load_testbed, testbed_available
 
     if not testbed_available():
         pytest.skip("needs the committed testbed weights and the real base weights in ../shared/data/weights")
@@ -339,7 +342,7 @@ def test_caption_item_describes_the_scenes(tiny):
     import torch
 
     from vidpress.testbed.scenes import describe
-    from vidpress.testbed.train import encode
+    from vidpress.testbed.qa import encode
 
     sample = make_split("train", 1, seed=3)[0]
     plain, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56)

@@ -263,7 +263,7 @@ def eval_(
     """Multiple-choice accuracy on the procedural video-QA test split, with accuracy retained vs uncompressed."""
     import torch
 
-    from .testbed.train import testbed_available
+    from .testbed.saved import testbed_available
 
     from .evaluate import evaluate
     from .methods import METHODS, get_method

@@ -132,7 +132,7 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
     elif name == "random":
         loaded = random_model(layers=4, hidden=128, image_size=224)
     elif name == "testbed":
-        from ..testbed.train import load_testbed
+        from ..testbed.saved import load_testbed
 
         loaded = load_testbed()
     elif name == "random-llava-next-video":

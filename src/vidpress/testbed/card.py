@@ -19,7 +19,8 @@ from ..evaluate import evaluate
 from ..methods import get_method
 from .lora import LORA_TARGETS
 from .scenes import TYPES, make_split
-from .train import CURRICULUM, TESTBED_DIR, WEIGHTS, load_testbed
+from .saved import TESTBED_DIR, WEIGHTS, load_testbed
+from .train import CURRICULUM
 
 SUBSET = 50  #: test questions the suite re-checks against the card
 

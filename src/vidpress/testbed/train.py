@@ -23,162 +23,23 @@ plain ``transformers`` model once loaded (no peft needed to use it). Everything 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-import zlib
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
-from ..pipeline import build_inputs, chat_prompt
-from .align import align, project, word_targets
-from .lora import add_lora, apply_lora, lora_factors, merge_lora, set_lora
-from .scenes import TYPES, Sample, ask, describe, make_split
+from .align import align
+from .lora import add_lora, lora_factors, merge_lora, set_lora
+from .qa import accuracy, answer_loss, encode
+from .saved import TESTBED_DIR, read_saved, save
+from .scenes import TYPES, make_split
 
-CAPTION = "Describe each scene."  #: the auxiliary caption task's prompt
 #: ``curriculum`` order: the kind a model learns first from video alone (stop 10's canary), then the rest
 CURRICULUM = ("first", "last", "color_in_scene", "count_in_scene", "never", "changed", "scene_count")
-
-WEIGHTS = "testbed.pt"
-TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
-
-
-def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
-    """``sample`` and one more question of every other kind its scenes can pose, seeded by the video id."""
-    rng = np.random.default_rng([seed, zlib.crc32(sample.video_id.encode())])
-    extra = [ask(kind, sample.scenes, rng) for kind in TYPES if kind != sample.question.kind]
-    return [sample] + [replace(sample, question=q) for q in extra if q is not None]
-
-
-def answer_target(tokenizer: Any, answer: str) -> torch.Tensor:
-    """(La,) token ids of ``answer`` then the end of turn: what training teaches the LM to say."""
-    return torch.tensor(tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
-
-
-def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
-           all_kinds: bool = True, caption: bool = False) -> list[dict]:
-    """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
-    the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
-    token ids then the end of turn (La,), the options and the answer index. With ``caption``, each video also
-    gets a ``"caption"`` item: :data:`CAPTION` asked, :func:`describe`'s text as its target."""
-    tokenizer = processor.tokenizer
-    video_token = processor.video_token
-    out = []
-    with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
-        for sample in samples:
-            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample))
-            ids = inputs["input_ids"][0]  # kept on the CPU, like everything encode returns; batches move later
-            end = int((ids == model.config.video_token_id).nonzero().max()) + 1
-            pixels = inputs["pixel_values_videos"][0].to(model.device)
-            hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
-            selected = hidden[model.config.vision_feature_layer]
-            if model.config.vision_feature_select_strategy == "default":
-                selected = selected[:, 1:]
-
-            def item(prompt: str, said: str, **extra: Any) -> dict:  # ids after the video, then the target
-                text = chat_prompt(processor, prompt).split(video_token)[-1]
-                return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
-                        "target": answer_target(tokenizer, said), **extra}
-
-            questions = [item(choice_prompt(asked), asked.question.options[asked.question.answer],
-                              options=asked.question.options, answer=asked.question.answer, kind=asked.question.kind)
-                         for asked in (video_questions(sample, seed) if all_kinds else [sample])]
-            if caption:
-                questions.append(item(CAPTION, describe(sample.scenes), kind="caption"))
-            if not torch.equal(questions[0]["ids"], ids[end:]):
-                raise RuntimeError("the question suffix does not tokenise as in the full prompt")
-            out.append({"prefix": ids[:end], "features": selected.cpu().clone(), "questions": questions,
-                        "targets": word_targets(model, processor, sample, frames, size).cpu()})
-    return out
-
-
-def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:
-    """Run each question's ``suffixes(question)`` ids on its video's cached prefix.
-
-    The prefixes (equal length: same frames, same template) run as one batch; the cache is gathered per
-    question and the right-padded suffixes continue from it. Returns the suffixes' last hidden states
-    (N, Ls, D), their lengths (N,), the attention mask so far (N, Lp + Ls), the cache and the questions.
-    Gradients reach the projector and any LoRA.
-    """
-    inner, device = model.model, model.device
-    video = project(model, torch.stack([v["features"] for v in videos]).to(device)).flatten(1, 2)  # (V, F*p, D)
-    video = torch.cat([video, inner.image_newline.expand(len(videos), 1, -1)], dim=1)
-    prefix = torch.stack([v["prefix"] for v in videos]).to(device)
-    embeds = inner.get_input_embeddings()(prefix)
-    embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
-    cache = inner.language_model(inputs_embeds=embeds, use_cache=True).cache
-    questions = [q for v in videos for q in v["questions"]]
-    cache.batch_select_indices(torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]], device=device))
-    ids = [suffixes(q) for q in questions]
-    lengths = torch.tensor([len(i) for i in ids], device=device)
-    suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device)
-    past = prefix.shape[1]
-    mask = torch.cat([torch.ones(len(ids), past, dtype=torch.long, device=device),
-                      (torch.arange(suffix.shape[1], device=device) < lengths[:, None]).long()], dim=1)
-    positions = (past + torch.arange(suffix.shape[1], device=device)).expand(len(ids), -1)
-    hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
-                                  cache=cache).last_hidden_state
-    return hidden, lengths, mask, cache, questions
-
-
-def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
-    """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced; plus the
-    caption items' own mean when :func:`encode` added them (so their long targets do not drown the answers)."""
-    hidden, _, _, _, questions = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
-    rows = torch.cat([torch.full((len(q["target"]),), i) for i, q in enumerate(questions)])
-    cols = torch.cat([len(q["ids"]) - 1 + torch.arange(len(q["target"])) for q in questions])
-    logits = model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
-    losses = torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]).to(logits.device),
-                                               reduction="none")
-    captions = torch.cat([torch.full((len(q["target"]),), q["kind"] == "caption") for q in questions]).to(losses.device)
-    return losses[~captions].mean() + (losses[captions].mean() if captions.any() else 0.0)
-
-
-def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
-    """Every question's greedy answer text (up to ``max_new_tokens``, cut at the end of turn), in order."""
-    hidden, lengths, mask, cache, questions = _continue(model, videos, lambda q: q["ids"])
-    rows = torch.arange(len(questions), device=hidden.device)
-    token = model.lm_head(hidden[rows, lengths - 1]).argmax(-1)
-    out = [token]
-    for step in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
-        mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long, device=mask.device)], dim=1)
-        hidden = model.model.language_model(input_ids=token[:, None], attention_mask=mask,
-                                            position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
-                                            cache=cache).last_hidden_state
-        token = model.lm_head(hidden[:, -1]).argmax(-1)
-        out.append(token)
-    ids = torch.stack(out, 1).tolist()
-    end = tokenizer.eos_token_id
-    return [tokenizer.decode(row[:row.index(end)] if end in row else row, skip_special_tokens=True) for row in ids]
-
-
-def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> dict[str, float]:
-    """Accuracy over every question of ``data`` (greedy answer matched to the options), overall (``"all"``)
-    and per question kind."""
-    right: dict[str, list[int]] = {}
-    with torch.inference_mode():
-        for start in range(0, len(data), batch):
-            videos = data[start:start + batch]
-            questions = [q for v in videos for q in v["questions"]]
-            for q, text in zip(questions, greedy_answers(model, videos, tokenizer)):
-                if q["kind"] == "caption":
-                    continue
-                hit = match_option(text, q["options"]) == q["answer"]
-                right.setdefault(q["kind"], []).append(hit)
-                right.setdefault("all", []).append(hit)
-    return {k: float(np.mean(v)) for k, v in sorted(right.items())}
-
-
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """The projector's and the newline's weights, keyed as in the model's state dict."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("model.multi_modal_projector.",
-                                                                          "model.image_newline"))}
 
 
 def device_name(model: Any) -> str:
@@ -252,13 +113,16 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         1 + math.cos(math.pi * min(1.0, s / max(1, total[0])))))
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))])
-    if curriculum and set(CURRICULUM) != set(TYPES):
-        raise ValueError(f"CURRICULUM {CURRICULUM} must order exactly the question kinds {TYPES}")
     settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
                 "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
+
+    def record(steps_done: int, lora: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {**aligned, **settings, "steps": steps_done, "best_val_accuracy": best, "history": history,
+                "seconds": time.time() - started, "lora": lora}
+
     for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
         if step > total[0]:
             break
@@ -289,8 +153,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                 best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters()
                                                  if p.requires_grad}
                 if checkpoint is not None:
-                    save(model, {**aligned, **settings, "steps": step, "best_val_accuracy": best, "history": history,
-                                 "seconds": time.time() - started, "lora": lora_factors(model)}, checkpoint)
+                    save(model, record(step, lora_factors(model)), checkpoint)
         if seconds and (step == 20 or step % eval_every == 0):  # fit the rest of the run in what is left
             per_step = timing["train"] / timing["steps"] + timing["eval"] / max(1, timing["evals"]) / eval_every
             total[0] = min(total[0], max(step + 1, step + int((seconds - (time.time() - started)) / per_step)))
@@ -301,58 +164,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     factors = merge_lora(model, scale) if rank else {}
     for p in model.parameters():
         p.requires_grad_(False)
-    return {**aligned, **settings, "steps": min(steps, total[0]), "best_val_accuracy": best, "history": history,
-            "seconds": time.time() - started, "lora": factors}
-
-
-def save(model: Any, record: dict[str, Any], out: Path) -> Path:
-    """Write the projector, newline and LoRA factors (fp16) and the run's record (``testbed.json``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    state = {**trainable_state(model), **record.get("lora", {})}
-    torch.save({k: v.cpu().to(torch.float16) for k, v in state.items()}, out / WEIGHTS)
-    (out / "testbed.json").write_text(json.dumps({k: v for k, v in record.items() if k != "lora"}, indent=2))
-    return out / WEIGHTS
-
-
-def testbed_available(directory: str | Path | None = None) -> bool:
-    """Whether trained testbed weights and the real base weights they were trained on are both here."""
-    from ..models.default import find_weights
-
-    return (Path(directory or TESTBED_DIR) / WEIGHTS).exists() and find_weights() is not None
-
-
-def read_saved(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A saved testbed's record and its trained tensors (fp32, CPU), as :func:`save` wrote them."""
-    record = json.loads((Path(folder) / "testbed.json").read_text())
-    return record, {k: v.float() for k, v in torch.load(Path(folder) / WEIGHTS, map_location="cpu").items()}
-
-
-def load_testbed(directory: str | Path | None = None) -> Any:
-    """The trained testbed: the default build at the recorded image size, the saved projector, LoRA merged.
-
-    Raises
-    ------
-    FileNotFoundError
-        No trained weights in ``directory`` (default ``vidpress/assets/testbed``): train them with
-        ``python -m vidpress.testbed.train``; or the real SmolLM2 / DINOv2 weights the testbed extends are
-        missing (``shared/data/weights`` or ``$VIDPRESS_WEIGHTS``).
-    """
-    from ..models.default import LoadedModel, default_model, find_weights
-
-    folder = Path(directory) if directory else TESTBED_DIR
-    if not (folder / WEIGHTS).exists():
-        raise FileNotFoundError(f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
-                                f"--out {folder}` (see the README's testbed section for the runs so far)")
-    if find_weights() is None:
-        raise FileNotFoundError("the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
-                                "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them")
-    record, state = read_saved(folder)
-    loaded = default_model(image_size=record["image_size"])
-    loaded.model.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k}, strict=False)
-    apply_lora(loaded.model, {k: v for k, v in state.items() if ".lora_" in k}, record.get("lora_scale", 0.0))
-    description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
-                   f"(seed {record['seed']}, {record['steps']} steps, validation accuracy {record['best_val_accuracy']:.1%})")
-    return LoadedModel(loaded.model, loaded.processor, description, trained=True)
+    return record(min(steps, total[0]), factors)
 
 
 def main(argv: list[str] | None = None) -> None:
