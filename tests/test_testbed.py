@@ -209,7 +209,8 @@ def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
 
 
 def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
-    """--curriculum trains 'first' alone, then adds kinds in CURRICULUM order; --seconds shrinks the run to
+    """--caption-steps trains descriptions alone first; --curriculum then trains 'first' alone and adds kinds
+    in CURRICULUM order; --seconds shrinks the run to
     fit; each new best is checkpointed as it comes (a loadable record and weights)."""
     import json
 
@@ -222,11 +223,12 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "answer_loss", lambda model, videos: (
         seen.append({q["kind"] for v in videos for q in v["questions"]}), real_loss(model, videos))[1])
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
-    record = training.train(loaded.model, loaded.processor, steps=6, train_videos=6, val_videos=2, frames=4, size=56,
-                            batch=3, rank=4, eval_every=2, align_steps=0, curriculum=2, log=None)
-    assert seen[0] == seen[1] == {"first"}
-    assert seen[2] | seen[3] <= {"first", "last"} and "last" in seen[2] | seen[3]
-    assert record["steps"] == 6 and record["curriculum"] == 2
+    record = training.train(loaded.model, loaded.processor, steps=8, train_videos=6, val_videos=2, frames=4, size=56,
+                            batch=3, rank=4, eval_every=2, align_steps=0, caption_steps=2, curriculum=2, log=None)
+    assert seen[0] == seen[1] == {"caption"}  # caption pre-training first
+    assert seen[2] == seen[3] == {"first"}
+    assert seen[4] | seen[5] <= {"first", "last"} and "last" in seen[4] | seen[5]
+    assert record["steps"] == 8 and record["curriculum"] == 2 and record["caption_steps"] == 2
     assert sorted(training.CURRICULUM) == sorted(TYPES)  # every kind joins, once
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)

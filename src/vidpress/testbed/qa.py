@@ -111,7 +111,7 @@ def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
     losses = torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]).to(logits.device),
                                                reduction="none")
     captions = torch.cat([torch.full((len(q["target"]),), q["kind"] == "caption") for q in questions]).to(losses.device)
-    return losses[~captions].mean() + (losses[captions].mean() if captions.any() else 0.0)
+    return sum(losses[part].mean() for part in (~captions, captions) if part.any())  # only the parts present
 
 
 def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
