@@ -11,8 +11,8 @@ frozen) at ``image_size`` px. Two stages:
 2. question answering: projector, ``image_newline`` and a LoRA (``peft``) on the LM's linear layers train on
    the cross-entropy of the correct option's text (then the end of turn) after each prompt, the answer
    ``vidpress eval`` generates and matches to the options. ``--caption-steps`` first trains the same weights
-   to describe each video's scenes (LLaVA-style caption pre-training through the LM): 80 such steps on this
-   CPU make the testbed describe held-out videos almost word for word.
+   to describe each video's scenes (LLaVA-style caption pre-training through the LM): after 80 such steps
+   the testbed describes held-out videos mostly right (examples in benchmarks/results/.../testbed_training.md).
 
 Two things make stage 2 fit a 2-core CPU: the tower is frozen, so each video's features are computed once;
 and every video is asked all question kinds at once: the prompt puts the video first, so the video prefix
