@@ -68,7 +68,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``caption_steps`` steps train the description alone (LLaVA's caption pre-training, through the LM). With
     ``curriculum`` > 0 the kinds then join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
-    the step count shrinks to what fits, and the cosine schedule follows it. The weights kept are the best
+    the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
+    ends past the cap is the last. The weights kept are the best
     validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`, and
     ``checkpoint`` (a folder) gets each new best as it comes, so a run cut off keeps it. ``init`` (a saved
     testbed folder) continues from its projector, newline and LoRA instead of aligning afresh; its record is
@@ -147,6 +148,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         bar.set_postfix(loss=f"{loss.item():.3f}")
         timing["train"] += time.time() - clock
         timing["steps"] += 1
+        if seconds and time.time() - started > seconds:  # out of time: this step is the last
+            total[0] = step
         if step % eval_every == 0 or step == total[0]:
             clock = time.time()
             acc = accuracy(model, val_data, tokenizer)
@@ -164,6 +167,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         if seconds and (step == 20 or step % eval_every == 0):  # fit the rest of the run in what is left
             per_step = timing["train"] / timing["steps"] + timing["eval"] / max(1, timing["evals"]) / eval_every
             total[0] = min(total[0], max(step + 1, step + int((seconds - (time.time() - started)) / per_step)))
+            timing.update(train=0.0, steps=0)  # the next estimate reads only the steps after this one (costs change)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in best_state:
