@@ -288,6 +288,18 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text
 
 
+def test_training_refuses_a_batch_without_the_kinds_in_training():
+    from vidpress.models.random import random_model
+    from vidpress.testbed.qa import encode
+    from vidpress.testbed.train import train
+
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    data = encode(loaded.model, loaded.processor, make_split("train", 2), 4, 56)  # no caption items
+    with pytest.raises(ValueError, match="no training item of the kinds \\('caption',\\)"):
+        train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=2, frames=4, size=56, rank=0,
+              align_steps=0, caption_steps=1, data=(data, data), log=None)
+
+
 def test_training_continues_from_a_saved_testbed(tmp_path):
     """--init loads the saved projector and LoRA into the next run (no alignment); another rank is refused."""
     import torch

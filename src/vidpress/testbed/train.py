@@ -78,7 +78,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     Raises
     ------
     ValueError
-        ``init`` holds a LoRA of another rank than ``rank``.
+        ``init`` holds a LoRA of another rank than ``rank``; or a batch has no item of the kinds in training
+        (``data`` without captions, say, when only captions train).
     """
     from tqdm.auto import tqdm
 
@@ -139,6 +140,9 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         chunk = [{**v, "questions": [q for q in v["questions"] if q["kind"] in kinds]}
                  for v in (train_data[i] for i in order[(step - 1) * batch: step * batch])]  # epochs of shuffled videos
         chunk = [v for v in chunk if v["questions"]]
+        if not chunk:
+            raise ValueError(f"step {step}: no training item of the kinds {kinds} in the batch; give data (or "
+                             f"--caption / --caption-steps) with items of those kinds")
         with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
             loss = answer_loss(model, chunk)
         optimiser.zero_grad()
