@@ -286,6 +286,8 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     text = write_card(tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}).read_text()
     assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text
+    text = write_card(tmp_path, {**record, "caption_steps": 400, "caption_task": True}).read_text()
+    assert "the first 400 steps trained only the description" in text and "kept training beside" in text
 
 
 def test_training_refuses_a_batch_without_the_kinds_in_training():

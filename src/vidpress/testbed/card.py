@@ -57,6 +57,9 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     kinds = "\n".join(f"| {k} | {v:.1%} |" for k, v in record["test_by_kind"].items())
     curriculum = (f"; the question kinds joined one at a time, every {record['curriculum']} steps, in the order "
                   f"{', '.join(CURRICULUM)}" if record.get("curriculum") else "")
+    captions = ((f"; the first {record['caption_steps']} steps trained only the description of each video's scenes"
+                 if record.get("caption_steps") else "")
+                + ("; the description kept training beside the questions (its own mean loss)" if record.get("caption_task") else ""))
     first = record.get("init") or record  # a continued run's alignment is its first run's
     continued = (f"\nStage 2 continued the run recorded under `init` in `testbed.json` ({first['steps']} steps, validation "
                  f"accuracy {first['best_val_accuracy']:.1%}) with the settings below." if record.get("init") else "")
@@ -89,7 +92,7 @@ first {record['test_questions']} questions of the held-out test split (`make_spl
 Stage 1, alignment (projector only, no LM forward): {first.get('align_steps', 0)} steps putting each pooled visual token on the
 input embedding of the words it shows; {first.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.{continued}
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
-cosine, seed {record['seed']}{curriculum}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
+cosine, seed {record['seed']}{captions}{curriculum}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
 {record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}.
 
 | step | training loss | validation accuracy |

@@ -69,11 +69,11 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``curriculum`` > 0 the kinds then join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
-    ends past the cap is the last. The weights kept are the best
-    validation accuracy's, the LoRA merged; the record carries its ``lora`` factors for :func:`save`, and
-    ``checkpoint`` (a folder) gets each new best as it comes, so a run cut off keeps it. ``init`` (a saved
-    testbed folder) continues from its projector, newline and LoRA instead of aligning afresh; its record is
-    kept under ``"init"``. ``command`` (the command line) is recorded. ``data`` reuses :func:`encode` output (train, validation).
+    ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
+    record carries its ``lora`` factors for :func:`save`, and ``checkpoint`` (a folder) gets each new best as
+    it comes, so a run cut off keeps it. ``init`` (a saved testbed folder) continues from its projector,
+    newline and LoRA instead of aligning afresh; its record is kept under ``"init"``. ``command`` (the command
+    line) is recorded. ``data`` reuses :func:`encode` output (train, validation).
 
     Raises
     ------
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where to train (default: cuda when available); the saved weights are device-free")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    torch.set_float32_matmul_precision("high")  # TF32 on a GPU (about 3x); fp32 weights and CPU use unchanged
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU; fp32 weights, and no change on a CPU
     loaded = default_model(image_size=args.image_size)
     loaded.model.to(args.device)
     record = train(loaded.model, loaded.processor, steps=args.steps, train_videos=args.train_videos,
