@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from vidpress.evaluate import choice_prompt, match_option
+from vidpress.evaluate import choice_prompt
 from vidpress.models.default import default_model
 from vidpress.testbed.align import align
-from vidpress.testbed.qa import answer_target, encode, greedy_answers, video_questions
+from vidpress.testbed.qa import accuracy, answer_target, encode, greedy_answers, video_questions
 from vidpress.testbed.scenes import describe, make_split
 from vidpress.testbed.train import train
 
@@ -76,19 +76,10 @@ def main() -> None:
         with torch.inference_mode():
             texts = [t for i in range(0, len(val_data), 8)
                      for t in greedy_answers(model, descriptions_only[i:i + 8], tokenizer, DESCRIPTION_TOKENS)]
-            data = second_turn(val_data, val_samples, [torch.cat([ids(t), end]) for t in texts])
-            right: dict[str, list[bool]] = {}
-            for i in range(0, len(data), 4):
-                videos = data[i:i + 4]
-                questions = [q for v in videos for q in v["questions"]]
-                for q, answer in zip(questions, greedy_answers(model, videos, tokenizer)):
-                    if q["kind"] != "caption":
-                        hit = match_option(answer, q["options"]) == q["answer"]
-                        right.setdefault("all", []).append(hit)
-                        right.setdefault(q["kind"], []).append(hit)
-        print(f"{label} ({time.time() - started:.0f} s): " + " ".join(
-            f"{k} {sum(v) / len(v):.0%}" for k, v in sorted(right.items())) + f"\n  first description: {texts[0]}",
-            flush=True)
+        right = accuracy(model, second_turn(val_data, val_samples, [torch.cat([ids(t), end]) for t in texts]),
+                         tokenizer, batch=4)
+        print(f"{label} ({time.time() - started:.0f} s): " + " ".join(f"{k} {v:.0%}" for k, v in right.items())
+              + f"\n  first description: {texts[0]}", flush=True)
 
     direct_val = [{**v, "questions": v["questions"][:-1]} for v in val_data]  # train()'s own validation
     train(model, processor, steps=args.caption_steps, train_videos=args.videos, val_videos=args.val_videos,

@@ -18,14 +18,16 @@ def add_lora(model: Any, rank: int) -> float:
     return config.lora_alpha / config.r
 
 
+def _lora_modules(model: Any) -> list[tuple[str, Any]]:
+    """(name, module) of every layer the LoRA was injected into."""
+    return [(name, module) for name, module in model.named_modules()
+            if hasattr(module, "base_layer") and hasattr(module, "lora_A")]
+
+
 def lora_factors(model: Any) -> dict[str, torch.Tensor]:
     """Copies of the injected LoRA's factors, keyed ``<module>.lora_A`` / ``.lora_B`` (what ``save`` stores)."""
-    factors = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            factors[f"{name}.lora_A"] = module.lora_A["default"].weight.detach().clone()
-            factors[f"{name}.lora_B"] = module.lora_B["default"].weight.detach().clone()
-    return factors
+    return {f"{name}.{part}": getattr(module, part)["default"].weight.detach().clone()
+            for name, module in _lora_modules(model) for part in ("lora_A", "lora_B")}
 
 
 def set_lora(model: Any, factors: dict[str, torch.Tensor]) -> None:
@@ -37,23 +39,22 @@ def set_lora(model: Any, factors: dict[str, torch.Tensor]) -> None:
         A factor is missing or has another shape (another rank): train with the saved run's ``--rank``.
     """
     with torch.no_grad():
-        for key, target in lora_factors(model).items():
-            saved = factors.get(key)
-            if saved is None or saved.shape != target.shape:
-                raise ValueError(f"the saved LoRA has no factor {key} of shape {tuple(target.shape)} "
-                                 f"(found {None if saved is None else tuple(saved.shape)}); use the saved run's --rank")
-            name, part = key.rsplit(".", 1)
-            getattr(model.get_submodule(name), part)["default"].weight.copy_(saved)
+        for name, module in _lora_modules(model):
+            for part in ("lora_A", "lora_B"):
+                target, saved = getattr(module, part)["default"].weight, factors.get(f"{name}.{part}")
+                if saved is None or saved.shape != target.shape:
+                    raise ValueError(f"the saved LoRA has no factor {name}.{part} of shape {tuple(target.shape)} (found "
+                                     f"{None if saved is None else tuple(saved.shape)}); use the saved run's --rank")
+                target.copy_(saved)
 
 
 def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
     """Fold the injected LoRA into the base weights (W += scale * B @ A), put the plain ``nn.Linear`` back,
     and return its factors (:func:`lora_factors`)."""
     factors = lora_factors(model)
-    for name, module in list(model.named_modules()):
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            parent, child = name.rsplit(".", 1)
-            setattr(model.get_submodule(parent), child, module.base_layer)
+    for name, module in _lora_modules(model):
+        parent, child = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent), child, module.base_layer)
     apply_lora(model, factors, scale)
     return factors
 
