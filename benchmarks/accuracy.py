@@ -37,13 +37,15 @@ def main() -> None:
     cells, notes = plan(methods, [float(r) for r in args.retentions.split(",")],
                         depth=loaded.model.config.text_config.num_hidden_layers)
     samples = make_split("test", 560)[: args.questions]
-    inputs = prepare(loaded.processor, samples, frames=args.frames)
+    protocol = loaded.protocol
+    inputs = prepare(loaded.processor, samples, frames=args.frames, protocol=protocol)
     started = time.time()
-    base = evaluate(loaded.model, loaded.processor, samples, get_method("none"), inputs=inputs, label="uncompressed")
+    base = evaluate(loaded.model, loaded.processor, samples, get_method("none"), inputs=inputs, label="uncompressed",
+                    protocol=protocol)
     rows = []
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
         result = base if method is None else evaluate(loaded.model, loaded.processor, samples, method,
-                                                      inputs=inputs, label=name)
+                                                      inputs=inputs, label=name, protocol=protocol)
         low, high = result.interval
         rows.append({"method": name, "target_retention": retention, "accuracy": result.accuracy, "ci_low": low,
                      "ci_high": high, "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
@@ -53,7 +55,7 @@ def main() -> None:
               f"[{low:.1%}, {high:.1%}]  retained {rows[-1]['accuracy_retained']:6.1%}  "
               f"prefill FLOPs {rows[-1]['prefill_flops_ratio']:.3f}")
     meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
-            "chance": 0.25, "seconds": round(time.time() - started)}
+            "protocol": protocol, "chance": 0.25, "seconds": round(time.time() - started)}
     if not loaded.trained:
         print("note: untrained model - accuracy is at or below chance; this run only checks the matrix runs")
     write(rows, notes, meta, args.out)

@@ -339,7 +339,7 @@ def test_committed_testbed_matches_its_model_card():
     loaded = load_testbed()
     samples = make_split("test", 560)[:SUBSET]
     result = evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=record["frames"],
-                      size=record["image_size"], progress=False)
+                      size=record["image_size"], progress=False, protocol=loaded.protocol)
     assert result.correct == record["test_subset_correct"]
     assert record["test_questions"] >= 500 and record["test_accuracy"] == record["test_correct"] / record["test_questions"]
 
@@ -368,3 +368,102 @@ def test_caption_item_describes_the_scenes(tiny):
     assert all(torch.equal(a["ids"], b["ids"]) for a, b in zip(questions, plain["questions"], strict=True))
     text = tiny.processor.tokenizer.decode(item["target"][:-1])
     assert text == describe(sample.scenes) and describe(sample.scenes).startswith("Scene 1: ")
+
+
+def test_describe_protocol_continues_the_description_like_the_full_model(tiny):
+    """The describe protocol's training path (left-padded prefixes ending in each video's description, then
+    every question's second turn) gives the full model's greedy answers and teacher-forced losses on the
+    two-turn prompt; validation's own descriptions are the full model's greedy description."""
+    import torch
+
+    from vidpress.evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt
+    from vidpress.pipeline import build_inputs
+    from vidpress.testbed.qa import answer_loss, described, encode, greedy_answers, own_descriptions
+    from vidpress.testbed.scenes import describe
+
+    model, processor = tiny.model, tiny.processor
+    tokenizer, end = processor.tokenizer, processor.tokenizer.eos_token_id
+    samples = make_split("train", 2, seed=1)
+    data = encode(model, processor, samples, frames=4, size=56, all_kinds=False, describe_first=True)
+    assert len({len(v["description"]) for v in data}) == 2  # different lengths: the prefixes are left-padded
+    answers, descriptions, seconds = [], [], []
+    with torch.inference_mode():
+        for sample, video in zip(samples, data):
+            inputs = build_inputs(processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, describe(sample.scenes))])
+            prompt = inputs["input_ids"].shape[1]
+            out = model.generate(**inputs, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=end, pad_token_id=end)
+            answers.append(tokenizer.decode(out[0, prompt:], skip_special_tokens=True))
+            target = video["questions"][0]["target"]
+            logits = model(input_ids=torch.cat([inputs["input_ids"], target[None]], 1),
+                           pixel_values_videos=inputs["pixel_values_videos"]).logits[0].float()
+            start = len(video["prefix"]) + len(video["request"])  # where the description's tokens begin
+            said = inputs["input_ids"][0, start:start + len(video["description"])]
+            assert torch.equal(said, video["description"])
+            descriptions.append(torch.nn.functional.cross_entropy(logits[start - 1:start - 1 + len(said)], said,
+                                                                  reduction="none"))
+            seconds.append(torch.nn.functional.cross_entropy(logits[prompt - 1:-1], target, reduction="none"))
+            request = build_inputs(processor, sample.frames(56, 4), CAPTION)
+            out = model.generate(**request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end,
+                                 pad_token_id=end)
+            own = tokenizer.decode(out[0, request["input_ids"].shape[1]:], skip_special_tokens=True)
+            assert own_descriptions(model, [video], tokenizer)[1] == [own]
+        assert greedy_answers(model, described(data), tokenizer) == answers
+        expected = torch.cat(seconds).mean() + torch.cat(descriptions).mean()
+        assert abs(answer_loss(model, described(data)).item() - expected.item()) < 1e-4
+
+
+def test_evaluate_describe_protocol_asks_after_the_models_description(tiny):
+    """Two requests per question, both with the method on: the description, then the question after it; the
+    prefill FLOPs are both requests' (the second one's prompt holds the generated description)."""
+    import torch
+
+    import vidpress
+    from vidpress.evaluate import CAPTION, DESCRIPTION_TOKENS, choice_prompt, evaluate, prepare
+    from vidpress.methods import get_method
+    from vidpress.pipeline import build_inputs
+
+    model, processor = tiny.model, tiny.processor
+    end = processor.tokenizer.eos_token_id
+    samples = make_split("test", 2)
+    result = evaluate(model, processor, samples, get_method("none"), frames=4, size=56, progress=False, protocol="describe")
+    expected = 0.0
+    with vidpress.apply(model, get_method("none")) as run, torch.inference_mode():
+        for sample in samples:
+            request = build_inputs(processor, sample.frames(56, 4), CAPTION)
+            out = model.generate(**request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end,
+                                 pad_token_id=end)
+            expected += run.report.accounting.prefill_flops
+            said = processor.tokenizer.decode(out[0, request["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            model.generate(**build_inputs(processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, said)]),
+                           max_new_tokens=1, do_sample=False, eos_token_id=end, pad_token_id=end)
+            expected += run.report.accounting.prefill_flops
+    assert result.total == 2 and result.prefill_flops == pytest.approx(expected / 2)
+    direct = evaluate(model, processor, samples, get_method("none"), frames=4, size=56, progress=False)
+    assert result.prefill_flops > 2 * direct.prefill_flops  # the video is read twice, and the description too
+    prepared = prepare(processor, samples, frames=4, size=56, protocol="describe")
+    again = evaluate(model, processor, samples, get_method("none"), inputs=prepared, progress=False, protocol="describe",
+                     frames=4, size=56)
+    assert again.hits == result.hits and again.prefill_flops == result.prefill_flops
+    with pytest.raises(ValueError, match="'chain'"):
+        evaluate(model, processor, samples, get_method("none"), progress=False, protocol="chain")
+
+
+def test_training_with_the_describe_protocol_records_it(monkeypatch):
+    """--protocol describe: caption steps train the description alone (no questions in the batch), then
+    questions after it; the record (and so the loaded testbed) carries the protocol."""
+    from vidpress.models.random import random_model
+    from vidpress.testbed import train as training
+
+    seen = []
+    real_loss = training.answer_loss
+    monkeypatch.setattr(training, "answer_loss", lambda model, videos: (seen.append((
+        [q["kind"] for v in videos for q in v["questions"]], all("described" in v for v in videos))),
+        real_loss(model, videos))[1])
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    record = training.train(loaded.model, loaded.processor, steps=3, train_videos=4, val_videos=2, frames=4,
+                            size=56, batch=2, rank=4, eval_every=3, align_steps=0, caption_steps=1,
+                            protocol="describe", log=None)
+    assert seen[0] == ([], True) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
+    assert record["protocol"] == "describe" and len(record["history"]) == 1
+    with pytest.raises(ValueError, match="protocol"):
+        training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)

@@ -278,11 +278,14 @@ def eval_(
         loaded = load_model(model)
     torch.set_grad_enabled(False)
     samples = make_split("test", 560)[:questions]
-    results = [evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=frames, label="uncompressed")]
+    results = [evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=frames, label="uncompressed",
+                        protocol=loaded.protocol)]
     if method not in ("none", "uncompressed"):
         label = f"{method} @ {retention:.0%}" if retention is not None else None
-        results.append(evaluate(loaded.model, loaded.processor, samples, chosen, frames=frames, label=label))
-    table = Table(title=f"procedural video QA, {questions} test questions, {frames} frames, chance 25 %")
+        results.append(evaluate(loaded.model, loaded.processor, samples, chosen, frames=frames, label=label,
+                                protocol=loaded.protocol))
+    asked = " (each after the model's own description)" if loaded.protocol == "describe" else ""
+    table = Table(title=f"procedural video QA, {questions} test questions{asked}, {frames} frames, chance 25 %")
     for column in ("method", "accuracy", "95 % CI", "LLM prefill FLOPs", "accuracy retained"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for r in results:

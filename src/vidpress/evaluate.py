@@ -8,6 +8,11 @@ testbed's LM, stayed at chance on letters even when given the scenes as text. Ac
 Wilson interval; accuracy retained is the method's accuracy over the uncompressed model's on the same
 questions. Meaningful only on a model trained for the task (see the testbed issue); an untrained model's
 answers seldom name an option, so it scores at or below chance.
+
+Two protocols (:data:`PROTOCOLS`): ``direct`` asks the question right after the video; ``describe`` first has
+the model describe the video (:data:`CAPTION`, up to :data:`DESCRIPTION_TOKENS` tokens) and asks the question
+in a second turn after its own description, a chain of thought the testbed is trained for when its record
+says so. Both requests run with the method installed; the prefill FLOPs reported are their sum.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from .pipeline import build_inputs
 from .testbed.scenes import Sample
 
 ANSWER_TOKENS = 8  # the longest options ("the object's colour") are 5 SmolLM2 tokens, plus the end of turn
+PROTOCOLS = ("direct", "describe")  #: ask after the video, or after the model's own description of it
+CAPTION = "Describe each scene."  #: the describe protocol's first turn (and the testbed's caption task)
+DESCRIPTION_TOKENS = 96  #: description length cap (a 5-scene description is about 60 SmolLM2 tokens)
 
 
 def choice_prompt(sample: Sample) -> str:
@@ -78,36 +86,59 @@ class EvalResult:
         return wilson(self.correct, self.total)
 
 
-def prepare(processor: Any, samples: Sequence[Sample], *, frames: int = 12, size: int = 112) -> list[Any]:
-    """Each sample's processor inputs (``frames`` frames sampled uniformly at ``size`` px, choice prompt), so a
-    matrix of methods renders and tokenises every video once."""
-    return [build_inputs(processor, sample.frames(size, frames), choice_prompt(sample)) for sample in samples]
+def prepare(processor: Any, samples: Sequence[Sample], *, frames: int = 12, size: int = 112,
+            protocol: str = "direct") -> list[Any]:
+    """Each sample's processor inputs for its first request (``frames`` frames sampled uniformly at ``size`` px;
+    the choice prompt, or :data:`CAPTION` for the describe protocol), so a matrix of methods renders and
+    tokenises every video once."""
+    first = {"direct": choice_prompt, "describe": lambda _: CAPTION}[_checked(protocol)]
+    return [build_inputs(processor, sample.frames(size, frames), first(sample)) for sample in samples]
+
+
+def _checked(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}; a trained testbed's record names its own")
+    return protocol
+
+
+def _generate(model: Any, processor: Any, inputs: Any, run: Any, max_new_tokens: int) -> tuple[str, float]:
+    """Greedy text after ``inputs`` (cut at the end of turn) and the request's LLM prefill FLOPs."""
+    end = processor.tokenizer.eos_token_id
+    out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=end, pad_token_id=end)
+    text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return text, run.report.accounting.prefill_flops
 
 
 def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Method | Stages, *, frames: int = 12,
              size: int = 112, progress: bool = True, label: str | None = None,
-             inputs: Sequence[Any] | None = None) -> EvalResult:
+             inputs: Sequence[Any] | None = None, protocol: str = "direct") -> EvalResult:
     """Ask every sample with ``method`` installed; ``frames`` frames sampled uniformly from each rendered video
-    (``size`` px), or the ``inputs`` :func:`prepare` made for these samples. Returns an :class:`EvalResult`.
+    (``size`` px), or the ``inputs`` :func:`prepare` made for these samples (same ``protocol``, one of
+    :data:`PROTOCOLS`). Returns an :class:`EvalResult`.
 
     Raises
     ------
     ValueError
-        ``inputs`` do not match ``samples``.
+        ``inputs`` do not match ``samples``; or ``protocol`` is unknown.
     """
     from tqdm.auto import tqdm
 
     if inputs is not None and len(inputs) != len(samples):
         raise ValueError(f"{len(inputs)} prepared inputs for {len(samples)} samples; prepare() the same samples")
     name = label or (method.label if isinstance(method, Method) else method.name)
-    hits, flops, end = [], 0.0, processor.tokenizer.eos_token_id
+    describing = _checked(protocol) == "describe"
+    hits, flops = [], 0.0
     with apply(model, method) as run, torch.inference_mode():
         for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
-            prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size)[0]
-            prompt = prepared["input_ids"].shape[1]
-            out = model.generate(**prepared.to(model.device), max_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                 eos_token_id=end, pad_token_id=end)
-            text = processor.tokenizer.decode(out[0, prompt:], skip_special_tokens=True)
+            prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size,
+                                                                    protocol=protocol)[0]
+            if describing:  # the description, then the question in a second turn after it
+                said, cost = _generate(model, processor, prepared, run, DESCRIPTION_TOKENS)
+                prepared = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample),
+                                        [(CAPTION, said.strip())])
+                flops += cost
+            text, cost = _generate(model, processor, prepared, run, ANSWER_TOKENS)
             hits.append(match_option(text, sample.question.options) == sample.question.answer)
-            flops += run.report.accounting.prefill_flops
+            flops += cost
     return EvalResult(name, sum(hits), len(samples), flops / max(1, len(samples)), tuple(hits))

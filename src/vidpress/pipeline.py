@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,15 +42,22 @@ class Answer:
     first_logits: torch.Tensor | None = None
 
 
-def chat_prompt(processor: Any, question: str) -> str:
-    """The prompt text for one video then ``question``, as the processor's own chat template writes it."""
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+def chat_prompt(processor: Any, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt text for one video then ``question``, as the processor's own chat template writes it.
+    ``history`` holds earlier (user text, assistant reply) turns; the video opens the first user turn."""
+    conversation: list[dict] = []
+    for asked, said in history:
+        conversation += [{"role": "user", "content": [{"type": "text", "text": asked}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": said}]}]
+    conversation.append({"role": "user", "content": [{"type": "text", "text": question}]})
+    conversation[0]["content"].insert(0, {"type": "video"})
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
 
 
-def build_inputs(processor: Any, frames: np.ndarray, question: str) -> Any:
-    """Chat-formatted prompt with one video, tokenised with the video's frames by the processor."""
-    return processor(text=chat_prompt(processor, question), videos=[frames], return_tensors="pt")
+def build_inputs(processor: Any, frames: np.ndarray, question: str, history: Sequence[tuple[str, str]] = ()) -> Any:
+    """Chat-formatted prompt with one video (then ``history``'s turns, see :func:`chat_prompt`), tokenised with
+    the video's frames by the processor."""
+    return processor(text=chat_prompt(processor, question, history), videos=[frames], return_tensors="pt")
 
 
 def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: Method | Stages,

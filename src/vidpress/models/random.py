@@ -23,12 +23,14 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model, its processor, and a plain statement of what its weights are."""
+    """A model, its processor, and a plain statement of what its weights are; ``protocol`` is how it was trained
+    to be asked multiple-choice questions (``vidpress.evaluate.PROTOCOLS``)."""
 
     model: Any
     processor: Any
     description: str
     trained: bool
+    protocol: str = "direct"
 
 
 def _processor(tokenizer: Any, image_size: int, patch: int, mean: list[float] = IMAGENET_MEAN,

@@ -31,7 +31,7 @@ def score(folder: Path, questions: int = 560) -> dict[str, Any]:
     loaded = load_testbed(folder)
     samples = make_split("test", 560)[:questions]
     result = evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=record["frames"],
-                      size=record["image_size"], label="testbed")
+                      size=record["image_size"], label="testbed", protocol=loaded.protocol)
     record.update(test_questions=result.total, test_correct=result.correct, test_accuracy=result.accuracy,
                   test_interval=list(result.interval), test_by_kind=result.by_kind(samples),
                   test_subset=SUBSET, test_subset_correct=sum(result.hits[:SUBSET]))

@@ -4,6 +4,11 @@
 batched video prefix (its KV cache gathered per question), for the teacher-forced loss (:func:`answer_loss`)
 and for greedy answers (:func:`greedy_answers`, :func:`accuracy`), which equal ``model.generate`` on the full
 prompt (tested).
+
+Two protocols. ``direct``: the question follows the video. ``describe``: the model first describes the video
+(:data:`CAPTION`), then the question comes in a second turn after that description; training teacher-forces
+the true description (and trains it), validation generates the model's own (:func:`own_descriptions`), as
+``vidpress eval`` does for a testbed trained this way.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..evaluate import ANSWER_TOKENS, choice_prompt, match_option
+from ..evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option
 from ..pipeline import build_inputs, chat_prompt
 from .align import project, word_targets
 from .scenes import TYPES, Sample, ask, describe
 
-CAPTION = "Describe each scene."  #: the auxiliary caption task's prompt
 
 
 def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
@@ -36,17 +40,22 @@ def answer_target(tokenizer: Any, answer: str) -> torch.Tensor:
 
 
 def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
-           all_kinds: bool = True, caption: bool = False) -> list[dict]:
+           all_kinds: bool = True, caption: bool = False, describe_first: bool = False) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
     the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
     token ids then the end of turn (La,), the options and the answer index. With ``caption``, each video also
-    gets a ``"caption"`` item: :data:`CAPTION` asked, :func:`describe`'s text as its target."""
+    gets a ``"caption"`` item: :data:`CAPTION` asked, :func:`describe`'s text as its target. With
+    ``describe_first`` (the describe protocol), each video gets its ``"request"`` (the ids after the video
+    through the assistant's turn, :data:`CAPTION` asked) and true ``"description"`` (then the end of turn),
+    and each question's ids are its second turn, the ids that follow the description."""
     tokenizer = processor.tokenizer
     video_token = processor.video_token
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
-            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample))
+            truth = describe(sample.scenes)
+            history = [(CAPTION, truth)] if describe_first else []
+            inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample), history)
             ids = inputs["input_ids"][0]  # kept on the CPU, like everything encode returns; batches move later
             end = int((ids == model.config.video_token_id).nonzero().max()) + 1
             pixels = inputs["pixel_values_videos"][0].to(model.device)
@@ -60,67 +69,118 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
                 return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
                         "target": answer_target(tokenizer, said), **extra}
 
-            questions = [item(choice_prompt(asked), asked.question.options[asked.question.answer],
-                              options=asked.question.options, answer=asked.question.answer, kind=asked.question.kind)
-                         for asked in (video_questions(sample, seed) if all_kinds else [sample])]
+            request = item(CAPTION, truth)
+
+            def turn(asked: Sample) -> dict:  # the question's ids after the video, or after the description
+                said = asked.question.options[asked.question.answer]
+                text = chat_prompt(processor, choice_prompt(asked), history).split(video_token)[-1]
+                if history:
+                    text = text.split(truth + tokenizer.eos_token, 1)[1]
+                return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
+                        "target": answer_target(tokenizer, said), "options": asked.question.options,
+                        "answer": asked.question.answer, "kind": asked.question.kind}
+
+            questions = [turn(asked) for asked in (video_questions(sample, seed) if all_kinds else [sample])]
             if caption:
-                questions.append(item(CAPTION, describe(sample.scenes), kind="caption"))
-            if not torch.equal(questions[0]["ids"], ids[end:]):
+                questions.append({**request, "kind": "caption"})
+            said = [request["ids"], request["target"]] if history else []
+            if not torch.equal(torch.cat([*said, questions[0]["ids"]]), ids[end:]):
                 raise RuntimeError("the question suffix does not tokenise as in the full prompt")
+            extra = {"request": request["ids"], "description": request["target"]} if describe_first else {}
             out.append({"prefix": ids[:end], "features": selected.cpu().clone(), "questions": questions,
-                        "targets": word_targets(model, processor, sample, frames, size).cpu()})
+                        "targets": word_targets(model, processor, sample, frames, size).cpu(), **extra})
     return out
+
+
+def described(videos: list[dict], descriptions: Sequence[torch.Tensor] | None = None) -> list[dict]:
+    """The describe protocol: each video's prefix extended by its description turn (the request, then
+    ``descriptions``' ids, default the true ones, ending with the end of turn), so its questions follow it;
+    ``"described"`` counts the description's tokens (the prefix's last ones)."""
+    said = descriptions if descriptions is not None else [v["description"] for v in videos]
+    return [{**v, "prefix": torch.cat([v["prefix"], v["request"], d]), "described": len(d)} for v, d in zip(videos, said)]
+
+
+def own_descriptions(model: Any, videos: list[dict], tokenizer: Any) -> tuple[list[torch.Tensor], list[str]]:
+    """The model's greedy descriptions of ``videos`` (describe protocol): their ids re-tokenised from the text
+    and ended with the end of turn (as a chat prompt carries them), and the texts."""
+    texts = greedy_answers(model, [{**v, "questions": [{"ids": v["request"]}]} for v in videos], tokenizer,
+                           DESCRIPTION_TOKENS)
+    end = torch.tensor([tokenizer.eos_token_id])
+    return [torch.cat([torch.tensor(tokenizer(t, add_special_tokens=False).input_ids, dtype=torch.long), end])
+            for t in texts], texts
 
 
 def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:
     """Run each question's ``suffixes(question)`` ids on its video's cached prefix.
 
-    The prefixes (equal length: same frames, same template) run as one batch; the cache is gathered per
-    question and the right-padded suffixes continue from it. Returns the suffixes' last hidden states
-    (N, Ls, D), their lengths (N,), the attention mask so far (N, Lp + Ls), the cache and the questions.
-    Gradients reach the projector and any LoRA.
+    The prefixes (left-padded when their lengths differ, as :func:`described` makes them) run as one batch;
+    the cache is gathered per question and the right-padded suffixes continue from it. Returns the suffixes'
+    last hidden states (N, Ls, D) (None without questions), their lengths (N,), the attention mask so far
+    (N, Lp + Ls), the cache, the questions and the prefixes' last hidden states (V, Lp, D). Gradients reach
+    the projector and any LoRA.
     """
     inner, device = model.model, model.device
     video = project(model, torch.stack([v["features"] for v in videos]).to(device)).flatten(1, 2)  # (V, F*p, D)
     video = torch.cat([video, inner.image_newline.expand(len(videos), 1, -1)], dim=1)
-    prefix = torch.stack([v["prefix"] for v in videos]).to(device)
+    lengths = torch.tensor([len(v["prefix"]) for v in videos], device=device)
+    past = int(lengths.max())
+    prefix = torch.stack([torch.nn.functional.pad(v["prefix"], (past - len(v["prefix"]), 0)) for v in videos]).to(device)
+    held = (torch.arange(past, device=device) >= past - lengths[:, None]).long()  # 0 on the left pads
     embeds = inner.get_input_embeddings()(prefix)
     embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
-    cache = inner.language_model(inputs_embeds=embeds, use_cache=True).cache
-    questions = [q for v in videos for q in v["questions"]]
-    cache.batch_select_indices(torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]], device=device))
+    out = inner.language_model(inputs_embeds=embeds, attention_mask=held, position_ids=(held.cumsum(1) - 1).clamp(min=0),
+                               use_cache=True)
+    cache, questions = out.cache, [q for v in videos for q in v["questions"]]
+    if not questions:
+        return None, None, None, cache, questions, out.last_hidden_state
+    rows = torch.tensor([i for i, v in enumerate(videos) for _ in v["questions"]], device=device)
+    cache.batch_select_indices(rows)
     ids = [suffixes(q) for q in questions]
-    lengths = torch.tensor([len(i) for i in ids], device=device)
+    sizes = torch.tensor([len(i) for i in ids], device=device)
     suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device)
-    past = prefix.shape[1]
-    mask = torch.cat([torch.ones(len(ids), past, dtype=torch.long, device=device),
-                      (torch.arange(suffix.shape[1], device=device) < lengths[:, None]).long()], dim=1)
-    positions = (past + torch.arange(suffix.shape[1], device=device)).expand(len(ids), -1)
+    mask = torch.cat([held[rows], (torch.arange(suffix.shape[1], device=device) < sizes[:, None]).long()], dim=1)
+    positions = lengths[rows, None] + torch.arange(suffix.shape[1], device=device)
     hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
                                   cache=cache).last_hidden_state
-    return hidden, lengths, mask, cache, questions
+    return hidden, sizes, mask, cache, questions, out.last_hidden_state
+
+
+def _token_losses(model: Any, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``targets`` predicted from ``hidden[rows, cols]`` (the position before each)."""
+    logits = model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
+    return torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
 
 
 def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
     """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced; plus the
-    caption items' own mean when :func:`encode` added them (so their long targets do not drown the answers)."""
-    hidden, _, _, _, questions = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
-    rows = torch.cat([torch.full((len(q["target"]),), i) for i, q in enumerate(questions)])
-    cols = torch.cat([len(q["ids"]) - 1 + torch.arange(len(q["target"])) for q in questions])
-    logits = model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
-    losses = torch.nn.functional.cross_entropy(logits.float(), torch.cat([q["target"] for q in questions]).to(logits.device),
-                                               reduction="none")
-    captions = torch.cat([torch.full((len(q["target"]),), q["kind"] == "caption") for q in questions]).to(losses.device)
-    return sum(losses[part].mean() for part in (~captions, captions) if part.any())  # only the parts present
+    caption items' own mean when :func:`encode` added them, and the descriptions' own mean for videos
+    :func:`described` (so long descriptions do not drown the answers)."""
+    hidden, _, _, _, questions, prefix = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
+    parts = []
+    if questions:
+        rows = torch.cat([torch.full((len(q["target"]),), i) for i, q in enumerate(questions)])
+        cols = torch.cat([len(q["ids"]) - 1 + torch.arange(len(q["target"])) for q in questions])
+        losses = _token_losses(model, hidden, rows, cols, torch.cat([q["target"] for q in questions]))
+        captions = torch.cat([torch.full((len(q["target"]),), q["kind"] == "caption") for q in questions])
+        parts += [losses[part.to(losses.device)] for part in (~captions, captions) if part.any()]
+    if "described" in videos[0]:  # the description is the prefix's last tokens
+        past = prefix.shape[1]
+        rows = torch.cat([torch.full((v["described"],), i) for i, v in enumerate(videos)])
+        cols = torch.cat([past - 1 - v["described"] + torch.arange(v["described"]) for v in videos])
+        parts.append(_token_losses(model, prefix, rows, cols, torch.cat([v["prefix"][-v["described"]:] for v in videos])))
+    return sum(part.mean() for part in parts)
 
 
 def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
     """Every question's greedy answer text (up to ``max_new_tokens``, cut at the end of turn), in order."""
-    hidden, lengths, mask, cache, questions = _continue(model, videos, lambda q: q["ids"])
+    hidden, lengths, mask, cache, questions, _ = _continue(model, videos, lambda q: q["ids"])
     rows = torch.arange(len(questions), device=hidden.device)
     token = model.lm_head(hidden[rows, lengths - 1]).argmax(-1)
-    out = [token]
+    out, end = [token], tokenizer.eos_token_id
     for step in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
+        if bool((torch.stack(out, 1) == end).any(1).all()):  # every row has ended its turn
+            break
         mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long, device=mask.device)], dim=1)
         hidden = model.model.language_model(input_ids=token[:, None], attention_mask=mask,
                                             position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
@@ -128,17 +188,19 @@ def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_token
         token = model.lm_head(hidden[:, -1]).argmax(-1)
         out.append(token)
     ids = torch.stack(out, 1).tolist()
-    end = tokenizer.eos_token_id
     return [tokenizer.decode(row[:row.index(end)] if end in row else row, skip_special_tokens=True) for row in ids]
 
 
 def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> dict[str, float]:
     """Accuracy over every question of ``data`` (greedy answer matched to the options), overall (``"all"``)
-    and per question kind."""
+    and per question kind; for the describe protocol (``data`` from ``encode(..., describe_first=True)``), each
+    video's questions follow the model's own description of it."""
     right: dict[str, list[int]] = {}
     with torch.inference_mode():
         for start in range(0, len(data), batch):
             videos = data[start:start + batch]
+            if "request" in videos[0]:
+                videos = described(videos, own_descriptions(model, videos, tokenizer)[0])
             questions = [q for v in videos for q in v["questions"]]
             for q, text in zip(questions, greedy_answers(model, videos, tokenizer)):
                 if q["kind"] == "caption":

@@ -43,7 +43,8 @@ def read_saved(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def load_testbed(directory: str | Path | None = None) -> Any:
-    """The trained testbed: the default build at the recorded image size, the saved projector, LoRA merged.
+    """The trained testbed: the default build at the recorded image size, the saved projector, LoRA merged,
+    and the recorded question protocol (``LoadedModel.protocol``).
 
     Raises
     ------
@@ -67,4 +68,5 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     apply_lora(loaded.model, {k: v for k, v in state.items() if ".lora_" in k}, record.get("lora_scale", 0.0))
     description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
                    f"(seed {record['seed']}, {record['steps']} steps, validation accuracy {record['best_val_accuracy']:.1%})")
-    return LoadedModel(loaded.model, loaded.processor, description, trained=True)
+    return LoadedModel(loaded.model, loaded.processor, description, trained=True,
+                       protocol=record.get("protocol", "direct"))

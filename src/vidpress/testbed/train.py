@@ -13,6 +13,8 @@ frozen) at ``image_size`` px. Two stages:
    ``vidpress eval`` generates and matches to the options. ``--caption-steps`` first trains the same weights
    to describe each video's scenes (LLaVA-style caption pre-training through the LM): after 80 such steps
    the testbed describes held-out videos mostly right (examples in benchmarks/results/.../testbed_training.md).
+   ``--protocol describe`` makes that description a chain of thought: each question is asked in a second turn
+   after it (:mod:`.qa`), and the trained testbed is evaluated that way.
 
 Two things make stage 2 fit a 2-core CPU: the tower is frozen, so each video's features are computed once;
 and every video is asked all question kinds at once: the prompt puts the video first, so the video prefix
@@ -34,9 +36,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..evaluate import PROTOCOLS
 from .align import align
 from .lora import add_lora, lora_factors, merge_lora, set_lora
-from .qa import accuracy, answer_loss, encode
+from .qa import accuracy, answer_loss, described, encode
 from .saved import TESTBED_DIR, read_saved, save
 from .scenes import TYPES, make_split
 
@@ -56,7 +59,7 @@ def device_name(model: Any) -> str:
 def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
           align_steps: int = 1500, eval_every: int = 50, caption: bool = False, caption_steps: int = 0,
-          curriculum: int = 0,
+          curriculum: int = 0, protocol: str = "direct",
           seconds: float | None = None, checkpoint: Path | None = None, init: Path | None = None,
           command: str | None = None,
           data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
@@ -67,6 +70,9 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     every question kind, and with ``caption`` also to describe the video (an auxiliary task). The first
     ``caption_steps`` steps train the description alone (LLaVA's caption pre-training, through the LM). With
     ``curriculum`` > 0 the kinds then join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
+    ``protocol="describe"`` asks each question after the video's description (:mod:`.qa`): training
+    teacher-forces and trains the true description at every step (the caption steps train only it), validation
+    answers after the model's own; ``"direct"`` asks right after the video.
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
     ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
@@ -78,18 +84,24 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     Raises
     ------
     ValueError
-        ``init`` holds a LoRA of another rank than ``rank``; or a batch has no item of the kinds in training
-        (``data`` without captions, say, when only captions train).
+        ``init`` holds a LoRA of another rank than ``rank``; a batch has no item of the kinds in training
+        (``data`` without captions, say, when only captions train); or ``protocol`` is not one of
+        :data:`PROTOCOLS`.
     """
     from tqdm.auto import tqdm
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+    describing = protocol == "describe"
     say = log or (lambda _: None)
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     started = time.time()
     train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed,
-                                           caption=caption or caption_steps > 0),
-                                    encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed))
+                                           caption=not describing and (caption or caption_steps > 0),
+                                           describe_first=describing),
+                                    encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed,
+                                           describe_first=describing))
     say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {device_name(model)}")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -122,7 +134,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
-                "caption_steps": caption_steps,
+                "caption_steps": caption_steps, "protocol": protocol,
                 "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
 
@@ -139,7 +151,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                  ) + (("caption",) if caption else ())
         chunk = [{**v, "questions": [q for q in v["questions"] if q["kind"] in kinds]}
                  for v in (train_data[i] for i in order[(step - 1) * batch: step * batch])]  # epochs of shuffled videos
-        chunk = [v for v in chunk if v["questions"]]
+        chunk = described(chunk) if describing else [v for v in chunk if v["questions"]]  # a description trains
         if not chunk:
             raise ValueError(f"step {step}: no training item of the kinds {kinds} in the batch; give data (or "
                              f"--caption / --caption-steps) with items of those kinds")
@@ -202,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="first train STEPS steps on describing the videos alone (caption pre-training)")
     parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                         help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="direct",
+                        help="describe: ask each question after the model's description of the video (see qa.py)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="wall-time cap for the whole run; the step count and schedule shrink to fit")
     parser.add_argument("--init", type=Path, default=None,
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
                    align_steps=args.align_steps, caption=args.caption, caption_steps=args.caption_steps,
-                   curriculum=args.curriculum,
+                   curriculum=args.curriculum, protocol=args.protocol,
                    seconds=args.seconds, checkpoint=args.out, init=args.init,
                    command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
