@@ -285,9 +285,13 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
              "align_token_accuracy": 0.95, "best_val_accuracy": 0.4}
     text = write_card(tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}).read_text()
     assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
-    assert "600 steps putting" in text and "validation accuracy 40.0%" in text
+    assert "600 steps putting" in text and "validation accuracy 40.0%" in text and "from 700 videos" in text
     text = write_card(tmp_path, {**record, "caption_steps": 400, "caption_task": True}).read_text()
     assert "the first 400 steps trained only the description" in text and "kept training beside" in text
+    assert "asked right after the video" in text and "below the 75% bar" not in text
+    text = write_card(tmp_path, {**record, "protocol": "describe", "test_accuracy": 0.684}).read_text()
+    assert "**68.4%** on 560" in text and "below the 75% bar" in text
+    assert "after the model's own description" in text and "the true description (its own mean loss)" in text
 
 
 def test_training_refuses_a_batch_without_the_kinds_in_training():

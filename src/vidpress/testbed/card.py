@@ -23,6 +23,7 @@ from .saved import TESTBED_DIR, WEIGHTS, load_testbed
 from .train import CURRICULUM
 
 SUBSET = 50  #: test questions the suite re-checks against the card
+BAR = 0.75  #: the uncompressed held-out accuracy the testbed is meant to reach (issue 6)
 
 
 def score(folder: Path, questions: int = 560) -> dict[str, Any]:
@@ -60,9 +61,17 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     captions = ((f"; the first {record['caption_steps']} steps trained only the description of each video's scenes"
                  if record.get("caption_steps") else "")
                 + ("; the description kept training beside the questions (its own mean loss)" if record.get("caption_task") else ""))
+    asked = ("each question is asked in a second turn, after the model's own description of the video (`Describe "
+             "each scene.`; the describe protocol: two requests per question)"
+             if record.get("protocol") == "describe" else "each question is asked right after the video")
+    target = ("the true description (its own mean loss) and the correct option's text after it, teacher-forced"
+              if record.get("protocol") == "describe" else "cross-entropy of the correct option's text after the prompt")
     first = record.get("init") or record  # a continued run's alignment is its first run's
-    continued = (f"\nStage 2 continued the run recorded under `init` in `testbed.json` ({first['steps']} steps, validation "
-                 f"accuracy {first['best_val_accuracy']:.1%}) with the settings below." if record.get("init") else "")
+    continued = (f"\nStage 2 continued the run recorded under `init` in `testbed.json` ({first['steps']} steps of "
+                 f"{first['batch_videos']} videos from {first['train_videos']} videos of the train split, seed {first['seed']}; "
+                 f"validation accuracy {first['best_val_accuracy']:.1%}) with the settings below." if record.get("init") else "")
+    bar = ("" if record["test_accuracy"] >= BAR else f"\nThis is **below the {BAR:.0%} bar** the testbed aims for "
+           "(accuracy retained is still measurable, with wider intervals).")
     commands = "\n".join(command(r) for r in ([record["init"]] if record.get("init") else []) + [record])
     curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_accuracy']['all']:.1%} |" for h in record["history"])
     text = f"""# vidpress testbed (DINOv2-S + SmolLM2-135M, procedural video QA)
@@ -77,6 +86,7 @@ video model: it answers the procedural multiple-choice questions of `vidpress.te
 - Trained: the 2-layer projector and `image_newline`, and a rank-{record['lora_rank']} LoRA (peft; alpha = 2r, scale
   {record['lora_scale']}) on the LM's {', '.join(LORA_TARGETS)} layers. The LoRA is
   merged into the LM's weights at load, so the loaded model is a plain `transformers` model.
+- Asked: {asked}; `vidpress eval` reads the protocol from `testbed.json`.
 - Input: {record['frames']} frames sampled uniformly, {record['image_size']} px, 16 visual tokens per frame
   ({record['frames'] * 16} visual tokens + 1 newline).
 - `{WEIGHTS}` holds the trained tensors in fp16 (projector, newline, LoRA A/B); `testbed.json` the full record.
@@ -92,7 +102,7 @@ first {record['test_questions']} questions of the held-out test split (`make_spl
 Stage 1, alignment (projector only, no LM forward): {first.get('align_steps', 0)} steps putting each pooled visual token on the
 input embedding of the words it shows; {first.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.{continued}
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
-cosine, seed {record['seed']}{captions}{curriculum}; loss: cross-entropy of the correct option's text after the prompt, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
+cosine, seed {record['seed']}{captions}{curriculum}; loss: {target}, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
 {record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}.
 
 | step | training loss | validation accuracy |
@@ -100,7 +110,7 @@ cosine, seed {record['seed']}{captions}{curriculum}; loss: cross-entropy of the 
 {curve}
 
 ## Held-out accuracy (uncompressed)
-**{record['test_accuracy']:.1%}** on {record['test_questions']} test questions (95 % Wilson interval {low:.1%}-{high:.1%}); chance 25 %.
+**{record['test_accuracy']:.1%}** on {record['test_questions']} test questions (95 % Wilson interval {low:.1%}-{high:.1%}); chance 25 %.{bar}
 The first {record['test_subset']} test questions: {record['test_subset_correct']} right (re-checked by `tests/test_testbed.py`).
 
 | question kind | accuracy |
@@ -111,6 +121,7 @@ The first {record['test_subset']} test questions: {record['test_subset_correct']
 ```bash
 python -m pip install -e ".[train]"
 {commands}
+# copy the last run's testbed.pt and testbed.json (its --out) into src/vidpress/assets/testbed/, then
 python -m vidpress.testbed.card      # test accuracy -> testbed.json, this card
 vidpress eval --method dycoke --retention 0.25
 ```

@@ -26,7 +26,6 @@ from .align import project, word_targets
 from .scenes import TYPES, Sample, ask, describe
 
 
-
 def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
     """``sample`` and one more question of every other kind its scenes can pose, seeded by the video id."""
     rng = np.random.default_rng([seed, zlib.crc32(sample.video_id.encode())])

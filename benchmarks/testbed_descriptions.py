@@ -1,0 +1,71 @@
+"""Where a describe-protocol testbed loses: its own descriptions, or answering from a description?
+
+    python benchmarks/testbed_descriptions.py [FOLDER] [-n 24] [--seed S]
+
+Loads a saved testbed (default: the committed one) trained with ``--protocol describe`` and, on the first ``n``
+validation videos (every question kind each allows), prints: how many of the model's own greedy descriptions,
+and of their scenes, match the truth exactly; three examples; and the accuracy per kind when each question
+follows the model's own description (what validation and ``vidpress eval`` score) versus the true one (what
+answering alone would give with perfect reading).
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidpress.evaluate import match_option
+from vidpress.testbed.qa import described, encode, greedy_answers, own_descriptions
+from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
+from vidpress.testbed.scenes import describe, make_split
+
+SCENE = re.compile(r"Scene \d+: [^.]*\.")
+
+
+def accuracy_after(model, tokenizer, data, descriptions, batch=4):
+    """Accuracy per kind (and ``"all"``) of every question asked after ``descriptions`` (ids, one per video)."""
+    right = {}
+    for start in range(0, len(data), batch):
+        videos = described(data[start:start + batch], descriptions[start:start + batch])
+        for q, text in zip([q for v in videos for q in v["questions"]], greedy_answers(model, videos, tokenizer)):
+            hit = match_option(text, q["options"]) == q["answer"]
+            right.setdefault(q["kind"], []).append(hit)
+            right.setdefault("all", []).append(hit)
+    return " ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(right.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, nargs="?", default=TESTBED_DIR)
+    parser.add_argument("-n", "--videos", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=None, help="validation split seed (default: the run's own)")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    record, _ = read_saved(args.folder)
+    if record.get("protocol") != "describe":
+        parser.error(f"{args.folder} was trained to answer directly; this check is for --protocol describe")
+    loaded = load_testbed(args.folder)
+    model, processor, tokenizer = loaded.model, loaded.processor, loaded.processor.tokenizer
+    samples = make_split("validation", args.videos, record["seed"] if args.seed is None else args.seed)
+    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True)
+    own, texts = [], []
+    for start in range(0, len(data), 8):
+        ids, said = own_descriptions(model, data[start:start + 8], tokenizer)
+        own, texts = own + ids, texts + said
+    truths = [describe(s.scenes) for s in samples]
+    scenes = [(SCENE.findall(t), SCENE.findall(s)) for t, s in zip(truths, texts)]
+    right = sum(a == b for truth, said in scenes for a, b in zip(truth, said))
+    total = sum(len(truth) for truth, _ in scenes)
+    print(f"own descriptions: {sum(t == s.strip() for t, s in zip(truths, texts))}/{len(texts)} exact; "
+          f"scenes right in place {right}/{total} ({right / total:.1%}); scene count right "
+          f"{sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}")
+    for truth, said in list(zip(truths, texts))[:3]:
+        print(f"  truth: {truth}\n  said:  {said}")
+    print("answers after the own description: ", accuracy_after(model, tokenizer, data, own))
+    print("answers after the true description:", accuracy_after(model, tokenizer, data, [v["description"] for v in data]))
+
+
+if __name__ == "__main__":
+    main()
