@@ -13,27 +13,13 @@ import argparse
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from vidpress.evaluate import match_option
-from vidpress.testbed.qa import described, encode, greedy_answers, own_descriptions
+from vidpress.testbed.qa import accuracy, described, encode, own_descriptions
 from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
 from vidpress.testbed.scenes import describe, make_split
 
 SCENE = re.compile(r"Scene \d+: [^.]*\.")
-
-
-def accuracy_after(model, tokenizer, data, descriptions, batch=4):
-    """Accuracy per kind (and ``"all"``) of every question asked after ``descriptions`` (ids, one per video)."""
-    right = {}
-    for start in range(0, len(data), batch):
-        videos = described(data[start:start + batch], descriptions[start:start + batch])
-        for q, text in zip([q for v in videos for q in v["questions"]], greedy_answers(model, videos, tokenizer)):
-            hit = match_option(text, q["options"]) == q["answer"]
-            right.setdefault(q["kind"], []).append(hit)
-            right.setdefault("all", []).append(hit)
-    return " ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(right.items()))
 
 
 def main() -> None:
@@ -63,8 +49,9 @@ def main() -> None:
           f"{sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}")
     for truth, said in list(zip(truths, texts))[:3]:
         print(f"  truth: {truth}\n  said:  {said}")
-    print("answers after the own description: ", accuracy_after(model, tokenizer, data, own))
-    print("answers after the true description:", accuracy_after(model, tokenizer, data, [v["description"] for v in data]))
+    for label, said in (("own", own), ("true", None)):
+        right = accuracy(model, described(data, said), tokenizer, batch=4)
+        print(f"answers after the {label} description: " + " ".join(f"{k} {v:.0%}" for k, v in right.items()))
 
 
 if __name__ == "__main__":

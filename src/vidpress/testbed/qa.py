@@ -193,12 +193,12 @@ def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_token
 def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> dict[str, float]:
     """Accuracy over every question of ``data`` (greedy answer matched to the options), overall (``"all"``)
     and per question kind; for the describe protocol (``data`` from ``encode(..., describe_first=True)``), each
-    video's questions follow the model's own description of it."""
+    video's questions follow the model's own description of it (unless ``data`` is already :func:`described`)."""
     right: dict[str, list[int]] = {}
     with torch.inference_mode():
         for start in range(0, len(data), batch):
             videos = data[start:start + batch]
-            if "request" in videos[0]:
+            if "request" in videos[0] and "described" not in videos[0]:
                 videos = described(videos, own_descriptions(model, videos, tokenizer)[0])
             questions = [q for v in videos for q in v["questions"]]
             for q, text in zip(questions, greedy_answers(model, videos, tokenizer)):
