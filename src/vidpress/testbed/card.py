@@ -52,6 +52,11 @@ def command(record: dict[str, Any]) -> str:
             f"--curriculum {record.get('curriculum', 0)} --eval-every {every} --seed {record['seed']}")
 
 
+def chain(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that made ``record``, first to last: each ``--init`` run's record is kept under ``"init"``."""
+    return (chain(record["init"]) if record.get("init") else []) + [record]
+
+
 def write_card(folder: Path, record: dict[str, Any]) -> Path:
     """``MODEL_CARD.md`` from the run's record (training settings, validation and test accuracy)."""
     low, high = record["test_interval"]
@@ -66,13 +71,18 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
              if record.get("protocol") == "describe" else "each question is asked right after the video")
     target = ("the true description (its own mean loss) and the correct option's text after it, teacher-forced"
               if record.get("protocol") == "describe" else "cross-entropy of the correct option's text after the prompt")
-    first = record.get("init") or record  # a continued run's alignment is its first run's
-    continued = (f"\nStage 2 continued the run recorded under `init` in `testbed.json` ({first['steps']} steps of "
-                 f"{first['batch_videos']} videos from {first['train_videos']} videos of the train split, seed {first['seed']}; "
-                 f"validation accuracy {first['best_val_accuracy']:.1%}) with the settings below." if record.get("init") else "")
+    runs = chain(record)
+    first = runs[0]  # a continued run's alignment is its first run's
+    continued = ""
+    for i, r in enumerate(runs[:-1]):  # a chain of --init runs, first to last
+        where = ".".join(["init"] * (len(runs) - 1 - i))
+        continued += (f"\nStage 2 {'then continued' if i else 'continued'} the run recorded under `{where}` in "
+                      f"`testbed.json` ({r['steps']} steps of {r['batch_videos']} videos from {r['train_videos']} videos "
+                      f"of the train split, seed {r['seed']}; validation accuracy {r['best_val_accuracy']:.1%})")
+    continued += " with the settings below." if continued else ""
     bar = ("" if record["test_accuracy"] >= BAR else f"\nThis is **below the {BAR:.0%} bar** the testbed aims for "
            "(accuracy retained is still measurable, with wider intervals).")
-    commands = "\n".join(command(r) for r in ([record["init"]] if record.get("init") else []) + [record])
+    commands = "\n".join(command(r) for r in runs)
     curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_accuracy']['all']:.1%} |" for h in record["history"])
     text = f"""# vidpress testbed (DINOv2-S + SmolLM2-135M, procedural video QA)
 
