@@ -220,8 +220,8 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
 
     seen = []
     real_loss = training.answer_loss
-    monkeypatch.setattr(training, "answer_loss", lambda model, videos: (
-        seen.append({q["kind"] for v in videos for q in v["questions"]}), real_loss(model, videos))[1])
+    monkeypatch.setattr(training, "answer_loss", lambda model, videos, *weight: (
+        seen.append({q["kind"] for v in videos for q in v["questions"]}), real_loss(model, videos, *weight))[1])
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     record = training.train(loaded.model, loaded.processor, steps=8, train_videos=6, val_videos=2, frames=4, size=56,
                             batch=3, rank=4, eval_every=2, align_steps=0, caption_steps=2, curriculum=2, log=None)
@@ -286,6 +286,15 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     text = write_card(tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}).read_text()
     assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text and "from 700 videos" in text
+    second = {**record, "command": "python -m vidpress.testbed.train --init /tmp/a --out /tmp/b", "init": first,
+              "best_val_accuracy": 0.6, "train_videos": 500}
+    text = write_card(tmp_path, {**record, "init": second, "command": "python -m vidpress.testbed.train --init /tmp/b"}).read_text()
+    assert ("--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
+            "python -m vidpress.testbed.train --init /tmp/b\n") in text  # a chain of three runs, in order
+    assert "600 steps putting" in text and "95.0% of tokens" in text  # the first run's alignment
+    assert "`init.init` in `testbed.json` (180 steps of 4 videos from 700 videos" in text
+    assert "`init` in `testbed.json` (180 steps of 4 videos from 500 videos of the train split, seed 0; " \
+           "validation accuracy 60.0%) with the settings below." in text
     text = write_card(tmp_path, {**record, "caption_steps": 400, "caption_task": True}).read_text()
     assert "the first 400 steps trained only the description" in text and "kept training beside" in text
     assert "asked right after the video" in text and "below the 75% bar" not in text
@@ -414,6 +423,8 @@ def test_describe_protocol_continues_the_description_like_the_full_model(tiny):
         assert greedy_answers(model, described(data), tokenizer) == answers
         expected = torch.cat(seconds).mean() + torch.cat(descriptions).mean()
         assert abs(answer_loss(model, described(data)).item() - expected.item()) < 1e-4
+        weighted = torch.cat(seconds).mean() + 3 * torch.cat(descriptions).mean()  # --description-weight 3
+        assert abs(answer_loss(model, described(data), 3.0).item() - weighted.item()) < 1e-4
 
 
 def test_evaluate_describe_protocol_asks_after_the_models_description(tiny):
@@ -460,14 +471,17 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
 
     seen = []
     real_loss = training.answer_loss
-    monkeypatch.setattr(training, "answer_loss", lambda model, videos: (seen.append((
-        [q["kind"] for v in videos for q in v["questions"]], all("described" in v for v in videos))),
-        real_loss(model, videos))[1])
+    monkeypatch.setattr(training, "answer_loss", lambda model, videos, weight: (seen.append((
+        [q["kind"] for v in videos for q in v["questions"]], all("described" in v for v in videos), weight)),
+        real_loss(model, videos, weight))[1])
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     record = training.train(loaded.model, loaded.processor, steps=3, train_videos=4, val_videos=2, frames=4,
                             size=56, batch=2, rank=4, eval_every=3, align_steps=0, caption_steps=1,
-                            protocol="describe", log=None)
-    assert seen[0] == ([], True) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
-    assert record["protocol"] == "describe" and len(record["history"]) == 1
+                            protocol="describe", description_weight=3.0, log=None)
+    assert seen[0] == ([], True, 3.0) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
+    assert record["protocol"] == "describe" and record["description_weight"] == 3.0 and len(record["history"]) == 1
     with pytest.raises(ValueError, match="protocol"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)
+    with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
+        training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="describe",
+                       description_weight=-1.0, log=None)

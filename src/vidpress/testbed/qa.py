@@ -151,10 +151,12 @@ def _token_losses(model: Any, hidden: torch.Tensor, rows: torch.Tensor, cols: to
     return torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
 
 
-def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
+def answer_loss(model: Any, videos: list[dict], description_weight: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy of every question's correct option text and end of turn, teacher-forced; plus the
     caption items' own mean when :func:`encode` added them, and the descriptions' own mean for videos
-    :func:`described` (so long descriptions do not drown the answers)."""
+    :func:`described` (so long descriptions do not drown the answers), times ``description_weight`` (most of a
+    description's tokens are template words the model gets right; the few that name a scene's attributes or
+    end it carry the loss, and a mean dilutes them)."""
     hidden, _, _, _, questions, prefix = _continue(model, videos, lambda q: torch.cat([q["ids"], q["target"]]))
     parts = []
     if questions:
@@ -167,7 +169,8 @@ def answer_loss(model: Any, videos: list[dict]) -> torch.Tensor:
         past = prefix.shape[1]
         rows = torch.cat([torch.full((v["described"],), i) for i, v in enumerate(videos)])
         cols = torch.cat([past - 1 - v["described"] + torch.arange(v["described"]) for v in videos])
-        parts.append(_token_losses(model, prefix, rows, cols, torch.cat([v["prefix"][-v["described"]:] for v in videos])))
+        said = _token_losses(model, prefix, rows, cols, torch.cat([v["prefix"][-v["described"]:] for v in videos]))
+        parts.append(said * description_weight)
     return sum(part.mean() for part in parts)
 
 

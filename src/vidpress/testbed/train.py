@@ -59,7 +59,7 @@ def device_name(model: Any) -> str:
 def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
           align_steps: int = 1500, eval_every: int = 50, caption: bool = False, caption_steps: int = 0,
-          curriculum: int = 0, protocol: str = "direct",
+          curriculum: int = 0, protocol: str = "direct", description_weight: float = 1.0,
           seconds: float | None = None, checkpoint: Path | None = None, init: Path | None = None,
           command: str | None = None,
           data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
@@ -72,7 +72,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``curriculum`` > 0 the kinds then join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
     ``protocol="describe"`` asks each question after the video's description (:mod:`.qa`): training
     teacher-forces and trains the true description at every step (the caption steps train only it), validation
-    answers after the model's own; ``"direct"`` asks right after the video.
+    answers after the model's own; ``"direct"`` asks right after the video. ``description_weight`` scales the
+    description's mean loss against the answers' (describe protocol; 1: equal).
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
     ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
@@ -86,12 +87,15 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ValueError
         ``init`` holds a LoRA of another rank than ``rank``; a batch has no item of the kinds in training
         (``data`` without captions, say, when only captions train); or ``protocol`` is not one of
-        :data:`PROTOCOLS`.
+        :data:`PROTOCOLS`; or ``description_weight`` is negative.
     """
     from tqdm.auto import tqdm
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+    if description_weight < 0:
+        raise ValueError(f"description_weight must be >= 0 (1 weighs the description like the answers), got "
+                         f"{description_weight}")
     describing = protocol == "describe"
     say = log or (lambda _: None)
     torch.manual_seed(seed)
@@ -134,7 +138,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
-                "caption_steps": caption_steps, "protocol": protocol,
+                "caption_steps": caption_steps, "protocol": protocol, "description_weight": description_weight,
                 "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
 
@@ -156,7 +160,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
             raise ValueError(f"step {step}: no training item of the kinds {kinds} in the batch; give data (or "
                              f"--caption / --caption-steps) with items of those kinds")
         with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
-            loss = answer_loss(model, chunk)
+            loss = answer_loss(model, chunk, description_weight)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="direct",
                         help="describe: ask each question after the model's description of the video (see qa.py)")
+    parser.add_argument("--description-weight", type=float, default=1.0, metavar="W",
+                        help="describe protocol: weight of the description's mean loss against the answers' (1: equal)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="wall-time cap for the whole run; the step count and schedule shrink to fit")
     parser.add_argument("--init", type=Path, default=None,
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                    val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
                    align_steps=args.align_steps, caption=args.caption, caption_steps=args.caption_steps,
-                   curriculum=args.curriculum, protocol=args.protocol,
+                   curriculum=args.curriculum, protocol=args.protocol, description_weight=args.description_weight,
                    seconds=args.seconds, checkpoint=args.out, init=args.init,
                    command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
