@@ -288,7 +288,10 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text and "from 700 videos" in text
     second = {**record, "command": "python -m vidpress.testbed.train --init /tmp/a --out /tmp/b", "init": first,
               "best_val_accuracy": 0.6, "train_videos": 500}
-    text = write_card(tmp_path, {**record, "init": second, "command": "python -m vidpress.testbed.train --init /tmp/b"}).read_text()
+    start = {"step": 0, "loss": None, "val_accuracy": {"all": 0.6}}  # a continued run validates its start first
+    text = write_card(tmp_path, {**record, "init": second, "command": "python -m vidpress.testbed.train --init /tmp/b",
+                                 "history": [start, *record["history"]]}).read_text()
+    assert "| 0 | — | 60.0% |\n| 30 | 1.200 | 50.0% |" in text
     assert ("--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
             "python -m vidpress.testbed.train --init /tmp/b\n") in text  # a chain of three runs, in order
     assert "600 steps putting" in text and "95.0% of tokens" in text  # the first run's alignment
@@ -316,7 +319,8 @@ def test_training_refuses_a_batch_without_the_kinds_in_training():
 
 
 def test_training_continues_from_a_saved_testbed(tmp_path):
-    """--init loads the saved projector and LoRA into the next run (no alignment); another rank is refused."""
+    """--init loads the saved projector and LoRA into the next run (no alignment) and validates them first;
+    another rank is refused."""
     import torch
 
     from vidpress.models.random import random_model
@@ -328,6 +332,7 @@ def test_training_continues_from_a_saved_testbed(tmp_path):
     then = random_model(layers=2, hidden=64, image_size=56, seed=0)
     record = train(then.model, then.processor, steps=1, rank=4, init=tmp_path, lr=0.0, lora_lr=0.0, **settings)
     assert record["init"]["steps"] >= 1 and "align_steps" not in record  # continued, not re-aligned
+    assert [(h["step"], h["loss"]) for h in record["history"]][0] == (0, None)  # the starting point, validated
     saved, now = first.model.state_dict(), then.model.state_dict()
     for key in ("model.multi_modal_projector.linear_1.weight", "model.language_model.layers.0.self_attn.q_proj.weight"):
         assert not torch.equal(saved[key], random_model(layers=2, hidden=64, image_size=56, seed=0).model.state_dict()[key])

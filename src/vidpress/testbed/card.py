@@ -83,7 +83,8 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     bar = ("" if record["test_accuracy"] >= BAR else f"\nThis is **below the {BAR:.0%} bar** the testbed aims for "
            "(accuracy retained is still measurable, with wider intervals).")
     commands = "\n".join(command(r) for r in runs)
-    curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_accuracy']['all']:.1%} |" for h in record["history"])
+    curve = "\n".join(f"| {h['step']} | {'—' if h['loss'] is None else format(h['loss'], '.3f')} "
+                      f"| {h['val_accuracy']['all']:.1%} |" for h in record["history"])
     text = f"""# vidpress testbed (DINOv2-S + SmolLM2-135M, procedural video QA)
 
 A small real video LLM for measuring **accuracy retained** by compression methods offline. Not a general

@@ -79,8 +79,10 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
     record carries its ``lora`` factors for :func:`save`, and ``checkpoint`` (a folder) gets each new best as
     it comes, so a run cut off keeps it. ``init`` (a saved testbed folder) continues from its projector,
-    newline and LoRA instead of aligning afresh; its record is kept under ``"init"``. ``command`` (the command
-    line) is recorded. ``data`` reuses :func:`encode` output (train, validation).
+    newline and LoRA instead of aligning afresh; its record is kept under ``"init"``, and its weights are
+    validated first (step 0 of the history, no loss), so the kept checkpoint is never worse on this run's
+    validation set than where it started. ``command`` (the command line) is recorded. ``data`` reuses
+    :func:`encode` output (train, validation).
 
     Raises
     ------
@@ -146,6 +148,23 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         return {**aligned, **settings, "steps": steps_done, "best_val_accuracy": best, "history": history,
                 "seconds": time.time() - started, "lora": lora}
 
+    def validate(step: int, loss: float | None) -> None:  # keeps (and checkpoints) each new best
+        nonlocal best, best_state
+        clock = time.time()
+        acc = accuracy(model, val_data, tokenizer)
+        timing["eval"] += time.time() - clock
+        timing["evals"] += 1
+        history.append({"step": step, "loss": loss, "val_accuracy": acc, "seconds": time.time() - started,
+                        "lr_factor": schedule.lr_lambdas[0](schedule.last_epoch)})
+        say(f"step {step}: " + ("" if loss is None else f"loss {loss:.3f}, ") + f"validation accuracy {acc['all']:.1%} "
+            + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
+        if acc["all"] > best:
+            best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            if checkpoint is not None:
+                save(model, record(step, lora_factors(model)), checkpoint)
+
+    if init is not None:  # the run continued from is the one to beat, on this run's validation set
+        validate(0, None)
     for step in (bar := tqdm(range(1, steps + 1), desc="training", disable=log is None)):
         if step > total[0]:
             break
@@ -171,19 +190,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         if seconds and time.time() - started > seconds:  # out of time: this step is the last
             total[0] = step
         if step % eval_every == 0 or step == total[0]:
-            clock = time.time()
-            acc = accuracy(model, val_data, tokenizer)
-            timing["eval"] += time.time() - clock
-            timing["evals"] += 1
-            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "seconds": time.time() - started,
-                            "lr_factor": schedule.lr_lambdas[0](schedule.last_epoch)})
-            say(f"step {step}: loss {loss.item():.3f}, validation accuracy {acc['all']:.1%} "
-                + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
-            if acc["all"] > best:
-                best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters()
-                                                 if p.requires_grad}
-                if checkpoint is not None:
-                    save(model, record(step, lora_factors(model)), checkpoint)
+            validate(step, loss.item())
         if seconds and (step == 20 or step % eval_every == 0):  # fit the rest of the run in what is left
             per_step = timing["train"] / timing["steps"] + timing["eval"] / max(1, timing["evals"]) / eval_every
             total[0] = min(total[0], max(step + 1, step + int((seconds - (time.time() - started)) / per_step)))
