@@ -63,21 +63,18 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
             if model.config.vision_feature_select_strategy == "default":
                 selected = selected[:, 1:]
 
-            def item(prompt: str, said: str, **extra: Any) -> dict:  # ids after the video, then the target
-                text = chat_prompt(processor, prompt).split(video_token)[-1]
-                return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
-                        "target": answer_target(tokenizer, said), **extra}
-
-            request = item(CAPTION, truth)
-
-            def turn(asked: Sample) -> dict:  # the question's ids after the video, or after the description
-                said = asked.question.options[asked.question.answer]
-                text = chat_prompt(processor, choice_prompt(asked), history).split(video_token)[-1]
-                if history:
+            def after_video(prompt: str, earlier: list) -> torch.Tensor:  # ids after the video (or description)
+                text = chat_prompt(processor, prompt, earlier).split(video_token)[-1]
+                if earlier:
                     text = text.split(truth + tokenizer.eos_token, 1)[1]
-                return {"ids": torch.tensor(tokenizer(text, add_special_tokens=False).input_ids),
-                        "target": answer_target(tokenizer, said), "options": asked.question.options,
-                        "answer": asked.question.answer, "kind": asked.question.kind}
+                return torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+
+            request = {"ids": after_video(CAPTION, []), "target": answer_target(tokenizer, truth)}
+
+            def turn(asked: Sample) -> dict:
+                said = asked.question.options[asked.question.answer]
+                return {"ids": after_video(choice_prompt(asked), history), "target": answer_target(tokenizer, said),
+                        "options": asked.question.options, "answer": asked.question.answer, "kind": asked.question.kind}
 
             questions = [turn(asked) for asked in (video_questions(sample, seed) if all_kinds else [sample])]
             if caption:
