@@ -292,12 +292,16 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     text = write_card(tmp_path, {**record, "init": second, "command": "python -m vidpress.testbed.train --init /tmp/b",
                                  "history": [start, *record["history"]]}).read_text()
     assert "| 0 | — | 60.0% |\n| 30 | 1.200 | 50.0% |" in text
+    assert "(80.0%). Wall time" in text and "the 3 runs together 180 min" in text  # 3 x 3600 s; no step reached 80 %
     assert ("--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
             "python -m vidpress.testbed.train --init /tmp/b\n") in text  # a chain of three runs, in order
     assert "600 steps putting" in text and "95.0% of tokens" in text  # the first run's alignment
     assert "`init.init` in `testbed.json` (180 steps of 4 videos from 700 videos" in text
     assert "`init` in `testbed.json` (180 steps of 4 videos from 500 videos of the train split, seed 0; " \
            "validation accuracy 60.0%) with the settings below." in text
+    text = write_card(tmp_path, {**record, "protocol": "describe", "description_weight": 4.0,
+                                 "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.8}}]}).read_text()
+    assert "its own mean loss, weighted 4x)" in text and "(80.0%, step 30)" in text
     text = write_card(tmp_path, {**record, "caption_steps": 400, "caption_task": True}).read_text()
     assert "the first 400 steps trained only the description" in text and "kept training beside" in text
     assert "asked right after the video" in text and "below the 75% bar" not in text

@@ -69,7 +69,9 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     asked = ("each question is asked in a second turn, after the model's own description of the video (`Describe "
              "each scene.`; the describe protocol: two requests per question)"
              if record.get("protocol") == "describe" else "each question is asked right after the video")
-    target = ("the true description (its own mean loss) and the correct option's text after it, teacher-forced"
+    weight = record.get("description_weight", 1.0)
+    target = (f"the true description (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
+              "correct option's text after it, teacher-forced"
               if record.get("protocol") == "describe" else "cross-entropy of the correct option's text after the prompt")
     runs = chain(record)
     first = runs[0]  # a continued run's alignment is its first run's
@@ -80,6 +82,10 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
                       f"`testbed.json` ({r['steps']} steps of {r['batch_videos']} videos from {r['train_videos']} videos "
                       f"of the train split, seed {r['seed']}; validation accuracy {r['best_val_accuracy']:.1%})")
     continued += " with the settings below." if continued else ""
+    best = [h["step"] for h in record["history"] if h["val_accuracy"]["all"] == record["best_val_accuracy"]]
+    kept = f", step {best[0]}" if best else ""
+    together = (f"; the {len(runs)} runs together {sum(r['seconds'] for r in runs) / 60:.0f} min" if len(runs) > 1
+                and all("seconds" in r for r in runs) else "")
     bar = ("" if record["test_accuracy"] >= BAR else f"\nThis is **below the {BAR:.0%} bar** the testbed aims for "
            "(accuracy retained is still measurable, with wider intervals).")
     commands = "\n".join(command(r) for r in runs)
@@ -113,8 +119,8 @@ first {record['test_questions']} questions of the held-out test split (`make_spl
 Stage 1, alignment (projector only, no LM forward): {first.get('align_steps', 0)} steps putting each pooled visual token on the
 input embedding of the words it shows; {first.get('align_token_accuracy', float('nan')):.1%} of tokens end nearest their own words.{continued}
 Stage 2, question answering: {record['steps']} steps of {record['batch_videos']} videos, AdamW (projector lr {record['lr']}, LoRA lr {record['lora_lr']}), 5 % warm-up then
-cosine, seed {record['seed']}{captions}{curriculum}; loss: {target}, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}). Wall time
-{record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}.
+cosine, seed {record['seed']}{captions}{curriculum}; loss: {target}, the answer `vidpress eval` generates. The kept checkpoint is the best validation accuracy ({record['best_val_accuracy']:.1%}{kept}). Wall time
+{record['seconds'] / 60:.0f} min (encoding included) on {record.get('device', 'a 2-core x86-64 CPU')}{together}.
 
 | step | training loss | validation accuracy |
 |---|---|---|
