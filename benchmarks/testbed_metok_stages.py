@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vidpress.bench import device_name
-from vidpress.evaluate import DESCRIPTION_TOKENS, evaluate, prepare
+from vidpress.evaluate import DESCRIPTION_TOKENS, evaluate, greedy_text, prepare
 from vidpress.method import Stages, apply
 from vidpress.methods import METok
 from vidpress.models.default import load_model
@@ -37,7 +37,7 @@ def main() -> None:
     samples = make_split("test", 560)[: args.questions]
     inputs = prepare(processor, samples, protocol=protocol)
     metok = METok().build()
-    depth, end = model.config.text_config.num_hidden_layers, processor.tokenizer.eos_token_id
+    depth = model.config.text_config.num_hidden_layers
     kept = METok(schedule=metok.prefill.schedule[:-1]).build()  # no last step: key events' tokens stay
     configs = {"uncompressed": Stages(), "metok (stages 1+2+3)": metok,
                "metok stages 1+2 (no KV trim)": Stages(metok.pre_llm, metok.prefill, None),
@@ -49,10 +49,8 @@ def main() -> None:
     for name, stages in configs.items():
         result = evaluate(model, processor, samples, stages, inputs=inputs, label=name, protocol=protocol)
         base = base or result
-        with apply(model, stages), torch.inference_mode():
-            out = model.generate(**inputs[0], max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end,
-                                 pad_token_id=end)
-        said = processor.tokenizer.decode(out[0, inputs[0]["input_ids"].shape[1]:], skip_special_tokens=True)
+        with apply(model, stages) as run, torch.inference_mode():
+            said, _ = greedy_text(model, processor, inputs[0], run, DESCRIPTION_TOKENS)
         lines.append(f"| {name} | {result.correct}/{result.total} ({result.accuracy:.0%}) "
                      f"| {result.prefill_flops / base.prefill_flops:.3f} | {said.strip()[:110]}… |")
         print(lines[-1], flush=True)

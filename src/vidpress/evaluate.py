@@ -101,8 +101,9 @@ def _checked(protocol: str) -> str:
     return protocol
 
 
-def _generate(model: Any, processor: Any, inputs: Any, run: Any, max_new_tokens: int) -> tuple[str, float]:
-    """Greedy text after ``inputs`` (cut at the end of turn) and the request's LLM prefill FLOPs."""
+def greedy_text(model: Any, processor: Any, inputs: Any, run: Any, max_new_tokens: int) -> tuple[str, float]:
+    """Greedy text after ``inputs`` (cut at the end of turn) and the request's LLM prefill FLOPs (``run`` is
+    the ``apply`` context the method is installed with)."""
     end = processor.tokenizer.eos_token_id
     out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=end, pad_token_id=end)
@@ -134,11 +135,11 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Meth
             prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size,
                                                                     protocol=protocol)[0]
             if describing:  # the description, then the question in a second turn after it
-                said, cost = _generate(model, processor, prepared, run, DESCRIPTION_TOKENS)
+                said, cost = greedy_text(model, processor, prepared, run, DESCRIPTION_TOKENS)
                 prepared = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample),
                                         [(CAPTION, said.strip())])
                 flops += cost
-            text, cost = _generate(model, processor, prepared, run, ANSWER_TOKENS)
+            text, cost = greedy_text(model, processor, prepared, run, ANSWER_TOKENS)
             hits.append(match_option(text, sample.question.options) == sample.question.answer)
             flops += cost
     return EvalResult(name, sum(hits), len(samples), flops / max(1, len(samples)), tuple(hits))

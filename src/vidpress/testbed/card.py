@@ -66,13 +66,14 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
     captions = ((f"; the first {record['caption_steps']} steps trained only the description of each video's scenes"
                  if record.get("caption_steps") else "")
                 + ("; the description kept training beside the questions (its own mean loss)" if record.get("caption_task") else ""))
+    describing = record.get("protocol") == "describe"
     asked = ("each question is asked in a second turn, after the model's own description of the video (`Describe "
              "each scene.`; the describe protocol: two requests per question)"
-             if record.get("protocol") == "describe" else "each question is asked right after the video")
+             if describing else "each question is asked right after the video")
     weight = record.get("description_weight", 1.0)
     target = (f"the true description (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
               "correct option's text after it, teacher-forced"
-              if record.get("protocol") == "describe" else "cross-entropy of the correct option's text after the prompt")
+              if describing else "cross-entropy of the correct option's text after the prompt")
     runs = chain(record)
     first = runs[0]  # a continued run's alignment is its first run's
     continued = ""
