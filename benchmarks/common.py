@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 import vidpress
-from vidpress.bench import device_name
+from vidpress.bench import device_name, median_report
 from vidpress.cli import bundled_clip
 from vidpress.methods import get_method
 from vidpress.models.default import load_model
@@ -23,15 +22,6 @@ HEADER = ["method", "visual_tokens_llm", "prefill_flops_ratio", "llm_prefill_spe
           "decode_tok_s_ratio", "peak_memory_ratio", "kv_bytes_ratio", "visual_kv_bytes_ratio",
           "decode_visual_kv_read_ratio", "overhead_pct_of_llm_prefill", "overhead_pct_of_ttft", "ttft_s",
           "llm_prefill_s", "decode_tok_s"]
-
-
-def median_report(reports):
-    """The report whose TTFT is the median, with every timing replaced by its median over repeats."""
-    keys = ("ttft_s", "vision_s", "llm_prefill_s", "overhead_s", "decode_overhead_s", "decode_s", "peak_memory_bytes")
-    best = sorted(reports, key=lambda r: r.ttft_s)[len(reports) // 2]
-    for key in keys:
-        setattr(best, key, statistics.median(getattr(r, key) for r in reports))
-    return best
 
 
 def ratio_row(name: str, r, base) -> dict:

@@ -87,8 +87,10 @@ def test_flops_metok_longva_128_frames():
 
 def test_bench_quick_writes_table_and_plots(tmp_path):
     result = runner.invoke(app, ["bench", str(shared_video("opencv_vtest.avi")), "--model", "random", "--quick",
-                                 "--methods", "fastv,frames,random", "--retentions", "0.5,0.25", "--out", str(tmp_path)])
+                                 "--methods", "fastv,frames,random", "--retentions", "0.5,0.25", "--out", str(tmp_path),
+                                 "--repeats", "2"])
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "bench.json").read_text())["meta"]["repeats"] == 2
     for name in ("bench.csv", "bench.json", "bench.md", "fidelity_vs_flops.png", "ttft.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
@@ -115,3 +117,19 @@ def test_run_on_qwen2_5_vl_counts_temporal_patches():
     base, dycoke = json.loads(result.output)["runs"]
     assert base["visual_tokens_llm"] == 4 * 144  # 8 frames -> 4 temporal patches of 336 px: 24x24 merged 2x2
     assert dycoke["visual_tokens_llm"] < base["visual_tokens_llm"]
+
+
+def test_median_report_takes_median_timings_and_keeps_accounting():
+    from types import SimpleNamespace
+
+    from vidpress.bench import median_report, run_cells
+
+    keys = ("vision_s", "llm_prefill_s", "overhead_s", "decode_overhead_s", "decode_s", "peak_memory_bytes")
+    runs = [SimpleNamespace(ttft_s=t, accounting=name, **{k: t * 10 for k in keys})
+            for t, name in ((3.0, "a"), (1.0, "b"), (2.0, "c"), (9.0, "d"), (0.5, "e"))]
+    runs[2].llm_prefill_s = 99.0  # the median-TTFT run's own prefill time is not the median: 30 of 30,10,99,90,5
+    best = median_report(runs)
+    assert best.accounting == "c" and best.ttft_s == 2.0
+    assert best.llm_prefill_s == 30.0 and best.peak_memory_bytes == 20.0
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        run_cells(None, None, None, "q", [], repeats=0)

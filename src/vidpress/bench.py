@@ -97,30 +97,57 @@ def plan(methods: Sequence[str], retentions: Sequence[float],
 
 def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: Sequence[str],
               retentions: Sequence[float] = RETENTIONS, *, new_tokens: int = 32, progress: bool = True,
-              depth: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+              depth: int | None = None, repeats: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the matrix; returns (rows as dicts, notes). The uncompressed run is the reference for every ratio.
 
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
-    with a note, never silently run at another budget.
+    with a note, never silently run at another budget. ``repeats``: see :func:`run_cells`.
     """
     cells, notes = plan(methods, retentions, depth)
-    return run_cells(model, processor, frames, question, cells, new_tokens=new_tokens, progress=progress), notes
+    return run_cells(model, processor, frames, question, cells, new_tokens=new_tokens, progress=progress,
+                     repeats=repeats), notes
+
+
+def median_report(reports: Sequence[Any]) -> Any:
+    """The report whose TTFT is the median, with every timing (seconds) and the peak memory (bytes) replaced by
+    its median over ``reports`` (repeats of one run: the accounting is identical across them)."""
+    import statistics
+
+    keys = ("ttft_s", "vision_s", "llm_prefill_s", "overhead_s", "decode_overhead_s", "decode_s", "peak_memory_bytes")
+    best = sorted(reports, key=lambda r: r.ttft_s)[len(reports) // 2]
+    for key in keys:
+        setattr(best, key, statistics.median(getattr(r, key) for r in reports))
+    return best
 
 
 def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Sequence[tuple[str, float | None, Any]],
-              *, new_tokens: int = 32, progress: bool = True) -> list[dict[str, Any]]:
-    """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each."""
+              *, new_tokens: int = 32, progress: bool = True, repeats: int = 1) -> list[dict[str, Any]]:
+    """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each.
+    With ``repeats`` > 1 every run (the reference too) is repeated and its timings are the medians
+    (:func:`median_report`); the answer, tokens and accounting are the first repeat's (greedy: all alike).
+
+    Raises
+    ------
+    ValueError
+        ``repeats`` < 1.
+    """
     from tqdm.auto import tqdm
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (runs per cell, timings are their median), got {repeats}")
+
+    def run(method: Any, label: str) -> Answer:
+        answers = [ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, progress=False, label=label) for _ in range(repeats)]
+        answers[0].report = median_report([a.report for a in answers]) if repeats > 1 else answers[0].report
+        return answers[0]
 
     none = get_method("none")
     ask(model, processor, frames, question, none, max_new_tokens=2, progress=False)  # warm-up
-    base = ask(model, processor, frames, question, none, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-               progress=False, label="uncompressed")
+    base = run(none, "uncompressed")
     rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
     for name, r, method in tqdm(cells, desc="benchmark", unit="run", disable=not progress):
-        answer = ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
-                     min_new_tokens=new_tokens, progress=False, label=name)
-        rows.append(BenchRow(name, r, answer).as_dict(base))
+        rows.append(BenchRow(name, r, run(method, name)).as_dict(base))
     return rows
 
 

@@ -198,6 +198,8 @@ def bench(
     model: str = typer.Option("default", "--model", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
     quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per cell; timings are their median (use 3-5 on "
+                                "a GPU, where one run is noisy)."),
 ) -> None:
     """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed."""
     import datetime
@@ -221,9 +223,10 @@ def bench(
     torch.set_grad_enabled(False)
     depth = loaded.model.config.text_config.num_hidden_layers
     rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
-                            new_tokens=new_tokens, depth=depth)
+                            new_tokens=new_tokens, depth=depth, repeats=repeats)
     meta = {"date": datetime.date.today().isoformat(), "device": device_name(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "video": str(path), "frames": frames, "new_tokens": new_tokens,
+            "repeats": repeats,
             "model": loaded.description, "question": question}
     folder = out or Path("bench-results") / meta["device"]
     written = write_outputs(rows, notes, meta, folder)

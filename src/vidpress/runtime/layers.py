@@ -54,7 +54,7 @@ def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
     if decoding or stage.needs.query_rows == "last":
         return torch.tensor([length - 1])
     visual = session.visual_at(layer)
-    last_visual = int((visual.long() * torch.arange(visual.shape[1])).amax())
+    last_visual = int((visual.long() * torch.arange(visual.shape[1], device=visual.device)).amax())
     return torch.arange(last_visual + 1, length)
 
 
