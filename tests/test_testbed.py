@@ -494,3 +494,31 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
     with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="describe",
                        description_weight=-1.0, log=None)
+
+
+def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
+    """``describe(scenes, frames)``: spans hand-computed from frame_indices; an unseen scene is left out; the
+    default text is unchanged; encode(spans=True) trains that text (the describe protocol's target)."""
+    from vidpress.testbed.qa import encode
+    from vidpress.testbed.scenes import Scene, Sample, describe
+
+    def scene(frames, color):
+        return Scene("gray", "circle", color, 2, "static", frames)
+
+    scenes = tuple(scene(n, c) for n, c in zip((4, 11, 9, 7, 11), ("red", "blue", "green", "red", "blue")))
+    # 42 frames; 12 sampled at 0 4 7 11 | 15 19 22 | 26 30 | 34 37 41; scenes start at 0 4 15 24 31
+    assert Sample("", scenes, None).frame_indices(12).tolist() == [0, 4, 7, 11, 15, 19, 22, 26, 30, 34, 37, 41]
+    spans = describe(scenes, 12)
+    assert [part.split(":")[0] for part in spans.split(". ")] == [
+        "Scene 1 (frame 1)", "Scene 2 (frames 2-4)", "Scene 3 (frames 5-7)", "Scene 4 (frames 8-9)",
+        "Scene 5 (frames 10-12)"]
+    assert describe(scenes) == " ".join(f"Scene {i}: 2 {c} circles on a gray background." for i, c in
+                                        enumerate(("red", "blue", "green", "red", "blue"), 1))
+    unseen = (scene(12, "red"), scene(4, "blue"), scene(12, "green"))  # 2 frames sampled: 0 and 27
+    assert describe(unseen, 2) == ("Scene 1 (frame 1): 2 red circles on a gray background. "
+                                   "Scene 2 (frame 2): 2 green circles on a gray background.")
+    sample = make_split("train", 1, seed=3)[0]
+    video, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, all_kinds=False, describe_first=True,
+                    spans=True)
+    text = tiny.processor.tokenizer.decode(video["description"], skip_special_tokens=True)
+    assert text == describe(sample.scenes, 4) and "(frame" in text

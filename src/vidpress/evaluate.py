@@ -30,7 +30,7 @@ from .testbed.scenes import Sample
 ANSWER_TOKENS = 8  # the longest options ("the object's colour") are 5 SmolLM2 tokens, plus the end of turn
 PROTOCOLS = ("direct", "describe")  #: ask after the video, or after the model's own description of it
 CAPTION = "Describe each scene."  #: the describe protocol's first turn (and the testbed's caption task)
-DESCRIPTION_TOKENS = 96  #: description length cap (a 5-scene description is about 60 SmolLM2 tokens)
+DESCRIPTION_TOKENS = 128  #: description length cap (5 scenes: about 60 SmolLM2 tokens, up to 102 with frame spans)
 
 
 def choice_prompt(sample: Sample) -> str:

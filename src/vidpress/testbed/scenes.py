@@ -81,11 +81,25 @@ class Sample:
         raise IndexError(f"frame {index} is past the video's end")
 
 
-def describe(scenes: tuple[Scene, ...]) -> str:
+def describe(scenes: tuple[Scene, ...], frames: int | None = None) -> str:
     """The scene list as text ("Scene 1: 2 red circles on a gray background. ..."): the text control's stand-in
-    for the video and the testbed's caption target."""
-    return " ".join(f"Scene {i + 1}: {s.count} {s.color} {s.shape}{'s' if s.count > 1 else ''} on a {s.background} "
-                    f"background." for i, s in enumerate(scenes))
+    for the video and the testbed's caption target. With ``frames`` (the sampled frame count), each scene also
+    says which sampled frames show it, 1-based ("Scene 2 (frames 4-6): ..."), so a description has to place
+    every boundary; a scene no sampled frame shows is left out, as the model cannot see it."""
+    if frames is None:
+        return " ".join(f"Scene {i + 1}: {_looks(s)}." for i, s in enumerate(scenes))
+    starts = np.cumsum([0] + [s.frames for s in scenes])
+    shown = np.searchsorted(starts, Sample("", scenes, None).frame_indices(frames), side="right") - 1  # (frames,)
+    parts = []
+    for i in dict.fromkeys(shown.tolist()):  # scenes in order of appearance
+        first, last = np.flatnonzero(shown == i)[[0, -1]] + 1
+        span = f"frame {first}" if first == last else f"frames {first}-{last}"
+        parts.append(f"Scene {len(parts) + 1} ({span}): {_looks(scenes[i])}.")
+    return " ".join(parts)
+
+
+def _looks(s: Scene) -> str:
+    return f"{s.count} {s.color} {s.shape}{'s' if s.count > 1 else ''} on a {s.background} background"
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
