@@ -19,7 +19,7 @@ from vidpress.testbed.qa import accuracy, described, encode, own_descriptions
 from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
 from vidpress.testbed.scenes import describe, make_split
 
-SCENE = re.compile(r"Scene \d+: [^.]*\.")
+SCENE = re.compile(r"Scene \d+(?: \([^)]*\))?: [^.]*\.")  # with or without its frame span
 
 
 def main() -> None:
@@ -35,12 +35,13 @@ def main() -> None:
     loaded = load_testbed(args.folder)
     model, processor, tokenizer = loaded.model, loaded.processor, loaded.processor.tokenizer
     samples = make_split("validation", args.videos, record["seed"] if args.seed is None else args.seed)
-    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True)
+    spans = record.get("description_spans", False)  # trained to name each scene's frames: judged with them
+    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True, spans=spans)
     own, texts = [], []
     for start in range(0, len(data), 8):
         ids, said = own_descriptions(model, data[start:start + 8], tokenizer)
         own, texts = own + ids, texts + said
-    truths = [describe(s.scenes) for s in samples]
+    truths = [describe(s.scenes, record["frames"] if spans else None) for s in samples]
     scenes = [(SCENE.findall(t), SCENE.findall(s)) for t, s in zip(truths, texts)]
     right = sum(a == b for truth, said in scenes for a, b in zip(truth, said))
     total = sum(len(truth) for truth, _ in scenes)

@@ -71,7 +71,8 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
              "each scene.`; the describe protocol: two requests per question)"
              if describing else "each question is asked right after the video")
     weight = record.get("description_weight", 1.0)
-    target = (f"the true description (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
+    spans = " naming each scene's sampled frames" if record.get("description_spans") else ""
+    target = (f"the true description{spans} (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
               "correct option's text after it, teacher-forced"
               if describing else "cross-entropy of the correct option's text after the prompt")
     runs = chain(record)
