@@ -139,7 +139,8 @@ def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Seq
     def run(method: Any, label: str) -> Answer:
         answers = [ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, progress=False, label=label) for _ in range(repeats)]
-        answers[0].report = median_report([a.report for a in answers]) if repeats > 1 else answers[0].report
+        if repeats > 1:
+            answers[0].report = median_report([a.report for a in answers])
         return answers[0]
 
     none = get_method("none")
