@@ -70,7 +70,7 @@ class Sample:
 
     def frame_indices(self, count: int) -> np.ndarray:
         """Indices of ``count`` frames sampled uniformly from the whole video (what :meth:`frames` keeps)."""
-        return np.linspace(0, sum(s.frames for s in self.scenes) - 1, count).round().astype(int)
+        return frame_indices(self.scenes, count)
 
     def scene_at(self, index: int) -> tuple[Scene, int]:
         """The scene showing frame ``index`` of the video and the frame's index within that scene."""
@@ -81,6 +81,11 @@ class Sample:
         raise IndexError(f"frame {index} is past the video's end")
 
 
+def frame_indices(scenes: tuple[Scene, ...], count: int) -> np.ndarray:
+    """Indices (count,) of ``count`` frames sampled uniformly from the video of ``scenes``, in order."""
+    return np.linspace(0, sum(s.frames for s in scenes) - 1, count).round().astype(int)
+
+
 def describe(scenes: tuple[Scene, ...], frames: int | None = None) -> str:
     """The scene list as text ("Scene 1: 2 red circles on a gray background. ..."): the text control's stand-in
     for the video and the testbed's caption target. With ``frames`` (the sampled frame count), each scene also
@@ -89,7 +94,7 @@ def describe(scenes: tuple[Scene, ...], frames: int | None = None) -> str:
     if frames is None:
         return " ".join(f"Scene {i + 1}: {_looks(s)}." for i, s in enumerate(scenes))
     starts = np.cumsum([0] + [s.frames for s in scenes])
-    shown = np.searchsorted(starts, Sample("", scenes, None).frame_indices(frames), side="right") - 1  # (frames,)
+    shown = np.searchsorted(starts, frame_indices(scenes, frames), side="right") - 1  # scene of each sampled frame
     parts = []
     for i in dict.fromkeys(shown.tolist()):  # scenes in order of appearance
         first, last = np.flatnonzero(shown == i)[[0, -1]] + 1
