@@ -55,7 +55,7 @@ def main() -> None:
               f"[{low:.1%}, {high:.1%}]  retained {rows[-1]['accuracy_retained']:6.1%}  "
               f"prefill FLOPs {rows[-1]['prefill_flops_ratio']:.3f}")
     meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
-            "protocol": protocol, "chance": 0.25, "seconds": round(time.time() - started)}
+            "protocol": protocol, "merge_repeats": protocol == "describe", "chance": 0.25, "seconds": round(time.time() - started)}
     if not loaded.trained:
         print("note: untrained model - accuracy is at or below chance; this run only checks the matrix runs")
     write(rows, notes, meta, args.out)

@@ -5,8 +5,8 @@
 Loads a saved testbed (default: the committed one) trained with ``--protocol describe`` and, on the first ``n``
 validation videos (every question kind each allows), prints: how many of the model's own greedy descriptions,
 and of their scenes, match the truth exactly; three examples; and the accuracy per kind when each question
-follows the model's own description (what validation and ``vidpress eval`` score) versus the true one (what
-answering alone would give with perfect reading).
+follows the model's own description raw, the same merged (:func:`vidpress.evaluate.merge_repeats`: what validation
+and ``vidpress eval`` score), or the true one (what answering alone would give with perfect reading).
 """
 
 import argparse
@@ -15,11 +15,21 @@ from pathlib import Path
 
 import torch
 
-from vidpress.testbed.qa import accuracy, described, encode, own_descriptions
+from vidpress.evaluate import merge_repeats
+from vidpress.testbed.qa import accuracy, described, encode, own_descriptions, said_ids
 from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
 from vidpress.testbed.scenes import describe, make_split
 
 SCENE = re.compile(r"Scene \d+(?: \([^)]*\))?: [^.]*\.")  # with or without its frame span
+
+
+def judged(truths: list[str], texts: list[str]) -> str:
+    """How many ``texts`` equal their truth, how many scenes are right in place, how many count the scenes right."""
+    scenes = [(SCENE.findall(t), SCENE.findall(s)) for t, s in zip(truths, texts)]
+    right = sum(a == b for truth, said in scenes for a, b in zip(truth, said))
+    total = sum(len(truth) for truth, _ in scenes)
+    return (f"{sum(t == s.strip() for t, s in zip(truths, texts))}/{len(texts)} exact; scenes right in place "
+            f"{right}/{total} ({right / total:.1%}); scene count right {sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}")
 
 
 def main() -> None:
@@ -39,18 +49,16 @@ def main() -> None:
     data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True, spans=spans)
     own, texts = [], []
     for start in range(0, len(data), 8):
-        ids, said = own_descriptions(model, data[start:start + 8], tokenizer)
+        ids, said = own_descriptions(model, data[start:start + 8], tokenizer, merge=False)
         own, texts = own + ids, texts + said
     truths = [describe(s.scenes, record["frames"] if spans else None) for s in samples]
-    scenes = [(SCENE.findall(t), SCENE.findall(s)) for t, s in zip(truths, texts)]
-    right = sum(a == b for truth, said in scenes for a, b in zip(truth, said))
-    total = sum(len(truth) for truth, _ in scenes)
-    print(f"own descriptions: {sum(t == s.strip() for t, s in zip(truths, texts))}/{len(texts)} exact; "
-          f"scenes right in place {right}/{total} ({right / total:.1%}); scene count right "
-          f"{sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}")
+    print(f"own descriptions: {judged(truths, texts)}")
     for truth, said in list(zip(truths, texts))[:3]:
         print(f"  truth: {truth}\n  said:  {said}")
-    for label, said in (("own", own), ("true", None)):
+    merged = [merge_repeats(t) for t in texts]  # what vidpress eval asks after
+    print(f"merged (neighbouring scenes told the same joined): {judged(truths, merged)}")
+    joined = [said_ids(tokenizer, m) for m in merged]
+    for label, said in (("own", own), ("own, merged", joined), ("true", None)):
         right = accuracy(model, described(data, said), tokenizer, batch=4)
         print(f"answers after the {label} description: " + " ".join(f"{k} {v:.0%}" for k, v in right.items()))
 

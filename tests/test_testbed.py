@@ -376,6 +376,24 @@ def test_match_option_exact_then_first_mentioned():
     assert match_option("a green triangle", options) is None
 
 
+def test_merge_repeats_joins_neighbouring_scenes_told_the_same():
+    """Run F's own description (testbed_training.md) merges into the truth; frame spans join; a scene told again
+    later is a new scene; text past the last whole sentence keeps, renumbered; other text is left alone."""
+    from vidpress.evaluate import merge_repeats
+    from vidpress.testbed.scenes import Scene, describe
+
+    a, b, c = (Scene("brown", "circle", "yellow", 4, "static", 5), Scene("brown", "circle", "purple", 4, "static", 5),
+               Scene("navy", "square", "white", 1, "static", 5))
+    said = describe((a, a, b, c, c))  # "Scene 1: 4 yellow circles ... Scene 5: 1 white square on a navy background."
+    assert merge_repeats(said) == describe((a, b, c))
+    assert merge_repeats(describe((a, b, a))) == describe((a, b, a))
+    assert merge_repeats(describe((a, b, c), frames=12)) == describe((a, b, c), frames=12)  # spans 1-4, 5-8, 9-12
+    spans = "Scene 1 (frames 1-3): X. Scene 2 (frame 4): X. Scene 3 (frames 5-12): Y."
+    assert merge_repeats(spans) == "Scene 1 (frames 1-4): X. Scene 2 (frames 5-12): Y."
+    assert merge_repeats("Scene 1: X. Scene 2: X. Scene 3: 2 red") == "Scene 1: X. Scene 2: 2 red"
+    assert merge_repeats("Four circles, then a square.") == "Four circles, then a square."
+
+
 def test_caption_item_describes_the_scenes(tiny):
     import torch
 
@@ -489,6 +507,7 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
                             protocol="describe", description_weight=3.0, log=None)
     assert seen[0] == ([], True, 3.0) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
     assert record["protocol"] == "describe" and record["description_weight"] == 3.0 and len(record["history"]) == 1
+    assert record["merge_repeats"] and not record["description_spans"]
     with pytest.raises(ValueError, match="protocol"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)
     with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
@@ -522,3 +541,4 @@ def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
                     spans=True)
     text = tiny.processor.tokenizer.decode(video["description"], skip_special_tokens=True)
     assert text == describe(sample.scenes, 4) and "(frame" in text
+

@@ -33,6 +33,8 @@ def score(folder: Path, questions: int = 560) -> dict[str, Any]:
     samples = make_split("test", 560)[:questions]
     result = evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=record["frames"],
                       size=record["image_size"], label="testbed", protocol=loaded.protocol)
+    if loaded.protocol == "describe":  # scored as vidpress eval asks: after the description, repeats merged
+        record["merge_repeats"] = True
     record.update(test_questions=result.total, test_correct=result.correct, test_accuracy=result.accuracy,
                   test_interval=list(result.interval), test_by_kind=result.by_kind(samples),
                   test_subset=SUBSET, test_subset_correct=sum(result.hits[:SUBSET]))
@@ -67,8 +69,10 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
                  if record.get("caption_steps") else "")
                 + ("; the description kept training beside the questions (its own mean loss)" if record.get("caption_task") else ""))
     describing = record.get("protocol") == "describe"
+    merged = (", neighbouring scenes it tells the same merged into one (`vidpress.evaluate.merge_repeats`)"
+              if record.get("merge_repeats") else "")
     asked = ("each question is asked in a second turn, after the model's own description of the video (`Describe "
-             "each scene.`; the describe protocol: two requests per question)"
+             f"each scene.`{merged}; the describe protocol: two requests per question)"
              if describing else "each question is asked right after the video")
     weight = record.get("description_weight", 1.0)
     spans = " naming each scene's sampled frames" if record.get("description_spans") else ""

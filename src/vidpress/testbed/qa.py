@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option
+from ..evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option, merge_repeats
 from ..pipeline import build_inputs, chat_prompt
 from .align import project, word_targets
 from .scenes import TYPES, Sample, ask, describe
@@ -98,14 +98,20 @@ def described(videos: list[dict], descriptions: Sequence[torch.Tensor] | None = 
     return [{**v, "prefix": torch.cat([v["prefix"], v["request"], d]), "described": len(d)} for v, d in zip(videos, said)]
 
 
-def own_descriptions(model: Any, videos: list[dict], tokenizer: Any) -> tuple[list[torch.Tensor], list[str]]:
-    """The model's greedy descriptions of ``videos`` (describe protocol): their ids re-tokenised from the text
-    and ended with the end of turn (as a chat prompt carries them), and the texts."""
+def own_descriptions(model: Any, videos: list[dict], tokenizer: Any,
+                     merge: bool = True) -> tuple[list[torch.Tensor], list[str]]:
+    """The model's greedy descriptions of ``videos`` (describe protocol), through :func:`merge_repeats` as
+    ``vidpress eval`` asks after them (``merge=False``: the raw text): their ids (:func:`said_ids`) and texts."""
     texts = greedy_answers(model, [{**v, "questions": [{"ids": v["request"]}]} for v in videos], tokenizer,
                            DESCRIPTION_TOKENS)
-    end = torch.tensor([tokenizer.eos_token_id])
-    return [torch.cat([torch.tensor(tokenizer(t, add_special_tokens=False).input_ids, dtype=torch.long), end])
-            for t in texts], texts
+    texts = [merge_repeats(t) for t in texts] if merge else texts
+    return [said_ids(tokenizer, t) for t in texts], texts
+
+
+def said_ids(tokenizer: Any, text: str) -> torch.Tensor:
+    """(L + 1,) ids of a description's ``text`` then the end of turn, as a chat prompt carries a past reply."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return torch.tensor(ids + [tokenizer.eos_token_id], dtype=torch.long)
 
 
 def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:

@@ -73,7 +73,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``curriculum`` > 0 the kinds then join one at a time, every ``curriculum`` steps, in :data:`CURRICULUM` order.
     ``protocol="describe"`` asks each question after the video's description (:mod:`.qa`): training
     teacher-forces and trains the true description at every step (the caption steps train only it), validation
-    answers after the model's own; ``"direct"`` asks right after the video. ``description_weight`` scales the
+    answers after the model's own (neighbouring scenes told the same merged, as ``vidpress eval`` asks);
+    ``"direct"`` asks right after the video. ``description_weight`` scales the
     description's mean loss against the answers' (describe protocol; 1: equal). ``description_spans`` trains
     descriptions that say which sampled frames show each scene ("Scene 2 (frames 4-6): ..."), so a scene told
     twice costs a wrong frame range (the describe protocol's main error).
@@ -144,7 +145,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
                 "caption_steps": caption_steps, "protocol": protocol, "description_weight": description_weight,
-                "description_spans": description_spans, "curriculum": curriculum, "device": device_name(model), "command": command}
+                "description_spans": description_spans, "merge_repeats": describing, "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
 
     def record(steps_done: int, lora: dict[str, torch.Tensor]) -> dict[str, Any]:
