@@ -46,12 +46,14 @@ def main() -> None:
     model, processor, tokenizer = loaded.model, loaded.processor, loaded.processor.tokenizer
     samples = make_split("validation", args.videos, record["seed"] if args.seed is None else args.seed)
     spans = record.get("description_spans", False)  # trained to name each scene's frames: judged with them
-    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True, spans=spans)
+    changes = record.get("description_changes", False)  # likewise the attribute that changed
+    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True, spans=spans,
+                  changes=changes)
     own, texts = [], []
     for start in range(0, len(data), 8):
         ids, said = own_descriptions(model, data[start:start + 8], tokenizer, merge=False)
         own, texts = own + ids, texts + said
-    truths = [describe(s.scenes, record["frames"] if spans else None) for s in samples]
+    truths = [describe(s.scenes, record["frames"] if spans else None, changes) for s in samples]
     print(f"own descriptions: {judged(truths, texts)}")
     for truth, said in list(zip(truths, texts))[:3]:
         print(f"  truth: {truth}\n  said:  {said}")

@@ -392,6 +392,8 @@ def test_merge_repeats_joins_neighbouring_scenes_told_the_same():
     assert merge_repeats(spans) == "Scene 1 (frames 1-4): X. Scene 2 (frames 5-12): Y."
     assert merge_repeats("Scene 1: X. Scene 2: X. Scene 3: 2 red") == "Scene 1: X. Scene 2: 2 red"
     assert merge_repeats("Four circles, then a square.") == "Four circles, then a square."
+    noted = "Scene 1: X. Scene 2: Y; changed: the background. Scene 3: Y. Scene 4: Y; changed: the background."
+    assert merge_repeats(noted) == "Scene 1: X. Scene 2: Y; changed: the background."  # --description-changes
 
 
 def test_caption_item_describes_the_scenes(tiny):
@@ -504,10 +506,10 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     record = training.train(loaded.model, loaded.processor, steps=3, train_videos=4, val_videos=2, frames=4,
                             size=56, batch=2, rank=4, eval_every=3, align_steps=0, caption_steps=1,
-                            protocol="describe", description_weight=3.0, log=None)
+                            protocol="describe", description_weight=3.0, description_changes=True, log=None)
     assert seen[0] == ([], True, 3.0) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
     assert record["protocol"] == "describe" and record["description_weight"] == 3.0 and len(record["history"]) == 1
-    assert record["merge_repeats"] and not record["description_spans"]
+    assert record["description_changes"] and record["merge_repeats"] and not record["description_spans"]
     with pytest.raises(ValueError, match="protocol"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)
     with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
@@ -517,7 +519,8 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
 
 def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
     """``describe(scenes, frames)``: spans hand-computed from frame_indices; an unseen scene is left out; the
-    default text is unchanged; encode(spans=True) trains that text (the describe protocol's target)."""
+    default text is unchanged; encode(spans=True) trains that text (the describe protocol's target), with
+    ``changes`` too."""
     from vidpress.testbed.qa import encode
     from vidpress.testbed.scenes import Scene, Sample, describe
 
@@ -538,7 +541,27 @@ def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
                                    "Scene 2 (frame 2): 2 green circles on a gray background.")
     sample = make_split("train", 1, seed=3)[0]
     video, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, all_kinds=False, describe_first=True,
-                    spans=True)
+                    spans=True, changes=True)
     text = tiny.processor.tokenizer.decode(video["description"], skip_special_tokens=True)
-    assert text == describe(sample.scenes, 4) and "(frame" in text
+    assert text == describe(sample.scenes, 4, changes=True) and "(frame" in text and "; changed: " in text
 
+
+def test_description_changes_name_the_one_attribute_that_changed():
+    """``describe(scenes, changes=True)``: a scene one attribute away from the scene before names it, with the
+    text of the ``changed`` question's answer; two attributes or none changed: no mark; spans keep the mark."""
+    from vidpress.testbed.scenes import CHANGES, Scene, answer, describe
+
+    red = Scene("gray", "circle", "red", 2, "static", 5)
+    blue = Scene("gray", "circle", "blue", 2, "left-to-right", 5)  # colour (motion does not count)
+    squares = Scene("teal", "square", "blue", 2, "static", 5)  # background and shape
+    fewer = Scene("teal", "square", "blue", 1, "static", 5)  # count
+    told = describe((red, blue, squares, fewer), changes=True)
+    assert told == ("Scene 1: 2 red circles on a gray background. "
+                    "Scene 2: 2 blue circles on a gray background; changed: the object's colour. "
+                    "Scene 3: 2 blue squares on a teal background. "
+                    "Scene 4: 1 blue square on a teal background; changed: the number of objects.")
+    assert [answer("changed", (red, blue, squares, fewer), {"scene": k}) for k in range(3)] == [
+        CHANGES[1], None, CHANGES[3]]
+    assert describe((red, red), 12, changes=True) == ("Scene 1 (frames 1-6): 2 red circles on a gray background. "
+                                                      "Scene 2 (frames 7-12): 2 red circles on a gray background.")
+    assert describe((red, blue), changes=False) == describe((red, blue))

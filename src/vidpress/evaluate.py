@@ -44,13 +44,15 @@ def merge_repeats(description: str) -> str:
     The describe protocol's tidy step: a trained testbed's main description error is a long scene told twice
     (testbed issue, run F), and the procedural generator starts a new scene where the looks change (5 of the
     560 test videos have two neighbouring scenes that differ only in motion, which merging then undercounts).
-    Text after the last whole scene sentence (a description cut at the length cap) is kept, its scene renumbered."""
+    Scenes compare by their looks alone: a "; changed: ..." note (``describe(..., changes=True)``) stays with the
+    first scene of a run, where the change is. Text after the last whole scene sentence (a description cut at
+    the length cap) is kept, its scene renumbered."""
     scenes, at = [], 0
     for found in _SCENE.finditer(description):
         if found.start() != at:
             break
         first, last, looks = found.groups()
-        if scenes and scenes[-1][2] == looks:
+        if scenes and scenes[-1][2].split(";")[0] == looks.split(";")[0]:  # the looks, without a "; changed:" note
             scenes[-1][1] = last or first
         else:
             scenes.append([first, last or first, looks])

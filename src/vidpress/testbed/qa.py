@@ -40,7 +40,7 @@ def answer_target(tokenizer: Any, answer: str) -> torch.Tensor:
 
 def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
            all_kinds: bool = True, caption: bool = False, describe_first: bool = False,
-           spans: bool = False) -> list[dict]:
+           spans: bool = False, changes: bool = False) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
     the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
     token ids then the end of turn (La,), the options and the answer index. With ``caption``, each video also
@@ -48,13 +48,14 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
     ``describe_first`` (the describe protocol), each video gets its ``"request"`` (the ids after the video
     through the assistant's turn, :data:`CAPTION` asked) and true ``"description"`` (then the end of turn),
     and each question's ids are its second turn, the ids that follow the description. ``spans``: the true
-    description says which sampled frames show each scene (:func:`.scenes.describe` with ``frames``)."""
+    description says which sampled frames show each scene (:func:`.scenes.describe` with ``frames``);
+    ``changes``: it names the one attribute that changed from the scene before, where only one did."""
     tokenizer = processor.tokenizer
     video_token = processor.video_token
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
-            truth = describe(sample.scenes, frames if spans else None)
+            truth = describe(sample.scenes, frames if spans else None, changes)
             history = [(CAPTION, truth)] if describe_first else []
             inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample), history)
             ids = inputs["input_ids"][0]  # kept on the CPU, like everything encode returns; batches move later

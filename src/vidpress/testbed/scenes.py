@@ -86,20 +86,27 @@ def frame_indices(scenes: tuple[Scene, ...], count: int) -> np.ndarray:
     return np.linspace(0, sum(s.frames for s in scenes) - 1, count).round().astype(int)
 
 
-def describe(scenes: tuple[Scene, ...], frames: int | None = None) -> str:
+def describe(scenes: tuple[Scene, ...], frames: int | None = None, changes: bool = False) -> str:
     """The scene list as text ("Scene 1: 2 red circles on a gray background. ..."): the text control's stand-in
     for the video and the testbed's caption target. With ``frames`` (the sampled frame count), each scene also
     says which sampled frames show it, 1-based ("Scene 2 (frames 4-6): ..."), so a description has to place
-    every boundary; a scene no sampled frame shows is left out, as the model cannot see it."""
+    every boundary; a scene no sampled frame shows is left out, as the model cannot see it. With ``changes``, a
+    scene whose looks differ from the scene before in exactly one attribute names it ("...; changed: the
+    object's colour."), the answer a ``changed`` question about the pair takes."""
+
+    def looks(i: int) -> str:
+        changed = answer("changed", scenes, {"scene": i - 1}) if changes and i else None
+        return _looks(scenes[i]) + (f"; changed: {changed}" if changed else "")
+
     if frames is None:
-        return " ".join(f"Scene {i + 1}: {_looks(s)}." for i, s in enumerate(scenes))
+        return " ".join(f"Scene {i + 1}: {looks(i)}." for i in range(len(scenes)))
     starts = np.cumsum([0] + [s.frames for s in scenes])
     shown = np.searchsorted(starts, frame_indices(scenes, frames), side="right") - 1  # scene of each sampled frame
     parts = []
     for i in dict.fromkeys(shown.tolist()):  # scenes in order of appearance
         first, last = np.flatnonzero(shown == i)[[0, -1]] + 1
         span = f"frame {first}" if first == last else f"frames {first}-{last}"
-        parts.append(f"Scene {len(parts) + 1} ({span}): {_looks(scenes[i])}.")
+        parts.append(f"Scene {len(parts) + 1} ({span}): {looks(i)}.")
     return " ".join(parts)
 
 

@@ -60,7 +60,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
           size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
           align_steps: int = 1500, eval_every: int = 50, caption: bool = False, caption_steps: int = 0,
           curriculum: int = 0, protocol: str = "direct", description_weight: float = 1.0,
-          description_spans: bool = False, seconds: float | None = None, checkpoint: Path | None = None,
+          description_spans: bool = False, description_changes: bool = False, seconds: float | None = None,
+          checkpoint: Path | None = None,
           init: Path | None = None,
           command: str | None = None,
           data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
@@ -77,7 +78,10 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     ``"direct"`` asks right after the video. ``description_weight`` scales the
     description's mean loss against the answers' (describe protocol; 1: equal). ``description_spans`` trains
     descriptions that say which sampled frames show each scene ("Scene 2 (frames 4-6): ..."), so a scene told
-    twice costs a wrong frame range (the describe protocol's main error).
+    twice costs a wrong frame range (the describe protocol's main error). ``description_changes`` trains
+    descriptions that name the one attribute that changed from the scene before ("...; changed: the
+    background."), so a ``changed`` question reads its answer off the description instead of comparing two
+    sentences (the LM's weak spot even from true descriptions).
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
     ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
@@ -107,11 +111,11 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     started = time.time()
+    told = {"describe_first": describing, "spans": description_spans, "changes": description_changes}
     train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed,
-                                           caption=not describing and (caption or caption_steps > 0),
-                                           describe_first=describing, spans=description_spans),
+                                           caption=not describing and (caption or caption_steps > 0), **told),
                                     encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed,
-                                           describe_first=describing, spans=description_spans))
+                                           **told))
     say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {device_name(model)}")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -145,7 +149,8 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                 "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
                 "caption_steps": caption_steps, "protocol": protocol, "description_weight": description_weight,
-                "description_spans": description_spans, "merge_repeats": describing, "curriculum": curriculum, "device": device_name(model), "command": command}
+                "description_spans": description_spans, "description_changes": description_changes,
+                "merge_repeats": describing, "curriculum": curriculum, "device": device_name(model), "command": command}
     best, best_state, history = -1.0, None, []
 
     def record(steps_done: int, lora: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="describe protocol: weight of the description's mean loss against the answers' (1: equal)")
     parser.add_argument("--description-spans", action="store_true",
                         help="describe protocol: descriptions say which sampled frames show each scene")
+    parser.add_argument("--description-changes", action="store_true",
+                        help="describe protocol: a scene that differs from the one before in one attribute names it")
     parser.add_argument("--seconds", type=float, default=None,
                         help="wall-time cap for the whole run; the step count and schedule shrink to fit")
     parser.add_argument("--init", type=Path, default=None,
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                    lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
                    align_steps=args.align_steps, caption=args.caption, caption_steps=args.caption_steps,
                    curriculum=args.curriculum, protocol=args.protocol, description_weight=args.description_weight,
-                   description_spans=args.description_spans,
+                   description_spans=args.description_spans, description_changes=args.description_changes,
                    seconds=args.seconds, checkpoint=args.out, init=args.init,
                    command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
