@@ -287,7 +287,7 @@ def eval_(
         label = f"{method} @ {retention:.0%}" if retention is not None else None
         results.append(evaluate(loaded.model, loaded.processor, samples, chosen, frames=frames, label=label,
                                 protocol=loaded.protocol))
-    asked = " (each after the model's own description)" if loaded.protocol == "describe" else ""
+    asked = " (each after the model's own description, repeated scenes merged)" if loaded.protocol == "describe" else ""
     table = Table(title=f"procedural video QA, {questions} test questions{asked}, {frames} frames, chance 25 %")
     for column in ("method", "accuracy", "95 % CI", "LLM prefill FLOPs", "accuracy retained"):
         table.add_column(column, justify="left" if column == "method" else "right")
