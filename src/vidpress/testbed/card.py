@@ -75,10 +75,10 @@ def write_card(folder: Path, record: dict[str, Any]) -> Path:
              f"each scene.`{merged}; the describe protocol: two requests per question)"
              if describing else "each question is asked right after the video")
     weight = record.get("description_weight", 1.0)
-    spans = " naming each scene's sampled frames" if record.get("description_spans") else ""
-    spans += (f"{' and' if spans else ''} naming the one attribute that changed from the scene before, where only "
+    named = " naming each scene's sampled frames" if record.get("description_spans") else ""
+    named += (f"{' and' if named else ''} naming the one attribute that changed from the scene before, where only "
               "one did" if record.get("description_changes") else "")
-    target = (f"the true description{spans} (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
+    target = (f"the true description{named} (its own mean loss{'' if weight == 1 else f', weighted {weight:g}x'}) and the "
               "correct option's text after it, teacher-forced"
               if describing else "cross-entropy of the correct option's text after the prompt")
     runs = chain(record)
