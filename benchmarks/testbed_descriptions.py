@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vidpress.evaluate import merge_repeats
-from vidpress.testbed.qa import accuracy, described, encode, own_descriptions, said_ids
+from vidpress.testbed.qa import accuracy, described, encode, answer_target, own_descriptions
 from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
 from vidpress.testbed.scenes import describe, make_split
 
@@ -59,7 +59,7 @@ def main() -> None:
         print(f"  truth: {truth}\n  said:  {said}")
     merged = [merge_repeats(t) for t in texts]  # what vidpress eval asks after
     print(f"merged (neighbouring scenes told the same joined): {judged(truths, merged)}")
-    joined = [said_ids(tokenizer, m) for m in merged]
+    joined = [answer_target(tokenizer, m) for m in merged]
     for label, said in (("own", own), ("own, merged", joined), ("true", None)):
         right = accuracy(model, described(data, said), tokenizer, batch=4)
         print(f"answers after the {label} description: " + " ".join(f"{k} {v:.0%}" for k, v in right.items()))

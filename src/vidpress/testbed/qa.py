@@ -102,17 +102,13 @@ def described(videos: list[dict], descriptions: Sequence[torch.Tensor] | None = 
 def own_descriptions(model: Any, videos: list[dict], tokenizer: Any,
                      merge: bool = True) -> tuple[list[torch.Tensor], list[str]]:
     """The model's greedy descriptions of ``videos`` (describe protocol), through :func:`merge_repeats` as
-    ``vidpress eval`` asks after them (``merge=False``: the raw text): their ids (:func:`said_ids`) and texts."""
+    ``vidpress eval`` asks after them (``merge=False``: the raw text): their ids then the end of turn, as a chat
+    prompt carries a past reply (:func:`answer_target`), and the texts."""
     texts = greedy_answers(model, [{**v, "questions": [{"ids": v["request"]}]} for v in videos], tokenizer,
                            DESCRIPTION_TOKENS)
     texts = [merge_repeats(t) for t in texts] if merge else texts
-    return [said_ids(tokenizer, t) for t in texts], texts
+    return [answer_target(tokenizer, t) for t in texts], texts
 
-
-def said_ids(tokenizer: Any, text: str) -> torch.Tensor:
-    """(L + 1,) ids of a description's ``text`` then the end of turn, as a chat prompt carries a past reply."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    return torch.tensor(ids + [tokenizer.eos_token_id], dtype=torch.long)
 
 
 def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:
