@@ -7,7 +7,9 @@
 #          naming the attribute that changed from the scene before, capped at 1900 s (about 87 steps);
 #   card   scores OUT/k on the 560-question test split and writes OUT/k/MODEL_CARD.md.
 # The --seconds caps make the step count depend on the machine's speed, so another CPU keeps another step:
-# compare the card's accuracy, not the weights. To commit the result: cp OUT/k/* src/vidpress/assets/testbed/
+# compare the card's accuracy, not the weights. Run S was validated before the merge step existed (stop 14);
+# a fresh OUT/s validates with it and may keep another step. Not yet run end to end: S and K were run separately.
+# To commit the result: cp OUT/k/* src/vidpress/assets/testbed/
 #
 # usage: benchmarks/reproduce_testbed.sh OUT   (needs pip install -e ".[train]")
 set -euo pipefail
