@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the committed testbed (run K) from seed 0 on a 2-core CPU, in two chained training runs and then
-# its model card. Training takes about 100 min; the card's test-split scoring takes about 38 min more.
+# its model card. Training takes about 100 min; the card's test-split scoring takes about 54 min more.
 #   OUT/s  run S's recipe from scratch: stage-1 alignment, 30 description-only steps, then the describe
 #          protocol with frame spans, capped at 4200 s (about 245 steps);
 #   OUT/k  continues OUT/s on 600 new training videos (seed 4), the description's loss weighted 4x, also
-#          naming the attribute that changed from the scene before, capped at 1900 s (about 87 steps);
+#          naming the attribute that changed from the scene before, capped at 1900 s (about 78 steps);
 #   card   scores OUT/k on the 560-question test split and writes OUT/k/MODEL_CARD.md.
 # The --seconds caps make the step count depend on the machine's speed, so another CPU keeps another step:
 # compare the card's accuracy, not the weights. Run S was validated before the merge step existed (stop 14);
