@@ -110,7 +110,6 @@ def own_descriptions(model: Any, videos: list[dict], tokenizer: Any,
     return [answer_target(tokenizer, t) for t in texts], texts
 
 
-
 def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.Tensor]) -> tuple:
     """Run each question's ``suffixes(question)`` ids on its video's cached prefix.
 
