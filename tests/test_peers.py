@@ -62,19 +62,26 @@ def test_fastvid_segments_and_budgets_by_hand():
     tokens = _scenes()
     stage = FastVID(retention=0.25, min_segments=2, threshold=0.5).build().pre_llm
     packed = stage(tokens)
-    # DySeg cuts at the scene change only: segments 0-3 and 4-7; 4 per frame: round(0.4 * 4) = 2 salient,
-    # the other 2 x 4 = 8 per segment go to anchor frame 0 (stride 4) of each segment.
+    # DySeg cuts at the scene change only: segments 0-3 and 4-7; 4 per frame: round(0.4 * 4) = 2 anchors, 2
+    # chosen by attention; the 2 x 4 = 8 anchors of a segment go to its last frame (stride 4, counted from the end).
     assert packed.num_visual == 32 and packed.events[0, :-1].bincount().tolist() == [16, 16]
-    assert torch.bincount(packed.frame_of[0, :-1], minlength=8).tolist() == [10, 2, 2, 2, 10, 2, 2, 2]
+    assert torch.bincount(packed.frame_of[0, :-1], minlength=8).tolist() == [2, 2, 2, 10, 2, 2, 2, 10]
     f1 = packed.frame_of[0] == 1
-    assert torch.equal(packed.features[0, f1], tokens.features[0, 1, [14, 15]])  # salient = most attended
+    assert torch.equal(packed.features[0, f1], tokens.features[0, 1, [14, 15]])  # attention-chosen = most attended
     at_10 = stage.__class__(retention=0.1, min_segments=2, threshold=0.5)(tokens)
-    # 13 = [2]*5 + [1]*3; salient round(0.8) = 1, round(0.4) = 0; contextual 4 per segment on frames 0 and 4
-    assert torch.bincount(at_10.frame_of[0, :-1], minlength=8).tolist() == [5, 1, 1, 1, 5, 0, 0, 0]
+    # 13 = [2]*5 + [1]*3; anchors round(0.8) = 1, round(0.4) = 0, so one attention-chosen token per frame and
+    # 4 + 1 anchors on frames 3 and 7
+    assert torch.bincount(at_10.frame_of[0, :-1], minlength=8).tolist() == [1, 1, 1, 5, 1, 1, 1, 2]
     faithful = stage.__class__(retention=0.1, min_segments=2, threshold=0.5, mode="faithful")(tokens)
     assert faithful.num_visual == 8  # the reference keeps int(16 * 0.1) = 1 per frame, not the budget of 13
-    with pytest.raises(BudgetError, match="anchor frame"):
+    # r = 0.25: retain 4, int(4 * 0.4) = 1 anchor, 3 by attention; the last frame of each segment takes 1 * 4 // 1
+    faithful = stage.__class__(retention=0.25, min_segments=2, threshold=0.5, mode="faithful")(tokens)
+    assert torch.bincount(faithful.frame_of[0, :-1], minlength=8).tolist() == [3, 3, 3, 7, 3, 3, 3, 7]
+    with pytest.raises(BudgetError, match="anchor frame"):  # 3 * 8 // 1 = 24 anchors of 11 candidates
         stage.__class__(retention=0.5, min_segments=1, threshold=0.0, anchor_stride=8, mode="faithful")(tokens)
+    with pytest.raises(BudgetError, match="c=9"):
+        stage.__class__(min_segments=9, mode="faithful")(tokens)
+    assert stage.__class__(min_segments=9)(tokens).num_visual == 32  # fixed: at most F segments
 
 
 def _spec(layers=8):

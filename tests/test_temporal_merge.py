@@ -29,7 +29,7 @@ def test_faithful_full_frames_general_even_f():
 
 def test_faithful_odd_f_drops_last_frame():
     plan = TemporalMerge(k=0.5, mode="faithful")(tokens(9, 10))
-    assert plan.keep.max().item() < 8 * 10  # nothing from frame 8
+    assert plan.source.max().item() < 8 * 10  # nothing from frame 8
     # pass B runs over range(0, F-4, 4) = {0, 4} for F=9, so frames 2 and 6 are pruned: full {0, 4}
     assert plan.num_kept == 2 * 10 + 6 * 5
 

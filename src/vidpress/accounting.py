@@ -236,7 +236,8 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
         for layer in range(1, layers):
             if layer in stages.prefill.layers:
                 scores = torch.rand(1, alive, generator=generator)
-                plan = stages.prefill(LayerSignals(layer - 1, scores, event_of, key), StageContext(num_layers=layers))
+                scored = layer if stages.prefill.needs.scores_at_drop else layer - 1
+                plan = stages.prefill(LayerSignals(scored, scores, event_of, key, kept), StageContext(num_layers=layers))
                 alive = plan.num_kept
                 event_of = None if event_of is None else event_of.gather(1, plan.keep)
             prefill[layer] = alive

@@ -82,12 +82,15 @@ class LayerSignals:
         Event index of each alive visual token, when the pre-LLM stage returned a :class:`PackedTokens`.
     key_events : BoolTensor, shape (B, E), optional
         Which events the pre-LLM stage marked as key events.
+    input_count : int, optional
+        Visual tokens entering the LLM's first layer (PyramidDrop's reference keeps fractions of this count).
     """
 
     layer: int
     scores: Tensor
     events: Tensor | None = None
     key_events: Tensor | None = None
+    input_count: int | None = None
 
 
 @dataclass

@@ -3,20 +3,28 @@
 Both drop visual tokens during prefill by the attention the last token pays them (methods.md §3); the
 pruned set then stays fixed for decoding. Scores come from a separate fp32 row, so SDPA stays in place
 (the reference FastV falls back to eager attention and its peak memory rises).
+
+References: FastV, pkunlp-icler/FastV ``src/FastV/llava-hf/transformers/src/transformers/models/llama/
+modeling_llama.py`` at ``d165972`` (the block at layer K); PyramidDrop, Cooperx521/PyramidDrop
+``llava/model/modeling_llama_pdrop.py`` ``pdrop_forward`` / ``pdrop_rank_drop`` at ``6444f30``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from .._checks import check_mode
 from ..method import Method, Stages
 from ..stages.prefill.attention_rank import AttentionRank
 
 
 @dataclass(frozen=True)
 class FastV(Method):
-    """FastV: after layer K, keep the top (1 - R) of the visual tokens by last-token attention.
+    """FastV: after layer K, keep the top ``round(N * (1 - R))`` of the N visual tokens by last-token attention.
+
+    As in the reference: scores are layer K - 1's attention of the last prompt token (head mean), the count is
+    Python's ``round`` (halves to even: 1,548 of 3,097 at R=0.5), kept tokens keep their original positions.
 
     Parameters
     ----------
@@ -39,12 +47,15 @@ class FastV(Method):
     def build(self) -> Stages:
         keep = 1.0 - self.r
         return Stages(prefill=AttentionRank(schedule=((self.k, keep, keep),), query_rows="last",
-                                            retention=self.retention))
+                                            retention=self.retention, count_rule="round"))
 
 
 @dataclass(frozen=True)
 class PyramidDrop(Method):
-    """PyramidDrop: at the end of each layer group keep a fraction lambda of the visual tokens alive.
+    """PyramidDrop: at each of its layers l_s, keep ``int(N * lambda^s)`` of the N visual tokens entering the LLM.
+
+    As in the reference, layer l_s ranks the visual tokens with its *own* attention (its input norm, q and k
+    applied to its input) of the last prompt token, averaged over heads.
 
     Parameters
     ----------
@@ -55,13 +66,21 @@ class PyramidDrop(Method):
         PyramidDrop's lambda, the fraction kept at each drop, in [0, 1]; default 0.5.
     retention : float, optional
         Instead of lambda: the mean fraction of visual tokens alive per layer, in (0, 1].
+    mode : {"fixed", "faithful"}
+        ``faithful`` renumbers positions contiguously after every drop and shifts decoding positions to match,
+        as the reference does (refused on M-RoPE models); ``fixed`` (default) keeps every token's original
+        position. Counts and scores are the reference's in both.
     """
 
     name: ClassVar[str] = "pdrop"
     layers: tuple[float, ...] = (0.25, 0.5, 0.75)
     lam: float = 0.5
     retention: float | None = None
+    mode: Literal["faithful", "fixed"] = "fixed"
 
     def build(self) -> Stages:
+        check_mode(self.mode)
         return Stages(prefill=AttentionRank(schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
-                                            query_rows="last", retention=self.retention))
+                                            query_rows="last", retention=self.retention, count_rule="floor_input",
+                                            score_layer="own",
+                                            positions="contiguous" if self.mode == "faithful" else "original"))

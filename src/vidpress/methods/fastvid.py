@@ -24,17 +24,19 @@ class FastVID(Method):
         tau, DySeg's similarity threshold (0.9).
     min_segments : int
         c, DySeg's minimum number of segments (8).
-    salient_share : float
-        d, share of each frame's budget chosen by encoder attention (0.4).
+    anchor_share : float
+        d, share of each frame's budget given to density-peak anchor tokens; the rest is chosen by encoder
+        attention (0.4).
     anchor_stride : int
-        p, anchor-frame stride inside a segment (4).
+        p, anchor-frame stride inside a segment, counted back from its last frame (4).
     merge_weight : float
         beta, minimum weight of an anchor in its merged token (0.6).
     knn : int
         k of the DPC-kNN density (4).
     mode : {"fixed", "faithful"}
-        ``fixed`` (default) keeps exactly the budget, uses the k nearest neighbours and merges raw features;
-        ``faithful`` reproduces the reference code (see :mod:`vidpress.stages.pre_llm.fastvid`).
+        ``faithful`` reproduces the reference code's selection (LunarShen/FastVID at ``a40a109``); ``fixed``
+        (default) keeps exactly the budget, never fails on short videos or large budgets, and merges each
+        token once (see :mod:`vidpress.stages.pre_llm.fastvid`).
 
     ``FastVID(retention=1.0)`` keeps every token and reproduces the uncompressed model.
     """
@@ -43,12 +45,12 @@ class FastVID(Method):
     retention: float = 0.25
     threshold: float = 0.9
     min_segments: int = 8
-    salient_share: float = 0.4
+    anchor_share: float = 0.4
     anchor_stride: int = 4
     merge_weight: float = 0.6
     knn: int = 4
     mode: Literal["faithful", "fixed"] = "fixed"
 
     def build(self) -> Stages:
-        return Stages(pre_llm=FastVIDStage(self.retention, self.threshold, self.min_segments, self.salient_share,
+        return Stages(pre_llm=FastVIDStage(self.retention, self.threshold, self.min_segments, self.anchor_share,
                                            self.anchor_stride, self.merge_weight, self.knn, self.mode))

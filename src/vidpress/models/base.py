@@ -35,6 +35,12 @@ class Adapter(Protocol):
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary-embedded queries (B, H, R, head_dim) of ``hidden`` (B, R, D) for one attention module."""
 
+    def key_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotary-embedded keys (B, H_kv, n, head_dim) of ``hidden`` (B, n, D), as the layer would cache them."""
+
+    def attention_input(self, layer: nn.Module, hidden: Tensor) -> tuple[nn.Module, Tensor]:
+        """A decoder layer's attention module and what it receives from the layer input ``hidden`` (its norm)."""
+
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """Put back, from the vision tower's last call, inputs ``generate`` consumed before the forward."""
 

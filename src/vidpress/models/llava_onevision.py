@@ -139,12 +139,23 @@ class LlavaOnevisionAdapter:
         return model.model.apply_pooling(x)
 
     def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return self._projected_states(attention, hidden, cos, sin, "q")
+
+    def key_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return self._projected_states(attention, hidden, cos, sin, "k")
+
+    def attention_input(self, layer: nn.Module, hidden: Tensor) -> tuple[nn.Module, Tensor]:
+        return layer.self_attn, layer.input_layernorm(hidden)
+
+    @staticmethod
+    def _projected_states(attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, which: str) -> Tensor:
         shape = (*hidden.shape[:-1], -1, attention.head_dim)
-        query = attention.q_proj(hidden).view(shape).transpose(1, 2)
-        if getattr(attention, "q_norm", None) is not None:  # Qwen3-style query norm
-            query = attention.q_norm(query)
+        states = getattr(attention, f"{which}_proj")(hidden).view(shape).transpose(1, 2)
+        norm = getattr(attention, f"{which}_norm", None)
+        if norm is not None:  # Qwen3-style query/key norm
+            states = norm(states)
         rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
-        return rotary(query, query, cos, sin)[0]
+        return rotary(states, states, cos, sin)[0]
 
 
 ADAPTER = register(LlavaOnevisionAdapter())

@@ -76,7 +76,8 @@ class Run:
             if self._memory is None:  # generate encodes the video before this call; the meter may be running
                 self._memory = PeakMemory(self._device())
             started = time.perf_counter()
-            positions = getattr(self.stages.pre_llm, "positions", "original")
+            positions = "contiguous" if any(getattr(stage, "positions", "original") == "contiguous"
+                                            for stage in (self.stages.pre_llm, self.stages.prefill)) else "original"
             self.adapter.restore_inputs(kwargs, self._vision_kwargs)
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
                                     projected=lambda: self._projected, pixels=lambda: self._pixels,
@@ -185,7 +186,8 @@ class Run:
             scored |= set(stage.needs.score_layers) if stage is not None else set()
         for index, layer in enumerate(self.adapter.decoder_layers(self.model)):
             if self.stages.prefill is not None:
-                add(layer.register_forward_pre_hook(layer_pre_hook(self.session_of, index), with_kwargs=True))
+                add(layer.register_forward_pre_hook(layer_pre_hook(self.session_of, self.adapter, llm.rotary_emb, index),
+                                                    with_kwargs=True))
             attention = layer.self_attn
             add(attention.register_forward_pre_hook(attention_pre_hook(self.session_of, self.adapter, index),
                                                     with_kwargs=True))

@@ -20,6 +20,7 @@ from ..errors import IncompatibleStagesError
 from ..selection import Selection
 from ..tokens import LayerSignals
 from .scoring import attention_rows
+from .prefill import default_positions
 from .session import Session, per_row_positions
 
 
@@ -58,38 +59,76 @@ def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
     return torch.arange(last_visual + 1, length)
 
 
-def layer_pre_hook(session_of, layer: int):
+def layer_positions(session: Session, index: Tensor, kwargs: dict, rotary: Any, hidden: Tensor) -> dict:
+    """Rotary embeddings, position ids and 4-D mask of the base-layout entries ``index`` (B, n) for one layer's
+    call: gathered from the base layout's, or numbered 0..n-1 afresh when drops renumber contiguously."""
+    out = {}
+    index = index.to(hidden.device)
+    if session.renumber:
+        mask = None if session.mask is None else session.mask.to(index.device).gather(1, index)
+        out["position_ids"] = default_positions(index, mask)
+        out["position_embeddings"] = rotary(hidden, out["position_ids"])
+    else:
+        cos, sin = kwargs["position_embeddings"]
+        out["position_embeddings"] = (gather_seq(cos, index, 1), gather_seq(sin, index, 1))
+        if kwargs.get("position_ids") is not None:
+            out["position_ids"] = gather_seq(kwargs["position_ids"], index, 1)
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.dim() == 4:
+        out["attention_mask"] = gather_seq(gather_seq(mask, index, 2), index, 3)
+    return out
+
+
+def drop_layer_scores(session: Session, adapter: Any, module: Any, hidden: Tensor, call: dict, layer: int) -> Tensor:
+    """(B, n) fp32 attention of the declared query rows at ``layer``'s own attention, from its input ``hidden``
+    (B, n, D) and that input's ``call`` kwargs (positions, mask), before anything is dropped there."""
+    attention, normed = adapter.attention_input(module, hidden)
+    rows = _rows(session, layer - 1, hidden.shape[1], False).to(hidden.device)
+    cos, sin = call["position_embeddings"]
+    query = adapter.query_states(attention, normed[:, rows], cos[:, rows], sin[:, rows])
+    keys = adapter.key_states(attention, normed, cos, sin)
+    mask = call.get("attention_mask")
+    key_mask = None
+    if isinstance(mask, Tensor) and mask.dim() == 4:
+        key_mask = mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
+    return attention_rows(query, keys, attention.scaling, row_positions=rows, key_mask=key_mask)
+
+
+def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         session: Session | None = session_of(kwargs.get("cache"))
-        if session is None or session.ctx.step > 0:
+        if session is None:
             return None
-        stage = session.stages.prefill
         hidden = args[0] if args else kwargs.pop("hidden_states")
+        if session.ctx.step > 0:
+            shift = session.position_shift(layer)
+            if shift:  # the cache holds this layer's prompt at renumbered positions: decode continues from there
+                kwargs["position_ids"] = kwargs["position_ids"] - shift
+                kwargs["position_embeddings"] = rotary(hidden, kwargs["position_ids"])
+            return (hidden, *args[1:]), kwargs
+        stage = session.stages.prefill
         if stage is not None and layer in stage.layers:
             start = time.perf_counter()
             before = session.layout(layer - 1)
             visual = per_row_positions(session.visual_at(layer - 1))
-            scores = session.scores.pop(layer - 1).gather(1, visual.to(session.scores_device))
+            if stage.needs.scores_at_drop:
+                call = layer_positions(session, before, kwargs, rotary, hidden) if session.layouts[layer - 1] is not None else kwargs
+                scores, scored = drop_layer_scores(session, adapter, module, hidden, call, layer), layer
+            else:
+                scores, scored = session.scores.pop(layer - 1), layer - 1
+            scores = scores.gather(1, visual.to(scores.device))
             events = None if session.events is None else session.events.gather(1, before).gather(1, visual)
-            plan = stage(LayerSignals(layer - 1, scores, events, session.key_events), session.ctx)
+            plan = stage(LayerSignals(scored, scores, events, session.key_events, session.visual_count(0)), session.ctx)
             if plan is not None:
                 others = per_row_positions(~session.visual_at(layer - 1))
-                local = torch.cat([others, visual.gather(1, plan.keep)], 1).sort(1).values
+                local = torch.cat([others, visual.gather(1, plan.keep.to(visual.device))], 1).sort(1).values
                 hidden = gather_seq(hidden, local.to(hidden.device), 1)
                 session.layouts[layer] = before.gather(1, local)
             session.timed("overhead_s", start)
         elif layer > 0 and session.layouts[layer - 1] is not None:
             session.layouts[layer] = session.layouts[layer - 1]
-        index = session.layouts[layer]
-        if index is not None:
-            index = index.to(hidden.device)
-            cos, sin = kwargs["position_embeddings"]
-            kwargs["position_embeddings"] = (gather_seq(cos, index, 1), gather_seq(sin, index, 1))
-            if kwargs.get("position_ids") is not None:
-                kwargs["position_ids"] = gather_seq(kwargs["position_ids"], index, 1)
-            mask = kwargs.get("attention_mask")
-            if isinstance(mask, Tensor) and mask.dim() == 4:
-                kwargs["attention_mask"] = gather_seq(gather_seq(mask, index, 2), index, 3)
+        if session.layouts[layer] is not None:
+            kwargs.update(layer_positions(session, session.layouts[layer], kwargs, rotary, hidden))
         return (hidden, *args[1:]), kwargs
 
     return hook

@@ -7,6 +7,7 @@ reference behaviour) and shifts decoding positions to match.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
 
     video_pixels = kwargs.get("pixel_values_videos")
     tokens, extra = adapter.encode_video(model, kwargs)
+    tokens = dataclasses.replace(tokens, extra=extra)  # a packed block ends with the model's own extra tokens
     _, frames, per_frame, _ = tokens.features.shape
     n_frame_tokens = frames * per_frame
     if video_pos.shape[1] != n_frame_tokens + extra.shape[1]:
@@ -104,7 +106,8 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
     if positions == "contiguous":
         if original.dim() == 3:
-            raise IncompatibleStagesError(f"{type(pre).__name__} renumbers positions contiguously (its reference "
+            asking = [type(s).__name__ for s in (pre, stages.prefill) if getattr(s, "positions", "") == "contiguous"]
+            raise IncompatibleStagesError(f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
                                           "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'")
         new_positions = default_positions(kept, new_mask)
         offset = original[:, -1:] - new_positions[:, -1:]
@@ -118,7 +121,8 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
 
     session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
                       visual=visual.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
-                      pos_offset=offset, mrope_delta=mrope_delta)
+                      pos_offset=offset, mrope_delta=mrope_delta, mask=new_mask,
+                      renumber=getattr(stages.prefill, "positions", "original") == "contiguous")
     if events is not None:
         session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
     session.timings.update(overhead_s=overhead)

@@ -47,6 +47,8 @@ class Session:
     tokens_per_frame: int
     pos_offset: Tensor | None = None
     mrope_delta: Tensor | None = None  # (B, 1): M-RoPE id of the first generated token minus its logical index
+    mask: Tensor | None = None  # (B, S0) attention mask of the base layout
+    renumber: bool = False  # prefill drops renumber positions contiguously (PyramidDrop's reference)
     logical_len: int = 0
     layouts: list[Tensor | None] = field(default_factory=list)
     stored: list[Tensor | None] = field(default_factory=list)
@@ -98,6 +100,12 @@ class Session:
             return None
         extra = torch.arange(self.base_len, self.base_len + generated, device=found.device)
         return torch.cat([found, extra.expand(found.shape[0], -1)], dim=1)
+
+    def position_shift(self, layer: int) -> int:
+        """How far decoding positions move back at ``layer`` when drops renumber contiguously: the entries
+        dropped before it (0 otherwise)."""
+        found = self.layouts[layer]
+        return self.base_len - found.shape[1] if self.renumber and found is not None else 0
 
     def timed(self, key: str, start: float) -> None:
         """Add the time since ``start``; ``overhead_s`` goes to ``decode_overhead_s`` while decoding."""

@@ -45,6 +45,10 @@ class Needs:
     trim_after_prefill : bool
         A decode stage: once prefill ends, layers >= ``first_layer`` permanently keep only the visual KV
         entries alive at the last layer (METok stage 3); nothing is re-selected while decoding.
+    scores_at_drop : bool
+        A prefill stage: score each drop layer with its own attention (its input norm, q and k applied to its
+        input, before the drop) instead of the attention of the layer before (PyramidDrop); the
+        ``LayerSignals.layer`` it receives is then the drop layer itself.
     """
 
     query_rows: Literal["none", "last", "text"] = "none"
@@ -54,6 +58,7 @@ class Needs:
     pixels: bool = False
     encoder_attention: bool = False
     trim_after_prefill: bool = False
+    scores_at_drop: bool = False
 
 
 class SourcePositions:
@@ -79,7 +84,8 @@ class PreLLMStage(Protocol):
 
 @runtime_checkable
 class PrefillStage(Protocol):
-    """Drops visual tokens at the input of ``layers`` during prefill (scores come from layer - 1)."""
+    """Drops visual tokens at the input of ``layers`` during prefill (scores come from layer - 1, or from the
+    drop layer itself when ``needs.scores_at_drop``)."""
 
     needs: Needs
     layers: tuple[int, ...]

@@ -9,7 +9,10 @@ faithful vs fixed:
 
 - ``faithful``: when attention is stable (similarity >= tau) *no* selection is made and that step runs with
   the full cache (the reference code's behaviour, almost certainly unintended); the last visual token is
-  never a candidate (the reference's ``image_token_length = N - 1`` off-by-one) and is always attended.
+  never a candidate (the reference's ``image_token_length = N - 1`` off-by-one) and is always attended, and
+  the stability cosine is computed over those N - 1 candidates only (KD-TAO/DyCoke
+  ``llava/model/language_model/modeling_qwen2.py`` ``PrunableDynamicCache.dycoke_pruning`` /
+  ``update_cache`` at ``dd74634``; keep count ``int((N - 1) * (1 - P))``).
 - ``fixed`` (default): a stable step reuses the previous selection, as the paper describes; every visual
   token is a candidate.
 
@@ -77,12 +80,14 @@ class DynamicKV:
         scores = signals.scores.float()  # (B, N)
         n = scores.shape[-1]
         memory = ctx.memory(self)
+        # The reference compares (and ranks) only its N - 1 candidate entries: the last visual token is left out.
+        compared = scores[:, : n - 1] if self.mode == "faithful" else scores
         previous = memory.get("scores")
-        if previous is not None and previous.shape == scores.shape:
-            similarity = torch.nn.functional.cosine_similarity(scores, previous, dim=-1)  # (B,)
+        if previous is not None and previous.shape == compared.shape:
+            similarity = torch.nn.functional.cosine_similarity(compared, previous, dim=-1)  # (B,)
         else:
             similarity = torch.zeros(scores.shape[0], device=scores.device)
-        memory["scores"] = scores
+        memory["scores"] = compared
         stable = bool((similarity >= self.tau).all())
         if stable:
             if self.mode == "faithful":

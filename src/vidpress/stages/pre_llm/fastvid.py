@@ -1,72 +1,89 @@
 """FastVID (Shen et al., NeurIPS 2025): dynamic temporal segmentation (DySeg) then density-based
 spatiotemporal pruning (STPrune) of each segment (methods.md §3).
 
-Per frame, a share ``d`` of its budget is chosen by vision-encoder attention (Attention Token Selection);
-the rest of the segment's budget goes to density-peak anchor tokens on every ``p``-th frame of the
-segment (DPC-kNN score = density x distance to the nearest denser token), and every remaining token of the
-segment is merged into its most similar anchor (Density-based Token Merging).
+Per frame, the budget is split between tokens chosen by vision-encoder attention (Attention Token Selection)
+and a share ``d`` of density-peak anchor tokens (DPC-kNN score = density x distance to the nearest denser
+token, over the tokens attention did not choose). Anchors sit on every ``p``-th frame of a segment counted
+from its end (the last frame is always an anchor frame), which carries the anchor budget of the frames
+between; the segment's remaining tokens are merged into the anchors (Density-based Token Merging). Every
+kept token keeps its original position (a merged token its anchor's), as in the reference.
 
-faithful vs fixed (the reference code's quirks):
+Reference: LunarShen/FastVID ``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py``
+at ``a40a109``, the FastVID block of ``Qwen2Model.forward`` from DySeg to the sorted ``keep_indexs``.
 
-- kNN density: the reference takes the k *largest* distances (``topk`` without ``largest=False``);
-  ``fixed`` uses the k nearest, as DPC-kNN defines it. Both break density ties deterministically (the
-  reference adds unseeded noise).
-- Merged tokens: the reference averages L2-normalised features, so contextual tokens lose the features'
-  scale; ``fixed`` uses normalised features only to assign tokens and merges the raw features.
-- Positions: the reference rebuilds the sequence (contiguous positions); ``fixed`` puts every token at its
-  source's original position (a merged token at its anchor's), so the text after the video keeps its
-  uncompressed positions and no gap opens between video and text.
-- Budget: the reference keeps ``int(T * r)`` per frame and ``floor`` per anchor frame, so it keeps fewer
-  tokens than the budget and fails when an anchor frame has too few candidates; ``fixed`` keeps exactly
-  ``visual_budget(r, F*T)`` and adds anchor frames (smaller stride) until the budget fits.
+faithful vs fixed (the reference code's behaviour vs what ``fixed`` changes):
+
+- Budget: the reference keeps ``retain = int(T * r)`` per frame, of which ``int(retain * d)`` anchors, and an
+  anchor frame of an L-frame segment takes ``(int(retain * d) * L) // ceil(L / p)`` anchors, so it keeps
+  fewer tokens than ``r * F * T``; ``fixed`` keeps exactly ``visual_budget(r, F * T)``.
+- Limits: the reference fails (``topk`` out of range) when F < c and when an anchor frame is asked for more
+  anchors than it has candidates (e.g. r >= 0.5 at T=196 with a 4-frame segment); ``faithful`` raises
+  :class:`~vidpress.errors.BudgetError` there naming the limit, ``fixed`` uses min(c, F) segments and moves
+  anchor frames closer together until the budget fits.
+- Merging: the reference merges every remaining token of a segment into *each* anchor frame's anchors
+  separately (a token is counted once per anchor frame); ``fixed`` assigns each token once, to its most
+  similar anchor over all the segment's anchors.
+- Density ties: the reference adds unseeded 1e-6 noise; both modes break ties by index.
+
+The frame features DySeg compares are each frame's mean token here (the reference reads a pooled SigLIP
+head that transformers' LLaVA-OneVision checkpoints do not carry).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from ..._checks import check_layer, check_mode, check_ratio
 from ...errors import BudgetError
-from ...stages import Needs, SourcePositions
+from ...stages import Needs
 from ...tokens import PackedTokens, StageContext, VisualTokens
 from .events import dyseg
 from .merging import density_scores, merge_into_anchors, require_encoder_attention
 from .uniform import frame_budgets, visual_budget
 
 
+def anchor_offsets(length: int, stride: int) -> list[int]:
+    """Anchor frames of a ``length``-frame segment: every ``stride``-th frame counted back from its last."""
+    return [o for o in range(length) if (length - 1 - o) % stride == 0]
+
+
 @dataclass(frozen=True)
-class FastVIDStage(SourcePositions):
+class FastVIDStage:
     """FastVID as a pre-LLM stage.
 
     Parameters
     ----------
     retention : float
-        Fraction of visual tokens entering the LLM, in (0, 1].
+        FastVID's r: fraction of visual tokens entering the LLM, in (0, 1].
     threshold : float
         DySeg's tau: adjacent-frame cosine similarity below which a segment ends (reference 0.9).
     min_segments : int
         DySeg's c: at least this many segments (the c - 1 lowest similarities are always cuts; reference 8).
-    salient_share : float
-        STPrune's d: share of each frame's budget chosen by encoder attention (reference 0.4).
+    anchor_share : float
+        STPrune's d: share of each frame's budget given to density-peak anchor tokens; the rest is chosen by
+        encoder attention (reference 0.4, i.e. 30 attention-chosen and 19 anchor tokens of 49).
     anchor_stride : int
-        DTM's p: every p-th frame of a segment is an anchor frame (reference 4).
+        DTM's p: every p-th frame of a segment, counted from its end, is an anchor frame (reference 4).
     merge_weight : float
         DTM's beta: an anchor keeps at least this weight in its merged token (reference 0.6).
     knn : int
-        k of the DPC-kNN density (reference 4).
+        k of the DPC-kNN density, the token itself included (reference 4).
     mode : {"fixed", "faithful"}
         See the module docstring.
 
     Input ``tokens.features`` (B, F, T, D), ``tokens.attention`` (B, F, T); returns a :class:`PackedTokens` in
-    original order (a merged token at its anchor) whose events are the segments.
+    original order (a merged token at its anchor, ``source`` the original indices) whose events are the segments.
 
     Raises
     ------
     BudgetError
-        ``retention`` outside (0, 1]; faithful mode asking an anchor frame for more tokens than it has.
+        ``retention`` outside (0, 1]; in faithful mode, F < c or an anchor frame asked for more anchors than
+        it has candidates (where the reference code fails).
     InvalidParameterError
         A share outside [0, 1], ``min_segments``/``anchor_stride``/``knn`` < 1, unknown ``mode``.
     """
@@ -74,7 +91,7 @@ class FastVIDStage(SourcePositions):
     retention: float = 0.25
     threshold: float = 0.9
     min_segments: int = 8
-    salient_share: float = 0.4
+    anchor_share: float = 0.4
     anchor_stride: int = 4
     merge_weight: float = 0.6
     knn: int = 4
@@ -83,68 +100,106 @@ class FastVIDStage(SourcePositions):
 
     def __post_init__(self) -> None:
         visual_budget(self.retention, 1)
-        for name in ("salient_share", "merge_weight"):
+        for name in ("anchor_share", "merge_weight"):
             check_ratio(name, getattr(self, name))
         for name in ("min_segments", "anchor_stride", "knn"):
             check_layer(name, getattr(self, name), minimum=1)
         check_mode(self.mode)
 
-
-    def budgets(self, frames: int, per_frame: int) -> tuple[list[int], list[int]]:
-        """(tokens kept, of which salient) per frame."""
-        faithful = self.mode == "faithful"  # the reference floors per frame
-        kept = ([int(per_frame * self.retention)] * frames if faithful
-                else frame_budgets(visual_budget(self.retention, frames * per_frame), frames))
-        return kept, [(int if faithful else round)(self.salient_share * k) for k in kept]
-
-    def anchors(self, need: list[int], room: list[int]) -> tuple[list[int], list[int]]:
-        """Anchor frames (offsets) of a segment and their anchor counts, from each frame's owed ``need``/``room``."""
-        total, length = sum(need), len(need)
-        for stride in range(self.anchor_stride, 0, -1):
-            frames = list(range(0, length, stride))
-            base, rest = divmod(total, len(frames))
-            counts = [base + (self.mode == "fixed" and i < rest) for i in range(len(frames))]  # faithful floors
-            if all(c <= room[f] for f, c in zip(frames, counts)):
-                return frames, counts
-            if self.mode == "faithful":
-                raise BudgetError(f"FastVID faithful mode asks an anchor frame for {base} tokens but it has "
-                                  f"{min(room[f] for f in frames)}; lower retention or use mode='fixed'")
-        return list(range(length)), need
+    @property
+    def positions(self) -> str:
+        """Every token at its source's original position, in both modes (the reference's ``position_ids``)."""
+        return "original"
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         require_encoder_attention(tokens, "FastVID")
         batch, frames, per_frame, _ = tokens.features.shape
-        kept, salient = self.budgets(frames, per_frame)
-        faithful = self.mode == "faithful"
+        run = self._faithful if self.mode == "faithful" else self._fixed
         rows, num_events = [], 1
         for b in range(batch):
             x = tokens.features[b]
+            if self.mode == "faithful" and frames < self.min_segments:
+                raise BudgetError(f"FastVID's reference needs at least c={self.min_segments} frames (it takes the "
+                                  f"c - 1 lowest of F - 1 similarities), got F={frames}; lower min_segments or use "
+                                  "mode='fixed'")
             segments = dyseg(x.float().mean(1), self.threshold, self.min_segments)
             num_events = max(num_events, len(segments))
-            out, where, event = [], [], []
-            for e, (first, last) in enumerate(segments):
-                candidates = []  # per frame: positions left after attention selection
-                for f in range(first, last + 1):
-                    top = tokens.attention[b, f].topk(salient[f]).indices
-                    out.append(x[f, top])
-                    where += (f * per_frame + top).tolist()
-                    rest = torch.ones(per_frame, dtype=torch.bool, device=x.device)
-                    rest[top] = False
-                    candidates.append(rest.nonzero().flatten())
-                need = [kept[f] - salient[f] for f in range(first, last + 1)]
-                anchor_frames, counts = self.anchors(need, [len(c) for c in candidates])
-                anchor_ids = torch.cat([candidates[a][density_scores(x[first + a, candidates[a]], self.knn,
-                                                                     not faithful).topk(c).indices]
-                                        for a, c in zip(anchor_frames, counts)]) if sum(counts) else None
-                if anchor_ids is not None:
-                    owners = [first + a for a, c in zip(anchor_frames, counts) for _ in range(c)]
-                    pool = torch.cat([x[first + i, c] for i, c in enumerate(candidates)])
-                    anchors = x[owners, anchor_ids]
-                    out.append(merge_into_anchors(anchors, pool, self.merge_weight, faithful))
-                    where += [f * per_frame + int(i) for f, i in zip(owners, anchor_ids)]
-                event += [e] * (sum(salient[first:last + 1]) + sum(counts))
+            out, where = run(x, tokens.attention[b], segments)
             source = torch.tensor(where, device=x.device)
+            event = torch.bucketize(source // per_frame, torch.tensor([a for a, _ in segments[1:]], device=x.device),
+                                    right=True)
             order = source.argsort()
-            rows.append((torch.cat(out)[order], source[order] // per_frame, torch.tensor(event, device=x.device)[order],
-                         source[order]))
+            rows.append((torch.cat(out)[order], source[order] // per_frame, event[order], source[order]))
         return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra)
+
+    def _salient(self, x: Tensor, attention: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """Per frame: the ``count`` most attended positions (F, count) and the rest in position order (F, T - count)."""
+        top = attention.topk(count, dim=-1).indices
+        rest = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, top, False)
+        return top, rest.nonzero()[:, 1].view(x.shape[0], -1)
+
+    def _faithful(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list]:
+        frames, per_frame, _ = x.shape
+        retain = int(per_frame * self.retention)
+        context = int(retain * self.anchor_share)
+        top, rest = self._salient(x, attention, retain - context)
+        out = [x[f, top[f]] for f in range(frames)]
+        where = [f * per_frame + i for f in range(frames) for i in top[f].tolist()]
+        for first, last in segments:
+            length = last - first + 1
+            count = context * length // math.ceil(length / self.anchor_stride)
+            anchor_frames = [first + o for o in anchor_offsets(length, self.anchor_stride)]
+            if count > rest.shape[1]:
+                raise BudgetError(f"FastVID faithful: an anchor frame of a {length}-frame segment needs {count} anchors "
+                                  f"but has {rest.shape[1]} candidates (the reference code fails here: "
+                                  f"int(int(T*r)*d) * L // ceil(L/p) must not exceed T - salient); lower retention "
+                                  "or use mode='fixed'")
+            # Frames whose anchor count equals a single frame's merge only their own tokens (the reference's
+            # single-frame path); larger counts merge the whole segment into each anchor frame's anchors.
+            if count == 0:
+                continue
+            single = count == context
+            pool = None if single else x[first:last + 1].gather(
+                1, rest[first:last + 1, :, None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
+            for f in anchor_frames:
+                candidates = x[f, rest[f]]
+                chosen = density_scores(candidates, self.knn).topk(count).indices
+                out.append(merge_into_anchors(candidates[chosen], candidates if single else pool, self.merge_weight))
+                where += (f * per_frame + rest[f, chosen]).tolist()
+        return out, where
+
+    def _fixed(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list]:
+        frames, per_frame, _ = x.shape
+        kept = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
+        anchored = [round(self.anchor_share * k) for k in kept]
+        out, where = [], []
+        for first, last in segments:
+            candidates = []  # per frame: positions left after attention selection
+            for f in range(first, last + 1):
+                top, rest = self._salient(x[f:f + 1], attention[f:f + 1], kept[f] - anchored[f])
+                out.append(x[f, top[0]])
+                where += (f * per_frame + top[0]).tolist()
+                candidates.append(rest[0])
+            anchor_frames, counts = self._fixed_anchors(anchored[first:last + 1], [len(c) for c in candidates])
+            if not sum(counts):
+                continue
+            anchor_ids = torch.cat([candidates[a][density_scores(x[first + a, candidates[a]], self.knn).topk(c).indices]
+                                    for a, c in zip(anchor_frames, counts)])
+            owners = [first + a for a, c in zip(anchor_frames, counts) for _ in range(c)]
+            pool = torch.cat([x[first + i, c] for i, c in enumerate(candidates)])
+            out.append(merge_into_anchors(x[owners, anchor_ids], pool, self.merge_weight))
+            where += [f * per_frame + int(i) for f, i in zip(owners, anchor_ids)]
+        return out, where
+
+    def _fixed_anchors(self, need: list[int], room: list[int]) -> tuple[list[int], list[int]]:
+        """Anchor frames (offsets, counted from the segment's end) and their anchor counts: the segment's
+        anchor budget ``sum(need)`` spread over them, the stride shrinking until every frame has room."""
+        total, length = sum(need), len(need)
+        for stride in range(self.anchor_stride, 0, -1):
+            frames = anchor_offsets(length, stride)
+            base, extra = divmod(total, len(frames))
+            counts = [base + (i < extra) for i in range(len(frames))]
+            if all(c <= room[f] for f, c in zip(frames, counts)):
+                return frames, counts
+        return list(range(length)), need
+

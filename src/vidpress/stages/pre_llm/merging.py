@@ -41,27 +41,30 @@ def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) ->
     return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype), targets
 
 
-def density_scores(x: Tensor, knn: int, nearest: bool) -> Tensor:
-    """DPC-kNN score of each of ``x``'s (n, D) tokens: exp(-mean squared kNN distance) times the distance
-    to the nearest token of higher density (the densest token gets the largest distance). (n,) float32."""
+def density_scores(x: Tensor, knn: int) -> Tensor:
+    """DPC-kNN score of each of ``x``'s (n, D) tokens: exp(-mean squared distance to its k nearest tokens, itself
+    included) times the distance to the nearest token of higher density (the densest token gets the largest
+    distance); distances are Euclidean / sqrt(D). Exact density ties go to the lower index (the FastVID reference
+    adds unseeded 1e-6 noise instead). (n,) float32."""
     x = x.float()
     dist = torch.cdist(x, x) / math.sqrt(x.shape[-1])
-    near = dist.topk(min(knn, x.shape[0]), dim=-1, largest=not nearest).values
+    near = dist.topk(min(knn, x.shape[0]), dim=-1, largest=False).values
     density = (-(near**2).mean(-1)).exp()
-    density = density + 1e-6 * torch.arange(x.shape[0], device=x.device) / x.shape[0]  # deterministic ties
-    denser = density[None, :] > density[:, None]
+    index = torch.arange(x.shape[0], device=x.device)
+    # denser[i, j]: token j is denser than token i; an exact tie goes to the lower index
+    other, own = density[None, :], density[:, None]
+    denser = (other > own) | ((other == own) & (index[None, :] < index[:, None]))
     return torch.where(denser, dist, dist.max()).min(-1).values * density
 
 
-def merge_into_anchors(anchors: Tensor, pool: Tensor, weight_floor: float, faithful: bool) -> Tensor:
+def merge_into_anchors(anchors: Tensor, pool: Tensor, weight_floor: float) -> Tensor:
     """FastVID's Density-based Token Merging: each token of ``pool`` (n, D) joins its most similar anchor (m, D)
     by cosine; a merged token is ``a * anchor + (1 - a) * mean(joined)`` with ``a = max(1 / (count + 1),
-    weight_floor)`` (the reference's beta). Faithful mode merges the L2-normalised features. (m, D)."""
+    weight_floor)`` (the reference's beta), over raw features. (m, D)."""
     unit_a = torch.nn.functional.normalize(anchors.float(), dim=-1)
     unit_p = torch.nn.functional.normalize(pool.float(), dim=-1)
     assign = (unit_p @ unit_a.T).argmax(-1)
-    source, base = (unit_p, unit_a) if faithful else (pool.float(), anchors.float())
-    sums, counts = joined(assign, source, anchors.shape[0])
+    sums, counts = joined(assign, pool, anchors.shape[0])
     mean = sums / counts.clamp(min=1)
     weight = (1 / (counts + 1)).clamp(min=weight_floor)
-    return (weight * base + (1 - weight) * mean).to(anchors.dtype)
+    return (weight * anchors.float() + (1 - weight) * mean).to(anchors.dtype)

@@ -4,19 +4,21 @@ Frames are taken in windows of four (a, a+1, a+2, a+3). Frame a is kept whole; a
 ``keep = int((1 - K) * T)`` positions least similar (per-position cosine) to frame a; a+3 keeps those least
 similar to the *unpruned* frame a+2. As in the reference code, "merging" is pruning: nothing is averaged.
 
-faithful vs fixed:
+faithful vs fixed (reference: KD-TAO/DyCoke ``llava/model/llava_arch.py`` ``dycole_ttm`` at ``dd74634``,
+after the pass-A fix ``35cc532``):
 
-- ``faithful`` reproduces the official loop bounds (commit 35cc532): pairs ``range(0, F-1, 2)`` then
-  skip-pairs ``range(0, F-4, 4)``, so the last window's third frame is never pruned (F=32, T=196, K=0.7
-  gives exactly 3,098 tokens), an odd F loses its last frame (logged as a warning), and F <= 4 is an error
-  (the reference crashes there).
-- ``faithful`` also renumbers positions contiguously after TTM, as the reference does; ``fixed`` keeps each
-  token's original rotary position (and the text after the video keeps the uncompressed positions).
-- ``fixed`` (default) applies the window rule uniformly to every complete or partial window and never
+- Loop bounds. ``faithful`` runs the reference's pairs ``range(0, F-1, 2)`` then skip-pairs
+  ``range(0, F-4, 4)``, so the last window's third frame is never pruned (F=32, T=196, K=0.7 gives exactly
+  3,098 tokens), an odd F loses its last frame (logged as a warning), and F <= 4 is an error (the reference
+  crashes there). ``fixed`` (default) applies the window rule to every complete or partial window and never
   drops a frame: F=32, T=196, K=0.7 gives 8*196 + 24*58 = 2,960 tokens.
-
-Both modes return kept tokens in ascending (frame, position) order; the reference leaves the order inside a
-pruned frame to ``topk(sorted=False)``, which is implementation-defined.
+- Order and positions. The reference keeps a pruned frame's tokens in ``topk(largest=False)`` order
+  (ascending similarity, most dissimilar first) and renumbers the shortened sequence contiguously, so that
+  order decides each token's sequence slot and rotary position. ``faithful`` emits exactly that order
+  (a :class:`~vidpress.tokens.PackedTokens` block, numbered contiguously); ``fixed`` keeps spatial order and
+  each token's original position (the text after the video keeps its uncompressed positions).
+- Similarity. ``faithful`` computes it as the reference does, in the features' dtype (``cosine_similarity``
+  of L2-normalised tokens for the pairs, of raw tokens for the skip-pairs); ``fixed`` in float32.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..._checks import check_mode, check_ratio
 from ...errors import InvalidParameterError
 from ...selection import Selection
 from ...stages import Needs
-from ...tokens import StageContext, VisualTokens
+from ...tokens import PackedTokens, StageContext, VisualTokens
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ class TemporalMerge:
 
     Shapes
     ------
-    Input ``tokens.features`` is (B, F, T, D); the returned Selection indexes the flattened F*T axis.
+    Input ``tokens.features`` is (B, F, T, D). ``fixed`` returns a Selection over the flattened F*T axis;
+    ``faithful`` a PackedTokens block (the kept tokens in the reference's order, then ``tokens.extra``) whose
+    ``source`` holds those F*T indices in that order.
 
     Raises
     ------
@@ -105,22 +109,38 @@ class TemporalMerge:
     def kept_per_pruned_frame(self, tokens_per_frame: int) -> int:
         return int((1 - self.k) * tokens_per_frame)
 
-    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection:
+    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection | PackedTokens:
         x = tokens.features
         batch, frames, per_frame, _ = x.shape
         refs, emitted = ttm_references(frames, self.mode)
         if len(emitted) < frames:
             log.warning("faithful TTM drops the last of %d frames (odd F), as the reference code does", frames)
         keep = self.kept_per_pruned_frame(per_frame)
+        kept = {}  # frame -> (B, kept positions) in the order the frame emits them
         pruned = sorted(j for j in refs if j in set(emitted))
-        pieces = [torch.arange(per_frame, device=x.device).expand(batch, per_frame) + f * per_frame
-                  for f in emitted if f not in refs]
         if pruned:
             target = torch.tensor(pruned, device=x.device)
             source = torch.tensor([refs[j] for j in pruned], device=x.device)
+            low = self.similarity(x, target, source).topk(keep, dim=-1, largest=False).indices  # (B, P, keep)
+            kept = {j: low[:, i] for i, j in enumerate(pruned)}
+        whole = torch.arange(per_frame, device=x.device).expand(batch, per_frame)
+        order = torch.cat([kept.get(f, whole) + f * per_frame for f in emitted], dim=1)  # (B, K)
+        if self.mode == "fixed":
+            return Selection.from_indices(order, frames * per_frame)
+        flat = x.flatten(1, 2)
+        rows = [(flat[b, order[b]], order[b] // per_frame, torch.zeros_like(order[b]), order[b]) for b in range(batch)]
+        return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+
+    def similarity(self, x: torch.Tensor, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Per-position cosine of frames ``target`` against frames ``source`` (no cross-position matching),
+        (B, P, T). Faithful follows the reference's arithmetic: features' dtype, pairs (j = r + 1) on L2-normalised
+        tokens, skip-pairs on raw tokens."""
+        if self.mode == "fixed":
             a = torch.nn.functional.normalize(x[:, target].float(), dim=-1)
             b = torch.nn.functional.normalize(x[:, source].float(), dim=-1)
-            similarity = (a * b).sum(-1)  # (B, P, T): per-position cosine, no cross-position matching
-            low = similarity.topk(keep, dim=-1, largest=False).indices  # least redundant positions
-            pieces.append((low + target.view(1, -1, 1) * per_frame).flatten(1))
-        return Selection.from_indices(torch.cat(pieces, dim=1), frames * per_frame)
+            return (a * b).sum(-1)
+        a, b = x[:, target], x[:, source]
+        pair = (target - source == 1).view(1, -1, 1, 1)
+        a = torch.where(pair, torch.nn.functional.normalize(a, dim=-1), a)
+        b = torch.where(pair, torch.nn.functional.normalize(b, dim=-1), b)
+        return torch.nn.functional.cosine_similarity(a, b, dim=-1)

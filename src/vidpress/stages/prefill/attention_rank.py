@@ -1,14 +1,27 @@
 """Prefill pruning by attention rank on a layer schedule: METok stage 2 (methods.md §2.2), and the engine
 of FastV / PyramidDrop-style in-LLM dropping.
 
-At each scheduled layer l the visual tokens alive are ranked by the attention they receive at layer l - 1
-from the declared query rows (fp32, computed apart from the real SDPA attention; the n x n matrix is never
-formed) and the top ones survive into layer l. Kept tokens keep their original rotary positions; the
-system prefix and all text are always kept.
+At each scheduled layer l the visual tokens alive are ranked by the attention they receive from the declared
+query rows (fp32, computed apart from the real SDPA attention; the n x n matrix is never formed) and the top
+ones survive into layer l. The attention is layer l - 1's (FastV, METok) or, with ``score_layer="own"``,
+layer l's own, its input norm, q and k applied to its input just before the drop (PyramidDrop). Kept tokens
+keep their original rotary positions unless ``positions="contiguous"``; the system prefix and all text are
+always kept.
+
+Counts (``count_rule``):
+
+- ``"ceil"``: each event keeps ``max(1, ceil(f * n))`` of its ``n`` alive tokens (METok's per-event rule).
+- ``"round"``: ``round(n * f)`` of the ``n`` alive tokens, ranked over the whole video (FastV's reference,
+  pkunlp-icler/FastV ``src/FastV/llava-hf/transformers/.../modeling_llama.py`` at ``d165972``: Python's
+  ``round``, halves to even).
+- ``"floor_input"``: ``int(N * f_1 * ... * f_s)`` at the s-th drop, N the visual tokens entering the LLM,
+  ranked over the whole video (PyramidDrop's reference, Cooperx521/PyramidDrop
+  ``llava/model/modeling_llama_pdrop.py`` ``pdrop_rank_drop`` at ``6444f30``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,11 +52,19 @@ class AttentionRank:
         Target mean fraction of visual tokens alive per LLM layer, in (0, 1]; when set, the fractions of the
         schedule are replaced by one keep fraction per step solved by :func:`solve_keep` for the model's
         depth (FastV / PyramidDrop at a budget).
+    count_rule : {"ceil", "round", "floor_input"}
+        How many tokens a step keeps (module docstring). ``"round"`` and ``"floor_input"`` rank all visual
+        tokens together (the references have no events) and use the key fraction.
+    score_layer : {"previous", "own"}
+        Score with layer l - 1's attention, or with layer l's own projections on its input (PyramidDrop).
+    positions : {"original", "contiguous"}
+        ``contiguous`` renumbers the sequence 0..n-1 after every drop and shifts decoding positions to match
+        (PyramidDrop's reference); refused on M-RoPE models.
 
     Raises
     ------
     InvalidParameterError
-        Layers not increasing from >= 1, or a fraction outside [0, 1].
+        Layers not increasing from >= 1, a fraction outside [0, 1], or an unknown rule.
     BudgetError
         Batch rows whose events would keep different numbers of tokens.
     """
@@ -51,6 +72,9 @@ class AttentionRank:
     schedule: tuple[tuple[int, float, float], ...] = METOK_SCHEDULE
     query_rows: Literal["text", "last"] = "text"
     retention: float | None = None
+    count_rule: Literal["ceil", "round", "floor_input"] = "ceil"
+    score_layer: Literal["previous", "own"] = "previous"
+    positions: Literal["original", "contiguous"] = "original"
     needs: Needs = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,11 +88,15 @@ class AttentionRank:
         for layer, key, other in self.schedule:
             if not (0 <= key <= 1 and 0 <= other <= 1):
                 raise InvalidParameterError(f"keep fractions must lie in [0, 1], got ({key}, {other}) at layer {layer}")
-        if self.query_rows not in ("text", "last"):
-            raise InvalidParameterError(f"query_rows must be 'text' or 'last', got {self.query_rows!r}")
+        for name, allowed in (("query_rows", ("text", "last")), ("count_rule", ("ceil", "round", "floor_input")),
+                              ("score_layer", ("previous", "own")), ("positions", ("original", "contiguous"))):
+            if getattr(self, name) not in allowed:
+                raise InvalidParameterError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         resolved = not relative and self.retention is None
-        object.__setattr__(self, "needs", Needs(query_rows=self.query_rows,
-                                                score_layers=tuple(layer - 1 for layer in layers) if resolved else ()))
+        own = self.score_layer == "own"
+        object.__setattr__(self, "needs", Needs(
+            query_rows=self.query_rows, scores_at_drop=own,
+            score_layers=tuple(layer - 1 for layer in layers) if resolved and not own else ()))
 
     def for_depth(self, num_layers: int) -> AttentionRank:
         """This stage for an LLM of ``num_layers`` layers: depth fractions and ``retention`` resolved.
@@ -92,10 +120,24 @@ class AttentionRank:
     def layers(self) -> tuple[int, ...]:
         return tuple(s[0] for s in self.schedule)
 
+    def drop_layer(self, signals: LayerSignals) -> int:
+        """The scheduled layer whose input ``signals`` were scored for."""
+        return signals.layer + (0 if self.score_layer == "own" else 1)
+
     def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection:
-        _, key_fraction, other_fraction = self.schedule[self.layers.index(signals.layer + 1)]
+        step = self.layers.index(self.drop_layer(signals))
+        _, key_fraction, other_fraction = self.schedule[step]
         scores = signals.scores
         batch, n = scores.shape
+        if self.count_rule != "ceil":
+            if self.count_rule == "round":
+                k = round(n * key_fraction)
+            else:
+                if signals.input_count is None:
+                    raise InvalidParameterError("count_rule='floor_input' needs the visual tokens entering the LLM "
+                                                "(LayerSignals.input_count)")
+                k = int(signals.input_count * math.prod(s[1] for s in self.schedule[: step + 1]))
+            return Selection.top_k(scores, min(k, n))
         events = signals.events if signals.events is not None else torch.zeros_like(scores, dtype=torch.long)
         key = signals.key_events if signals.key_events is not None else torch.ones(batch, 1, dtype=torch.bool)
         rows = []

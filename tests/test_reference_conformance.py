@@ -1,0 +1,384 @@
+"""`faithful` modes select what the reference code selects, in its order, with its counts and positions.
+
+Each ``reference_*`` function below re-derives one reference implementation's arithmetic from reading it at
+the pinned commit (written for these tests, not copied):
+
+- DyCoke TTM: KD-TAO/DyCoke ``llava/model/llava_arch.py`` ``dycole_ttm`` (dd74634, pass-A fix 35cc532);
+  decode pruning: ``llava/model/language_model/modeling_qwen2.py`` ``PrunableDynamicCache``.
+- FastV: pkunlp-icler/FastV ``src/FastV/llava-hf/transformers/.../modeling_llama.py`` (d165972), layer K.
+- PyramidDrop: Cooperx521/PyramidDrop ``llava/model/modeling_llama_pdrop.py`` ``pdrop_forward`` /
+  ``pdrop_rank_drop`` (6444f30).
+- FastVID: LunarShen/FastVID ``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py``
+  (a40a109), DySeg to the sorted ``keep_indexs``.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vidpress
+from vidpress.errors import BudgetError
+from vidpress.methods import FastV, FastVID, PyramidDrop
+from vidpress.stages.decode.dynamic_kv import DynamicKV
+from vidpress.stages.pre_llm.fastvid import FastVIDStage
+from vidpress.stages.pre_llm.temporal_merge import TemporalMerge, ttm_references
+from vidpress.tokens import LayerSignals, StageContext, VisualTokens
+
+
+# -- DyCoke TTM ---------------------------------------------------------------------------------------------
+
+def reference_ttm(x: torch.Tensor, per_frame: int, k: float) -> list[int]:
+    """Indices into the flattened (F*T, D) ``x`` that the reference emits, in its order."""
+    frames = x.shape[0] // per_frame
+    keep = int((1 - k) * per_frame)
+    frame = [x[f * per_frame:(f + 1) * per_frame] for f in range(frames)]
+    slots = []
+    for i in range(0, frames - 1, 2):  # pairs: i whole, i+1 against i (normalised tokens)
+        sim = F.cosine_similarity(F.normalize(frame[i], dim=1), F.normalize(frame[i + 1], dim=1), dim=1)
+        slots.append(list(range(i * per_frame, (i + 1) * per_frame)))
+        slots.append((sim.topk(keep, largest=False).indices + (i + 1) * per_frame).tolist())
+    for i in range(0, frames - 4, 4):  # skip-pairs: slot i+2 against the original frame i (raw tokens)
+        sim = F.cosine_similarity(frame[i], frame[i + 2], dim=1)
+        slots[i + 2] = (sim.topk(keep, largest=False).indices + (i + 2) * per_frame).tolist()
+    return [index for slot in slots for index in slot]
+
+
+def _frames(frames, per_frame, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, frames, per_frame, dim, generator=g)
+
+
+@pytest.mark.parametrize("frames", [5, 7, 9, 13, 16, 30, 33])
+@pytest.mark.parametrize("k", [0.7, 0.5, 0.33])
+def test_ttm_faithful_emits_the_reference_order(frames, k):
+    x = _frames(frames, 36)
+    packed = TemporalMerge(k=k, mode="faithful")(VisualTokens(x, (6, 6)))
+    expected = reference_ttm(x[0].flatten(0, 1), 36, k)
+    assert packed.source[0].tolist() == expected
+    assert torch.equal(packed.features[0], x[0].flatten(0, 1)[expected])
+    assert TemporalMerge(k=k, mode="faithful").positions == "contiguous"
+
+
+def test_ttm_faithful_reference_count_and_order_at_32_frames():
+    x = _frames(32, 196, dim=8)
+    packed = TemporalMerge(k=0.7, mode="faithful")(VisualTokens(x, (14, 14)))
+    expected = reference_ttm(x[0].flatten(0, 1), 196, 0.7)
+    assert len(expected) == packed.num_kept == 3098
+    assert packed.source[0].tolist() == expected
+    # inside a pruned frame the order is ascending similarity, not position
+    frame1 = packed.source[0, 196:196 + 58]
+    assert not torch.equal(frame1, frame1.sort().values)
+
+
+# F -> frames whose kept set differs between the modes: the last window's third frame that the reference's
+# pass bounds leave whole, or an odd F's last frame that the reference drops (fixed keeps it whole).
+DOCUMENTED = {7: {6}, 9: {8}, 16: {14}, 30: set(), 32: {30}, 33: {32}}
+
+
+@pytest.mark.parametrize("frames", sorted(DOCUMENTED))
+def test_ttm_fixed_differs_only_by_the_documented_quirks(frames):
+    x = _frames(frames, 20)
+    faithful = TemporalMerge(k=0.6, mode="faithful")(VisualTokens(x, (4, 5))).source[0]
+    fixed = TemporalMerge(k=0.6, mode="fixed")(VisualTokens(x, (4, 5))).keep[0]
+    assert torch.equal(fixed, fixed.sort().values)  # spatial order; original positions (fixed.positions)
+    assert TemporalMerge(mode="fixed").positions == "original"
+    differ = {f for f in range(frames) if set(faithful[faithful // 20 == f].tolist()) != set(fixed[fixed // 20 == f].tolist())}
+    assert differ == DOCUMENTED[frames]
+    refs_faithful, emitted = ttm_references(frames, "faithful")
+    refs_fixed, _ = ttm_references(frames, "fixed")
+    assert differ == {f for f in range(frames) if f not in emitted or refs_faithful.get(f) != refs_fixed.get(f)}
+
+
+def test_ttm_faithful_order_reaches_the_llm_numbered_contiguously(tiny, inputs):
+    seen = {}
+    stage = TemporalMerge(k=0.7, mode="faithful")
+
+    class Recorder:  # the same stage, keeping what it was given
+        needs, positions = stage.needs, stage.positions
+
+        def __call__(self, tokens, ctx):
+            seen["features"] = tokens.features
+            return stage(tokens, ctx)
+
+    llm = tiny.model.model.language_model
+    handle = llm.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"],
+                                                                         positions=kw["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad(), vidpress.apply(tiny.model, vidpress.compose(Recorder())):
+            tiny.model(**inputs)
+    finally:
+        handle.remove()
+    expected = reference_ttm(seen["features"][0].flatten(0, 1), 4, 0.7)
+    start = int((inputs["input_ids"][0] == tiny.model.config.video_token_id).nonzero()[0])
+    block = seen["embeds"][0, start:start + len(expected)]
+    assert torch.allclose(block, seen["features"][0].flatten(0, 1)[expected].to(block.dtype))
+    assert seen["positions"][0].tolist() == list(range(seen["embeds"].shape[1]))
+
+
+# -- DyCoke decode pruning -----------------------------------------------------------------------------------
+
+def test_dynamic_kv_faithful_stability_ignores_the_last_visual_token():
+    scores = torch.rand(1, 10, generator=torch.Generator().manual_seed(0))
+    moved = scores.clone()
+    moved[0, -1] = 50.0  # only the last visual token's attention changes
+    for mode, stable in (("faithful", True), ("fixed", False)):
+        stage, ctx = DynamicKV(l=1, p=0.5, mode=mode), StageContext(num_layers=4)
+        first = stage(LayerSignals(0, scores), ctx)
+        second = stage(LayerSignals(0, moved), ctx)
+        # reference: cosine over the N - 1 = 9 candidates is 1 >= 0.9 -> no selection, full cache this step
+        assert (second is None) == stable, mode
+    assert first.num_kept == int(9 * 0.5) + 1 and 9 in first.keep[0].tolist()  # int((N-1)(1-P)) + the last token
+    assert second.num_kept == 5 and 9 in second.keep[0].tolist()  # fixed: all N compared, re-selected
+
+
+# -- FastV ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "r", "count"), [(3097, 0.5, 1548), (6272, 0.9, 627), (577, 0.5, 288), (3098, 0.75, 774)])
+def test_fastv_keeps_the_reference_count_and_tokens(n, r, count):
+    scores = torch.rand(1, n, generator=torch.Generator().manual_seed(n))
+    stage = FastV(k=2, r=r).build().prefill
+    plan = stage(LayerSignals(1, scores, input_count=n))
+    reference = scores[0].topk(round(n * (1 - r))).indices.sort().values
+    assert plan.num_kept == count == reference.numel()
+    assert torch.equal(plan.keep[0], reference)
+    assert stage.positions == "original"  # the reference sets position_ids = keep_indexs
+
+
+# -- PyramidDrop ---------------------------------------------------------------------------------------------
+
+def test_pdrop_counts_are_floors_of_the_input_count():
+    stage = PyramidDrop(layers=(8, 16, 24), lam=0.5).build().prefill.for_depth(32)
+    alive, counts = 3098, []
+    for layer in (8, 16, 24):
+        alive = stage(LayerSignals(layer, torch.rand(1, alive), input_count=3098)).num_kept
+        counts.append(alive)
+    assert counts == [1549, 774, 387]  # int(3098 * 0.5 ** s); per-stage ceil would give 1549/775/388
+
+
+def reference_pdrop_logits(model, inputs, drops, lam):
+    """Last-token logits of the reference's prefill: after each drop layer's input is ranked by its *own*
+    attention (input norm, q, k; last prompt token; head mean), keep int(N * lam^s) visual tokens and number
+    the sequence 0..n-1 again. Returns (logits, kept logical indices per drop)."""
+    lm = model.model.language_model
+    ids = inputs["input_ids"]
+    seen = {}
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)  # the uncompressed input embeddings (video features in place)
+    handle.remove()
+    with torch.no_grad():
+        embeds = seen["embeds"]
+        is_video = ids[0] == model.config.video_token_id
+        positions = torch.nonzero(is_video).flatten()
+        first, n = int(positions[0]), int(is_video.sum()) - 1  # the trailing newline is not a visual token
+        hidden, logical, kept_sets = embeds, torch.arange(ids.shape[1]), []
+        for index, layer in enumerate(lm.layers):
+            pos = torch.arange(hidden.shape[1])[None]
+            cos, sin = lm.rotary_emb(hidden, pos)
+            if index in drops:
+                stage = drops.index(index)
+                attn = layer.self_attn
+                normed = layer.input_layernorm(hidden)
+                shape = (1, hidden.shape[1], -1, attn.head_dim)
+                q = attn.q_proj(normed).view(shape).transpose(1, 2)
+                k = attn.k_proj(normed).view(shape).transpose(1, 2)
+                rotary = __import__(type(attn).__module__, fromlist=["x"]).apply_rotary_pos_emb
+                q, k = rotary(q, k, cos, sin)
+                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                weights = (q[:, :, -1:] @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)).softmax(-1)
+                current = int(n * lam ** stage)
+                visual = weights.mean(1)[0, 0, first:first + current]
+                top = visual.topk(int(n * lam ** (stage + 1))).indices.sort().values + first
+                keep = torch.cat([torch.arange(first), top, torch.arange(first + current, hidden.shape[1])])
+                hidden, logical = hidden[:, keep], logical[keep]
+                kept_sets.append(logical[first:first + top.numel()].tolist())
+                pos = torch.arange(hidden.shape[1])[None]
+                cos, sin = lm.rotary_emb(hidden, pos)
+            hidden = layer(hidden, position_embeddings=(cos, sin), position_ids=pos, attention_mask=None)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return model.lm_head(lm.norm(hidden))[0, -1], kept_sets
+
+
+def test_pdrop_faithful_matches_the_reference_prefill(tiny, inputs):
+    method = PyramidDrop(layers=(1, 2, 3), lam=0.5, mode="faithful")
+    expected, kept_sets = reference_pdrop_logits(tiny.model, inputs, [1, 2, 3], 0.5)
+    with torch.no_grad(), vidpress.apply(tiny.model, method) as run:
+        logits = tiny.model(**inputs).logits[0, -1]
+    session = run.last_session
+    for layer, kept, count in zip((1, 2, 3), kept_sets, (24, 12, 6)):  # int(48 * 0.5 ** s)
+        layout = session.layout(layer)[0]
+        assert session.kept[0, layout][session.visual[0, layout]].tolist() == kept and len(kept) == count
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert run.report.accounting.prefill_visual == [48, 24, 12, 6]
+
+
+def test_pdrop_fixed_keeps_original_positions_and_the_first_drop(tiny, inputs):
+    layer = tiny.model.model.language_model.layers[1]
+    seen, sets = [], {}
+    for mode in ("faithful", "fixed"):
+        with torch.no_grad(), vidpress.apply(tiny.model, PyramidDrop(layers=(1, 2, 3), lam=0.5, mode=mode)) as run:
+            handle = layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()),
+                                                     with_kwargs=True)  # after vidpress's hook: what layer 1 gets
+            try:
+                tiny.model(**inputs)
+            finally:
+                handle.remove()
+        sets[mode] = run.last_session.kept[0, run.last_session.layout(1)[0]].tolist()
+    assert sets["faithful"] == sets["fixed"]  # same input, same scores at the first drop
+    faithful, fixed = seen
+    assert faithful[0].tolist() == list(range(faithful.shape[1]))
+    assert fixed[0].tolist() == sets["fixed"] and fixed[0, -1] == inputs["input_ids"].shape[1] - 1
+
+
+def test_pdrop_faithful_decodes_at_shifted_positions(tiny, inputs):
+    seen = []
+    layers = tiny.model.model.language_model.layers
+    with torch.no_grad(), vidpress.apply(tiny.model, PyramidDrop(layers=(1, 2, 3), lam=0.5, mode="faithful")):
+        hooks = [layers[i].register_forward_pre_hook(
+            lambda m, a, kw, i=i: seen.append((i, kw["position_ids"].clone())), with_kwargs=True) for i in (0, 3)]
+        try:
+            tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        finally:
+            for h in hooks:
+                h.remove()
+    prompt = inputs["input_ids"].shape[1]
+    decode = [(i, p[0, -1].item()) for i, p in seen if p.shape[1] == 1]
+    # layer 0 sees every prompt token; layer 3 sees 48 - 6 = 42 fewer, numbered from 0, and decodes after them
+    assert decode == [(0, prompt), (3, prompt - 42), (0, prompt + 1), (3, prompt - 41)]
+
+
+def test_pdrop_faithful_is_refused_on_mrope(tiny_qwen, clip_frames):
+    from vidpress.errors import IncompatibleStagesError
+    from vidpress.pipeline import build_inputs
+
+    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
+    with torch.no_grad(), vidpress.apply(tiny_qwen.model, PyramidDrop(layers=(1, 2, 3), mode="faithful")):
+        with pytest.raises(IncompatibleStagesError, match="AttentionRank"):
+            tiny_qwen.model(**inputs)
+
+
+# -- FastVID -------------------------------------------------------------------------------------------------
+
+def reference_fastvid(x, attention, r, c=8, tau=0.9, d=0.4, p=4, beta=0.6):
+    """(sorted kept indices into F*T, their tokens) of the reference's FastVID block on one video."""
+    frames, per_frame, dim = x.shape
+    g = x.mean(1)
+    g = g / g.norm(dim=1, keepdim=True)
+    sim = (g[:-1] * g[1:]).sum(1)
+    cuts = torch.unique(torch.cat([sim.topk(c - 1, largest=False).indices, (sim < tau).nonzero().flatten()]))
+    bounds = [-1] + cuts.sort().values.tolist() + [frames - 1]
+    sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    retain = int(per_frame * r)
+    salient = retain - int(retain * d)
+    context = retain - salient
+    per_frame_context = [0] * frames
+    start = 0
+    for size in sizes:
+        for o in range(size):
+            if (size - 1 - o) % p == 0:
+                per_frame_context[start + o] = context * size // ((size + p - 1) // p)
+        start += size
+    kept, tokens = [], []
+    rest = []
+    for f in range(frames):
+        top = attention[f].topk(salient).indices
+        kept += (f * per_frame + top).tolist()
+        tokens += list(x[f, top])
+        mask = torch.ones(per_frame, dtype=torch.bool)
+        mask[top] = False
+        rest.append(mask.nonzero().flatten())
+    filtered = torch.stack([x[f, rest[f]] for f in range(frames)])
+
+    def density_score(tok):
+        dist = torch.cdist(tok.float(), tok.float()) / dim ** 0.5
+        density = (-(dist.topk(4, dim=-1, largest=False).values ** 2).mean(-1)).exp()
+        denser = density[None, :] > density[:, None]
+        return torch.where(denser, dist, dist.max()).min(-1).values * density
+
+    def merge(anchors, pool):
+        unit = pool / pool.norm(dim=-1, keepdim=True)
+        target = anchors / anchors.norm(dim=-1, keepdim=True)
+        owner = (unit @ target.T).argmax(1)
+        out = []
+        for a in range(anchors.shape[0]):
+            members = pool[owner == a]
+            weight = max(1 / (members.shape[0] + 1), beta)
+            mean = members.mean(0) if members.shape[0] else torch.zeros(dim)
+            out.append(weight * anchors[a] + (1 - weight) * mean)
+        return out
+
+    start = 0
+    for size in sizes:
+        for o in range(size):
+            f, count = start + o, per_frame_context[start + o]
+            if count == 0:
+                continue
+            chosen = density_score(filtered[f]).topk(count).indices
+            pool = filtered[f] if count == context else filtered[start:start + size].flatten(0, 1)
+            kept += (f * per_frame + rest[f][chosen]).tolist()
+            tokens += merge(filtered[f][chosen], pool)
+        start += size
+    order = torch.tensor(kept).argsort()
+    return torch.tensor(kept)[order], torch.stack(tokens)[order]
+
+
+def _video(scene_lengths, per_frame, dim=32, seed=0):
+    """Scenes of noisy constant tokens (one random look per scene) and a random encoder attention."""
+    g = torch.Generator().manual_seed(seed)
+    looks = [torch.randn(1, per_frame, dim, generator=g).expand(n, -1, -1) for n in scene_lengths]
+    x = torch.cat(looks) + 0.1 * torch.randn(sum(scene_lengths), per_frame, dim, generator=g)
+    return x, torch.rand(x.shape[:2], generator=g)
+
+
+@pytest.mark.parametrize(("scenes", "per_frame", "r"), [
+    ([3, 5, 8, 1, 9, 6], 49, 0.25), ([3, 5, 8, 1, 9, 6], 49, 0.1), ([12, 4, 7, 2, 5, 2], 49, 0.15),
+    ([2, 6, 5, 3], 36, 0.2), ([1, 1, 9, 2, 3, 1, 13], 49, 0.4), ([4, 4, 5, 3, 11, 1, 2, 2], 196, 0.25)])
+def test_fastvid_faithful_selects_and_merges_like_the_reference(scenes, per_frame, r):
+    x, attention = _video(scenes, per_frame)
+    side = int(math.isqrt(per_frame))
+    packed = FastVIDStage(retention=r, mode="faithful")(VisualTokens(x[None], (side, side), attention=attention[None],
+                                                                      keys=x[None]))
+    kept, tokens = reference_fastvid(x, attention, r)
+    assert packed.source[0].tolist() == kept.tolist()
+    assert torch.allclose(packed.features[0], tokens, atol=1e-5)
+    assert FastVIDStage(mode="faithful").positions == "original"
+
+
+def test_fastvid_fixed_differs_only_in_budget_and_merging():
+    from vidpress.stages.pre_llm.uniform import frame_budgets
+
+    x, attention = _video([3, 5, 8, 1, 9, 6], 49)
+    tokens = VisualTokens(x[None], (7, 7), attention=attention[None], keys=x[None])
+    faithful, fixed = (FastVIDStage(retention=0.25, mode=m)(tokens) for m in ("faithful", "fixed"))
+    assert fixed.num_visual == round(0.25 * 32 * 49) and faithful.num_visual < fixed.num_visual
+    # both take the most attended tokens of each frame: the reference 12 - int(12 * 0.4) = 8, fixed its
+    # frame budget less round(0.4 * budget) anchors (13 -> 8, 12 -> 7)
+    for f, budget in enumerate(frame_budgets(392, 32)):
+        for packed, count in ((faithful, 8), (fixed, budget - round(0.4 * budget))):
+            top = set((f * 49 + attention[f].topk(count).indices).tolist())
+            assert top <= set(packed.source[0].tolist())
+    assert FastVIDStage(mode="fixed").positions == "original"
+
+
+def test_fastvid_faithful_limits_and_fixed_beyond_them():
+    x, attention = _video([4, 4, 4, 4, 4, 4, 4, 4], 196)  # 4-frame segments
+    tokens = VisualTokens(x[None], (14, 14), attention=attention[None], keys=x[None])
+    assert FastVIDStage(retention=0.4, mode="faithful")(tokens).num_visual == 32 * 47 + 8 * 124  # where it runs
+    with pytest.raises(BudgetError, match="156 anchors but has 137"):  # r = 0.5: int(98 * 0.4) * 4 > 196 - 59
+        FastVIDStage(retention=0.5, mode="faithful")(tokens)
+    assert FastVIDStage(retention=0.5)(tokens).num_visual == round(0.5 * 32 * 196)
+    short = VisualTokens(x[None, :6], (14, 14), attention=attention[None, :6], keys=x[None, :6])
+    with pytest.raises(BudgetError, match="c=8"):
+        FastVIDStage(mode="faithful")(short)
+    assert FastVIDStage()(short).num_visual == round(0.25 * 6 * 196)
+
+
+def test_fastvid_faithful_runs_on_mrope(tiny_qwen, clip_frames):
+    from vidpress.pipeline import build_inputs
+
+    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
+    with torch.no_grad(), vidpress.apply(tiny_qwen.model, FastVID(retention=0.5, min_segments=2, mode="faithful")) as run:
+        tiny_qwen.model(**inputs)
+    assert run.report.accounting.prefill_visual[0] < run.report.accounting.visual_in
