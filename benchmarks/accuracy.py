@@ -1,11 +1,13 @@
 """Accuracy retained per method and retention on the trained testbed (procedural video QA, issue: testbed).
 
-    python benchmarks/accuracy.py [-n 200] [--retentions 0.5,0.25,0.15,0.1] [--methods all]
+    python benchmarks/accuracy.py [-n 200] [--retentions 0.5,0.25,0.15,0.1] [--methods all] [--resume]
 
 Every method x retention (``vidpress bench``'s matrix, same cells and skip notes) on the first ``n`` test
 questions, against the uncompressed testbed on the same questions. Each video is rendered and tokenised
 once. Writes benchmarks/results/<device>/accuracy.{csv,json,md} and accuracy_vs_flops.png (accuracy
-retained vs LLM prefill FLOPs, 95 % Wilson intervals as error bars).
+retained vs LLM prefill FLOPs, 95 % Wilson intervals as error bars). accuracy.csv/json are rewritten after
+every cell, so an interrupted run keeps what it measured; ``--resume`` keeps those cells (same questions)
+and runs only the others.
 """
 
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vidpress.bench import device_name, plan, write_rows
+from vidpress.bench import cell_key, check_writable, device_name, parse_retentions, plan, resumed_rows, write_rows
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.default import load_model
@@ -30,32 +32,48 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--model", default="testbed", help="testbed (trained), or any --model of the CLI (smoke runs)")
     parser.add_argument("-o", "--out", type=Path, default=Path(__file__).parent / "results" / device_name())
+    parser.add_argument("--resume", action="store_true", help="keep the cells already in OUT/accuracy.json")
     args = parser.parse_args()
+    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else args.methods.split(",")
+    retentions = parse_retentions(args.retentions)
+    plan(methods, retentions)  # unknown methods fail before any work
+    check_writable(args.out)
+    done = resumed_rows(args.out, "accuracy") if args.resume else []
+    if done and {r["questions"] for r in done} != {args.questions}:
+        raise SystemExit(f"--resume: {args.out / 'accuracy.json'} was measured on {sorted({r['questions'] for r in done})}"
+                         f" questions, this run asks {args.questions}; use the same -n or drop --resume")
     torch.set_grad_enabled(False)
     loaded = load_model(args.model)
-    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else args.methods.split(",")
-    cells, notes = plan(methods, [float(r) for r in args.retentions.split(",")],
-                        depth=loaded.model.config.text_config.num_hidden_layers)
+    cells, notes = plan(methods, retentions, depth=loaded.model.config.text_config.num_hidden_layers)
+    measured = {cell_key(r) for r in done}
     samples = make_split("test", 560)[: args.questions]
     protocol = loaded.protocol
     inputs = prepare(loaded.processor, samples, frames=args.frames, protocol=protocol)
     started = time.time()
+    meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
+            "protocol": protocol, "merge_repeats": protocol == "describe", "chance": 0.25}
     base = evaluate(loaded.model, loaded.processor, samples, get_method("none"), inputs=inputs, label="uncompressed",
                     protocol=protocol)
-    rows = []
+    order = [("uncompressed", 1.0)] + [(name, r) for name, r, _ in cells]
+    rows = [row for row in done if cell_key(row) in order]
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
+        if (name, retention) in measured:
+            continue
         result = base if method is None else evaluate(loaded.model, loaded.processor, samples, method,
                                                       inputs=inputs, label=name, protocol=protocol)
         low, high = result.interval
-        rows.append({"method": name, "target_retention": retention, "accuracy": result.accuracy, "ci_low": low,
-                     "ci_high": high, "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
-                     "prefill_flops_ratio": result.prefill_flops / base.prefill_flops, "correct": result.correct,
-                     "questions": result.total})
+        row = {"method": name, "target_retention": retention, "accuracy": result.accuracy, "ci_low": low,
+               "ci_high": high, "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
+               "prefill_flops_ratio": result.prefill_flops / base.prefill_flops, "correct": result.correct,
+               "questions": result.total}
+        rows = sorted([*rows, row], key=lambda r: order.index(cell_key(r)))
+        write_rows(rows, notes, {**meta, "partial": True}, args.out, "accuracy")
         print(f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
-              f"[{low:.1%}, {high:.1%}]  retained {rows[-1]['accuracy_retained']:6.1%}  "
-              f"prefill FLOPs {rows[-1]['prefill_flops_ratio']:.3f}")
-    meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
-            "protocol": protocol, "merge_repeats": protocol == "describe", "chance": 0.25, "seconds": round(time.time() - started)}
+              f"[{low:.1%}, {high:.1%}]  retained {row['accuracy_retained']:6.1%}  "
+              f"prefill FLOPs {row['prefill_flops_ratio']:.3f}", flush=True)
+    meta["seconds"] = round(time.time() - started)
+    if done:
+        meta["resumed_cells"] = len(measured)
     if not loaded.trained:
         print("note: untrained model - accuracy is at or below chance; this run only checks the matrix runs")
     write(rows, notes, meta, args.out)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import shared_video
@@ -133,3 +134,36 @@ def test_median_report_takes_median_timings_and_keeps_accounting():
     assert best.llm_prefill_s == 30.0 and best.peak_memory_bytes == 20.0
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         run_cells(None, None, None, "q", [], repeats=0)
+
+
+def test_bench_writes_each_cell_as_it_comes_and_resumes(tiny, clip_frames, tmp_path):
+    from vidpress.bench import cell_key, resumed_rows, run_bench, write_rows
+
+    def interrupted(rows):
+        write_rows(rows, [], {}, tmp_path, "bench")
+        if len(rows) == 2:
+            raise KeyboardInterrupt  # stopped after the first cell
+
+    args = (tiny.model, tiny.processor, clip_frames[:8], "q", ["frames", "random"], [0.5, 0.25])
+    with torch.no_grad(), pytest.raises(KeyboardInterrupt):
+        run_bench(*args, new_tokens=2, progress=False, on_row=interrupted)
+    done = resumed_rows(tmp_path, "bench")
+    assert [cell_key(r) for r in done] == [("frames", 0.5)]
+    calls = []
+    with torch.no_grad():
+        rows, _ = run_bench(*args, new_tokens=2, progress=False, done=done, on_row=lambda rows: calls.append(len(rows)))
+    assert [cell_key(r) for r in rows] == [("uncompressed", 1.0), ("frames", 0.5), ("frames", 0.25), ("random", 0.5),
+                                           ("random", 0.25)]
+    assert rows[1] == done[0]  # kept as measured, not run again
+    assert calls == [2, 3, 4, 5]  # the reference, then the three cells not yet measured, each written as it came
+
+
+def test_bench_rejects_bad_retentions_methods_and_outputs_before_work(tmp_path):
+    for args, message in ((["--retentions", "abc"], "'abc'"), (["--retentions", "0"], "'0'"),
+                          (["--methods", "fastvd"], "unknown method 'fastvd'")):
+        result = runner.invoke(app, ["bench", "--model", "random", *args, "--out", str(tmp_path)])
+        assert result.exit_code != 0 and message in str(result.exception or result.output)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = runner.invoke(app, ["bench", "--model", "random", "--out", str(blocked / "sub")])
+    assert result.exit_code != 0 and str(blocked) in str(result.exception or result.output)

@@ -9,14 +9,15 @@ the uncompressed model's at the same position.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import BudgetError
+from .errors import BudgetError, InvalidParameterError, UnknownMethodError
 from .methods import METHODS, get_method
 from .pipeline import Answer, ask
 
@@ -74,7 +75,7 @@ def plan(methods: Sequence[str], retentions: Sequence[float],
     cells, notes = [], []
     for name in methods:
         if name not in METHODS:
-            raise BudgetError(f"unknown method {name!r} for the benchmark; choose from {', '.join(METHODS)}")
+            raise UnknownMethodError(f"unknown method {name!r} for the benchmark; choose from {', '.join(METHODS)}")
         if name in FIXED_POINT:
             cells.append((name, None, get_method(name)))
             continue
@@ -95,17 +96,82 @@ def plan(methods: Sequence[str], retentions: Sequence[float],
     return kept, notes
 
 
+def parse_retentions(text: str) -> list[float]:
+    """``"0.5,0.25"`` -> [0.5, 0.25]. Raises InvalidParameterError naming the entry unless each is in (0, 1]."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= 1:
+            raise InvalidParameterError(f"retentions must be comma-separated fractions in (0, 1], got {part!r} "
+                                        f"in {text!r}; e.g. 0.5,0.25,0.1")
+        values.append(value)
+    return values
+
+
+def cell_key(row: dict[str, Any]) -> tuple[str, float | None]:
+    """The matrix cell a result row belongs to: (method, target retention)."""
+    return row["method"], row["target_retention"]
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and check a file can be written there, before any work. Raises OSError naming it."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".vidpress-write-check"
+    try:
+        probe.write_text("")
+    except OSError as exc:
+        raise OSError(f"cannot write results to {out}: {exc.strerror or exc}; choose another --out folder") from exc
+    probe.unlink()
+
+
+def resumed_rows(out: Path, stem: str) -> list[dict[str, Any]]:
+    """Rows already measured in ``out/<stem>.json`` (written cell by cell by an earlier, possibly interrupted,
+    run), its uncompressed rows left out: a resumed run measures its own reference. [] when there is none.
+
+    Raises
+    ------
+    InvalidParameterError
+        The file exists but is not a results file.
+    """
+    path = out / f"{stem}.json"
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidParameterError(f"{path} is not a vidpress results file ({exc}); move it away or drop --resume") from exc
+    return [row for row in rows if row["method"] != "uncompressed"]
+
+
 def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: Sequence[str],
               retentions: Sequence[float] = RETENTIONS, *, new_tokens: int = 32, progress: bool = True,
-              depth: int | None = None, repeats: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
+              depth: int | None = None, repeats: int = 1, done: Sequence[dict[str, Any]] = (),
+              on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the matrix; returns (rows as dicts, notes). The uncompressed run is the reference for every ratio.
 
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
-    with a note, never silently run at another budget. ``repeats``: see :func:`run_cells`.
+    with a note, never silently run at another budget. ``repeats``: see :func:`run_cells`. ``done``: rows of
+    cells measured earlier (:func:`resumed_rows`), kept as they are and not run again; ``on_row`` receives the
+    rows so far, in matrix order, after every cell (to write them as they come).
     """
     cells, notes = plan(methods, retentions, depth)
-    return run_cells(model, processor, frames, question, cells, new_tokens=new_tokens, progress=progress,
-                     repeats=repeats), notes
+    measured = {cell_key(row) for row in done}
+    order = {(name, r): i for i, (name, r, _) in enumerate(cells)}
+    kept = [row for row in done if cell_key(row) in order]
+
+    def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(rows, key=lambda row: -1 if row["method"] == "uncompressed" else order[cell_key(row)])
+
+    def report(rows: list[dict[str, Any]]) -> None:
+        if on_row is not None:
+            on_row(ordered(kept + rows))
+
+    rows = run_cells(model, processor, frames, question, [c for c in cells if (c[0], c[1]) not in measured],
+                     new_tokens=new_tokens, progress=progress, repeats=repeats, on_row=report)
+    return ordered(kept + rows), notes
 
 
 def median_report(reports: Sequence[Any]) -> Any:
@@ -121,10 +187,13 @@ def median_report(reports: Sequence[Any]) -> Any:
 
 
 def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Sequence[tuple[str, float | None, Any]],
-              *, new_tokens: int = 32, progress: bool = True, repeats: int = 1) -> list[dict[str, Any]]:
+              *, new_tokens: int = 32, progress: bool = True, repeats: int = 1,
+              on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each.
     With ``repeats`` > 1 every run (the reference too) is repeated and its timings are the medians
     (:func:`median_report`); the answer, tokens and accounting are the first repeat's (greedy: all alike).
+    Every row carries ``run``, when this process started, since ratios are to that run's uncompressed row;
+    ``on_row`` receives the rows so far after each one.
 
     Raises
     ------
@@ -143,12 +212,20 @@ def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Seq
             answers[0].report = median_report([a.report for a in answers])
         return answers[0]
 
+    started = datetime.datetime.now().isoformat(timespec="seconds")
     none = get_method("none")
     ask(model, processor, frames, question, none, max_new_tokens=2, progress=False)  # warm-up
     base = run(none, "uncompressed")
-    rows = [BenchRow("uncompressed", 1.0, base).as_dict(base)]
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, r: float | None, answer: Answer) -> None:
+        rows.append({**BenchRow(name, r, answer).as_dict(base), "run": started})
+        if on_row is not None:
+            on_row(rows)
+
+    add("uncompressed", 1.0, base)
     for name, r, method in tqdm(cells, desc="benchmark", unit="run", disable=not progress):
-        rows.append(BenchRow(name, r, run(method, name)).as_dict(base))
+        add(name, r, run(method, name))
     return rows
 
 
@@ -182,7 +259,7 @@ def write_rows(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any
     """``<stem>.csv`` (one line per row) and ``<stem>.json`` (meta, rows, notes) under ``out``, created if needed."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=2))
@@ -196,6 +273,10 @@ def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, 
     import matplotlib.pyplot as plt
 
     write_rows(rows, notes, meta, out, "bench")
+    runs = sorted({row.get("run", "") for row in rows if row["method"] != "uncompressed"})
+    if len(runs) > 1:
+        notes = [f"cells measured by {len(runs)} runs ({', '.join(runs)}; column run of bench.json): each row's "
+                 "ratios are against its own run's uncompressed reference", *notes]
     note_text = "".join(f"- {n}\n" for n in best_by_retention(rows) + notes)
     (out / "bench.md").write_text(f"# vidpress bench\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
                                   f"{markdown(rows)}\n\n{note_text}")

@@ -200,13 +200,18 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per cell; timings are their median (use 3-5 on "
                                 "a GPU, where one run is noisy)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the cells already in OUT/bench.json (written cell by "
+                                "cell) and run only the others; ratios stay against each row's own run."),
 ) -> None:
-    """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed."""
+    """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed.
+
+    Results are written to OUT cell by cell as they complete; ``--resume`` continues an interrupted run."""
     import datetime
 
     import torch
 
-    from .bench import best_by_retention, device_name, run_bench, write_outputs
+    from .bench import (best_by_retention, check_writable, device_name, parse_retentions, plan, resumed_rows,
+                        run_bench, write_outputs, write_rows)
     from .io.video import load_video
     from .models.default import load_model
 
@@ -215,20 +220,23 @@ def bench(
     from .methods import METHODS
 
     chosen = list(METHODS) if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
-    levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else [float(r) for r in retentions.split(",")]
+    levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else parse_retentions(retentions)
+    plan(chosen, levels)  # unknown methods fail here, before any work
+    folder = out or Path("bench-results") / device_name()
+    check_writable(folder)
+    done = resumed_rows(folder, "bench") if resume else []
     path = video or bundled_clip()
     clip = load_video(path, frames)
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)
     depth = loaded.model.config.text_config.num_hidden_layers
-    rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
-                            new_tokens=new_tokens, depth=depth, repeats=repeats)
     meta = {"date": datetime.date.today().isoformat(), "device": device_name(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "video": str(path), "frames": frames, "new_tokens": new_tokens,
-            "repeats": repeats,
-            "model": loaded.description, "question": question}
-    folder = out or Path("bench-results") / meta["device"]
+            "repeats": repeats, "model": loaded.description, "question": question}
+    rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
+                            new_tokens=new_tokens, depth=depth, repeats=repeats, done=done,
+                            on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"))
     written = write_outputs(rows, notes, meta, folder)
     table = Table(title=f"vidpress bench: {path.name}, {frames} frames, ratios to uncompressed")
     shown = (("method", "method"), ("target", "target_retention"), ("entry", "retention"),
