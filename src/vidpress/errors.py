@@ -65,3 +65,7 @@ class UnknownMethodError(VidpressError, KeyError):
 class MissingVideosError(VidpressError, FileNotFoundError):
     """A benchmark's videos are not where the caller said (or no folder was given); the message names the
     folder and where the videos come from."""
+
+
+class AlreadyAppliedError(VidpressError, RuntimeError):
+    """vidpress is already installed on this model: one method per model at a time (compose stages instead)."""

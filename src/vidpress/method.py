@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from .errors import IncompatibleStagesError, UnknownMethodError
+from .errors import IncompatibleStagesError, InvalidParameterError, UnknownMethodError
 from .stages import DecodeStage, PreLLMStage, PrefillStage  # noqa: F401  (type hints)
 
 if TYPE_CHECKING:
@@ -29,10 +29,23 @@ class Stages:
 
     def for_depth(self, num_layers: int) -> Stages:
         """Resolve stages whose layers depend on the LLM's depth (e.g. PyramidDrop's fractions, FastV's
-        retention target) for an LLM of ``num_layers`` layers."""
+        retention target) for an LLM of ``num_layers`` layers.
+
+        Raises
+        ------
+        BudgetError
+            A prefill layer beyond the model's depth, or an unreachable retention.
+        InvalidParameterError
+            A decode stage starting at or beyond the last layer (it would never act).
+        """
         def resolve(stage: Any) -> Any:
             return stage.for_depth(num_layers) if hasattr(stage, "for_depth") else stage
 
+        decode = self.decode
+        if decode is not None and not 0 <= decode.first_layer < num_layers:
+            raise InvalidParameterError(
+                f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
+                f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}")
         return Stages(resolve(self.pre_llm), resolve(self.prefill), resolve(self.decode))
 
     @property

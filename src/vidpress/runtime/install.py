@@ -6,12 +6,15 @@ stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..errors import AlreadyAppliedError
 from ..method import Stages
 from ..models.base import adapter_for
 from ..report import Report
@@ -26,41 +29,75 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()  # models with a Run installed
+
+
+@dataclass
+class _ThreadState:
+    """One thread's request state. Requests from different threads on one model stay apart: generate runs
+    every hook of a request in its calling thread, so each thread sees only its own captures and session."""
+
+    active: tuple[weakref.ref, Session] | None = None
+    memory: PeakMemory | None = None
+    vision_s: float = 0.0
+    vision_start: float = 0.0
+    projected: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    encoder: tuple[torch.Tensor, torch.Tensor] | None = None
+    encoder_s: float = 0.0
+    vision_kwargs: dict = field(default_factory=dict)
+    sessions: list[Session] = field(default_factory=list)
+
+
 class Run:
     """Handle of a method installed on a model; a context manager that removes it on exit.
+
+    Requests may run concurrently from several threads on one model: each thread's request keeps its own
+    state, and :attr:`report` / :attr:`last_session` are the calling thread's latest. Peak memory on CPU is
+    the process's, so it overlaps between concurrent requests.
 
     Attributes
     ----------
     reports : list[Report]
-        One report per request (prefill with a video) since installation, oldest first.
+        One report per request (prefill with a video) since installation, oldest first, all threads.
+
+    Raises
+    ------
+    AlreadyAppliedError
+        The model already has a method installed (nested ``apply``); compose the stages into one method.
     """
 
     def __init__(self, model: Any, stages: Stages, name: str):
+        if model in _INSTALLED:
+            raise AlreadyAppliedError(
+                f"vidpress is already applied to this {type(model).__name__}; remove it first (leave its `with` "
+                "block or call run.remove()), or put every stage into one method with vidpress.compose(...)")
         self.model, self.name = model, name
         self.adapter = adapter_for(model)
         self.stages = stages.for_depth(len(self.adapter.decoder_layers(model)))
         self._handles: list[Any] = []
-        self._active: tuple[weakref.ref, Session] | None = None
+        self._local = threading.local()
         self._sessions: list[Session] = []
-        self._memory: PeakMemory | None = None
-        self._vision_s = 0.0
-        self._projected: torch.Tensor | None = None
-        self._pixels: torch.Tensor | None = None
-        self._encoder: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._encoder_s = 0.0
-        self._vision_kwargs: dict = {}
         try:
             self._install()
         except Exception:  # e.g. an adapter refusing a stage: leave the model exactly as it was
             self.remove()
             raise
+        _INSTALLED.add(model)
+
+    @property
+    def _t(self) -> _ThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _ThreadState()
+        return state
 
     # -- hooks -------------------------------------------------------------------------------------
     def session_of(self, cache: Any) -> Session | None:
         cache = getattr(cache, "_cache", cache)
-        if cache is None or self._active is None or self._active[0]() is not cache:
+        if cache is None or self._t.active is None or self._t.active[0]() is not cache:
             return None
-        return self._active[1]
+        return self._t.active[1]
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -73,21 +110,22 @@ class Run:
             kwargs["cache"] = kwargs.pop("past_key_values")
         cache = kwargs.get("cache")
         if self.adapter.has_video(kwargs) and (cache is None or cache.get_seq_length() == 0):
-            if self._memory is None:  # generate encodes the video before this call; the meter may be running
-                self._memory = PeakMemory(self._device())
+            if self._t.memory is None:  # generate encodes the video before this call; the meter may be running
+                self._t.memory = PeakMemory(self._device())
             started = time.perf_counter()
             positions = "contiguous" if any(getattr(stage, "positions", "original") == "contiguous"
                                             for stage in (self.stages.pre_llm, self.stages.prefill)) else "original"
-            self.adapter.restore_inputs(kwargs, self._vision_kwargs)
+            self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
-                                    projected=lambda: self._projected, pixels=lambda: self._pixels,
-                                    encoder=lambda: self._encoder)
-            self._projected = self._pixels = self._encoder = None
-            session.timings["overhead_s"] += self._encoder_s
-            self._encoder_s = 0.0
+                                    projected=lambda: self._t.projected, pixels=lambda: self._t.pixels,
+                                    encoder=lambda: self._t.encoder)
+            self._t.projected = self._t.pixels = self._t.encoder = None
+            session.timings["overhead_s"] += self._t.encoder_s
+            self._t.encoder_s = 0.0
             session.started = started
-            session.info["vision_before_s"] = self._vision_s
-            self._active = (weakref.ref(kwargs["cache"]), session)
+            session.info["vision_before_s"] = self._t.vision_s
+            self._t.active = (weakref.ref(kwargs["cache"]), session)
+            self._t.sessions.append(session)
             self._sessions.append(session)
         elif (session := self.session_of(cache)) is not None:
             decode_inputs(session, kwargs)
@@ -108,41 +146,41 @@ class Run:
         if session.ctx.step == 0:
             # Vision encoding that ran before this call (generate pre-encodes the video) is part of TTFT.
             session.timings["ttft_s"] = now - session.started + session.info["vision_before_s"]
-            session.timings["vision_s"] = self._vision_s
-            self._vision_s = 0.0
+            session.timings["vision_s"] = self._t.vision_s
+            self._t.vision_s = 0.0
         else:
             session.timings["decode_s"] += now - session.info["step_start"]
             session.decode_steps += 1
-        if self._memory is not None:
-            session.peak_memory_bytes = max(session.peak_memory_bytes, self._memory.peak)
+        if self._t.memory is not None:
+            session.peak_memory_bytes = max(session.peak_memory_bytes, self._t.memory.peak)
 
     def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         if module is self.adapter.vision_modules(self.model)[0]:  # the tower's call: e.g. Qwen's grid_thw, which
-            self._vision_kwargs = kwargs                          # generate does not pass on to the forward
-        if self._active is not None and self._active[1].ctx.step > 0 or self._active is None:
+            self._t.vision_kwargs = kwargs                          # generate does not pass on to the forward
+        if self._t.active is not None and self._t.active[1].ctx.step > 0 or self._t.active is None:
             self._finish()  # a new request starts: stop the previous request's memory meter
-            self._active = None
-            self._memory = PeakMemory(self._device())
+            self._t.active = None
+            self._t.memory = PeakMemory(self._device())
         _sync(self._device())
-        self._vision_start = time.perf_counter()
+        self._t.vision_start = time.perf_counter()
 
     def _vision_post(self, module: Any, args: tuple, output: Any) -> None:
         _sync(self._device())
-        self._vision_s += time.perf_counter() - self._vision_start
+        self._t.vision_s += time.perf_counter() - self._t.vision_start
 
     def _capture_projected(self, module: Any, args: tuple, output: Any) -> None:
-        self._projected = output  # the unpooled grid, for stages that pool it themselves
+        self._t.projected = output  # the unpooled grid, for stages that pool it themselves
 
     def _capture_pixels(self, module: Any, args: tuple) -> None:
-        self._pixels = args[0] if args else None  # (B*F, 3, H, W): generate consumes pixel_values_videos early
+        self._t.pixels = args[0] if args else None  # (B*F, 3, H, W): generate consumes pixel_values_videos early
 
     def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
-        self._encoder = self.adapter.encoder_signals(self.model, module, args, kwargs, self._vision_kwargs)
+        self._t.encoder = self.adapter.encoder_signals(self.model, module, args, kwargs, self._t.vision_kwargs)
         _sync(self._device())
         elapsed = time.perf_counter() - started
-        self._encoder_s += elapsed  # method overhead, not vision encoding
-        self._vision_s -= elapsed
+        self._t.encoder_s += elapsed  # method overhead, not vision encoding
+        self._t.vision_s -= elapsed
 
     def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         session = self.session_of(kwargs.get("cache"))
@@ -196,16 +234,21 @@ class Run:
 
     # -- public ------------------------------------------------------------------------------------
     def _finish(self) -> None:
-        if self._memory is not None:
-            self._memory.stop()
-            self._memory = None
+        if self._t.memory is not None:
+            self._t.memory.stop()
+            self._t.memory = None
+
+    def _latest(self) -> Session:
+        sessions = self._t.sessions or self._sessions
+        if not sessions:
+            raise LookupError("no video request has run through the model since the method was installed")
+        return sessions[-1]
 
     @property
     def last_session(self) -> Session:
-        """The latest request's session (layouts per layer, events, stage plans), for inspection and tests."""
-        if not self._sessions:
-            raise LookupError("no video request has run through the model since the method was installed")
-        return self._sessions[-1]
+        """The calling thread's latest request's session (layouts per layer, events, stage plans), for inspection
+        and tests; the latest of any thread when this one ran none."""
+        return self._latest()
 
     @property
     def reports(self) -> list[Report]:
@@ -213,16 +256,14 @@ class Run:
 
     @property
     def report(self) -> Report:
-        """The report of the latest request.
+        """The report of the calling thread's latest request (of any thread's when this one ran none).
 
         Raises
         ------
         LookupError
             No request with a video went through the model since installation.
         """
-        if not self._sessions:
-            raise LookupError("no video request has run through the model since the method was installed")
-        return Report.from_session(self.model, self._sessions[-1], self.name)
+        return Report.from_session(self.model, self._latest(), self.name)
 
     def remove(self) -> None:
         """Remove every hook; the model behaves exactly as before installation."""
@@ -230,8 +271,9 @@ class Run:
             handle.remove()
         self._handles.clear()
         self._finish()
-        self._active = None
-        self._projected = self._pixels = self._encoder = None
+        self._t.active = None
+        self._t.projected = self._t.pixels = self._t.encoder = None
+        _INSTALLED.discard(self.model)
 
     def __enter__(self) -> Run:
         return self

@@ -99,13 +99,15 @@ def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
         session: Session | None = session_of(kwargs.get("cache"))
         if session is None:
             return None
-        hidden = args[0] if args else kwargs.pop("hidden_states")
         if session.ctx.step > 0:
             shift = session.position_shift(layer)
-            if shift:  # the cache holds this layer's prompt at renumbered positions: decode continues from there
-                kwargs["position_ids"] = kwargs["position_ids"] - shift
-                kwargs["position_embeddings"] = rotary(hidden, kwargs["position_ids"])
-            return (hidden, *args[1:]), kwargs
+            if not shift:
+                return None
+            # the cache holds this layer's prompt at renumbered positions: decoding continues from there
+            kwargs["position_ids"] = kwargs["position_ids"] - shift
+            kwargs["position_embeddings"] = rotary(args[0] if args else kwargs["hidden_states"], kwargs["position_ids"])
+            return args, kwargs
+        hidden = args[0] if args else kwargs.pop("hidden_states")
         stage = session.stages.prefill
         if stage is not None and layer in stage.layers:
             start = time.perf_counter()

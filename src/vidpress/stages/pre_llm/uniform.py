@@ -25,8 +25,8 @@ def visual_budget(retention: float, n: int) -> int:
     BudgetError
         ``retention`` outside (0, 1].
     """
-    if not 0 < retention <= 1:
-        raise BudgetError(f"retention must be in (0, 1], got {retention}; it is the fraction of visual tokens kept")
+    if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not 0 < retention <= 1:
+        raise BudgetError(f"retention must be in (0, 1], got {retention!r}; it is the fraction of visual tokens kept")
     return max(1, round(retention * n))
 
 

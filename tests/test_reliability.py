@@ -1,0 +1,79 @@
+"""Cases where vidpress must refuse or stay correct rather than be silently wrong: concurrent requests,
+nested installation, parameters the loaded model would ignore."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+import vidpress
+from vidpress.errors import AlreadyAppliedError, BudgetError, InvalidParameterError
+from vidpress.pipeline import build_inputs
+
+
+def _greedy(model, inputs, steps):
+    out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.logits)
+
+
+def test_two_threads_on_one_model_match_running_alone(tiny, clip_frames):
+    videos = [build_inputs(tiny.processor, clip_frames, "What happens?"),
+              build_inputs(tiny.processor, clip_frames[::-1].copy(), "Which colour is the sky?")]
+    model = tiny.model
+    slow = [layer.register_forward_pre_hook(lambda *a: time.sleep(0.001))  # let the threads interleave
+            for layer in model.model.language_model.layers]
+    try:
+        with torch.no_grad(), vidpress.apply(model, vidpress.DyCoke(k=0.7, l=2, p=0.5)) as run:
+            alone = [_greedy(model, inputs, 12) for inputs in videos]
+            results, reports, barrier = [None, None], [None, None], threading.Barrier(2)
+
+            def work(i):
+                barrier.wait()
+                with torch.no_grad():
+                    results[i] = _greedy(model, videos[i], 12)
+                reports[i] = run.report  # this thread's own request
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        for h in slow:
+            h.remove()
+    for (seq, logits), (seq_alone, logits_alone) in zip(results, alone):
+        assert torch.equal(seq, seq_alone)
+        assert torch.allclose(logits, logits_alone, atol=1e-5)
+    for report, inputs in zip(reports, videos):
+        assert report.decode_steps == 11 and report.ttft_s == report.ttft_s  # not NaN
+    assert len(run.reports) == 4
+
+
+def test_nested_apply_is_refused_and_the_outer_run_still_works(tiny, inputs):
+    with torch.no_grad(), vidpress.apply(tiny.model, vidpress.DyCoke()) as outer:
+        with pytest.raises(AlreadyAppliedError, match="compose"):
+            vidpress.apply(tiny.model, "fastv")
+        tiny.model(**inputs)
+        assert outer.report.accounting.prefill_visual[0] < outer.report.accounting.visual_in
+    with vidpress.apply(tiny.model, "fastv"):  # removed on exit: a new method can go on
+        pass
+
+
+@pytest.mark.parametrize(("method", "params", "match"), [
+    ("dycoke", {"l": 100}, "starts at layer 100 but the LLM has 4 layers"),
+    ("dycoke", {"l": 4}, "starts at layer 4"),
+    ("metok", {"layers": (3, 10, 19)}, "do not fit an LLM of 4 layers"),
+])
+def test_parameters_the_model_would_ignore_are_refused_at_apply(tiny, method, params, match):
+    with pytest.raises((InvalidParameterError, BudgetError), match=match):
+        vidpress.apply(tiny.model, method, **params)
+    vidpress.apply(tiny.model, "dycoke", l=1).remove()  # nothing was left installed
+
+
+@pytest.mark.parametrize(("method", "params"), [("dycoke", {"k": True}), ("dycoke", {"l": True}),
+                                                ("visionzip", {"retention": True}), ("dycoke", {"p": "0.5"})])
+def test_booleans_and_strings_are_not_numbers(method, params):
+    with pytest.raises((InvalidParameterError, BudgetError)):
+        vidpress.get_method(method, **params)
