@@ -7,7 +7,7 @@
 # parts, one per call (a warm machine keeps /tmp for 30 s between calls). Here:
 #   mkdir -p /tmp/payload/whl /tmp/payload/weights && cp -r ../shared/data/weights/* /tmp/payload/weights/
 #   pip download --no-deps -d /tmp/payload/whl transformers==5.24.0 gguf==0.19.0 peft==0.21.2
-#   python -c "import torch, vidpress; torch.save(vidpress.load_video(vidpress.cli.bundled_clip(), 32), '/tmp/payload/clip.pt')"
+#   python benchmarks/bench_saved_frames.py --save src/vidpress/assets/nasa_13013_clip.mp4 32 /tmp/payload/clip.npz
 #   (cd /tmp/payload && tar -cf - . | gzip -6) | split -b 49800000 -d - /tmp/part.
 #   mkdir -p .stage1 .stage2 .stage3 && mv /tmp/part.00 .stage1 && mv /tmp/part.01 .stage2 && mv /tmp/part.02 .stage3
 # Calls 1 and 2 (carry .stage1, then .stage2): mkdir -p /tmp/w && cp .stage*/part.* /tmp/w/
@@ -29,5 +29,5 @@ python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 
 'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 bash benchmarks/testbed_sweep.sh "$out/sweep" "$seconds" "$@"
 if grep -q "random-weight model" "$out/sweep/sweep.log"; then echo "the base weights were not found"; exit 2; fi
-timeout 180 python3 benchmarks/bench_saved_frames.py /tmp/p/clip.pt ${BENCH_ARGS:---model random:llava-ov-7b} --out /tmp/bench \
+timeout 180 python3 benchmarks/bench_saved_frames.py /tmp/p/clip.npz ${BENCH_ARGS:---model random:llava-ov-7b} --out /tmp/bench \
     && tar -czf "$out/bench.tgz" -C /tmp bench

@@ -3,6 +3,7 @@ nested installation, parameters the loaded model would ignore."""
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +78,38 @@ def test_parameters_the_model_would_ignore_are_refused_at_apply(tiny, method, pa
 def test_booleans_and_strings_are_not_numbers(method, params):
     with pytest.raises((InvalidParameterError, BudgetError)):
         vidpress.get_method(method, **params)
+
+
+class _Payload:
+    """Pickling this object would run code (writes a marker file) when a loader unpickles arbitrary objects."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_weight_and_frame_loaders_never_unpickle_code(tmp_path):
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    from vidpress.testbed.saved import WEIGHTS, read_saved
+
+    marker = tmp_path / "executed"
+    torch.save({"x": _Payload(marker)}, tmp_path / WEIGHTS)
+    (tmp_path / "testbed.json").write_text(json.dumps({}))
+    with pytest.raises(pickle.UnpicklingError):
+        read_saved(tmp_path)
+    assert not marker.exists()
+    crafted = tmp_path / "clip.npz"
+    import numpy as np
+
+    np.savez(crafted, frames=np.array([_Payload(marker)], dtype=object), timestamps=np.zeros(1), duration_s=0.0,
+             path="x")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_saved_frames.py"
+    proc = subprocess.run([sys.executable, str(script), str(crafted), "--model", "random"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "allow_pickle" in proc.stderr and not marker.exists()

@@ -39,7 +39,8 @@ def testbed_available(directory: str | Path | None = None) -> bool:
 def read_saved(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A saved testbed's record and its trained tensors (fp32, CPU), as :func:`save` wrote them."""
     record = json.loads((Path(folder) / "testbed.json").read_text())
-    return record, {k: v.float() for k, v in torch.load(Path(folder) / WEIGHTS, map_location="cpu").items()}
+    tensors = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)  # never unpickles code
+    return record, {k: v.float() for k, v in tensors.items()}
 
 
 def load_testbed(directory: str | Path | None = None) -> Any:
