@@ -346,6 +346,7 @@ def test_training_continues_from_a_saved_testbed(tmp_path):
         train(other.model, other.processor, steps=1, rank=2, init=tmp_path, **settings)
 
 
+@pytest.mark.slow
 def test_committed_testbed_matches_its_model_card():
     """The committed testbed re-scores the card's fixed 50-question test subset exactly (greedy, fp32, CPU)."""
     import json
