@@ -33,3 +33,29 @@ def test_cli_failure_is_one_line():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "video file not found" in proc.stderr
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vidpress.cli", *args], capture_output=True, timeout=300)
+
+
+def test_cli_bad_inputs_fail_before_work_with_one_line(tmp_path):
+    cases = [
+        (["run", "--model", "random", "-q", b"caf\xe9 \xff?"], b"not valid UTF-8"),  # bytes from a Latin-1 shell
+        (["events", "--model", "random", "--out", str(tmp_path / "missing" / "e.png")], b"does not exist"),
+        (["run", "--model", "random", "--frames", "4", "-q", "why? " * 20000], b"positions"),
+    ]
+    for args, message in cases:
+        proc = _cli(*args)
+        assert proc.returncode == 2 and b"Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-500:]
+
+
+def test_prompt_past_the_models_positions_is_refused_before_generating(tiny, clip_frames):
+    from vidpress.errors import PromptTooLongError
+    from vidpress.methods import get_method
+    from vidpress.pipeline import ask
+
+    limit = tiny.model.config.text_config.max_position_embeddings
+    with pytest.raises(PromptTooLongError, match=f"past the model's {limit} positions"):
+        ask(tiny.model, tiny.processor, clip_frames[:4], "why? " * limit, get_method("none"), max_new_tokens=4,
+            progress=False)

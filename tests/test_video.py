@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import vidpress
+import vidpress.io.video
 from conftest import shared_video
 from vidpress.cli import bundled_clip
 
@@ -62,3 +63,77 @@ def test_zero_decodable_frames(tmp_path):
 def test_bad_frame_counts(kwargs):
     with pytest.raises(vidpress.InvalidFrameCountError):
         vidpress.load_video(bundled_clip(), **kwargs)
+
+
+def _write_mkv(path, seconds=4, rate=10, size=(64, 48)):
+    out = av.open(str(path), "w")
+    stream = out.add_stream("mpeg4", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+    for i in range(seconds * rate):
+        image = np.full((size[1], size[0], 3), (i * 6) % 255, dtype=np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def _claiming(tmp_path, milliseconds):
+    """A 4 s, 10 fps MKV whose header (Segment Duration) claims ``milliseconds``."""
+    import struct
+
+    data = bytearray(_write_mkv(tmp_path / "true.mkv").read_bytes())
+    at = data.find(b"\x44\x89\x88")  # the Duration element, an 8-byte float
+    data[at + 3:at + 11] = struct.pack(">d", milliseconds)
+    path = tmp_path / f"claims_{int(milliseconds)}.mkv"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("claimed_ms", [3_600_000.0, 400.0])
+def test_header_duration_that_the_stream_does_not_hold(tmp_path, claimed_ms):
+    path = _claiming(tmp_path, claimed_ms)
+    assert av.open(str(path)).duration == claimed_ms * 1000  # the header lies
+    with pytest.warns(vidpress.io.video.VideoWarning, match="stream holds 4.0 s"):
+        video = vidpress.load_video(path, 8)
+    assert video.duration_s == pytest.approx(4.0, abs=0.11)
+    assert len(np.unique(video.timestamps)) == 8  # spread over the real 4 s, no repeated last frame
+    assert np.allclose(video.timestamps, np.linspace(0, 3.9, 8), atol=0.06)
+
+
+def test_more_frames_than_the_video_holds_are_capped_and_said(tmp_path):
+    path = _write_mkv(tmp_path / "short.mkv", seconds=2)  # 20 frames
+    with pytest.warns(vidpress.io.video.VideoWarning, match="20 distinct frames where 64 were asked for"):
+        video = vidpress.load_video(path, 64)
+    assert len(video) == 20 and video.requested == 64 and len(np.unique(video.timestamps)) == 20
+    still = tmp_path / "still.png"
+    with av.open(str(still), "w") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((24, 32, 3), np.uint8), format="rgb24")):
+            out.mux(packet)
+    with pytest.warns(vidpress.io.video.VideoWarning, match="1 distinct frames where 8"):
+        assert len(vidpress.load_video(still, 8)) == 1
+
+
+def test_frames_that_would_not_fit_in_memory_fail_before_decoding(tmp_path, monkeypatch):
+    path = _write_mkv(tmp_path / "v.mkv")
+    monkeypatch.setattr(vidpress.io.video, "_available_memory", lambda: 500_000)  # 0.5 MB free
+    with pytest.raises(vidpress.InvalidFrameCountError, match="41 frames of 64x48 would take"):
+        vidpress.load_video(path, 100)
+    with pytest.warns(vidpress.io.video.VideoWarning):
+        assert len(vidpress.load_video(path, 100, max_side=16)) == 40  # 16x12: 23 kB
+    assert vidpress.load_video(path, 4, max_side=32).frames.shape[1:] == (24, 32, 3)
+
+
+def test_audio_only_file_counts_its_streams(tmp_path):
+    path = tmp_path / "audio.wav"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    with pytest.raises(vidpress.NoVideoStreamError, match="only 1 other streams"):
+        vidpress.load_video(path)

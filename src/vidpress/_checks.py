@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, PromptTooLongError
 
 
 def check_ratio(name: str, value: float, *, symbol: str = "") -> None:
@@ -22,3 +22,14 @@ def check_mode(value: Any) -> None:
 def check_layer(name: str, value: int, *, minimum: int = 0) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_context(model: Any, prompt_tokens: int, new_tokens: int = 0) -> None:
+    """Raise PromptTooLongError when ``prompt_tokens + new_tokens`` exceed the LLM's position range
+    (``text_config.max_position_embeddings``)."""
+    config = getattr(model.config, "text_config", model.config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and prompt_tokens + new_tokens > limit:
+        generated = f" + {new_tokens} to generate" if new_tokens else ""
+        raise PromptTooLongError(f"the prompt is {prompt_tokens} tokens (text and visual placeholders){generated}, past "
+                                 f"the model's {limit} positions; shorten the question or sample fewer frames")

@@ -31,6 +31,36 @@ def bundled_clip() -> Path:
     return Path(str(resources.files("vidpress") / "assets" / "nasa_13013_clip.mp4"))
 
 
+MAX_SIDE_HELP = "Decode frames with the longer side at most this many pixels (bounds memory; 0: full resolution)."
+
+
+def _load_clip(path: Path, frames: int, max_side: int, progress: bool = False) -> tuple[Any, list[str]]:
+    """The sampled video, and what :func:`~vidpress.io.video.load_video` warned about it, as notes to print."""
+    import warnings
+
+    from .io.video import VideoWarning, load_video
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VideoWarning)
+        clip = load_video(path, frames, max_side=max_side or None, progress=progress)
+    for w in caught:
+        if not issubclass(w.category, VideoWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return clip, [str(w.message) for w in caught if issubclass(w.category, VideoWarning)]
+
+
+def _check_plots(out: Path) -> None:
+    """Fail before any work when a PNG cannot be written to ``out``: matplotlib missing, or no such folder."""
+    import importlib.util
+
+    from .errors import VidpressError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise VidpressError("drawing needs matplotlib: pip install 'vidpress[plots]'")
+    if not out.parent.is_dir():
+        raise OSError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --out")
+
+
 def _parse_set(values: list[str]) -> dict[str, Any]:
     """``["k=0.7", "mode=faithful"]`` -> ``{"k": 0.7, "mode": "faithful"}`` (numbers parsed, else strings)."""
     out: dict[str, Any] = {}
@@ -56,17 +86,18 @@ def run(
     compare: bool = typer.Option(False, "--compare", help="Also run the uncompressed model and print ratios."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
+    max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
 ) -> None:
     """Answer QUESTION about VIDEO with METHOD applied; print the answer and what it cost."""
-    from .io.video import load_video
     from .methods import get_method
     from .models.default import load_model
-    from .pipeline import ask
+    from .pipeline import ask, check_question
     from .report import compare_table, ratios
 
     chosen = get_method(method, **_parse_set(params))
+    check_question(question)
     path = video or bundled_clip()
-    clip = load_video(path, frames, progress=not as_json)
+    clip, notes = _load_clip(path, frames, max_side, progress=not as_json)
     with console.status("loading model", spinner="dots") if not as_json else contextlib.nullcontext():
         loaded = load_model(model)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
@@ -80,13 +111,16 @@ def run(
     results.append(ask(loaded.model, loaded.processor, clip.frames, question, chosen,
                        max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json))
     if as_json:
-        payload = {"video": str(path), "model": loaded.description, "trained": loaded.trained,
+        payload = {"video": str(path), "frames": len(clip), "frames_requested": frames, "notes": notes,
+                   "model": loaded.description, "trained": loaded.trained,
                    "runs": [{"answer": r.text, **r.report.as_dict()} for r in results]}
         if compare:
             payload["ratios"] = ratios(results[0].report, results[1].report)
         print(json.dumps(payload, indent=2, default=float))
         return
     console.print(f"[bold]video[/]: {path} ({len(clip)} frames of {clip.duration_s:.1f} s)")
+    for note in notes:
+        console.print(f"[bold yellow]note[/]: {note}")
     console.print(f"[bold]model[/]: {loaded.description}")
     if not loaded.trained:
         console.print("[bold yellow]note[/]: weights/projector are untrained - the answer text is not meaningful; "
@@ -160,19 +194,24 @@ def events(
     model: str = typer.Option("default", "--model", help=MODEL_HELP),
     params: list[str] = typer.Option([], "--set", help="METok hyperparameter NAME=VALUE, repeatable."),
     out: Path = typer.Option(Path("events.png"), "--out", "-o", help="PNG to write."),
+    max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
 ) -> None:
     """Show METok's events for VIDEO: similarity curve, boundaries, key events/frames and token budgets."""
     import torch
 
-    from .io.video import load_video
     from .methods.metok import METok
     from .models.default import load_model
-    from .pipeline import build_inputs
-    from .viz.events import draw_events, events_table
+    from .pipeline import build_inputs, check_question
 
     method = METok.from_dict(_parse_set(params))
+    check_question(question)
+    _check_plots(out)
+    from .viz.events import draw_events, events_table
+
     path = video or bundled_clip()
-    clip = load_video(path, frames)
+    clip, notes = _load_clip(path, frames, max_side)
+    for note in notes:
+        console.print(f"[bold yellow]note[/]: {note}")
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     inputs = build_inputs(loaded.processor, clip.frames, question).to(loaded.model.device)
@@ -202,6 +241,7 @@ def bench(
                                 "a GPU, where one run is noisy)."),
     resume: bool = typer.Option(False, "--resume", help="Keep the cells already in OUT/bench.json (written cell by "
                                 "cell) and run only the others; ratios stay against each row's own run."),
+    max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
 ) -> None:
     """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed.
 
@@ -212,8 +252,8 @@ def bench(
 
     from .bench import (best_by_retention, check_writable, device_name, parse_retentions, plan, resumed_rows,
                         run_bench, write_outputs, write_rows)
-    from .io.video import load_video
     from .models.default import load_model
+    from .pipeline import check_question
 
     frames = frames or (16 if quick else 32)
     new_tokens = new_tokens or (8 if quick else 32)
@@ -222,11 +262,13 @@ def bench(
     chosen = list(METHODS) if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
     levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else parse_retentions(retentions)
     plan(chosen, levels)  # unknown methods fail here, before any work
+    check_question(question)
     folder = out or Path("bench-results") / device_name()
     check_writable(folder)
+    _check_plots(folder / "ttft.png")
     done = resumed_rows(folder, "bench") if resume else []
     path = video or bundled_clip()
-    clip = load_video(path, frames)
+    clip, video_notes = _load_clip(path, frames, max_side)
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)
@@ -237,6 +279,7 @@ def bench(
     rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
                             new_tokens=new_tokens, depth=depth, repeats=repeats, done=done,
                             on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"))
+    notes = video_notes + notes
     written = write_outputs(rows, notes, meta, folder)
     table = Table(title=f"vidpress bench: {path.name}, {frames} frames, ratios to uncompressed")
     shown = (("method", "method"), ("target", "target_retention"), ("entry", "retention"),

@@ -69,3 +69,7 @@ class MissingVideosError(VidpressError, FileNotFoundError):
 
 class AlreadyAppliedError(VidpressError, RuntimeError):
     """vidpress is already installed on this model: one method per model at a time (compose stages instead)."""
+
+
+class PromptTooLongError(VidpressError, ValueError):
+    """The prompt (text and visual placeholders) plus the tokens to generate exceed the model's positions."""

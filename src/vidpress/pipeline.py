@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from ._checks import check_context
+from .errors import InvalidParameterError
 from .method import Method, Stages, apply
 from .report import Report
 
@@ -54,10 +56,28 @@ def chat_prompt(processor: Any, question: str, history: Sequence[tuple[str, str]
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
 
 
+def check_question(question: str) -> str:
+    """``question`` if it is encodable text. Raises InvalidParameterError naming the first bad character
+    (e.g. undecodable bytes from the command line), before any model work."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(f"the question is not valid UTF-8 text ({question[exc.start]!r} at position "
+                                    f"{exc.start}); pass UTF-8 text") from None
+    return question
+
+
 def build_inputs(processor: Any, frames: np.ndarray, question: str, history: Sequence[tuple[str, str]] = ()) -> Any:
     """Chat-formatted prompt with one video (then ``history``'s turns, see :func:`chat_prompt`), tokenised with
-    the video's frames by the processor."""
-    return processor(text=chat_prompt(processor, question, history), videos=[frames], return_tensors="pt")
+    the video's frames by the processor.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``question`` is not encodable text.
+    """
+    return processor(text=chat_prompt(processor, check_question(question), history), videos=[frames],
+                     return_tensors="pt")
 
 
 def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: Method | Stages,
@@ -66,8 +86,14 @@ def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: M
     """Greedy-generate an answer with ``method`` installed and return it with the request's report.
 
     ``min_new_tokens`` forces decoding to run (an untrained model may stop at once, leaving nothing to measure).
+
+    Raises
+    ------
+    PromptTooLongError
+        The prompt plus ``max_new_tokens`` exceed the model's positions (checked before generating).
     """
     inputs = build_inputs(processor, frames, question).to(model.device)
+    check_context(model, inputs["input_ids"].shape[1], max_new_tokens)
     name = label or (method.label if isinstance(method, Method) else method.name)
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
     with apply(model, method) as run, torch.inference_mode():

@@ -1,12 +1,16 @@
 """Video decoding with PyAV: uniform sampling of N frames or a fixed frame rate.
 
 Frames are decoded as a stream (or by seeking, for long videos), so only the sampled frames are held in
-memory: a 1-hour file never sits in memory whole.
+memory: a 1-hour file never sits in memory whole. The duration sampled over is what the stream holds (its last
+packet's timestamp), not what the container's header claims; a video with fewer distinct frames than asked for
+gives each frame once, with a warning.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,13 @@ from ..errors import InvalidFrameCountError, NoFramesError, NotAVideoError, NoVi
 
 # Beyond this duration (seconds) with few frames asked for, seek to each target instead of decoding all.
 SEEK_AFTER_S = 120.0
+# Decoded frames may take at most this share of the memory available when decoding starts.
+MEMORY_SHARE = 0.5
+
+
+class VideoWarning(UserWarning):
+    """A video was sampled differently from what was asked (fewer distinct frames than requested, or a header
+    whose duration the stream does not hold); the message says how."""
 
 
 @dataclass(frozen=True)
@@ -29,14 +40,17 @@ class Video:
     timestamps : ndarray, shape (F,), float64
         Presentation time of each frame in seconds.
     duration_s : float
-        Duration of the video stream in seconds.
+        Duration of the video stream in seconds, as its packets' timestamps show.
     path : str
+    requested : int, optional
+        Frames asked for, when the video held fewer distinct frames (then ``len(frames) < requested``).
     """
 
     frames: np.ndarray
     timestamps: np.ndarray
     duration_s: float
     path: str
+    requested: int | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -55,8 +69,9 @@ def _open(path: Path):
         raise NotAVideoError(path, f"{path} is not a readable video ({exc.__class__.__name__}: {exc}); "
                                    "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or check the file") from exc
     if not container.streams.video:
+        others = len(container.streams)
         container.close()
-        raise NoVideoStreamError(path, f"{path} has no video stream (only {len(container.streams)} other streams); "
+        raise NoVideoStreamError(path, f"{path} has no video stream (only {others} other streams); "
                                        "pass a file that contains video")
     return container
 
@@ -67,6 +82,57 @@ def _duration(container, stream) -> float:
     if container.duration is not None:
         return container.duration / 1_000_000
     return math.nan
+
+
+def _stream_end(path: Path, claimed: float, rate: float) -> float:
+    """Seconds from the stream's start to the end of its last frame, from packet timestamps (demuxed, not
+    decoded): from a little before the ``claimed`` end, then from the start when that finds nothing or the
+    stream runs on past the claim. NaN when no packet carries a timestamp. Each pass opens the file afresh,
+    so nothing relies on seeking back."""
+    import av
+
+    def scan(near_end: bool) -> float:
+        container = _open(path)
+        try:
+            stream = container.streams.video[0]
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+            if near_end:
+                container.seek(int((claimed - 2.0 + start) / stream.time_base), stream=stream, backward=True)
+            last = -math.inf
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    length = float(packet.duration * stream.time_base) if packet.duration else 1.0 / rate if rate else 0.0
+                    last = max(last, float(packet.pts * stream.time_base) - start + length)
+            return last if last > -math.inf else math.nan
+        except av.error.FFmpegError:
+            return math.nan
+        finally:
+            container.close()
+
+    if math.isfinite(claimed) and claimed > 2.0:
+        end = scan(near_end=True)
+        if end < claimed + 1.0:  # the stream ends near or before the claim (NaN: nothing found there)
+            return end
+    return scan(near_end=False)
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (physical pages free and reclaimable, as the kernel reports them)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    if max_side and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        return max(2, round(width * scale)), max(2, round(height * scale))
+    return width, height
 
 
 def _targets(duration: float, fps_native: float, num_frames: int | None, fps: float | None) -> np.ndarray:
@@ -92,21 +158,25 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
     fps : float, optional
         Sample at this rate (frames per second, > 0) instead of a fixed count.
     max_side : int, optional
-        Downscale so the longer side is at most this many pixels (saves memory on long, large videos).
+        Downscale so the longer side is at most this many pixels while decoding (bounds memory on large videos).
     progress : bool
         Show a progress bar over the sampled frames.
 
     Returns
     -------
     Video
-        ``frames`` (F, H, W, 3) uint8 and ``timestamps`` (F,) seconds from the start of the stream.
+        ``frames`` (F, H, W, 3) uint8 and ``timestamps`` (F,) seconds from the start of the stream. Sampling
+        spans what the stream holds (packet timestamps), whatever its header claims. When the stream holds fewer
+        distinct frames than asked for (a still image, ``num_frames`` above the frame count), each frame comes
+        once, ``F < num_frames``, ``requested`` records the request and a :class:`VideoWarning` says so.
 
     Raises
     ------
     VideoNotFoundError, NotAVideoError, NoVideoStreamError, NoFramesError
         Missing file; not a media file or corrupt; no video stream; no decodable frame.
     InvalidFrameCountError
-        ``num_frames < 1`` or ``fps <= 0``.
+        ``num_frames < 1`` or ``fps <= 0``; or the decoded frames would take more than half of the memory
+        available (checked before decoding; lower the count or pass ``max_side``).
     """
     import av
 
@@ -121,14 +191,28 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else 0.0
-        duration = _duration(container, stream)
+        claimed = _duration(container, stream)
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        if math.isnan(duration):  # unknown duration: one streaming pass to measure it
+        duration = _stream_end(path, claimed, rate)
+        if math.isnan(duration):  # no packet timestamps: one decoding pass to measure it
             duration = max((_frame_time(f, start) for f in container.decode(stream)), default=math.nan)
-            container.seek(0)
-        if math.isnan(duration):
-            raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
+            if math.isnan(duration):
+                raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
+            container.close()  # decode again from the start
+            container = _open(path)
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+        if math.isfinite(claimed) and abs(claimed - duration) > max(1.0, 0.1 * duration):
+            warnings.warn(f"{path}: the header says {claimed:.1f} s but the stream holds {duration:.1f} s; "
+                          "sampling what the stream holds", VideoWarning, stacklevel=2)
         targets = _targets(duration, rate, num_frames, fps)
+        width, height = _output_size(stream.codec_context.width or 1, stream.codec_context.height or 1, max_side)
+        distinct = min(len(targets), math.ceil(duration * rate) + 1) if rate else len(targets)
+        needed, available = distinct * width * height * 3, _available_memory()
+        if needed > MEMORY_SHARE * available:
+            raise InvalidFrameCountError(
+                f"{distinct} frames of {width}x{height} would take {needed / 2**30:.1f} GiB, more than half of the "
+                f"{available / 2**30:.1f} GiB available; sample fewer frames or decode smaller (max_side / --max-side)")
         seek = duration > SEEK_AFTER_S and rate and len(targets) < 0.05 * duration * rate
         from tqdm.auto import tqdm
 
@@ -141,14 +225,20 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
         container.close()
     if not picked:
         raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
-    frames = np.stack([_to_rgb(frame, max_side) for frame, _ in picked])
-    return Video(frames, np.array([t for _, t in picked]), duration, str(path))
+    unique = list({t: (frame, t) for frame, t in picked}.values())  # a frame picked for several targets once
+    requested = None
+    if len(unique) < len(targets):
+        requested = len(targets)
+        warnings.warn(f"{path} holds {len(unique)} distinct frames where {len(targets)} were asked for; each is "
+                      f"used once ({len(unique)} frames)", VideoWarning, stacklevel=2)
+    frames = np.stack([_to_rgb(frame, max_side) for frame, _ in unique])
+    return Video(frames, np.array([t for _, t in unique]), duration, str(path), requested)
 
 
 def _to_rgb(frame, max_side: int | None) -> np.ndarray:
-    if max_side and max(frame.width, frame.height) > max_side:
-        scale = max_side / max(frame.width, frame.height)
-        frame = frame.reformat(width=max(2, round(frame.width * scale)), height=max(2, round(frame.height * scale)))
+    width, height = _output_size(frame.width, frame.height, max_side)
+    if (width, height) != (frame.width, frame.height):
+        frame = frame.reformat(width=width, height=height)
     return frame.to_ndarray(format="rgb24")
 
 

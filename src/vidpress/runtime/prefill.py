@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .._checks import check_context
 from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
 from ..tokens import PackedTokens, VisualTokens
@@ -42,6 +43,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
     if mask is not None and mask.dim() != 2:
         raise VidpressError("vidpress needs a 2-D attention_mask (B, S) at prefill; got a prepared 4-D mask")
     batch, length = input_ids.shape
+    check_context(model, length)
     is_video = input_ids == adapter.video_token_id(model)
     video_pos = per_row_positions(is_video)  # (B, Nv)
 
