@@ -3,6 +3,8 @@
 import av
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import vidpress
 import vidpress.io.video
@@ -137,3 +139,30 @@ def test_audio_only_file_counts_its_streams(tmp_path):
             out.mux(packet)
     with pytest.raises(vidpress.NoVideoStreamError, match="only 1 other streams"):
         vidpress.load_video(path)
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    mkv = _write_mkv(folder / "v.mkv", seconds=2).read_bytes()
+    return {"mkv": mkv, "mp4": bundled_clip().read_bytes()}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["mkv", "mp4"]), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=8), frames=st.integers(1, 12))
+def test_corrupted_files_raise_a_video_error_or_decode(small_videos, tmp_path, kind, cut, flips, frames):
+    import warnings
+
+    data = bytearray(small_videos[kind][: max(1, int(len(small_videos[kind]) * cut))])
+    for where, mask in flips:
+        data[min(len(data) - 1, int(where * len(data)))] ^= mask
+    path = tmp_path / f"fuzz.{kind}"
+    path.write_bytes(bytes(data))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            video = vidpress.load_video(path, frames)
+    except vidpress.VideoError:
+        return
+    assert 1 <= len(video) <= frames and video.frames.dtype == np.uint8

@@ -83,7 +83,7 @@ class FastVIDStage:
     ------
     BudgetError
         ``retention`` outside (0, 1]; in faithful mode, F < c or an anchor frame asked for more anchors than
-        it has candidates (where the reference code fails).
+        it has candidates (where the reference code fails), or ``int(T * r) = 0`` (it would keep no token).
     InvalidParameterError
         A share outside [0, 1], ``min_segments``/``anchor_stride``/``knn`` < 1, unknown ``mode``.
     """
@@ -141,6 +141,9 @@ class FastVIDStage:
     def _faithful(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list]:
         frames, per_frame, _ = x.shape
         retain = int(per_frame * self.retention)
+        if retain == 0:
+            raise BudgetError(f"FastVID's reference keeps int(T * r) = int({per_frame} * {self.retention}) = 0 tokens per "
+                              "frame: no video would reach the LLM; raise retention or use mode='fixed'")
         context = int(retain * self.anchor_share)
         top, rest = self._salient(x, attention, retain - context)
         out = [x[f, top[f]] for f in range(frames)]

@@ -1,0 +1,190 @@
+"""Invariants of every stage under property-based fuzzing (hypothesis): random frame counts, tokens per frame,
+budgets and seeds. Exact counts, indices in range and unique, order as documented, keep-everything = identity."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vidpress.errors import BudgetError
+from vidpress.selection import Selection
+from vidpress.stages.decode.dynamic_kv import DynamicKV
+from vidpress.stages.decode.layerwise_trim import LayerwiseTrim
+from vidpress.stages.pre_llm.event_pooling import EventPooling
+from vidpress.stages.pre_llm.fastvid import FastVIDStage
+from vidpress.stages.pre_llm.pooling import pool_grid
+from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
+from vidpress.stages.pre_llm.uniform import UniformBaseline, visual_budget
+from vidpress.stages.pre_llm.visionzip import VisionZipStage
+from vidpress.stages.prefill.attention_rank import AttentionRank
+from vidpress.tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
+
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+retentions = st.floats(min_value=0.01, max_value=1.0)
+
+
+def visual(frames, side, seed, dim=8, extra=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, frames, side * side, dim, generator=g)
+    attention = torch.rand(1, frames, side * side, generator=g)
+    return VisualTokens(x, (side, side), extra=torch.randn(1, 1, dim, generator=g) if extra else None,
+                        attention=attention, keys=x)
+
+
+def check_selection(plan: Selection, n: int, count: int | None = None):
+    keep = plan.keep[0]
+    assert plan.n == n and (count is None or plan.num_kept == count)
+    assert keep.numel() == 0 or (0 <= int(keep.min()) and int(keep.max()) < n)
+    assert torch.equal(keep, keep.unique())  # sorted and unique
+
+
+def check_packed(packed: PackedTokens, n: int, per_frame: int, count: int | None = None, sorted_sources: bool = True):
+    source = packed.source[0, : packed.num_visual]
+    assert count is None or packed.num_visual == count
+    assert 0 <= int(source.min()) and int(source.max()) < n and source.unique().numel() == source.numel()
+    if sorted_sources:
+        assert torch.equal(source, source.sort().values)
+    assert torch.equal(packed.frame_of[0, : packed.num_visual], source // per_frame)
+    events = packed.events[0]
+    assert torch.all(events[1:] >= events[:-1])
+
+
+@FUZZ
+@given(frames=st.integers(1, 12), side=st.integers(1, 5), retention=retentions, seed=st.integers(0, 99),
+       kind=st.sampled_from(["frames", "spatial", "random"]))
+def test_controls_keep_exactly_the_budget(frames, side, retention, seed, kind):
+    n = frames * side * side
+    plan = UniformBaseline(retention=retention, kind=kind, seed=seed)(visual(frames, side, seed))
+    check_selection(plan, n, visual_budget(retention, n))
+    if retention == 1.0:
+        assert torch.equal(plan.keep[0], torch.arange(n))
+
+
+@FUZZ
+@given(frames=st.integers(1, 14), side=st.integers(1, 5), k=st.floats(0, 1), seed=st.integers(0, 99))
+def test_ttm_fixed_counts_and_order(frames, side, k, seed):
+    per_frame = side * side
+    plan = TemporalMerge(k=k)(visual(frames, side, seed))
+    anchors = math.ceil(frames / 4)
+    check_selection(plan, frames * per_frame, anchors * per_frame + (frames - anchors) * int((1 - k) * per_frame))
+    assert set((plan.keep[0] // per_frame).tolist()) == (set(range(frames)) if int((1 - k) * per_frame) else
+                                                          set(range(0, frames, 4)))
+    if k == 0:
+        assert torch.equal(plan.keep[0], torch.arange(frames * per_frame))
+
+
+@FUZZ
+@given(frames=st.integers(5, 14), side=st.integers(1, 5), k=st.floats(0, 1), seed=st.integers(0, 99))
+def test_ttm_faithful_counts_sources_and_frame_order(frames, side, k, seed):
+    per_frame = side * side
+    packed = TemporalMerge(k=k, mode="faithful")(visual(frames, side, seed))
+    emitted = 2 * (frames // 2)
+    pruned = emitted // 2 + len(range(0, frames - 4, 4))  # every pair's second frame, every skip-pair's third
+    check_packed(packed, frames * per_frame, per_frame,
+                 (emitted - pruned) * per_frame + pruned * int((1 - k) * per_frame), sorted_sources=False)
+    frames_in_order = packed.source[0, : packed.num_visual] // per_frame
+    assert torch.all(frames_in_order[1:] >= frames_in_order[:-1])  # frame order; inside a frame, topk order
+
+
+@FUZZ
+@given(frames=st.integers(1, 10), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
+       mode=st.sampled_from(["fixed", "faithful"]))
+def test_visionzip_counts_and_sources(frames, side, retention, seed, mode):
+    n = frames * side * side
+    packed = VisionZipStage(retention=retention, mode=mode)(visual(frames, side, seed))
+    check_packed(packed, n, side * side, visual_budget(retention, n), sorted_sources=mode == "fixed")
+    if retention == 1.0 and mode == "fixed":
+        assert torch.equal(packed.features[0, :n], visual(frames, side, seed).features[0].flatten(0, 1))
+
+
+@FUZZ
+@given(frames=st.integers(1, 12), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
+       segments=st.integers(1, 10), stride=st.integers(1, 5))
+def test_fastvid_fixed_keeps_exactly_the_budget(frames, side, retention, seed, segments, stride):
+    n = frames * side * side
+    packed = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride)(visual(frames, side, seed))
+    check_packed(packed, n, side * side, visual_budget(retention, n))
+    if retention == 1.0:  # every candidate is an anchor that merges only itself (0.6 a + 0.4 a: allclose)
+        assert torch.allclose(packed.features[0, :n], visual(frames, side, seed).features[0].flatten(0, 1), atol=1e-6)
+
+
+@FUZZ
+@given(frames=st.integers(1, 12), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
+       segments=st.integers(1, 10), stride=st.integers(1, 5))
+def test_fastvid_faithful_keeps_the_reference_count_or_refuses(frames, side, retention, seed, segments, stride):
+    per_frame = side * side
+    stage = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride, mode="faithful")
+    try:
+        packed = stage(visual(frames, side, seed))
+    except BudgetError as exc:
+        assert "c=" in str(exc) or "anchor frame" in str(exc) or "= 0 tokens per frame" in str(exc)
+        return
+    retain = int(per_frame * retention)
+    check_packed(packed, frames * per_frame, per_frame)
+    assert packed.num_visual <= frames * retain  # never more than int(T * r) a frame on average
+
+
+@FUZZ
+@given(frames=st.integers(2, 10), side=st.integers(2, 6), seed=st.integers(0, 99), key_events=st.integers(1, 4),
+       key_frames=st.integers(1, 6), mode=st.sampled_from(["fixed", "faithful"]))
+def test_event_pooling_blocks_fit_the_video(frames, side, seed, key_events, key_frames, mode):
+    g = torch.Generator().manual_seed(seed)
+    unpooled = torch.randn(1, frames, side, side, 8, generator=g)
+    pooled = pool_grid(unpooled[0].flatten(1, 2).view(frames, side, side, 8), 2, "bilinear")
+    grid = math.ceil(side / 2)
+    tokens = VisualTokens(pooled[None], (grid, grid), unpooled=unpooled, extra=torch.randn(1, 1, 8, generator=g),
+                          text=torch.randn(1, 5, 8, generator=g))
+    packed = EventPooling(mode=mode, key_events=key_events, key_frames=key_frames)(tokens)
+    events = packed.events[0]
+    assert torch.all(events[1:] >= events[:-1]) and packed.key_events.shape[1] == int(events.max()) + 1
+    assert packed.num_kept <= frames * grid * grid + 1  # fits the video's placeholders
+    assert packed.key_events[0].sum() == min(key_events, packed.key_events.shape[1])
+
+
+@FUZZ
+@given(n=st.integers(1, 300), keep=st.floats(0, 1), seed=st.integers(0, 99),
+       rule=st.sampled_from(["ceil", "round", "floor_input"]))
+def test_attention_rank_counts_by_rule(n, keep, seed, rule):
+    scores = torch.rand(1, n, generator=torch.Generator().manual_seed(seed))
+    plan = AttentionRank(schedule=((2, keep, keep),), query_rows="last", count_rule=rule)(
+        LayerSignals(1, scores, input_count=n))
+    expected = {"ceil": 0 if keep == 0 else max(1, math.ceil(keep * n - 1e-9)), "round": round(n * keep),
+                "floor_input": int(n * keep)}[rule]
+    check_selection(plan, n, min(expected, n))
+    assert set(plan.keep[0].tolist()) == set(scores[0].topk(plan.num_kept).indices.tolist())
+
+
+@FUZZ
+@given(n=st.integers(2, 200), p=st.floats(0, 1), seed=st.integers(0, 99), mode=st.sampled_from(["fixed", "faithful"]))
+def test_dynamic_kv_counts(n, p, seed, mode):
+    stage = DynamicKV(l=1, p=p, mode=mode)
+    plan = stage(LayerSignals(0, torch.rand(1, n, generator=torch.Generator().manual_seed(seed))),
+                 StageContext(num_layers=2))
+    check_selection(plan, n, stage.budget(n))
+    if mode == "faithful":
+        assert n - 1 in plan.keep[0].tolist()
+    if p == 0:
+        assert plan.num_kept == n
+
+
+@FUZZ
+@given(counts=st.lists(st.integers(0, 50), min_size=1, max_size=12), first=st.integers(0, 12))
+def test_layerwise_trim_never_grows_a_layer(counts, first):
+    counts = sorted(counts, reverse=True)  # prefill layouts only shrink
+    trimmed = LayerwiseTrim(first_layer=first).trim_counts(counts)
+    assert trimmed[:first] == counts[:first] and all(t <= c for t, c in zip(trimmed, counts))
+    assert all(t == min(c, counts[-1]) for t, c in list(zip(trimmed, counts))[first:])
+
+
+@pytest.mark.parametrize("stage", [UniformBaseline(retention=1.0), TemporalMerge(k=0.0),
+                                   VisionZipStage(retention=1.0), FastVIDStage(retention=1.0)])
+def test_keep_everything_is_the_identity(stage):
+    tokens = visual(9, 3, 0)
+    plan = stage(tokens)
+    if isinstance(plan, Selection):
+        assert torch.equal(plan.keep[0], torch.arange(81))
+    else:
+        assert torch.allclose(plan.features[0, :81], tokens.features[0].flatten(0, 1), atol=1e-6)
+        assert torch.equal(plan.source[0, :81], torch.arange(81))
