@@ -113,3 +113,29 @@ def test_weight_and_frame_loaders_never_unpickle_code(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(crafted), "--model", "random"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "allow_pickle" in proc.stderr and not marker.exists()
+
+
+def test_fidelity_columns_mean_what_they_say_under_forced_decoding(tiny, clip_frames):
+    import math
+
+    from vidpress.bench import BenchRow
+    from vidpress.methods import get_method
+    from vidpress.pipeline import ask
+
+    model = tiny.model
+    with torch.no_grad():
+        top = int(model(**build_inputs(tiny.processor, clip_frames, "q")).logits[0, -1].argmax())
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = top  # the model's favourite first token now ends the sequence
+    try:
+        answers = [ask(model, tiny.processor, clip_frames, "q", get_method(name, **params), max_new_tokens=4,
+                       min_new_tokens=4, progress=False) for name, params in (("none", {}), ("fastv", {"k": 1}))]
+    finally:
+        model.generation_config.eos_token_id = eos
+    base = answers[0]
+    assert base.tokens[0] != top  # decoding was forced past the end of sequence
+    for answer in answers:
+        assert int(answer.first_logits.argmax()) == answer.tokens[0]  # the distribution the token came from
+        row = BenchRow("x", 0.5, answer).as_dict(base)
+        assert row["first_token_top1_agree"] == float(answer.tokens[0] == base.tokens[0])
+        assert math.isfinite(row["first_token_kl"]) and row["first_token_kl"] >= -1e-6

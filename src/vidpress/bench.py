@@ -3,7 +3,9 @@ one process, as ratios to the uncompressed run plus a fidelity proxy against it.
 
 Fidelity proxy (no labels needed): KL divergence of the first generated token's distribution
 (uncompressed || method), top-1 agreement of that token, and the fraction of the greedy tokens that equal
-the uncompressed model's at the same position.
+the uncompressed model's at the same position. The first token's distribution is the one it was chosen from:
+with decoding forced (``min_new_tokens``, for models that would stop at once) the end of sequence is excluded
+from it, so top-1 agreement is exactly whether the first generated tokens agree.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class BenchRow:
         a, b = self.answer.report, base.report
         p = torch.log_softmax(base.first_logits, -1)
         q = torch.log_softmax(self.answer.first_logits, -1)
+        allowed = torch.isfinite(p) & torch.isfinite(q)  # tokens the forced decoding excluded in both count 0
         n = min(len(self.answer.tokens), len(base.tokens))
         agree = sum(x == y for x, y in zip(self.answer.tokens[:n], base.tokens[:n])) / n if n else float("nan")
         acc, bacc = a.accounting, b.accounting
@@ -48,7 +51,7 @@ class BenchRow:
             "ttft_ratio": a.ttft_s / b.ttft_s, "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
             "decode_tok_s_ratio": a.decode_tokens_per_s / b.decode_tokens_per_s,
             "peak_memory_ratio": a.peak_memory_bytes / b.peak_memory_bytes if b.peak_memory_bytes else float("nan"),
-            "first_token_kl": float((p.exp() * (p - q)).sum()),
+            "first_token_kl": float((p.exp() * (p - q))[allowed].sum()),
             "first_token_top1_agree": float(base.first_logits.argmax() == self.answer.first_logits.argmax()),
             "greedy_token_agreement": agree, "ttft_s": a.ttft_s, "llm_prefill_s": a.llm_prefill_s,
         }

@@ -36,7 +36,9 @@ class ProgressStreamer(BaseStreamer):
 
 @dataclass
 class Answer:
-    """A generated answer: text, its report, the generated token ids, and the first token's logits (V,)."""
+    """A generated answer: text, its report, the generated token ids, and the scores (V,) the first token was
+    chosen from: the logits after generation's processors, so a token that ``min_new_tokens`` forbade (the
+    end of sequence) is -inf there, as it was for the choice."""
 
     text: str
     report: Report
@@ -98,9 +100,9 @@ def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: M
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
     with apply(model, method) as run, torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                             min_new_tokens=min_new_tokens, output_logits=True, return_dict_in_generate=True)
+                             min_new_tokens=min_new_tokens, output_scores=True, return_dict_in_generate=True)
     new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     text = processor.batch_decode([new], skip_special_tokens=True)[0].strip()
     report = run.report
     report.method = name
-    return Answer(text, report, new, out.logits[0][0].float().cpu())
+    return Answer(text, report, new, out.scores[0][0].float().cpu())
