@@ -167,3 +167,20 @@ def test_bench_rejects_bad_retentions_methods_and_outputs_before_work(tmp_path):
     blocked.write_text("")
     result = runner.invoke(app, ["bench", "--model", "random", "--out", str(blocked / "sub")])
     assert result.exit_code != 0 and str(blocked) in str(result.exception or result.output)
+
+
+def test_run_warms_up_before_the_measured_request(monkeypatch):
+    import vidpress.pipeline
+
+    calls = []
+    real = vidpress.pipeline.ask
+
+    def recording(model, processor, frames, question, method, **kwargs):
+        calls.append((method.name, kwargs.get("max_new_tokens")))
+        return real(model, processor, frames, question, method, **kwargs)
+
+    monkeypatch.setattr(vidpress.pipeline, "ask", recording)
+    result = runner.invoke(app, ["run", "--model", "random", "--method", "metok", "--set", "layers=(1,2,3)", "--frames",
+                                 "8", "--max-new-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("uncompressed", 2), ("metok", 3)]  # one-time allocations land in the warm-up, not in METok's peak

@@ -62,7 +62,10 @@ def _check_plots(out: Path) -> None:
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:
-    """``["k=0.7", "mode=faithful"]`` -> ``{"k": 0.7, "mode": "faithful"}`` (numbers parsed, else strings)."""
+    """``["k=0.7", "mode=faithful", "layers=(3,10,19)"]`` -> ``{"k": 0.7, "mode": "faithful", "layers": (3, 10, 19)}``:
+    JSON or Python literals (numbers, true/false, lists, tuples) are parsed, anything else stays a string."""
+    import ast
+
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item:
@@ -71,7 +74,10 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw
+            try:
+                out[key.strip()] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                out[key.strip()] = raw
     return out
 
 
@@ -102,9 +108,9 @@ def run(
         loaded = load_model(model)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
     results = []
-    if compare:  # warm-up: one-time allocations must not count against the first method measured
-        ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2,
-            progress=False)
+    # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
+    ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
+    if compare:
         results.append(ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"),
                            max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json,
                            label="uncompressed"))
