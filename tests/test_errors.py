@@ -59,3 +59,18 @@ def test_prompt_past_the_models_positions_is_refused_before_generating(tiny, cli
     with pytest.raises(PromptTooLongError, match=f"past the model's {limit} positions"):
         ask(tiny.model, tiny.processor, clip_frames[:4], "why? " * limit, get_method("none"), max_new_tokens=4,
             progress=False)
+
+
+def test_malformed_config_and_uneven_video_batch_name_the_problem(tmp_path, tiny, clip_frames):
+    from vidpress.errors import InvalidFrameCountError, UnsupportedModelError
+
+    bad = tmp_path / "config.json"
+    bad.write_text('{"text_config": {')
+    proc = _cli("flops", "--model", str(bad))
+    assert proc.returncode == 2 and str(bad).encode() in proc.stderr and b"not valid JSON" in proc.stderr
+    with pytest.raises(UnsupportedModelError, match="not valid JSON"):
+        vidpress.accounting.resolve_spec(str(bad))
+    turn = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}
+    prompt = tiny.processor.apply_chat_template([turn])
+    with pytest.raises(InvalidFrameCountError, match=r"same number of frames, got \[12, 8\]"):
+        tiny.processor(text=[prompt, prompt], videos=[clip_frames, clip_frames[:8]])

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
+from .errors import InvalidFrameCountError
+
 CONFIG_NAME = "vidpress_processor.json"
 
 
@@ -69,6 +71,7 @@ class OfflineVideoProcessor:
         if len(videos) != sum(t.count(self.video_token) for t in texts):
             raise ValueError(f"{len(videos)} videos for {sum(t.count(self.video_token) for t in texts)} "
                              f"{self.video_token} markers in the text")
+
         expanded, i = [], 0
         for t in texts:
             parts = t.split(self.video_token)
@@ -81,7 +84,17 @@ class OfflineVideoProcessor:
         return BatchFeature({**encoded, **self.video_inputs(videos, encoded["input_ids"])})
 
     def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's video tensors: ``pixel_values_videos`` (B, F, 3, S, S)."""
+        """The model's video tensors: ``pixel_values_videos`` (B, F, 3, S, S).
+
+        Raises
+        ------
+        InvalidFrameCountError
+            Videos with different frame counts (one (B, F, ...) tensor holds the batch).
+        """
+        counts = [len(v) for v in videos]
+        if len(set(counts)) > 1:
+            raise InvalidFrameCountError(f"the videos of one batch must have the same number of frames, got {counts}; "
+                                         "sample every video with the same count or process them one at a time")
         return {"pixel_values_videos": torch.stack([self.preprocess(v) for v in videos])}
 
     def batch_decode(self, *args: Any, **kw: Any) -> list[str]:

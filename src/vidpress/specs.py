@@ -134,14 +134,19 @@ def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2,
     Raises
     ------
     UnsupportedModelError
-        The config lacks a ``text_config``/``vision_config`` pair of a supported layout.
+        The config lacks a ``text_config``/``vision_config`` pair of a supported layout, or the file is not JSON.
+    FileNotFoundError
+        No config.json at the path.
     """
     if isinstance(config, (str, Path)):
         path = Path(config)
         path = path / "config.json" if path.is_dir() else path
         if not path.exists():
             raise FileNotFoundError(f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path")
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UnsupportedModelError(f"{path} is not valid JSON ({exc}); pass a model's config.json") from None
     cfg = config if isinstance(config, dict) else config.to_dict()
     if cfg.get("model_type") in ("qwen2_5_vl", "qwen2_vl"):
         return _qwen_spec(cfg, name, dtype_bytes, tokens_per_frame)
