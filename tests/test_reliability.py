@@ -139,3 +139,16 @@ def test_fidelity_columns_mean_what_they_say_under_forced_decoding(tiny, clip_fr
         row = BenchRow("x", 0.5, answer).as_dict(base)
         assert row["first_token_top1_agree"] == float(answer.tokens[0] == base.tokens[0])
         assert math.isfinite(row["first_token_kl"]) and row["first_token_kl"] >= -1e-6
+
+
+def test_an_exception_inside_apply_leaves_the_model_as_it_was(tiny, inputs):
+    model = tiny.model
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+    with torch.no_grad():
+        base = model(**inputs).logits
+        with pytest.raises(KeyboardInterrupt), vidpress.apply(model, vidpress.DyCoke()):
+            model(**inputs)
+            raise KeyboardInterrupt
+        assert torch.equal(model(**inputs).logits, base)
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == hooks
+    vidpress.apply(model, "dycoke", l=1).remove()  # and nothing is left marked as installed
