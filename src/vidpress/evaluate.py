@@ -6,7 +6,7 @@ right option (:func:`match_option`). The answer is the option's text, not a lett
 option letters to their contents (OLMES's "cloze" versus "MCF" formulations), and SmolLM2-135M, the
 testbed's LM, stayed at chance on letters even when given the scenes as text. Accuracy comes with a 95 %
 Wilson interval; accuracy retained is the method's accuracy over the uncompressed model's on the same
-questions. Meaningful only on a model trained for the task (see the testbed issue); an untrained model's
+questions. Meaningful only on a model trained for the task (the testbed); an untrained model's
 answers seldom name an option, so it scores at or below chance.
 
 Two protocols (:data:`PROTOCOLS`): ``direct`` asks the question right after the video; ``describe`` first has
@@ -42,7 +42,7 @@ def merge_repeats(description: str) -> str:
     (frame spans joined: "Scene 1 (frames 1-3): X. Scene 2 (frames 4-5): X." becomes "Scene 1 (frames 1-5): X.").
 
     The describe protocol's tidy step: a trained testbed's main description error is a long scene told twice
-    (testbed issue, run F), and the procedural generator starts a new scene where the looks change (5 of the
+    (seen in every describe-protocol training), and the procedural generator starts a new scene where the looks change (5 of the
     560 test videos have two neighbouring scenes that differ only in motion, which merging then undercounts).
     Scenes compare by their looks alone: a "; changed: ..." note (``describe(..., changes=True)``) stays with the
     first scene of a run, where the change is. Text after the last whole scene sentence (a description cut at

@@ -1,1 +1,1 @@
-"""The offline testbed: procedural video QA whose answers need time structure (issue: trained testbed)."""
+"""The offline testbed: procedural video QA whose answers need time structure."""

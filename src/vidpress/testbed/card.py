@@ -23,7 +23,7 @@ from .saved import TESTBED_DIR, WEIGHTS, load_testbed
 from .train import CURRICULUM
 
 SUBSET = 50  #: test questions the suite re-checks against the card
-BAR = 0.75  #: the uncompressed held-out accuracy the testbed is meant to reach (issue 6)
+BAR = 0.75  #: the uncompressed held-out accuracy the testbed is meant to reach
 
 
 def score(folder: Path, questions: int = 560) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Procedural video QA whose answers need the video's time structure (issue: trained testbed).
+"""Procedural video QA whose answers need the video's time structure.
 
 A video is a list of :class:`Scene` (events): each has its own background and objects (shape, colour,
 count, motion) and its own length in frames. Questions are multiple choice with 4 options, NExT-QA /

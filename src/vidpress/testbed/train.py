@@ -1,4 +1,4 @@
-"""Train the testbed VLM on the procedural video QA (issue: trained testbed).
+"""Train the testbed VLM on the procedural video QA.
 
     python -m vidpress.testbed.train --out src/vidpress/assets/testbed
 
@@ -43,7 +43,7 @@ from .qa import accuracy, answer_loss, described, encode
 from .saved import TESTBED_DIR, read_saved, save
 from .scenes import TYPES, make_split
 
-#: ``curriculum`` order: the kind a model learns first from video alone (stop 10's canary), then the rest
+#: ``curriculum`` order: the kind a model learns first from video alone (a caption-trained canary), then the rest
 CURRICULUM = ("first", "last", "color_in_scene", "count_in_scene", "never", "changed", "scene_count")
 
 
