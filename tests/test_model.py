@@ -6,6 +6,7 @@ import torch
 import vidpress
 from vidpress.errors import UnsupportedModelError
 from vidpress.method import compose
+from vidpress.stages import DecodeStage
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 
@@ -82,7 +83,7 @@ def test_generate_positions_and_cache_consistent(tiny, inputs, mode):
         assert report.accounting.decode_visual[2:] == [budget, budget]
 
 
-class Recording:
+class Recording(DecodeStage):
     """A decode stage that records DynamicKV's selections."""
 
     def __init__(self, inner):

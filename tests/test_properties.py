@@ -188,3 +188,39 @@ def test_keep_everything_is_the_identity(stage):
     else:
         assert torch.allclose(plan.features[0, :81], tokens.features[0].flatten(0, 1), atol=1e-6)
         assert torch.equal(plan.source[0, :81], torch.arange(81))
+
+
+@FUZZ
+@given(frames=st.integers(5, 12), side=st.integers(2, 5), retention=retentions, k=st.floats(0, 1),
+       seed=st.integers(0, 99), mode=st.sampled_from(["fixed", "faithful"]))
+def test_declared_counts_equal_what_the_stages_keep(frames, side, retention, k, seed, mode):
+    tokens = visual(frames, side, seed)
+    for stage in (UniformBaseline(retention=retention), VisionZipStage(retention=retention, mode=mode),
+                  TemporalMerge(k=k, mode=mode), FastVIDStage(retention=retention)):
+        plan = stage(tokens)
+        kept = plan.num_kept if isinstance(plan, Selection) else plan.num_visual
+        assert stage.kept_count(frames, side * side) == kept, stage
+    assert FastVIDStage(mode="faithful").kept_count(frames, side * side) is None  # the segments decide
+
+
+def test_stages_import_torch_only():
+    import subprocess
+    import sys
+
+    code = "import sys, vidpress.stages.pre_llm.fastvid, vidpress.stages.prefill.attention_rank, " \
+           "vidpress.stages.decode.dynamic_kv; assert 'transformers' not in sys.modules, 'transformers imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_compose_refuses_what_is_not_a_stage():
+    import vidpress
+    from vidpress.errors import IncompatibleStagesError
+
+    class Lookalike:  # has the attributes but declares no slot
+        needs, first_layer = None, 1
+
+        def __call__(self, signals, ctx):
+            return None
+
+    with pytest.raises(IncompatibleStagesError, match="subclass vidpress.stages"):
+        vidpress.compose(Lookalike())

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import vidpress
 from vidpress.errors import BudgetError
 from vidpress.methods import FastV, FastVID, PyramidDrop
+from vidpress.stages import PreLLMStage
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.fastvid import FastVIDStage
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge, ttm_references
@@ -95,7 +96,7 @@ def test_ttm_faithful_order_reaches_the_llm_numbered_contiguously(tiny, inputs):
     seen = {}
     stage = TemporalMerge(k=0.7, mode="faithful")
 
-    class Recorder:  # the same stage, keeping what it was given
+    class Recorder(PreLLMStage):  # the same stage, keeping what it was given
         needs, positions = stage.needs, stage.positions
 
         def __call__(self, tokens, ctx):

@@ -153,25 +153,27 @@ def flops(
     """Compute tokens, FLOPs and KV bytes from a config alone, without building the model."""
     from .accounting import estimate, resolve_spec
     from .errors import BudgetError, InvalidParameterError
+    from .method import Method
     from .methods import get_method
     from .report import human_bytes, human_flops
 
     spec = resolve_spec(model)
     chosen = get_method(method, **_parse_set(params))
-    stages = chosen.build() if hasattr(chosen, "build") else chosen
+    method_ = chosen if isinstance(chosen, Method) else None
+    stages = chosen.build() if method_ is not None else chosen
     rows = [("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
-            (getattr(chosen, "label", "uncompressed"), estimate(spec, frames, stages, text_tokens=text_tokens,
-                                                                   retention=retention, events=n_events))]
-    ideal = getattr(chosen, "idealised_retention", None)
+            (chosen.label if method_ is not None else "uncompressed",
+             estimate(spec, frames, stages, text_tokens=text_tokens, retention=retention, events=n_events))]
+    ideal = method_.idealised_retention() if method_ is not None else None
     notes = []
     if ideal is not None and retention is None:
-        for label, variant in getattr(chosen, "reference_variants", lambda: [])():
+        for label, variant in method_.reference_variants():
             try:  # a reference variant may not run where the chosen mode does (faithful TTM at <= 4 frames)
                 rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))
             except (BudgetError, InvalidParameterError) as exc:
                 notes.append(f"{label}: skipped ({exc})")
-        rows.append((f"{chosen.name} idealised ({ideal():.1%}, paper)",
-                     estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal())))
+        rows.append((f"{chosen.name} idealised ({ideal:.1%}, paper)",
+                     estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal)))
     if as_json:
         print(json.dumps({"model": spec.name, "frames": frames, "text_tokens": text_tokens, "notes": notes,
                           "rows": [{"label": label, **acc.as_dict()} for label, acc in rows]}, indent=2))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .errors import IncompatibleStagesError, InvalidParameterError, UnknownMethodError
-from .stages import DecodeStage, PreLLMStage, PrefillStage  # noqa: F401  (type hints)
+from .stages import DecodeStage, PreLLMStage, PrefillStage, Stage
 
 if TYPE_CHECKING:
     from .runtime.install import Run
@@ -38,15 +38,12 @@ class Stages:
         InvalidParameterError
             A decode stage starting at or beyond the last layer (it would never act).
         """
-        def resolve(stage: Any) -> Any:
-            return stage.for_depth(num_layers) if hasattr(stage, "for_depth") else stage
-
         decode = self.decode
         if decode is not None and not 0 <= decode.first_layer < num_layers:
             raise InvalidParameterError(
                 f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
                 f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}")
-        return Stages(resolve(self.pre_llm), resolve(self.prefill), resolve(self.decode))
+        return Stages(*(None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode)))
 
     @property
     def name(self) -> str:
@@ -55,14 +52,11 @@ class Stages:
 
 
 def _slot_of(stage: object) -> str:
-    """The slot a bare stage fills, from the attribute that tells the protocols apart."""
-    if not callable(stage) or not hasattr(stage, "needs"):
-        raise IncompatibleStagesError(f"{stage!r} is not a stage: it needs a `needs` attribute and __call__")
-    if hasattr(stage, "first_layer"):
-        return "decode"
-    if hasattr(stage, "layers"):
-        return "prefill"
-    return "pre_llm"
+    """The slot a bare stage fills, as its base class declares."""
+    if not isinstance(stage, Stage):
+        raise IncompatibleStagesError(f"{stage!r} is not a stage: subclass vidpress.stages.PreLLMStage, PrefillStage "
+                                      "or DecodeStage")
+    return stage.slot
 
 
 def compose(*parts: Method | Stages | PreLLMStage | PrefillStage | DecodeStage) -> Stages:
@@ -107,6 +101,14 @@ class Method:
 
     def build(self) -> Stages:
         raise NotImplementedError
+
+    def idealised_retention(self) -> float | None:
+        """The paper's idealised retention where it differs from the code's count (DyCoke), else None."""
+        return None
+
+    def reference_variants(self) -> list[tuple[str, Method]]:
+        """Other configurations a table should show beside this one (the other mode), as (label, method)."""
+        return []
 
     def __call__(self, model: Any) -> Run:
         """Install on ``model``; use as ``with method(model) as run:``."""

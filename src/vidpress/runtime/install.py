@@ -113,7 +113,7 @@ class Run:
             if self._t.memory is None:  # generate encodes the video before this call; the meter may be running
                 self._t.memory = PeakMemory(self._device())
             started = time.perf_counter()
-            positions = "contiguous" if any(getattr(stage, "positions", "original") == "contiguous"
+            positions = "contiguous" if any(stage is not None and stage.positions == "contiguous"
                                             for stage in (self.stages.pre_llm, self.stages.prefill)) else "original"
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
             session = start_request(self.model, self.adapter, self.stages, kwargs, positions,

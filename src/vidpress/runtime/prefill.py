@@ -108,7 +108,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
         mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
     if positions == "contiguous":
         if original.dim() == 3:
-            asking = [type(s).__name__ for s in (pre, stages.prefill) if getattr(s, "positions", "") == "contiguous"]
+            asking = [type(s).__name__ for s in (pre, stages.prefill) if s is not None and s.positions == "contiguous"]
             raise IncompatibleStagesError(f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
                                           "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'")
         new_positions = default_positions(kept, new_mask)
@@ -124,7 +124,7 @@ def start_request(model: Any, adapter: Any, stages: Any, kwargs: dict[str, Any],
     session = Session(stages=stages, num_layers=len(adapter.decoder_layers(model)), prompt_len=length, kept=kept,
                       visual=visual.gather(1, kept), frames=frames, tokens_per_frame=per_frame,
                       pos_offset=offset, mrope_delta=mrope_delta, mask=new_mask,
-                      renumber=getattr(stages.prefill, "positions", "original") == "contiguous")
+                      renumber=stages.prefill is not None and stages.prefill.positions == "contiguous")
     if events is not None:
         session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
     session.timings.update(overhead_s=overhead)

@@ -17,7 +17,7 @@ slot           acts on                                      returns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal
 
 from ..selection import Selection
 from ..tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
@@ -61,47 +61,84 @@ class Needs:
     scores_at_drop: bool = False
 
 
-class SourcePositions:
-    """Mixin for pre-LLM stages with a faithful/fixed ``mode`` that pack their own block (METok stage 1,
-    VisionZip, FastVID): the references renumber the block contiguously (``faithful``); ``fixed`` puts every
-    token at its source's original position (:attr:`~vidpress.tokens.PackedTokens.source`)."""
+class Stage:
+    """Base of every stage: a frozen dataclass that declares its slot and what it needs, and maps tensors to a
+    plan. Each capability the runtime or the calculator may use has a default here, so nothing is probed.
+
+    Attributes
+    ----------
+    slot : {"pre_llm", "prefill", "decode"}
+        Where the stage acts (class attribute of each slot's base).
+    needs : Needs
+        What the runtime computes for it.
+    """
+
+    slot: ClassVar[str]
+    needs: Needs
+
+    @property
+    def positions(self) -> Literal["original", "contiguous"]:
+        """``original``: kept tokens keep their rotary positions; ``contiguous``: the sequence is renumbered
+        (the 1-D references' behaviour; refused on M-RoPE models)."""
+        return "original"
+
+    def for_depth(self, num_layers: int) -> Stage:
+        """This stage for an LLM of ``num_layers`` layers (layer fractions and budgets resolved)."""
+        return self
+
+
+class PreLLMStage(Stage):
+    """Acts on projected tokens before the LLM; the plan shortens the prefill sequence. Returns a
+    :class:`~vidpress.selection.Selection` over the F*T frame tokens or a :class:`~vidpress.tokens.PackedTokens`
+    block replacing the video."""
+
+    slot: ClassVar[str] = "pre_llm"
+
+    def kept_count(self, frames: int, tokens_per_frame: int) -> int | None:
+        """Visual tokens the stage keeps for a video of ``frames`` x ``tokens_per_frame``, when that is fixed
+        before the content is seen (a serving engine sizes the prompt with it); None when the content decides."""
+        return None
+
+    def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection | PackedTokens:
+        raise NotImplementedError
+
+
+class PrefillStage(Stage):
+    """Drops visual tokens at the input of ``layers`` during prefill (scores come from layer - 1, or from the
+    drop layer itself when ``needs.scores_at_drop``)."""
+
+    slot: ClassVar[str] = "prefill"
+    layers: tuple[int, ...]
+
+    def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection | None:
+        raise NotImplementedError
+
+
+class DecodeStage(Stage):
+    """Chooses, at each decoding step, which visual KV entries layers >= ``first_layer`` attend to.
+
+    Returning None means every layer sees the full cache at this step. Storage is never deleted, so a
+    token left out at one step can be selected again later (unless ``needs.trim_after_prefill``).
+    """
+
+    slot: ClassVar[str] = "decode"
+    first_layer: int
+
+    def trim_counts(self, per_layer: list[int]) -> list[int]:
+        """Visual KV entries each layer stores after prefill, from the prefill counts (unchanged by default)."""
+        return list(per_layer)
+
+    def __call__(self, signals: LayerSignals, ctx: StageContext) -> Selection | None:
+        raise NotImplementedError
+
+
+class SourcePositions(PreLLMStage):
+    """Pre-LLM stages with a faithful/fixed ``mode`` that pack their own block (METok stage 1, VisionZip):
+    the references renumber the block contiguously (``faithful``); ``fixed`` puts every token at its source's
+    original position (:attr:`~vidpress.tokens.PackedTokens.source`)."""
 
     mode: str
 
     @property
-    def positions(self) -> str:
+    def positions(self) -> Literal["original", "contiguous"]:
         return "contiguous" if self.mode == "faithful" else "original"
-
-
-@runtime_checkable
-class PreLLMStage(Protocol):
-    """Acts on projected tokens before the LLM; the plan shortens the prefill sequence."""
-
-    needs: Needs
-
-    def __call__(self, tokens: VisualTokens, ctx: StageContext) -> Selection | PackedTokens: ...
-
-
-@runtime_checkable
-class PrefillStage(Protocol):
-    """Drops visual tokens at the input of ``layers`` during prefill (scores come from layer - 1, or from the
-    drop layer itself when ``needs.scores_at_drop``)."""
-
-    needs: Needs
-    layers: tuple[int, ...]
-
-    def __call__(self, signals: LayerSignals, ctx: StageContext) -> Selection | None: ...
-
-
-@runtime_checkable
-class DecodeStage(Protocol):
-    """Chooses, at each decoding step, which visual KV entries layers >= ``first_layer`` attend to.
-
-    Returning None means every layer sees the full cache at this step. Storage is never deleted, so a
-    token left out at one step can be selected again later.
-    """
-
-    needs: Needs
-    first_layer: int
-
-    def __call__(self, signals: LayerSignals, ctx: StageContext) -> Selection | None: ...

@@ -28,12 +28,12 @@ import torch
 
 from ..._checks import check_layer, check_mode, check_ratio
 from ...selection import Selection
-from ...stages import Needs
+from ...stages import DecodeStage, Needs
 from ...tokens import LayerSignals, StageContext
 
 
 @dataclass(frozen=True)
-class DynamicKV:
+class DynamicKV(DecodeStage):
     """DyCoke's decode-time visual-KV selection.
 
     Parameters

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from ...errors import InvalidParameterError
 from ...selection import Selection
-from ...stages import Needs
+from ...stages import DecodeStage, Needs
 from ...tokens import LayerSignals, StageContext
 
 
 @dataclass(frozen=True)
-class LayerwiseTrim:
+class LayerwiseTrim(DecodeStage):
     """Trim layers >= ``first_layer`` to the final survivors once, right after prefill.
 
     Parameters

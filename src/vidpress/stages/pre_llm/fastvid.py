@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..._checks import check_layer, check_mode, check_ratio
 from ...errors import BudgetError
-from ...stages import Needs
+from ...stages import Needs, PreLLMStage
 from ...tokens import PackedTokens, StageContext, VisualTokens
 from .events import dyseg
 from .merging import density_scores, merge_into_anchors, require_encoder_attention
@@ -53,7 +53,7 @@ def anchor_offsets(length: int, stride: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class FastVIDStage:
+class FastVIDStage(PreLLMStage):
     """FastVID as a pre-LLM stage.
 
     Parameters
@@ -106,10 +106,9 @@ class FastVIDStage:
             check_layer(name, getattr(self, name), minimum=1)
         check_mode(self.mode)
 
-    @property
-    def positions(self) -> str:
-        """Every token at its source's original position, in both modes (the reference's ``position_ids``)."""
-        return "original"
+    def kept_count(self, frames: int, tokens_per_frame: int) -> int | None:
+        """``visual_budget(r, F*T)`` in fixed mode; None in faithful mode, where the segments decide."""
+        return visual_budget(self.retention, frames * tokens_per_frame) if self.mode == "fixed" else None
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         require_encoder_attention(tokens, "FastVID")

@@ -32,7 +32,7 @@ import torch
 from ..._checks import check_mode, check_ratio
 from ...errors import InvalidParameterError
 from ...selection import Selection
-from ...stages import Needs
+from ...stages import Needs, PreLLMStage
 from ...tokens import PackedTokens, StageContext, VisualTokens
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def ttm_references(num_frames: int, mode: str) -> tuple[dict[int, int], list[int
 
 
 @dataclass(frozen=True)
-class TemporalMerge:
+class TemporalMerge(PreLLMStage):
     """DyCoke TTM as a pre-LLM stage.
 
     Parameters
@@ -108,6 +108,13 @@ class TemporalMerge:
 
     def kept_per_pruned_frame(self, tokens_per_frame: int) -> int:
         return int((1 - self.k) * tokens_per_frame)
+
+    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+        """Visual tokens TTM keeps: whole frames plus ``int((1 - K) * T)`` per pruned frame (3,098 for the
+        reference at F=32, T=196, K=0.7). Raises InvalidParameterError where the stage would."""
+        refs, emitted = ttm_references(frames, self.mode)
+        pruned = sum(f in refs for f in emitted)
+        return (len(emitted) - pruned) * tokens_per_frame + pruned * self.kept_per_pruned_frame(tokens_per_frame)
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection | PackedTokens:
         x = tokens.features

@@ -13,7 +13,7 @@ import torch
 
 from ...errors import BudgetError
 from ...selection import Selection
-from ...stages import Needs
+from ...stages import Needs, PreLLMStage
 from ...tokens import StageContext, VisualTokens
 
 
@@ -42,7 +42,7 @@ def spread(count: int, n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class UniformBaseline:
+class UniformBaseline(PreLLMStage):
     """A control at a budget of ``visual_budget(retention, F*T)`` tokens.
 
     Parameters
@@ -67,6 +67,9 @@ class UniformBaseline:
         visual_budget(self.retention, 1)
         if self.kind not in ("frames", "spatial", "random"):
             raise BudgetError(f"kind must be 'frames', 'spatial' or 'random', got {self.kind!r}")
+
+    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+        return visual_budget(self.retention, frames * tokens_per_frame)
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection:
         batch, frames, per_frame, _ = tokens.features.shape

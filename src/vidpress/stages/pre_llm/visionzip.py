@@ -68,6 +68,9 @@ class VisionZipStage(SourcePositions):
         check_mode(self.mode)
 
 
+    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+        return visual_budget(self.retention, frames * tokens_per_frame)
+
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         require_encoder_attention(tokens, "VisionZip")
         batch, frames, per_frame, _ = tokens.features.shape

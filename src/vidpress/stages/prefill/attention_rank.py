@@ -29,13 +29,13 @@ import torch
 
 from ...errors import BudgetError, InvalidParameterError
 from ...selection import Selection
-from ...stages import Needs
+from ...stages import Needs, PrefillStage
 from ...tokens import LayerSignals, StageContext
 from .schedule import METOK_SCHEDULE, keep_count, solve_keep
 
 
 @dataclass(frozen=True)
-class AttentionRank:
+class AttentionRank(PrefillStage):
     """Drop visual tokens at the input of scheduled layers by the attention they receive.
 
     Parameters
