@@ -132,6 +132,7 @@ def test_median_report_takes_median_timings_and_keeps_accounting():
     best = median_report(runs)
     assert best.accounting == "c" and best.ttft_s == 2.0
     assert best.llm_prefill_s == 30.0 and best.peak_memory_bytes == 20.0
+    assert runs[2].llm_prefill_s == 99.0 and best is not runs[2]  # the repeats themselves are left as measured
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         run_cells(None, None, None, "q", [], repeats=0)
 

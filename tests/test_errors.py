@@ -74,3 +74,13 @@ def test_malformed_config_and_uneven_video_batch_name_the_problem(tmp_path, tiny
     prompt = tiny.processor.apply_chat_template([turn])
     with pytest.raises(InvalidFrameCountError, match=r"same number of frames, got \[12, 8\]"):
         tiny.processor(text=[prompt, prompt], videos=[clip_frames, clip_frames[:8]])
+
+
+def test_top_level_exports_and_report_text(tiny, inputs):
+    import torch
+
+    assert {"FastV", "PyramidDrop", "VisionZip", "FastVID", "UniformSpatial", "DynamicKV"} <= set(vidpress.__all__)
+    assert not {"replace", "field"} & set(vidpress.accounting.__all__)
+    with torch.no_grad(), vidpress.apply(tiny.model, vidpress.FastV(k=1)) as run:
+        tiny.model(**inputs)
+    assert "visual tokens" in str(run.report)

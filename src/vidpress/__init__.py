@@ -7,20 +7,24 @@
 """
 
 from .accounting import PRESETS, Accounting, estimate
-from .errors import (BudgetError, IncompatibleStagesError, InvalidFrameCountError, InvalidParameterError,
-                     NoFramesError, NotAVideoError, NoVideoStreamError, UnknownMethodError, UnsupportedModelError,
-                     VideoError, VideoNotFoundError, VidpressError)
+from .errors import (AlreadyAppliedError, BudgetError, IncompatibleStagesError, InvalidFrameCountError,
+                     InvalidParameterError, NoFramesError, NotAVideoError, NoVideoStreamError, PromptTooLongError,
+                     UnknownMethodError, UnsupportedModelError, VideoError, VideoNotFoundError, VidpressError)
 from .io.video import Video, load_video
 from .method import Method, Stages, apply, compose
-from .methods import METHODS, DyCoke, METok, get_method
+from .methods import (METHODS, DyCoke, FastV, FastVID, METok, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial,
+                      VisionZip, get_method)
 from .report import Report
 from .selection import Selection
+from .stages.decode.dynamic_kv import DynamicKV
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "METHODS", "Accounting", "BudgetError", "DyCoke", "METok", "IncompatibleStagesError",
-    "InvalidFrameCountError", "InvalidParameterError", "Method", "NoFramesError", "NoVideoStreamError",
-    "NotAVideoError", "Report", "Selection", "Stages", "UnknownMethodError", "UnsupportedModelError", "Video",
-    "VideoError", "VideoNotFoundError", "VidpressError", "apply", "compose", "estimate", "get_method", "load_video",
+    "PRESETS", "METHODS", "Accounting", "AlreadyAppliedError", "BudgetError", "DyCoke", "DynamicKV", "FastV",
+    "FastVID", "METok", "IncompatibleStagesError", "InvalidFrameCountError", "InvalidParameterError", "Method",
+    "NoFramesError", "NoVideoStreamError", "NotAVideoError", "PromptTooLongError", "PyramidDrop", "RandomTokens",
+    "Report", "Selection", "Stages", "UniformFrames", "UniformSpatial", "UnknownMethodError", "UnsupportedModelError",
+    "Video", "VideoError", "VideoNotFoundError", "VidpressError", "VisionZip", "apply", "compose", "estimate",
+    "get_method", "load_video",
 ]

@@ -256,4 +256,4 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
 
 
 __all__ = ["PRESETS", "Accounting", "LLMDims", "ModelSpec", "VisionDims", "estimate", "resolve_spec",
-           "spec_from_config", "layer_flops", "kv_bytes_per_token", "replace", "field"]
+           "spec_from_config", "layer_flops", "kv_bytes_per_token"]

@@ -178,12 +178,14 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
 
 
 def median_report(reports: Sequence[Any]) -> Any:
-    """The report whose TTFT is the median, with every timing (seconds) and the peak memory (bytes) replaced by
-    its median over ``reports`` (repeats of one run: the accounting is identical across them)."""
+    """A copy of the report whose TTFT is the median, with every timing (seconds) and the peak memory (bytes)
+    replaced by its median over ``reports`` (repeats of one run: the accounting is identical across them). The
+    reports themselves are left as they were."""
+    import copy
     import statistics
 
     keys = ("ttft_s", "vision_s", "llm_prefill_s", "overhead_s", "decode_overhead_s", "decode_s", "peak_memory_bytes")
-    best = sorted(reports, key=lambda r: r.ttft_s)[len(reports) // 2]
+    best = copy.copy(sorted(reports, key=lambda r: r.ttft_s)[len(reports) // 2])
     for key in keys:
         setattr(best, key, statistics.median(getattr(r, key) for r in reports))
     return best

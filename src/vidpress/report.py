@@ -10,6 +10,7 @@ request (see :mod:`vidpress.runtime.memory`).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,7 @@ class Report:
         return table
 
     def __str__(self) -> str:
-        console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        console = Console(width=100, record=True, file=io.StringIO())
         console.print(self.table())
         return console.export_text()
 

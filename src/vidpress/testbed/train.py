@@ -47,7 +47,7 @@ from .scenes import TYPES, make_split
 CURRICULUM = ("first", "last", "color_in_scene", "count_in_scene", "never", "changed", "scene_count")
 
 
-def device_name(model: Any) -> str:
+def hardware_name(model: Any) -> str:
     """The accelerator's or processor's name, for the record and the model card."""
     import platform
 
@@ -116,7 +116,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                                            caption=not describing and (caption or caption_steps > 0), **told),
                                     encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed,
                                            **told))
-    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {device_name(model)}")
+    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {hardware_name(model)}")
     for p in model.parameters():
         p.requires_grad_(False)
     if init is not None:  # stage 1 was done by the run continued from
@@ -150,7 +150,7 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
                 "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
                 "caption_steps": caption_steps, "protocol": protocol, "description_weight": description_weight,
                 "description_spans": description_spans, "description_changes": description_changes,
-                "merge_repeats": describing, "curriculum": curriculum, "device": device_name(model), "command": command}
+                "merge_repeats": describing, "curriculum": curriculum, "device": hardware_name(model), "command": command}
     best, best_state, history = -1.0, None, []
 
     def record(steps_done: int, lora: dict[str, torch.Tensor]) -> dict[str, Any]:
