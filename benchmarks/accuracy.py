@@ -40,8 +40,10 @@ def main() -> None:
     check_writable(args.out)
     done = resumed_rows(args.out, "accuracy") if args.resume else []
     if done and {r["questions"] for r in done} != {args.questions}:
-        raise SystemExit(f"--resume: {args.out / 'accuracy.json'} was measured on {sorted({r['questions'] for r in done})}"
-                         f" questions, this run asks {args.questions}; use the same -n or drop --resume")
+        raise SystemExit(
+            f"--resume: {args.out / 'accuracy.json'} was measured on {sorted({r['questions'] for r in done})}"
+            f" questions, this run asks {args.questions}; use the same -n or drop --resume"
+        )
     torch.set_grad_enabled(False)
     loaded = load_model(args.model)
     cells, notes = plan(methods, retentions, depth=loaded.model.config.text_config.num_hidden_layers)
@@ -50,27 +52,54 @@ def main() -> None:
     protocol = loaded.protocol
     inputs = prepare(loaded.processor, samples, frames=args.frames, protocol=protocol)
     started = time.time()
-    meta = {"device": device_name(), "model": loaded.description, "questions": len(samples), "frames": args.frames,
-            "protocol": protocol, "merge_repeats": protocol == "describe", "chance": 0.25}
-    base = evaluate(loaded.model, loaded.processor, samples, get_method("none"), inputs=inputs, label="uncompressed",
-                    protocol=protocol)
+    meta = {
+        "device": device_name(),
+        "model": loaded.description,
+        "questions": len(samples),
+        "frames": args.frames,
+        "protocol": protocol,
+        "merge_repeats": protocol == "describe",
+        "chance": 0.25,
+    }
+    base = evaluate(
+        loaded.model,
+        loaded.processor,
+        samples,
+        get_method("none"),
+        inputs=inputs,
+        label="uncompressed",
+        protocol=protocol,
+    )
     order = [("uncompressed", 1.0)] + [(name, r) for name, r, _ in cells]
     rows = [row for row in done if cell_key(row) in order]
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
         if (name, retention) in measured:
             continue
-        result = base if method is None else evaluate(loaded.model, loaded.processor, samples, method,
-                                                      inputs=inputs, label=name, protocol=protocol)
+        result = (
+            base
+            if method is None
+            else evaluate(loaded.model, loaded.processor, samples, method, inputs=inputs, label=name, protocol=protocol)
+        )
         low, high = result.interval
-        row = {"method": name, "target_retention": retention, "accuracy": result.accuracy, "ci_low": low,
-               "ci_high": high, "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
-               "prefill_flops_ratio": result.prefill_flops / base.prefill_flops, "correct": result.correct,
-               "questions": result.total}
+        row = {
+            "method": name,
+            "target_retention": retention,
+            "accuracy": result.accuracy,
+            "ci_low": low,
+            "ci_high": high,
+            "accuracy_retained": result.accuracy / base.accuracy if base.correct else float("nan"),
+            "prefill_flops_ratio": result.prefill_flops / base.prefill_flops,
+            "correct": result.correct,
+            "questions": result.total,
+        }
         rows = sorted([*rows, row], key=lambda r: order.index(cell_key(r)))
         write_rows(rows, notes, {**meta, "partial": True}, args.out, "accuracy")
-        print(f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
-              f"[{low:.1%}, {high:.1%}]  retained {row['accuracy_retained']:6.1%}  "
-              f"prefill FLOPs {row['prefill_flops_ratio']:.3f}", flush=True)
+        print(
+            f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
+            f"[{low:.1%}, {high:.1%}]  retained {row['accuracy_retained']:6.1%}  "
+            f"prefill FLOPs {row['prefill_flops_ratio']:.3f}",
+            flush=True,
+        )
     meta["seconds"] = round(time.time() - started)
     if done:
         meta["resumed_cells"] = len(measured)
@@ -86,14 +115,22 @@ def write(rows, notes, meta, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     write_rows(rows, notes, meta, out, "accuracy")
-    lines = ["| method | retention | accuracy | 95 % CI | accuracy retained | LLM prefill FLOPs / uncompressed |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | retention | accuracy | 95 % CI | accuracy retained | LLM prefill FLOPs / uncompressed |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         target = "—" if r["target_retention"] is None else f"{r['target_retention']:.0%}"
-        lines.append(f"| {r['method']} | {target} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} "
-                     f"| {r['accuracy_retained']:.1%} | {r['prefill_flops_ratio']:.3f} |")
-    (out / "accuracy.md").write_text(f"# Accuracy retained on the testbed\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
-                                     + "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes))
+        lines.append(
+            f"| {r['method']} | {target} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} "
+            f"| {r['accuracy_retained']:.1%} | {r['prefill_flops_ratio']:.3f} |"
+        )
+    (out / "accuracy.md").write_text(
+        f"# Accuracy retained on the testbed\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "".join(f"- {n}\n" for n in notes)
+    )
     base_acc = rows[0]["accuracy"]
     panels = 2 if base_acc else 1  # accuracy retained is undefined when the uncompressed model scores 0
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), constrained_layout=True, squeeze=False)
@@ -102,12 +139,23 @@ def write(rows, notes, meta, out: Path) -> None:
         x = [r["prefill_flops_ratio"] for r in mine]
         err = [[r["accuracy"] - r["ci_low"] for r in mine], [r["ci_high"] - r["accuracy"] for r in mine]]
         for ax, scale in zip(axes[0], (1.0, base_acc)):
-            ax.errorbar(x, [r["accuracy"] / scale for r in mine], yerr=[[e / scale for e in side] for side in err],
-                        fmt="-o", capsize=3, label=name, color=f"C{i}")
+            ax.errorbar(
+                x,
+                [r["accuracy"] / scale for r in mine],
+                yerr=[[e / scale for e in side] for side in err],
+                fmt="-o",
+                capsize=3,
+                label=name,
+                color=f"C{i}",
+            )
     for ax, scale, label in zip(axes[0], (1.0, base_acc), ("accuracy", "accuracy retained (of uncompressed)")):
         ax.axhline(meta["chance"] / scale, ls=":", color="gray", label="chance")
-        ax.set(xlabel="LLM prefill FLOPs / uncompressed", ylabel=label, xscale="log",
-               title=f"testbed, {meta['questions']} test questions, {meta['frames']} frames")
+        ax.set(
+            xlabel="LLM prefill FLOPs / uncompressed",
+            ylabel=label,
+            xscale="log",
+            title=f"testbed, {meta['questions']} test questions, {meta['frames']} frames",
+        )
     axes[0][0].legend(fontsize=8)
     fig.savefig(out / "accuracy_vs_flops.png", dpi=110)
     plt.close(fig)

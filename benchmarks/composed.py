@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 import torch
+from common import DEFAULT_VIDEO
 
 import vidpress
-from common import DEFAULT_VIDEO
 from vidpress.bench import device_name, markdown, run_cells
 from vidpress.method import compose
 from vidpress.methods import FastV
@@ -21,8 +21,8 @@ from vidpress.models.default import load_model
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.event_pooling import EventPooling
 from vidpress.stages.pre_llm.fastvid import FastVIDStage
-from vidpress.stages.prefill.attention_rank import AttentionRank
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
+from vidpress.stages.prefill.attention_rank import AttentionRank
 
 
 def main() -> None:
@@ -42,10 +42,13 @@ def main() -> None:
         # the peers issue's example: FastVID's pre-LLM stage (its segments act as METok's events), METok's
         # per-event prefill pruning at two of its layers, DyCoke's decode pruning after the last drop
         "fastvid 50% + metok prefill (3, 10) + dynamic-kv": compose(
-            FastVIDStage(retention=0.5), AttentionRank(schedule=((3, 0.76, 0.38), (10, 0.76, 0.0))),
-            DynamicKV(l=11, p=0.5)),
-        "fastvid 50% + fastv r=0.5 + dynamic-kv": compose(FastVIDStage(retention=0.5), FastV(k=2, r=0.5),
-                                                          DynamicKV(l=3, p=0.5)),
+            FastVIDStage(retention=0.5),
+            AttentionRank(schedule=((3, 0.76, 0.38), (10, 0.76, 0.0))),
+            DynamicKV(l=11, p=0.5),
+        ),
+        "fastvid 50% + fastv r=0.5 + dynamic-kv": compose(
+            FastVIDStage(retention=0.5), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)
+        ),
     }
     cells = [(name, None, method) for name, method in configs.items()]
     rows = run_cells(loaded.model, loaded.processor, frames, question, cells, new_tokens=32)
@@ -55,8 +58,10 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"video": video, "frames": 32, "new_tokens": 32, "model": loaded.description, "device": device_name()}
     (folder / "composed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (folder / "composed.md").write_text(f"# Composed methods\n\nCommand: `python benchmarks/composed.py`\n\n"
-                                        f"```json\n{json.dumps(meta, indent=2)}\n```\n\n{table}\n")
+    (folder / "composed.md").write_text(
+        f"# Composed methods\n\nCommand: `python benchmarks/composed.py`\n\n"
+        f"```json\n{json.dumps(meta, indent=2)}\n```\n\n{table}\n"
+    )
 
 
 if __name__ == "__main__":

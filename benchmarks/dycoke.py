@@ -8,17 +8,27 @@ over ``--repeats`` runs after a warm-up; decoding is forced to ``--new-tokens`` 
 projector is untrained, so it would otherwise stop at once).
 """
 
-import vidpress
 from common import compare, parser, write
+
+import vidpress
 from vidpress.methods import get_method
 
 
 def main() -> None:
     args = parser(__doc__, frames=32).parse_args()
-    configs = {"uncompressed": get_method("none"), "dycoke fixed (K=0.7)": vidpress.DyCoke(k=0.7),
-               "dycoke faithful (K=0.7)": vidpress.DyCoke(k=0.7, mode="faithful")}
-    rows, meta = compare(configs, video=args.video, frames=args.frames, repeats=args.repeats,
-                         new_tokens=args.new_tokens, model=args.model)
+    configs = {
+        "uncompressed": get_method("none"),
+        "dycoke fixed (K=0.7)": vidpress.DyCoke(k=0.7),
+        "dycoke faithful (K=0.7)": vidpress.DyCoke(k=0.7, mode="faithful"),
+    }
+    rows, meta = compare(
+        configs,
+        video=args.video,
+        frames=args.frames,
+        repeats=args.repeats,
+        new_tokens=args.new_tokens,
+        model=args.model,
+    )
     write("dycoke", "DyCoke vs uncompressed", "python benchmarks/dycoke.py", rows, meta, args.out)
 
 

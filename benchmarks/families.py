@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import torch
+from common import DEFAULT_VIDEO
 
 import vidpress
-from common import DEFAULT_VIDEO
 from vidpress.bench import COLUMNS, device_name, markdown, plan, run_cells
 from vidpress.methods import METHODS
 from vidpress.models.random import random_llava_next_video, random_model, random_qwen2_5_vl
@@ -40,20 +40,29 @@ def main() -> None:
     sections, results = [], {}
     for family, build in FAMILIES.items():
         loaded = build()
-        rows = run_cells(loaded.model, loaded.processor, frames, "Describe what happens in this video.", cells,
-                         new_tokens=16)
+        rows = run_cells(
+            loaded.model, loaded.processor, frames, "Describe what happens in this video.", cells, new_tokens=16
+        )
         results[family] = {"model": loaded.description, "rows": rows}
         sections.append(f"## {family}\n\n{loaded.description}\n\n{markdown(rows)}\n")
         print(sections[-1])
-    meta = {"date": datetime.date.today().isoformat(), "device": device_name(), "video": args.video,
-            "frames": args.frames, "retention": args.retention, "new_tokens": 16, "columns": list(COLUMNS)}
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(),
+        "video": args.video,
+        "frames": args.frames,
+        "retention": args.retention,
+        "new_tokens": 16,
+        "columns": list(COLUMNS),
+    }
     folder = Path(__file__).parent / "results" / device_name()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "families.json").write_text(json.dumps({"meta": meta, "families": results, "notes": notes}, indent=2))
     (folder / "families.md").write_text(
         f"# Every method on every family\n\nCommand: `python benchmarks/families.py`\n\n```json\n"
         f"{json.dumps(meta, indent=2)}\n```\n\nRandom weights: fidelity columns say how far outputs move, not "
-        f"accuracy.\n\n" + "\n".join(sections) + "".join(f"- {n}\n" for n in notes))
+        f"accuracy.\n\n" + "\n".join(sections) + "".join(f"- {n}\n" for n in notes)
+    )
 
 
 if __name__ == "__main__":

@@ -10,17 +10,28 @@ benchmarks/results/<device>/metok.{json,md}. The default model has 30 LLM layers
 schedule (3, 10, 19) is used unchanged.
 """
 
-import vidpress
 from common import compare, parser, write
+
+import vidpress
 from vidpress.methods import get_method
 
 
 def main() -> None:
     args = parser(__doc__, frames=64).parse_args()
-    configs = {"uncompressed": get_method("none"), "dycoke fixed (K=0.7)": vidpress.DyCoke(k=0.7),
-               "metok fixed": vidpress.METok(), "metok faithful": vidpress.METok(mode="faithful")}
-    rows, meta = compare(configs, video=args.video, frames=args.frames, repeats=args.repeats,
-                         new_tokens=args.new_tokens, model=args.model)
+    configs = {
+        "uncompressed": get_method("none"),
+        "dycoke fixed (K=0.7)": vidpress.DyCoke(k=0.7),
+        "metok fixed": vidpress.METok(),
+        "metok faithful": vidpress.METok(mode="faithful"),
+    }
+    rows, meta = compare(
+        configs,
+        video=args.video,
+        frames=args.frames,
+        repeats=args.repeats,
+        new_tokens=args.new_tokens,
+        model=args.model,
+    )
     write("metok", "METok vs DyCoke vs uncompressed", "python benchmarks/metok.py", rows, meta, args.out)
 
 

@@ -28,8 +28,11 @@ def judged(truths: list[str], texts: list[str]) -> str:
     scenes = [(SCENE.findall(t), SCENE.findall(s)) for t, s in zip(truths, texts)]
     right = sum(a == b for truth, said in scenes for a, b in zip(truth, said))
     total = sum(len(truth) for truth, _ in scenes)
-    return (f"{sum(t == s.strip() for t, s in zip(truths, texts))}/{len(texts)} exact; scenes right in place "
-            f"{right}/{total} ({right / total:.1%}); scene count right {sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}")
+    return (
+        f"{sum(t == s.strip() for t, s in zip(truths, texts))}/{len(texts)} exact; scenes right in place "
+        f"{right}/{total} ({right / total:.1%}); "
+        f"scene count right {sum(len(a) == len(b) for a, b in scenes)}/{len(scenes)}"
+    )
 
 
 def main() -> None:
@@ -47,11 +50,19 @@ def main() -> None:
     samples = make_split("validation", args.videos, record["seed"] if args.seed is None else args.seed)
     spans = record.get("description_spans", False)  # trained to name each scene's frames: judged with them
     changes = record.get("description_changes", False)  # likewise the attribute that changed
-    data = encode(model, processor, samples, record["frames"], record["image_size"], describe_first=True, spans=spans,
-                  changes=changes)
+    data = encode(
+        model,
+        processor,
+        samples,
+        record["frames"],
+        record["image_size"],
+        describe_first=True,
+        spans=spans,
+        changes=changes,
+    )
     own, texts = [], []
     for start in range(0, len(data), 8):
-        ids, said = own_descriptions(model, data[start:start + 8], tokenizer, merge=False)
+        ids, said = own_descriptions(model, data[start : start + 8], tokenizer, merge=False)
         own, texts = own + ids, texts + said
     truths = [describe(s.scenes, record["frames"] if spans else None, changes) for s in samples]
     print(f"own descriptions: {judged(truths, texts)}")

@@ -19,8 +19,8 @@ import torch
 from vidpress.evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from vidpress.models.default import default_model
 from vidpress.testbed.lora import add_lora
-from vidpress.testbed.scenes import TYPES, describe, make_split
 from vidpress.testbed.qa import answer_target, video_questions
+from vidpress.testbed.scenes import TYPES, describe, make_split
 
 
 def main() -> None:
@@ -42,8 +42,9 @@ def main() -> None:
     def ids(sample) -> torch.Tensor:
         text = describe(sample.scenes) + "\n" + choice_prompt(sample)
         conversation = [{"role": "user", "content": [{"type": "text", "text": text}]}]
-        return tokenizer(processor.apply_chat_template(conversation, add_generation_prompt=True),
-                         return_tensors="pt").input_ids[0]
+        return tokenizer(
+            processor.apply_chat_template(conversation, add_generation_prompt=True), return_tensors="pt"
+        ).input_ids[0]
 
     val = [q for s in make_split("validation", 32) for q in video_questions(s) if q.question.kind in kinds]
     val_ids = [ids(q) for q in val]
@@ -52,9 +53,14 @@ def main() -> None:
         hits = []
         with torch.inference_mode():
             for q, prompt in zip(val, val_ids):
-                out = model.generate(input_ids=prompt[None], max_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                     eos_token_id=end, pad_token_id=end)
-                text = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+                out = model.generate(
+                    input_ids=prompt[None],
+                    max_new_tokens=ANSWER_TOKENS,
+                    do_sample=False,
+                    eos_token_id=end,
+                    pad_token_id=end,
+                )
+                text = tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
                 hits.append(match_option(text, q.question.options) == q.question.answer)
         return float(np.mean(hits))
 
@@ -84,8 +90,10 @@ def main() -> None:
         loss.backward()
         optimiser.step()
         if step % 20 == 0:
-            print(f"step {step}: loss {loss.item():.3f}, validation {accuracy():.1%}, {time.time() - started:.0f} s",
-                  flush=True)
+            print(
+                f"step {step}: loss {loss.item():.3f}, validation {accuracy():.1%}, {time.time() - started:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

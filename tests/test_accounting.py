@@ -70,6 +70,10 @@ def test_full_size_random_config_is_the_preset_architecture():
     config, _ = full_size_config("llava-ov-7b")
     spec, preset = spec_from_config(config), PRESETS["llava-ov-7b"]
     assert (spec.llm, spec.vision, spec.tokens_per_frame, spec.patches) == (
-        preset.llm, preset.vision, preset.tokens_per_frame, preset.patches)
+        preset.llm,
+        preset.vision,
+        preset.tokens_per_frame,
+        preset.patches,
+    )
     with pytest.raises(UnsupportedModelError, match="llava-ov-7b"):
         full_size_config("longva-7b")

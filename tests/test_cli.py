@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import shared_video
 from typer.testing import CliRunner
 
-from conftest import shared_video
 from vidpress.cli import app
 
 runner = CliRunner()
@@ -29,15 +29,20 @@ def test_flops_skips_a_reference_row_that_cannot_run_but_not_the_chosen_mode():
     payload = json.loads(result.output)
     assert [r["label"] for r in payload["rows"]][:2] == ["uncompressed", "dycoke"]
     assert not any("faithful" in r["label"] for r in payload["rows"])
-    assert len(payload["notes"]) == 1 and "faithful" in payload["notes"][0] and "at least 5 frames" in payload["notes"][0]
+    assert (
+        len(payload["notes"]) == 1 and "faithful" in payload["notes"][0] and "at least 5 frames" in payload["notes"][0]
+    )
     chosen = runner.invoke(app, ["flops", "--frames", "4", "--method", "dycoke", "--set", "mode=faithful"])
     assert chosen.exit_code != 0 and "at least 5 frames" in str(chosen.exception or chosen.output)
 
 
 @pytest.mark.parametrize("video", [None, "mmaction2_demo_arm_wrestling.mp4"])
 def test_run_compare_json(video):
-    args = ["run"] + ([str(shared_video(video))] if video else []) + [
-        "--model", "random", "--frames", "8", "--compare", "--max-new-tokens", "4", "--json"]
+    args = (
+        ["run"]
+        + ([str(shared_video(video))] if video else [])
+        + ["--model", "random", "--frames", "8", "--compare", "--max-new-tokens", "4", "--json"]
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
@@ -60,9 +65,25 @@ def test_help_everywhere():
 
 
 def test_run_metok_compare_on_a_real_video():
-    result = runner.invoke(app, ["run", str(shared_video("opencv_vtest.avi")), "--model", "random", "--frames", "12",
-                                 "--method", "metok", "--set", "layers=[1,2]", "--compare", "--max-new-tokens", "4",
-                                 "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(shared_video("opencv_vtest.avi")),
+            "--model",
+            "random",
+            "--frames",
+            "12",
+            "--method",
+            "metok",
+            "--set",
+            "layers=[1,2]",
+            "--compare",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     base, metok = json.loads(result.output)["runs"]
     assert metok["visual_tokens_llm"] < base["visual_tokens_llm"]
@@ -72,8 +93,21 @@ def test_run_metok_compare_on_a_real_video():
 
 def test_events_writes_a_png(tmp_path):
     out = tmp_path / "events.png"
-    result = runner.invoke(app, ["events", str(shared_video("opencv_tree.avi")), "--model", "random", "--frames", "8",
-                                 "-q", "Is there a tree?", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "events",
+            str(shared_video("opencv_tree.avi")),
+            "--model",
+            "random",
+            "--frames",
+            "8",
+            "-q",
+            "Is there a tree?",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "METok events" in result.output
 
@@ -87,24 +121,63 @@ def test_flops_metok_longva_128_frames():
 
 
 def test_bench_quick_writes_table_and_plots(tmp_path):
-    result = runner.invoke(app, ["bench", str(shared_video("opencv_vtest.avi")), "--model", "random", "--quick",
-                                 "--methods", "fastv,frames,random", "--retentions", "0.5,0.25", "--out", str(tmp_path),
-                                 "--repeats", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(shared_video("opencv_vtest.avi")),
+            "--model",
+            "random",
+            "--quick",
+            "--methods",
+            "fastv,frames,random",
+            "--retentions",
+            "0.5,0.25",
+            "--out",
+            str(tmp_path),
+            "--repeats",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "bench.json").read_text())["meta"]["repeats"] == 2
     for name in ("bench.csv", "bench.json", "bench.md", "fidelity_vs_flops.png", "ttft.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert [(r["method"], r["target_retention"]) for r in rows] == [
-        ("uncompressed", 1.0), ("fastv", 0.5), ("frames", 0.5), ("frames", 0.25), ("random", 0.5), ("random", 0.25)]
+        ("uncompressed", 1.0),
+        ("fastv", 0.5),
+        ("frames", 0.5),
+        ("frames", 0.25),
+        ("random", 0.5),
+        ("random", 0.25),
+    ]
     assert rows[0]["first_token_kl"] == pytest.approx(0, abs=1e-6) and rows[0]["greedy_token_agreement"] == 1
-    assert {r["visual_tokens_llm"] for r in rows if r["target_retention"] == 0.25} == {rows[0]["visual_tokens_llm"] // 4}
+    assert {r["visual_tokens_llm"] for r in rows if r["target_retention"] == 0.25} == {
+        rows[0]["visual_tokens_llm"] // 4
+    }
     assert "fastv @ 25%: skipped" in result.output  # unreachable at this depth: said, never run at another budget
 
 
 def test_run_on_the_llava_next_video_family():
-    result = runner.invoke(app, ["run", "--model", "random-llava-next-video", "--method", "fastvid", "--set",
-                                 "retention=0.1", "--frames", "8", "--max-new-tokens", "3", "--compare", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "random-llava-next-video",
+            "--method",
+            "fastvid",
+            "--set",
+            "retention=0.1",
+            "--frames",
+            "8",
+            "--max-new-tokens",
+            "3",
+            "--compare",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     base, fastvid = json.loads(result.output)["runs"]
     assert base["visual_tokens_llm"] == 8 * 144  # 336 px CLIP, 24x24 pooled 2x2, no newline (LongVA's layout)
@@ -112,8 +185,22 @@ def test_run_on_the_llava_next_video_family():
 
 
 def test_run_on_qwen2_5_vl_counts_temporal_patches():
-    result = runner.invoke(app, ["run", "--model", "random-qwen2.5-vl", "--method", "dycoke", "--frames", "8",
-                                 "--max-new-tokens", "3", "--compare", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "random-qwen2.5-vl",
+            "--method",
+            "dycoke",
+            "--frames",
+            "8",
+            "--max-new-tokens",
+            "3",
+            "--compare",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     base, dycoke = json.loads(result.output)["runs"]
     assert base["visual_tokens_llm"] == 4 * 144  # 8 frames -> 4 temporal patches of 336 px: 24x24 merged 2x2
@@ -126,8 +213,10 @@ def test_median_report_takes_median_timings_and_keeps_accounting():
     from vidpress.bench import median_report, run_cells
 
     keys = ("vision_s", "llm_prefill_s", "overhead_s", "decode_overhead_s", "decode_s", "peak_memory_bytes")
-    runs = [SimpleNamespace(ttft_s=t, accounting=name, **{k: t * 10 for k in keys})
-            for t, name in ((3.0, "a"), (1.0, "b"), (2.0, "c"), (9.0, "d"), (0.5, "e"))]
+    runs = [
+        SimpleNamespace(ttft_s=t, accounting=name, **{k: t * 10 for k in keys})
+        for t, name in ((3.0, "a"), (1.0, "b"), (2.0, "c"), (9.0, "d"), (0.5, "e"))
+    ]
     runs[2].llm_prefill_s = 99.0  # the median-TTFT run's own prefill time is not the median: 30 of 30,10,99,90,5
     best = median_report(runs)
     assert best.accounting == "c" and best.ttft_s == 2.0
@@ -153,15 +242,23 @@ def test_bench_writes_each_cell_as_it_comes_and_resumes(tiny, clip_frames, tmp_p
     calls = []
     with torch.no_grad():
         rows, _ = run_bench(*args, new_tokens=2, progress=False, done=done, on_row=lambda rows: calls.append(len(rows)))
-    assert [cell_key(r) for r in rows] == [("uncompressed", 1.0), ("frames", 0.5), ("frames", 0.25), ("random", 0.5),
-                                           ("random", 0.25)]
+    assert [cell_key(r) for r in rows] == [
+        ("uncompressed", 1.0),
+        ("frames", 0.5),
+        ("frames", 0.25),
+        ("random", 0.5),
+        ("random", 0.25),
+    ]
     assert rows[1] == done[0]  # kept as measured, not run again
     assert calls == [2, 3, 4, 5]  # the reference, then the three cells not yet measured, each written as it came
 
 
 def test_bench_rejects_bad_retentions_methods_and_outputs_before_work(tmp_path):
-    for args, message in ((["--retentions", "abc"], "'abc'"), (["--retentions", "0"], "'0'"),
-                          (["--methods", "fastvd"], "unknown method 'fastvd'")):
+    for args, message in (
+        (["--retentions", "abc"], "'abc'"),
+        (["--retentions", "0"], "'0'"),
+        (["--methods", "fastvd"], "unknown method 'fastvd'"),
+    ):
         result = runner.invoke(app, ["bench", "--model", "random", *args, "--out", str(tmp_path)])
         assert result.exit_code != 0 and message in str(result.exception or result.output)
     blocked = tmp_path / "file"
@@ -181,7 +278,22 @@ def test_run_warms_up_before_the_measured_request(monkeypatch):
         return real(model, processor, frames, question, method, **kwargs)
 
     monkeypatch.setattr(vidpress.pipeline, "ask", recording)
-    result = runner.invoke(app, ["run", "--model", "random", "--method", "metok", "--set", "layers=(1,2,3)", "--frames",
-                                 "8", "--max-new-tokens", "3", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "random",
+            "--method",
+            "metok",
+            "--set",
+            "layers=(1,2,3)",
+            "--frames",
+            "8",
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert calls == [("uncompressed", 2), ("metok", 3)]  # one-time allocations land in the warm-up, not in METok's peak

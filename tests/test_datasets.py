@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import SHARED
+
 from vidpress.datasets import load_activitynet_qa, load_nextqa
 from vidpress.errors import MissingVideosError
 
@@ -22,7 +22,11 @@ def test_nextqa_multiple_choice_rows():
     assert len(items) == 4996
     first = items[0]  # val.csv row 1: "how do the two man play the instrument", answer 0
     assert (first.video, first.question, first.answer, first.type) == (
-        "4010069381", "how do the two man play the instrument", 0, "CH")
+        "4010069381",
+        "how do the two man play the instrument",
+        0,
+        "CH",
+    )
     assert first.options[0] == "roll the handle" and all(len(i.options) == 5 and 0 <= i.answer < 5 for i in items)
     with pytest.raises(MissingVideosError, match="video_dir"):
         first.video_file()

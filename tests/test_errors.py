@@ -9,8 +9,10 @@ import vidpress
 from vidpress.errors import IncompatibleStagesError, InvalidParameterError, UnknownMethodError
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(k=1.2), "k"), (dict(p=-0.1), "p"), (dict(tau=2), "tau"),
-                                          (dict(l=0), "l"), (dict(mode="exact"), "mode")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [(dict(k=1.2), "k"), (dict(p=-0.1), "p"), (dict(tau=2), "tau"), (dict(l=0), "l"), (dict(mode="exact"), "mode")],
+)
 def test_dycoke_parameters_checked(kwargs, name):
     with pytest.raises(InvalidParameterError, match=name):
         vidpress.DyCoke(**kwargs)
@@ -29,8 +31,11 @@ def test_slot_clash():
 
 
 def test_cli_failure_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "vidpress.cli", "run", "/no/such/video.mp4", "--model", "random"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidpress.cli", "run", "/no/such/video.mp4", "--model", "random"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "video file not found" in proc.stderr
 
@@ -57,8 +62,15 @@ def test_prompt_past_the_models_positions_is_refused_before_generating(tiny, cli
 
     limit = tiny.model.config.text_config.max_position_embeddings
     with pytest.raises(PromptTooLongError, match=f"past the model's {limit} positions"):
-        ask(tiny.model, tiny.processor, clip_frames[:4], "why? " * limit, get_method("none"), max_new_tokens=4,
-            progress=False)
+        ask(
+            tiny.model,
+            tiny.processor,
+            clip_frames[:4],
+            "why? " * limit,
+            get_method("none"),
+            max_new_tokens=4,
+            progress=False,
+        )
 
 
 def test_malformed_config_and_uneven_video_batch_name_the_problem(tmp_path, tiny, clip_frames):

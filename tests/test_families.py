@@ -6,8 +6,17 @@ import torch
 import vidpress
 from vidpress.errors import UnsupportedModelError
 from vidpress.method import compose
-from vidpress.methods import (DyCoke, FastV, FastVID, METok, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial,
-                              VisionZip)
+from vidpress.methods import (
+    DyCoke,
+    FastV,
+    FastVID,
+    METok,
+    PyramidDrop,
+    RandomTokens,
+    UniformFrames,
+    UniformSpatial,
+    VisionZip,
+)
 from vidpress.models.base import supported_models
 from vidpress.pipeline import build_inputs
 from vidpress.stages.decode.dynamic_kv import DynamicKV
@@ -15,12 +24,21 @@ from vidpress.stages.decode.dynamic_kv import DynamicKV
 KEEP_EVERYTHING = [
     DyCoke(k=0, p=0),
     METok(z=100.0, strides=(2, 2, 2, 2), schedule=((1, 1.0, 1.0), (3, 1.0, 1.0))),  # fixed: one event, source positions
-    FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0), VisionZip(retention=1.0), FastVID(retention=1.0),
-    UniformFrames(retention=1.0), UniformSpatial(retention=1.0), RandomTokens(retention=1.0),
+    FastV(k=1, r=0.0),
+    PyramidDrop(layers=(1, 2, 3), lam=1.0),
+    VisionZip(retention=1.0),
+    FastVID(retention=1.0),
+    UniformFrames(retention=1.0),
+    UniformSpatial(retention=1.0),
+    RandomTokens(retention=1.0),
 ]
-COMPRESSING = [DyCoke(k=0.7, l=2, p=0.5), METok(key_events=1, key_frames=3, schedule=((1, 0.7, 0.4), (3, 0.5, 0.0))),
-               compose(FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)), compose(VisionZip(retention=0.25), DynamicKV(l=1, p=0.5)),
-               compose(FastVID(retention=0.25), DynamicKV(l=1, p=0.5))]
+COMPRESSING = [
+    DyCoke(k=0.7, l=2, p=0.5),
+    METok(key_events=1, key_frames=3, schedule=((1, 0.7, 0.4), (3, 0.5, 0.0))),
+    compose(FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
+    compose(VisionZip(retention=0.25), DynamicKV(l=1, p=0.5)),
+    compose(FastVID(retention=0.25), DynamicKV(l=1, p=0.5)),
+]
 
 
 FAMILIES = ["llava_onevision", "llava_next_video", "qwen2_5_vl"]
@@ -54,8 +72,9 @@ def test_keep_everything_reproduces_logits_and_greedy_tokens(family, method):
 def test_generate_with_decode_pruning_keeps_caches_as_accounted(family, method):
     loaded, inputs = family
     with torch.no_grad(), vidpress.apply(loaded.model, method) as run:
-        out = loaded.model.generate(**inputs, max_new_tokens=21, min_new_tokens=21, do_sample=False,
-                                    return_dict_in_generate=True)
+        out = loaded.model.generate(
+            **inputs, max_new_tokens=21, min_new_tokens=21, do_sample=False, return_dict_in_generate=True
+        )
     acc = run.report.accounting
     assert acc.prefill_visual[0] < acc.visual_in or acc.prefill_visual[-1] < acc.visual_in
     for layer in range(4):
@@ -64,8 +83,11 @@ def test_generate_with_decode_pruning_keeps_caches_as_accounted(family, method):
 
 
 def test_unsupported_model_lists_the_supported_classes():
-    assert {"LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration",
-            "Qwen2_5_VLForConditionalGeneration"} <= set(supported_models())
+    assert {
+        "LlavaOnevisionForConditionalGeneration",
+        "LlavaNextVideoForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+    } <= set(supported_models())
     with pytest.raises(UnsupportedModelError, match="LlavaNextVideoForConditionalGeneration"):
         vidpress.apply(torch.nn.Linear(2, 2), DyCoke())
 
@@ -88,16 +110,20 @@ def test_next_video_report_agrees_with_config_calculator(tiny_next_video, clip_f
 def _llm_positions(model):
     seen = []
     hook = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, k: seen.append(k.get("position_ids")), with_kwargs=True)
+        lambda m, a, k: seen.append(k.get("position_ids")), with_kwargs=True
+    )
     return seen, hook
 
 
 @pytest.mark.parametrize("method", [UniformSpatial(retention=0.5), DyCoke(k=0.7, l=2, p=0.5)], ids=lambda m: m.name)
 def test_qwen_kept_tokens_keep_their_mrope_ids(tiny_qwen, clip_frames, method):
     inputs = build_inputs(tiny_qwen.processor, clip_frames, "What happens in the video?")
-    full, _ = tiny_qwen.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                                   video_grid_thw=inputs["video_grid_thw"],
-                                                   second_per_grid_ts=inputs["second_per_grid_ts"])
+    full, _ = tiny_qwen.model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        second_per_grid_ts=inputs["second_per_grid_ts"],
+    )
     seen, hook = _llm_positions(tiny_qwen.model)
     try:
         with torch.no_grad(), vidpress.apply(tiny_qwen.model, method) as run:
@@ -168,9 +194,10 @@ def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qw
         visual.config._attn_implementation = "sdpa"
         hook.remove()
     with torch.no_grad():
-        received, keys = ADAPTER.encoder_signals(tiny_qwen.model, block, seen["args"], seen["kwargs"],
-                                                 {"grid_thw": inputs["video_grid_thw"]})
-    last = recorded[-len(seen["kwargs"]["cu_seqlens"]) + 1:]  # the last block's segments (one per temporal patch)
+        received, keys = ADAPTER.encoder_signals(
+            tiny_qwen.model, block, seen["args"], seen["kwargs"], {"grid_thw": inputs["video_grid_thw"]}
+        )
+    last = recorded[-len(seen["kwargs"]["cu_seqlens"]) + 1 :]  # the last block's segments (one per temporal patch)
     per_patch = torch.cat([w[0].mean((0, 1)) for w in last]).view(-1, 4).mean(1)
     window, _ = get_vision_window_index(inputs["video_grid_thw"], 2, 56, 14)
     assert torch.allclose(received, per_patch[window.argsort()], atol=1e-5)

@@ -24,8 +24,14 @@ def saved_tiny(tmp_path_factory):
 def test_generate_until_answers_a_constructed_task_document(saved_tiny):
     model = VidpressLMM(pretrained=saved_tiny, method="dycoke", k="0.5", max_frames_num="8")
     model.task_dict = {"videoqa": {"test": {0: {"video": str(bundled_clip()), "question": "What is shown?"}}}}
-    request = Request("What is shown? Answer briefly.", {"max_new_tokens": 4, "until": ["\n\n"]},
-                      lambda doc: [doc["video"]], 0, "videoqa", "test")
+    request = Request(
+        "What is shown? Answer briefly.",
+        {"max_new_tokens": 4, "until": ["\n\n"]},
+        lambda doc: [doc["video"]],
+        0,
+        "videoqa",
+        "test",
+    )
     answers = model.generate_until([request])
     assert len(answers) == 1 and isinstance(answers[0], str)
     report = model.reports[0]

@@ -4,13 +4,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import shared_video
 
 import vidpress
-from conftest import shared_video
 from vidpress.accounting import PRESETS, estimate, spec_from_config
 from vidpress.errors import InvalidParameterError
-from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.events import adjacent_similarity, plan_events, segment
+from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.prefill.attention_rank import AttentionRank
 from vidpress.stages.prefill.schedule import keep_count
 from vidpress.tokens import LayerSignals
@@ -39,8 +39,18 @@ def test_key_events_and_key_frames_choose_strides():
     frames[:5, 0] = 1
     frames[5:, 1] = 1
     relevance = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.0, 0.3, 0.1, 0.2, 0.0, 0.05])
-    plan = plan_events(frames, relevance, segmentation="faithful", boundaries=1, z=1.0, min_event_frames=4,
-                       key_events=1, key_frames=2, strides=(2, 4, 4, 8), grid=(27, 27))
+    plan = plan_events(
+        frames,
+        relevance,
+        segmentation="faithful",
+        boundaries=1,
+        z=1.0,
+        min_event_frames=4,
+        key_events=1,
+        key_frames=2,
+        strides=(2, 4, 4, 8),
+        grid=(27, 27),
+    )
     assert plan.events == [(0, 4), (5, 9)] and plan.key_events == [0]
     assert plan.key_frames == [1, 3, 5, 7]
     assert plan.strides == [4, 2, 4, 2, 4, 4, 8, 4, 8, 8]
@@ -53,13 +63,19 @@ def _frames_of(path, count):
 
 
 def test_adaptive_segmentation_finds_the_join_of_two_real_clips(tiny):
-    frames = np.concatenate([_frames_of(shared_video("opencv_tree.avi"), 10),
-                             _frames_of(shared_video("mmaction2_demo_arm_wrestling.mp4"), 10)])
+    frames = np.concatenate(
+        [
+            _frames_of(shared_video("opencv_tree.avi"), 10),
+            _frames_of(shared_video("mmaction2_demo_arm_wrestling.mp4"), 10),
+        ]
+    )
     config = tiny.model.config
     with torch.no_grad():
-        out = tiny.model.model.get_video_features(tiny.processor.preprocess(frames)[None],
-                                                  vision_feature_layer=config.vision_feature_layer,
-                                                  vision_feature_select_strategy=config.vision_feature_select_strategy)
+        out = tiny.model.model.get_video_features(
+            tiny.processor.preprocess(frames)[None],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
     per_frame = out.pooler_output[0, :-1].view(20, -1, out.pooler_output.shape[-1]).mean(1)
     bounds = segment(adjacent_similarity(per_frame), "adaptive")
     assert any(abs(b - 9) <= 1 for b in bounds), bounds
@@ -117,8 +133,9 @@ def _reference_step(model, embeds, positions, generated, layouts, stored):
         for column, base in enumerate(alive.tolist()):
             if base not in keep:
                 mask[n:, column] = False
-        out = layer(hidden, attention_mask=mask[None, None], position_ids=pos,
-                    position_embeddings=llm.rotary_emb(hidden, pos))
+        out = layer(
+            hidden, attention_mask=mask[None, None], position_ids=pos, position_embeddings=llm.rotary_emb(hidden, pos)
+        )
         out = out[0] if isinstance(out, tuple) else out
         prompt[:, alive] = out[:, :n]
         gen = out[:, n:]
@@ -129,12 +146,19 @@ def _reference_step(model, embeds, positions, generated, layouts, stored):
 def test_generate_matches_uncached_reference_with_per_layer_kv_lengths(tiny, inputs):
     captured = []
     llm = tiny.model.model.language_model
-    hook = llm.register_forward_pre_hook(lambda m, a, k: captured.append((k.get("inputs_embeds"), k.get("position_ids"))),
-                                         with_kwargs=True)
+    hook = llm.register_forward_pre_hook(
+        lambda m, a, k: captured.append((k.get("inputs_embeds"), k.get("position_ids"))), with_kwargs=True
+    )
     try:
         with torch.no_grad(), vidpress.apply(tiny.model, vidpress.METok(**METHOD)) as run:
-            out = tiny.model.generate(**inputs, max_new_tokens=22, min_new_tokens=22, do_sample=False,
-                                      output_logits=True, return_dict_in_generate=True)
+            out = tiny.model.generate(
+                **inputs,
+                max_new_tokens=22,
+                min_new_tokens=22,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
             session = run.last_session
     finally:
         hook.remove()
@@ -144,7 +168,7 @@ def test_generate_matches_uncached_reference_with_per_layer_kv_lengths(tiny, inp
     assert acc.prefill_visual[1] == acc.prefill_visual[2] < acc.prefill_visual[0]
     assert 0 < acc.prefill_visual[3] < acc.prefill_visual[1]
     assert acc.stored_visual == [acc.prefill_visual[0]] + [acc.prefill_visual[3]] * 3
-    generated = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    generated = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     cache = out.past_key_values
     for layer in range(4):  # the final cache: stored prompt entries + every generated token but the last
         assert cache.layers[layer].keys.shape[2] == other + acc.stored_visual[layer] + len(generated) - 1
@@ -168,12 +192,28 @@ def test_runtime_counts_follow_the_event_plan(tiny, inputs):
 
 
 def test_config_only_counts_by_hand():
-    spec = spec_from_config({"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                                             "num_attention_heads": 4, "num_key_value_heads": 2},
-                             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                               "image_size": 56, "patch_size": 14, "model_type": "siglip_vision_model"}})
-    method = vidpress.METok(mode="faithful", boundaries=1, key_events=1, key_frames=2,
-                            schedule=((1, 0.5, 0.5), (2, 0.5, 0.0)))
+    spec = spec_from_config(
+        {
+            "text_config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+            "vision_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "image_size": 56,
+                "patch_size": 14,
+                "model_type": "siglip_vision_model",
+            },
+        }
+    )
+    method = vidpress.METok(
+        mode="faithful", boundaries=1, key_events=1, key_frames=2, schedule=((1, 0.5, 0.5), (2, 0.5, 0.0))
+    )
     acc = estimate(spec, 10, method.build(), events=2)
     # 4x4 grid: key event 2 frames x 4 + 3 x 1 + newline = 12; non-key 2 x 1 + 3 x 1 + newline = 6
     assert acc.prefill_visual == [18, 9, 3, 3]  # 6 + 3, then 3 + 0
@@ -196,10 +236,24 @@ def test_siglip_relevance_path_runs_through_generate(tiny, inputs, tmp_path):
 
     from vidpress.stages.pre_llm.relevance import SiglipRelevance
 
-    config = SiglipConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                       "num_attention_heads": 2, "vocab_size": 300, "max_position_embeddings": 64},
-                          vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                         "num_attention_heads": 2, "image_size": 56, "patch_size": 14})
+    config = SiglipConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 300,
+            "max_position_embeddings": 64,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+        },
+    )
     torch.manual_seed(0)
     SiglipModel(config).save_pretrained(tmp_path)
     tiny.processor.tokenizer.save_pretrained(tmp_path)
@@ -214,8 +268,9 @@ def test_siglip_relevance_path_runs_through_generate(tiny, inputs, tmp_path):
 def test_short_video_with_every_frame_kept_keeps_one_newline(tiny, inputs):
     """Several events with every frame at full resolution: a newline per event would overflow the video's
     placeholders, so only the last event keeps its newline (before, this raised BudgetError)."""
-    method = vidpress.METok(key_events=1.0, key_frames=1.0, z=-10.0, min_event_frames=3,
-                            schedule=((1, 1.0, 1.0), (3, 1.0, 1.0)))
+    method = vidpress.METok(
+        key_events=1.0, key_frames=1.0, z=-10.0, min_event_frames=3, schedule=((1, 1.0, 1.0), (3, 1.0, 1.0))
+    )
     with torch.no_grad(), vidpress.apply(tiny.model, method) as run:
         tiny.model(**inputs)
     assert len(run.last_session.stage_info[0].events) == 4  # 12 frames, at most 12 // 3 events

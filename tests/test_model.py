@@ -45,7 +45,8 @@ def test_hooks_are_removed(tiny, inputs):
 def record_positions(model):
     seen = []
     handle = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True
+    )
     return seen, handle
 
 
@@ -58,8 +59,9 @@ def test_generate_positions_and_cache_consistent(tiny, inputs, mode):
     seen, handle = record_positions(model)
     try:
         with vidpress.apply(model, method) as run, torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False,
-                                 return_dict_in_generate=True)
+            out = model.generate(
+                **inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False, return_dict_in_generate=True
+            )
     finally:
         handle.remove()
     prompt = inputs["input_ids"].shape[1]
@@ -102,8 +104,9 @@ def test_pruned_visual_kv_returns_during_generate(tiny, inputs):
         tiny.model.generate(**inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False)
     picks = recorder.selections
     assert len(picks) == 23
-    returned = [tok for t, s in enumerate(picks) for tok in picks[0] - s
-                if any(tok in later for later in picks[t + 1:])]
+    returned = [
+        tok for t, s in enumerate(picks) for tok in picks[0] - s if any(tok in later for later in picks[t + 1 :])
+    ]
     assert returned, "some visual token left out at one step is attended again at a later step"
 
 
@@ -111,15 +114,22 @@ def test_padded_batch_matches_single_requests(tiny, clip_frames):
     from vidpress.pipeline import build_inputs
 
     questions = ["What?", "What happens in this long video clip, please?"]
-    batch = tiny.processor(text=[tiny.processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}]) for q in questions],
-        videos=[clip_frames, clip_frames[::-1].copy()])
+    batch = tiny.processor(
+        text=[
+            tiny.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}]
+            )
+            for q in questions
+        ],
+        videos=[clip_frames, clip_frames[::-1].copy()],
+    )
     method = vidpress.DyCoke(k=0.7, l=2, p=0.5)
     with vidpress.apply(tiny.model, method), torch.no_grad():
         together = tiny.model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         for row, (q, frames) in enumerate(zip(questions, [clip_frames, clip_frames[::-1].copy()])):
-            single = tiny.model.generate(**build_inputs(tiny.processor, frames, q), max_new_tokens=8,
-                                         min_new_tokens=8, do_sample=False)
+            single = tiny.model.generate(
+                **build_inputs(tiny.processor, frames, q), max_new_tokens=8, min_new_tokens=8, do_sample=False
+            )
             assert together[row, -8:].tolist() == single[0, -8:].tolist()
 
 
@@ -135,4 +145,4 @@ def test_text_only_request_passes_through(tiny):
         with vidpress.apply(tiny.model, vidpress.DyCoke()) as run:
             assert torch.equal(tiny.model(**ids).logits, base)
     with pytest.raises(LookupError):
-        run.report
+        _ = run.report

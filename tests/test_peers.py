@@ -85,11 +85,25 @@ def test_fastvid_segments_and_budgets_by_hand():
 
 
 def _spec(layers=8):
-    return spec_from_config({"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": layers,
-                                             "num_attention_heads": 4, "num_key_value_heads": 2},
-                             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                               "image_size": 112, "patch_size": 14,
-                                               "model_type": "siglip_vision_model"}})
+    return spec_from_config(
+        {
+            "text_config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": layers,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+            "vision_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "image_size": 112,
+                "patch_size": 14,
+                "model_type": "siglip_vision_model",
+            },
+        }
+    )
 
 
 def test_controls_keep_hand_computed_tokens():
@@ -124,8 +138,12 @@ def test_fastv_and_pdrop_counts_by_hand():
         estimate(spec, frames, FastV(k=2, retention=0.1).build())
 
 
-@pytest.mark.parametrize("method", [FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0)]
-                         + [cls(retention=1.0) for cls in (*CONTROLS, VisionZip, FastVID)], ids=lambda m: m.label)
+@pytest.mark.parametrize(
+    "method",
+    [FastV(k=1, r=0.0), PyramidDrop(layers=(1, 2, 3), lam=1.0)]
+    + [cls(retention=1.0) for cls in (*CONTROLS, VisionZip, FastVID)],
+    ids=lambda m: m.label,
+)
 def test_keep_everything_equals_uncompressed(tiny, inputs, method):
     with torch.no_grad():
         reference = tiny.model(**inputs).logits
@@ -150,8 +168,9 @@ def test_composed_counts_are_the_composition_of_the_parts(tiny, inputs):
 
 def test_fastv_generate_stays_consistent(tiny, inputs):
     with torch.no_grad(), vidpress.apply(tiny.model, FastV(k=2, r=0.75)) as run:
-        out = tiny.model.generate(**inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False,
-                                  return_dict_in_generate=True)
+        out = tiny.model.generate(
+            **inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False, return_dict_in_generate=True
+        )
     acc = run.report.accounting
     for layer in range(4):
         assert out.past_key_values.layers[layer].keys.shape[2] == acc.other_tokens + acc.stored_visual[layer] + 19
@@ -167,14 +186,15 @@ def test_decode_stage_before_a_prefill_drop_is_refused(tiny, inputs):
 
 
 def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
-    from vidpress.models.llava_onevision import ADAPTER
     from vidpress.models.encoder_attention import encoder_signals
+    from vidpress.models.llava_onevision import ADAPTER
 
     tower = tiny.model.model.vision_tower
     pixels = inputs["pixel_values_videos"].flatten(0, 1)
     seen = {}
     handle = ADAPTER.encoder_attention(tiny.model).register_forward_pre_hook(
-        lambda m, a, k: seen.update(hidden=a[0] if a else k["hidden_states"]), with_kwargs=True)
+        lambda m, a, k: seen.update(hidden=a[0] if a else k["hidden_states"]), with_kwargs=True
+    )
     tower.config._attn_implementation = "eager"
     try:
         with torch.no_grad():
@@ -187,28 +207,36 @@ def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
     assert keys.shape == (pixels.shape[0], weights.shape[-1], 16)
 
 
-@pytest.mark.parametrize("method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)], ids=lambda m: m.name
+)
 def test_merging_peers_generate_and_match_the_calculator(tiny, inputs, method):
     with torch.no_grad(), vidpress.apply(tiny.model, compose(method, DynamicKV(l=2, p=0.5))) as run:
-        out = tiny.model.generate(**inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False,
-                                  return_dict_in_generate=True)
+        out = tiny.model.generate(
+            **inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False, return_dict_in_generate=True
+        )
     acc = run.report.accounting
     other = inputs["input_ids"].shape[1] - 48  # text and the newline stay; 48 = 12 frames x 4 tokens
     assert acc.prefill_visual == [12] * 4 and acc.other_tokens == other  # 25 % of 48
     for layer in range(4):
         assert out.past_key_values.layers[layer].keys.shape[2] == other + 12 + 19
     spec = spec_from_config(tiny.model.config)
-    assert estimate(spec, acc.frames, compose(method, DynamicKV(l=2, p=0.5)),
-                    text_tokens=acc.other_tokens - 1).prefill_visual == acc.prefill_visual
+    assert (
+        estimate(
+            spec, acc.frames, compose(method, DynamicKV(l=2, p=0.5)), text_tokens=acc.other_tokens - 1
+        ).prefill_visual
+        == acc.prefill_visual
+    )
 
 
-@pytest.mark.parametrize("method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method", [VisionZip(retention=0.25), FastVID(retention=0.25, min_segments=3)], ids=lambda m: m.name
+)
 def test_merging_peers_put_tokens_at_their_sources_positions(tiny, inputs, method):
     seen = []
     hook = tiny.model.model.language_model.register_forward_pre_hook(
-        lambda m, a, k: seen.append(k["position_ids"]), with_kwargs=True)
+        lambda m, a, k: seen.append(k["position_ids"]), with_kwargs=True
+    )
     try:
         with torch.no_grad(), vidpress.apply(tiny.model, method) as run:
             tiny.model(**inputs)

@@ -29,8 +29,9 @@ def visual(frames, side, seed, dim=8, extra=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, frames, side * side, dim, generator=g)
     attention = torch.rand(1, frames, side * side, generator=g)
-    return VisualTokens(x, (side, side), extra=torch.randn(1, 1, dim, generator=g) if extra else None,
-                        attention=attention, keys=x)
+    return VisualTokens(
+        x, (side, side), extra=torch.randn(1, 1, dim, generator=g) if extra else None, attention=attention, keys=x
+    )
 
 
 def check_selection(plan: Selection, n: int, count: int | None = None):
@@ -52,8 +53,13 @@ def check_packed(packed: PackedTokens, n: int, per_frame: int, count: int | None
 
 
 @FUZZ
-@given(frames=st.integers(1, 12), side=st.integers(1, 5), retention=retentions, seed=st.integers(0, 99),
-       kind=st.sampled_from(["frames", "spatial", "random"]))
+@given(
+    frames=st.integers(1, 12),
+    side=st.integers(1, 5),
+    retention=retentions,
+    seed=st.integers(0, 99),
+    kind=st.sampled_from(["frames", "spatial", "random"]),
+)
 def test_controls_keep_exactly_the_budget(frames, side, retention, seed, kind):
     n = frames * side * side
     plan = UniformBaseline(retention=retention, kind=kind, seed=seed)(visual(frames, side, seed))
@@ -69,8 +75,9 @@ def test_ttm_fixed_counts_and_order(frames, side, k, seed):
     plan = TemporalMerge(k=k)(visual(frames, side, seed))
     anchors = math.ceil(frames / 4)
     check_selection(plan, frames * per_frame, anchors * per_frame + (frames - anchors) * int((1 - k) * per_frame))
-    assert set((plan.keep[0] // per_frame).tolist()) == (set(range(frames)) if int((1 - k) * per_frame) else
-                                                          set(range(0, frames, 4)))
+    assert set((plan.keep[0] // per_frame).tolist()) == (
+        set(range(frames)) if int((1 - k) * per_frame) else set(range(0, frames, 4))
+    )
     if k == 0:
         assert torch.equal(plan.keep[0], torch.arange(frames * per_frame))
 
@@ -82,15 +89,25 @@ def test_ttm_faithful_counts_sources_and_frame_order(frames, side, k, seed):
     packed = TemporalMerge(k=k, mode="faithful")(visual(frames, side, seed))
     emitted = 2 * (frames // 2)
     pruned = emitted // 2 + len(range(0, frames - 4, 4))  # every pair's second frame, every skip-pair's third
-    check_packed(packed, frames * per_frame, per_frame,
-                 (emitted - pruned) * per_frame + pruned * int((1 - k) * per_frame), sorted_sources=False)
+    check_packed(
+        packed,
+        frames * per_frame,
+        per_frame,
+        (emitted - pruned) * per_frame + pruned * int((1 - k) * per_frame),
+        sorted_sources=False,
+    )
     frames_in_order = packed.source[0, : packed.num_visual] // per_frame
     assert torch.all(frames_in_order[1:] >= frames_in_order[:-1])  # frame order; inside a frame, topk order
 
 
 @FUZZ
-@given(frames=st.integers(1, 10), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
-       mode=st.sampled_from(["fixed", "faithful"]))
+@given(
+    frames=st.integers(1, 10),
+    side=st.integers(2, 5),
+    retention=retentions,
+    seed=st.integers(0, 99),
+    mode=st.sampled_from(["fixed", "faithful"]),
+)
 def test_visionzip_counts_and_sources(frames, side, retention, seed, mode):
     n = frames * side * side
     packed = VisionZipStage(retention=retention, mode=mode)(visual(frames, side, seed))
@@ -100,8 +117,14 @@ def test_visionzip_counts_and_sources(frames, side, retention, seed, mode):
 
 
 @FUZZ
-@given(frames=st.integers(1, 12), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
-       segments=st.integers(1, 10), stride=st.integers(1, 5))
+@given(
+    frames=st.integers(1, 12),
+    side=st.integers(2, 5),
+    retention=retentions,
+    seed=st.integers(0, 99),
+    segments=st.integers(1, 10),
+    stride=st.integers(1, 5),
+)
 def test_fastvid_fixed_keeps_exactly_the_budget(frames, side, retention, seed, segments, stride):
     n = frames * side * side
     packed = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride)(visual(frames, side, seed))
@@ -111,8 +134,14 @@ def test_fastvid_fixed_keeps_exactly_the_budget(frames, side, retention, seed, s
 
 
 @FUZZ
-@given(frames=st.integers(1, 12), side=st.integers(2, 5), retention=retentions, seed=st.integers(0, 99),
-       segments=st.integers(1, 10), stride=st.integers(1, 5))
+@given(
+    frames=st.integers(1, 12),
+    side=st.integers(2, 5),
+    retention=retentions,
+    seed=st.integers(0, 99),
+    segments=st.integers(1, 10),
+    stride=st.integers(1, 5),
+)
 def test_fastvid_faithful_keeps_the_reference_count_or_refuses(frames, side, retention, seed, segments, stride):
     per_frame = side * side
     stage = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride, mode="faithful")
@@ -127,15 +156,26 @@ def test_fastvid_faithful_keeps_the_reference_count_or_refuses(frames, side, ret
 
 
 @FUZZ
-@given(frames=st.integers(2, 10), side=st.integers(2, 6), seed=st.integers(0, 99), key_events=st.integers(1, 4),
-       key_frames=st.integers(1, 6), mode=st.sampled_from(["fixed", "faithful"]))
+@given(
+    frames=st.integers(2, 10),
+    side=st.integers(2, 6),
+    seed=st.integers(0, 99),
+    key_events=st.integers(1, 4),
+    key_frames=st.integers(1, 6),
+    mode=st.sampled_from(["fixed", "faithful"]),
+)
 def test_event_pooling_blocks_fit_the_video(frames, side, seed, key_events, key_frames, mode):
     g = torch.Generator().manual_seed(seed)
     unpooled = torch.randn(1, frames, side, side, 8, generator=g)
     pooled = pool_grid(unpooled[0].flatten(1, 2).view(frames, side, side, 8), 2, "bilinear")
     grid = math.ceil(side / 2)
-    tokens = VisualTokens(pooled[None], (grid, grid), unpooled=unpooled, extra=torch.randn(1, 1, 8, generator=g),
-                          text=torch.randn(1, 5, 8, generator=g))
+    tokens = VisualTokens(
+        pooled[None],
+        (grid, grid),
+        unpooled=unpooled,
+        extra=torch.randn(1, 1, 8, generator=g),
+        text=torch.randn(1, 5, 8, generator=g),
+    )
     packed = EventPooling(mode=mode, key_events=key_events, key_frames=key_frames)(tokens)
     events = packed.events[0]
     assert torch.all(events[1:] >= events[:-1]) and packed.key_events.shape[1] == int(events.max()) + 1
@@ -144,14 +184,22 @@ def test_event_pooling_blocks_fit_the_video(frames, side, seed, key_events, key_
 
 
 @FUZZ
-@given(n=st.integers(1, 300), keep=st.floats(0, 1), seed=st.integers(0, 99),
-       rule=st.sampled_from(["ceil", "round", "floor_input"]))
+@given(
+    n=st.integers(1, 300),
+    keep=st.floats(0, 1),
+    seed=st.integers(0, 99),
+    rule=st.sampled_from(["ceil", "round", "floor_input"]),
+)
 def test_attention_rank_counts_by_rule(n, keep, seed, rule):
     scores = torch.rand(1, n, generator=torch.Generator().manual_seed(seed))
     plan = AttentionRank(schedule=((2, keep, keep),), query_rows="last", count_rule=rule)(
-        LayerSignals(1, scores, input_count=n))
-    expected = {"ceil": 0 if keep == 0 else max(1, math.ceil(keep * n - 1e-9)), "round": round(n * keep),
-                "floor_input": int(n * keep)}[rule]
+        LayerSignals(1, scores, input_count=n)
+    )
+    expected = {
+        "ceil": 0 if keep == 0 else max(1, math.ceil(keep * n - 1e-9)),
+        "round": round(n * keep),
+        "floor_input": int(n * keep),
+    }[rule]
     check_selection(plan, n, min(expected, n))
     assert set(plan.keep[0].tolist()) == set(scores[0].topk(plan.num_kept).indices.tolist())
 
@@ -160,8 +208,9 @@ def test_attention_rank_counts_by_rule(n, keep, seed, rule):
 @given(n=st.integers(2, 200), p=st.floats(0, 1), seed=st.integers(0, 99), mode=st.sampled_from(["fixed", "faithful"]))
 def test_dynamic_kv_counts(n, p, seed, mode):
     stage = DynamicKV(l=1, p=p, mode=mode)
-    plan = stage(LayerSignals(0, torch.rand(1, n, generator=torch.Generator().manual_seed(seed))),
-                 StageContext(num_layers=2))
+    plan = stage(
+        LayerSignals(0, torch.rand(1, n, generator=torch.Generator().manual_seed(seed))), StageContext(num_layers=2)
+    )
     check_selection(plan, n, stage.budget(n))
     if mode == "faithful":
         assert n - 1 in plan.keep[0].tolist()
@@ -178,8 +227,10 @@ def test_layerwise_trim_never_grows_a_layer(counts, first):
     assert all(t == min(c, counts[-1]) for t, c in list(zip(trimmed, counts))[first:])
 
 
-@pytest.mark.parametrize("stage", [UniformBaseline(retention=1.0), TemporalMerge(k=0.0),
-                                   VisionZipStage(retention=1.0), FastVIDStage(retention=1.0)])
+@pytest.mark.parametrize(
+    "stage",
+    [UniformBaseline(retention=1.0), TemporalMerge(k=0.0), VisionZipStage(retention=1.0), FastVIDStage(retention=1.0)],
+)
 def test_keep_everything_is_the_identity(stage):
     tokens = visual(9, 3, 0)
     plan = stage(tokens)
@@ -191,12 +242,22 @@ def test_keep_everything_is_the_identity(stage):
 
 
 @FUZZ
-@given(frames=st.integers(5, 12), side=st.integers(2, 5), retention=retentions, k=st.floats(0, 1),
-       seed=st.integers(0, 99), mode=st.sampled_from(["fixed", "faithful"]))
+@given(
+    frames=st.integers(5, 12),
+    side=st.integers(2, 5),
+    retention=retentions,
+    k=st.floats(0, 1),
+    seed=st.integers(0, 99),
+    mode=st.sampled_from(["fixed", "faithful"]),
+)
 def test_declared_counts_equal_what_the_stages_keep(frames, side, retention, k, seed, mode):
     tokens = visual(frames, side, seed)
-    for stage in (UniformBaseline(retention=retention), VisionZipStage(retention=retention, mode=mode),
-                  TemporalMerge(k=k, mode=mode), FastVIDStage(retention=retention)):
+    for stage in (
+        UniformBaseline(retention=retention),
+        VisionZipStage(retention=retention, mode=mode),
+        TemporalMerge(k=k, mode=mode),
+        FastVIDStage(retention=retention),
+    ):
         plan = stage(tokens)
         kept = plan.num_kept if isinstance(plan, Selection) else plan.num_visual
         assert stage.kept_count(frames, side * side) == kept, stage
@@ -207,8 +268,10 @@ def test_stages_import_torch_only():
     import subprocess
     import sys
 
-    code = "import sys, vidpress.stages.pre_llm.fastvid, vidpress.stages.prefill.attention_rank, " \
-           "vidpress.stages.decode.dynamic_kv; assert 'transformers' not in sys.modules, 'transformers imported'"
+    code = (
+        "import sys, vidpress.stages.pre_llm.fastvid, vidpress.stages.prefill.attention_rank, "
+        "vidpress.stages.decode.dynamic_kv; assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 

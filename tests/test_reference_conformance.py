@@ -27,14 +27,14 @@ from vidpress.stages.pre_llm.fastvid import FastVIDStage
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge, ttm_references
 from vidpress.tokens import LayerSignals, StageContext, VisualTokens
 
-
 # -- DyCoke TTM ---------------------------------------------------------------------------------------------
+
 
 def reference_ttm(x: torch.Tensor, per_frame: int, k: float) -> list[int]:
     """Indices into the flattened (F*T, D) ``x`` that the reference emits, in its order."""
     frames = x.shape[0] // per_frame
     keep = int((1 - k) * per_frame)
-    frame = [x[f * per_frame:(f + 1) * per_frame] for f in range(frames)]
+    frame = [x[f * per_frame : (f + 1) * per_frame] for f in range(frames)]
     slots = []
     for i in range(0, frames - 1, 2):  # pairs: i whole, i+1 against i (normalised tokens)
         sim = F.cosine_similarity(F.normalize(frame[i], dim=1), F.normalize(frame[i + 1], dim=1), dim=1)
@@ -69,7 +69,7 @@ def test_ttm_faithful_reference_count_and_order_at_32_frames():
     assert len(expected) == packed.num_kept == 3098
     assert packed.source[0].tolist() == expected
     # inside a pruned frame the order is ascending similarity, not position
-    frame1 = packed.source[0, 196:196 + 58]
+    frame1 = packed.source[0, 196 : 196 + 58]
     assert not torch.equal(frame1, frame1.sort().values)
 
 
@@ -85,7 +85,9 @@ def test_ttm_fixed_differs_only_by_the_documented_quirks(frames):
     fixed = TemporalMerge(k=0.6, mode="fixed")(VisualTokens(x, (4, 5))).keep[0]
     assert torch.equal(fixed, fixed.sort().values)  # spatial order; original positions (fixed.positions)
     assert TemporalMerge(mode="fixed").positions == "original"
-    differ = {f for f in range(frames) if set(faithful[faithful // 20 == f].tolist()) != set(fixed[fixed // 20 == f].tolist())}
+    differ = {
+        f for f in range(frames) if set(faithful[faithful // 20 == f].tolist()) != set(fixed[fixed // 20 == f].tolist())
+    }
     assert differ == DOCUMENTED[frames]
     refs_faithful, emitted = ttm_references(frames, "faithful")
     refs_fixed, _ = ttm_references(frames, "fixed")
@@ -104,8 +106,9 @@ def test_ttm_faithful_order_reaches_the_llm_numbered_contiguously(tiny, inputs):
             return stage(tokens, ctx)
 
     llm = tiny.model.model.language_model
-    handle = llm.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"],
-                                                                         positions=kw["position_ids"]), with_kwargs=True)
+    handle = llm.register_forward_pre_hook(
+        lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"], positions=kw["position_ids"]), with_kwargs=True
+    )
     try:
         with torch.no_grad(), vidpress.apply(tiny.model, vidpress.compose(Recorder())):
             tiny.model(**inputs)
@@ -113,12 +116,13 @@ def test_ttm_faithful_order_reaches_the_llm_numbered_contiguously(tiny, inputs):
         handle.remove()
     expected = reference_ttm(seen["features"][0].flatten(0, 1), 4, 0.7)
     start = int((inputs["input_ids"][0] == tiny.model.config.video_token_id).nonzero()[0])
-    block = seen["embeds"][0, start:start + len(expected)]
+    block = seen["embeds"][0, start : start + len(expected)]
     assert torch.allclose(block, seen["features"][0].flatten(0, 1)[expected].to(block.dtype))
     assert seen["positions"][0].tolist() == list(range(seen["embeds"].shape[1]))
 
 
 # -- DyCoke decode pruning -----------------------------------------------------------------------------------
+
 
 def test_dynamic_kv_faithful_stability_ignores_the_last_visual_token():
     scores = torch.rand(1, 10, generator=torch.Generator().manual_seed(0))
@@ -136,6 +140,7 @@ def test_dynamic_kv_faithful_stability_ignores_the_last_visual_token():
 
 # -- FastV ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("n", "r", "count"), [(3097, 0.5, 1548), (6272, 0.9, 627), (577, 0.5, 288), (3098, 0.75, 774)])
 def test_fastv_keeps_the_reference_count_and_tokens(n, r, count):
     scores = torch.rand(1, n, generator=torch.Generator().manual_seed(n))
@@ -148,6 +153,7 @@ def test_fastv_keeps_the_reference_count_and_tokens(n, r, count):
 
 
 # -- PyramidDrop ---------------------------------------------------------------------------------------------
+
 
 def test_pdrop_counts_are_floors_of_the_input_count():
     stage = PyramidDrop(layers=(8, 16, 24), lam=0.5).build().prefill.for_depth(32)
@@ -189,12 +195,12 @@ def reference_pdrop_logits(model, inputs, drops, lam):
                 q, k = rotary(q, k, cos, sin)
                 k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
                 weights = (q[:, :, -1:] @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)).softmax(-1)
-                current = int(n * lam ** stage)
-                visual = weights.mean(1)[0, 0, first:first + current]
+                current = int(n * lam**stage)
+                visual = weights.mean(1)[0, 0, first : first + current]
                 top = visual.topk(int(n * lam ** (stage + 1))).indices.sort().values + first
                 keep = torch.cat([torch.arange(first), top, torch.arange(first + current, hidden.shape[1])])
                 hidden, logical = hidden[:, keep], logical[keep]
-                kept_sets.append(logical[first:first + top.numel()].tolist())
+                kept_sets.append(logical[first : first + top.numel()].tolist())
                 pos = torch.arange(hidden.shape[1])[None]
                 cos, sin = lm.rotary_emb(hidden, pos)
             hidden = layer(hidden, position_embeddings=(cos, sin), position_ids=pos, attention_mask=None)
@@ -220,8 +226,9 @@ def test_pdrop_fixed_keeps_original_positions_and_the_first_drop(tiny, inputs):
     seen, sets = [], {}
     for mode in ("faithful", "fixed"):
         with torch.no_grad(), vidpress.apply(tiny.model, PyramidDrop(layers=(1, 2, 3), lam=0.5, mode=mode)) as run:
-            handle = layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()),
-                                                     with_kwargs=True)  # after vidpress's hook: what layer 1 gets
+            handle = layer.register_forward_pre_hook(
+                lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True
+            )  # after vidpress's hook: what layer 1 gets
             try:
                 tiny.model(**inputs)
             finally:
@@ -237,8 +244,12 @@ def test_pdrop_faithful_decodes_at_shifted_positions(tiny, inputs):
     seen = []
     layers = tiny.model.model.language_model.layers
     with torch.no_grad(), vidpress.apply(tiny.model, PyramidDrop(layers=(1, 2, 3), lam=0.5, mode="faithful")):
-        hooks = [layers[i].register_forward_pre_hook(
-            lambda m, a, kw, i=i: seen.append((i, kw["position_ids"].clone())), with_kwargs=True) for i in (0, 3)]
+        hooks = [
+            layers[i].register_forward_pre_hook(
+                lambda m, a, kw, i=i: seen.append((i, kw["position_ids"].clone())), with_kwargs=True
+            )
+            for i in (0, 3)
+        ]
         try:
             tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
         finally:
@@ -261,6 +272,7 @@ def test_pdrop_faithful_is_refused_on_mrope(tiny_qwen, clip_frames):
 
 
 # -- FastVID -------------------------------------------------------------------------------------------------
+
 
 def reference_fastvid(x, attention, r, c=8, tau=0.9, d=0.4, p=4, beta=0.6):
     """(sorted kept indices into F*T, their tokens) of the reference's FastVID block on one video."""
@@ -293,7 +305,7 @@ def reference_fastvid(x, attention, r, c=8, tau=0.9, d=0.4, p=4, beta=0.6):
     filtered = torch.stack([x[f, rest[f]] for f in range(frames)])
 
     def density_score(tok):
-        dist = torch.cdist(tok.float(), tok.float()) / dim ** 0.5
+        dist = torch.cdist(tok.float(), tok.float()) / dim**0.5
         density = (-(dist.topk(4, dim=-1, largest=False).values ** 2).mean(-1)).exp()
         denser = density[None, :] > density[:, None]
         return torch.where(denser, dist, dist.max()).min(-1).values * density
@@ -317,7 +329,7 @@ def reference_fastvid(x, attention, r, c=8, tau=0.9, d=0.4, p=4, beta=0.6):
             if count == 0:
                 continue
             chosen = density_score(filtered[f]).topk(count).indices
-            pool = filtered[f] if count == context else filtered[start:start + size].flatten(0, 1)
+            pool = filtered[f] if count == context else filtered[start : start + size].flatten(0, 1)
             kept += (f * per_frame + rest[f][chosen]).tolist()
             tokens += merge(filtered[f][chosen], pool)
         start += size
@@ -333,14 +345,23 @@ def _video(scene_lengths, per_frame, dim=32, seed=0):
     return x, torch.rand(x.shape[:2], generator=g)
 
 
-@pytest.mark.parametrize(("scenes", "per_frame", "r"), [
-    ([3, 5, 8, 1, 9, 6], 49, 0.25), ([3, 5, 8, 1, 9, 6], 49, 0.1), ([12, 4, 7, 2, 5, 2], 49, 0.15),
-    ([2, 6, 5, 3], 36, 0.2), ([1, 1, 9, 2, 3, 1, 13], 49, 0.4), ([4, 4, 5, 3, 11, 1, 2, 2], 196, 0.25)])
+@pytest.mark.parametrize(
+    ("scenes", "per_frame", "r"),
+    [
+        ([3, 5, 8, 1, 9, 6], 49, 0.25),
+        ([3, 5, 8, 1, 9, 6], 49, 0.1),
+        ([12, 4, 7, 2, 5, 2], 49, 0.15),
+        ([2, 6, 5, 3], 36, 0.2),
+        ([1, 1, 9, 2, 3, 1, 13], 49, 0.4),
+        ([4, 4, 5, 3, 11, 1, 2, 2], 196, 0.25),
+    ],
+)
 def test_fastvid_faithful_selects_and_merges_like_the_reference(scenes, per_frame, r):
     x, attention = _video(scenes, per_frame)
     side = int(math.isqrt(per_frame))
-    packed = FastVIDStage(retention=r, mode="faithful")(VisualTokens(x[None], (side, side), attention=attention[None],
-                                                                      keys=x[None]))
+    packed = FastVIDStage(retention=r, mode="faithful")(
+        VisualTokens(x[None], (side, side), attention=attention[None], keys=x[None])
+    )
     kept, tokens = reference_fastvid(x, attention, r)
     assert packed.source[0].tolist() == kept.tolist()
     assert torch.allclose(packed.features[0], tokens, atol=1e-5)
@@ -380,6 +401,9 @@ def test_fastvid_faithful_runs_on_mrope(tiny_qwen, clip_frames):
     from vidpress.pipeline import build_inputs
 
     inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
-    with torch.no_grad(), vidpress.apply(tiny_qwen.model, FastVID(retention=0.5, min_segments=2, mode="faithful")) as run:
+    with (
+        torch.no_grad(),
+        vidpress.apply(tiny_qwen.model, FastVID(retention=0.5, min_segments=2, mode="faithful")) as run,
+    ):
         tiny_qwen.model(**inputs)
     assert run.report.accounting.prefill_visual[0] < run.report.accounting.visual_in

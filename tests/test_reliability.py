@@ -14,17 +14,27 @@ from vidpress.pipeline import build_inputs
 
 
 def _greedy(model, inputs, steps):
-    out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     return out.sequences, torch.stack(out.logits)
 
 
 def test_two_threads_on_one_model_match_running_alone(tiny, clip_frames):
-    videos = [build_inputs(tiny.processor, clip_frames, "What happens?"),
-              build_inputs(tiny.processor, clip_frames[::-1].copy(), "Which colour is the sky?")]
+    videos = [
+        build_inputs(tiny.processor, clip_frames, "What happens?"),
+        build_inputs(tiny.processor, clip_frames[::-1].copy(), "Which colour is the sky?"),
+    ]
     model = tiny.model
-    slow = [layer.register_forward_pre_hook(lambda *a: time.sleep(0.001))  # let the threads interleave
-            for layer in model.model.language_model.layers]
+    slow = [
+        layer.register_forward_pre_hook(lambda *a: time.sleep(0.001))  # let the threads interleave
+        for layer in model.model.language_model.layers
+    ]
     try:
         with torch.no_grad(), vidpress.apply(model, vidpress.DyCoke(k=0.7, l=2, p=0.5)) as run:
             alone = [_greedy(model, inputs, 12) for inputs in videos]
@@ -47,7 +57,7 @@ def test_two_threads_on_one_model_match_running_alone(tiny, clip_frames):
     for (seq, logits), (seq_alone, logits_alone) in zip(results, alone):
         assert torch.equal(seq, seq_alone)
         assert torch.allclose(logits, logits_alone, atol=1e-5)
-    for report, inputs in zip(reports, videos):
+    for report in reports:
         assert report.decode_steps == 11 and report.ttft_s == report.ttft_s  # not NaN
     assert len(run.reports) == 4
 
@@ -62,19 +72,24 @@ def test_nested_apply_is_refused_and_the_outer_run_still_works(tiny, inputs):
         pass
 
 
-@pytest.mark.parametrize(("method", "params", "match"), [
-    ("dycoke", {"l": 100}, "starts at layer 100 but the LLM has 4 layers"),
-    ("dycoke", {"l": 4}, "starts at layer 4"),
-    ("metok", {"layers": (3, 10, 19)}, "do not fit an LLM of 4 layers"),
-])
+@pytest.mark.parametrize(
+    ("method", "params", "match"),
+    [
+        ("dycoke", {"l": 100}, "starts at layer 100 but the LLM has 4 layers"),
+        ("dycoke", {"l": 4}, "starts at layer 4"),
+        ("metok", {"layers": (3, 10, 19)}, "do not fit an LLM of 4 layers"),
+    ],
+)
 def test_parameters_the_model_would_ignore_are_refused_at_apply(tiny, method, params, match):
     with pytest.raises((InvalidParameterError, BudgetError), match=match):
         vidpress.apply(tiny.model, method, **params)
     vidpress.apply(tiny.model, "dycoke", l=1).remove()  # nothing was left installed
 
 
-@pytest.mark.parametrize(("method", "params"), [("dycoke", {"k": True}), ("dycoke", {"l": True}),
-                                                ("visionzip", {"retention": True}), ("dycoke", {"p": "0.5"})])
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("dycoke", {"k": True}), ("dycoke", {"l": True}), ("visionzip", {"retention": True}), ("dycoke", {"p": "0.5"})],
+)
 def test_booleans_and_strings_are_not_numbers(method, params):
     with pytest.raises((InvalidParameterError, BudgetError)):
         vidpress.get_method(method, **params)
@@ -107,11 +122,13 @@ def test_weight_and_frame_loaders_never_unpickle_code(tmp_path):
     crafted = tmp_path / "clip.npz"
     import numpy as np
 
-    np.savez(crafted, frames=np.array([_Payload(marker)], dtype=object), timestamps=np.zeros(1), duration_s=0.0,
-             path="x")
+    np.savez(
+        crafted, frames=np.array([_Payload(marker)], dtype=object), timestamps=np.zeros(1), duration_s=0.0, path="x"
+    )
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_saved_frames.py"
-    proc = subprocess.run([sys.executable, str(script), str(crafted), "--model", "random"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(crafted), "--model", "random"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "allow_pickle" in proc.stderr and not marker.exists()
 
 
@@ -128,8 +145,19 @@ def test_fidelity_columns_mean_what_they_say_under_forced_decoding(tiny, clip_fr
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = top  # the model's favourite first token now ends the sequence
     try:
-        answers = [ask(model, tiny.processor, clip_frames, "q", get_method(name, **params), max_new_tokens=4,
-                       min_new_tokens=4, progress=False) for name, params in (("none", {}), ("fastv", {"k": 1}))]
+        answers = [
+            ask(
+                model,
+                tiny.processor,
+                clip_frames,
+                "q",
+                get_method(name, **params),
+                max_new_tokens=4,
+                min_new_tokens=4,
+                progress=False,
+            )
+            for name, params in (("none", {}), ("fastv", {"k": 1}))
+        ]
     finally:
         model.generation_config.eos_token_id = eos
     base = answers[0]

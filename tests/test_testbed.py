@@ -33,8 +33,12 @@ def _check(sample):
     if q.kind == "never":
         return right not in objects and all(o in objects for o in q.options if o != right)
     a, b = scenes[q.params["scene"]], scenes[q.params["scene"] + 1]
-    diffs = {"the background": a.background != b.background, "the object's colour": a.color != b.color,
-             "the object's shape": a.shape != b.shape, "the number of objects": a.count != b.count}
+    diffs = {
+        "the background": a.background != b.background,
+        "the object's colour": a.color != b.color,
+        "the object's shape": a.shape != b.shape,
+        "the number of objects": a.count != b.count,
+    }
     return sum(diffs.values()) == 1 and diffs[right]
 
 
@@ -101,8 +105,9 @@ def test_cli_eval_prints_accuracy_and_accuracy_retained():
 
     from vidpress.cli import app
 
-    result = CliRunner().invoke(app, ["eval", "--model", "random", "--method", "dycoke", "--retention", "0.25",
-                                      "-n", "4", "-f", "8"])
+    result = CliRunner().invoke(
+        app, ["eval", "--model", "random", "--method", "dycoke", "--retention", "0.25", "-n", "4", "-f", "8"]
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy retained" in result.output and "dycoke @ 25%" in result.output
     assert "accuracy per question kind" in result.output and "scene_count (1)" in result.output  # 4 kinds, 1 each
@@ -130,12 +135,19 @@ def test_shared_prefix_answers_equal_the_full_model(tiny):
         for sample, question, text in zip(asked, questions, answers):
             inputs = build_inputs(processor, sample.frames(56, 4), choice_prompt(sample))
             prompt = inputs["input_ids"].shape[1]
-            out = model.generate(**inputs, max_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=ANSWER_TOKENS,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )
             assert text == tokenizer.decode(out[0, prompt:], skip_special_tokens=True)
             ids = torch.cat([inputs["input_ids"], question["target"][None]], dim=1)
             logits = model(input_ids=ids, pixel_values_videos=inputs["pixel_values_videos"]).logits[0]
-            total += torch.nn.functional.cross_entropy(logits[prompt - 1:-1], question["target"], reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits[prompt - 1 : -1], question["target"], reduction="sum"
+            ).item()
             tokens += len(question["target"])
         assert abs(answer_loss(model, data).item() - total / tokens) < 1e-4
 
@@ -189,13 +201,28 @@ def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    record = train(loaded.model, loaded.processor, steps=4, train_videos=6, val_videos=3, frames=4, size=56,
-                   batch=2, rank=4, eval_every=2, log=None)
+    record = train(
+        loaded.model,
+        loaded.processor,
+        steps=4,
+        train_videos=6,
+        val_videos=3,
+        frames=4,
+        size=56,
+        batch=2,
+        rank=4,
+        eval_every=2,
+        log=None,
+    )
     after = loaded.model.state_dict()
     assert set(after) == set(before)  # LoRA merged: the plain architecture again
     assert set(trainable_state(loaded.model)) == {
-        "model.image_newline", "model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.bias",
-        "model.multi_modal_projector.linear_2.weight", "model.multi_modal_projector.linear_2.bias"}
+        "model.image_newline",
+        "model.multi_modal_projector.linear_1.weight",
+        "model.multi_modal_projector.linear_1.bias",
+        "model.multi_modal_projector.linear_2.weight",
+        "model.multi_modal_projector.linear_2.bias",
+    }
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("model.multi_modal_projector") for k in changed)
     assert any(k.endswith("self_attn.q_proj.weight") for k in changed)  # the merged LoRA
@@ -220,11 +247,31 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
 
     seen = []
     real_loss = training.answer_loss
-    monkeypatch.setattr(training, "answer_loss", lambda model, videos, *weight: (
-        seen.append({q["kind"] for v in videos for q in v["questions"]}), real_loss(model, videos, *weight))[1])
+    monkeypatch.setattr(
+        training,
+        "answer_loss",
+        lambda model, videos, *weight: (
+            seen.append({q["kind"] for v in videos for q in v["questions"]}),
+            real_loss(model, videos, *weight),
+        )[1],
+    )
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
-    record = training.train(loaded.model, loaded.processor, steps=8, train_videos=6, val_videos=2, frames=4, size=56,
-                            batch=3, rank=4, eval_every=2, align_steps=0, caption_steps=2, curriculum=2, log=None)
+    record = training.train(
+        loaded.model,
+        loaded.processor,
+        steps=8,
+        train_videos=6,
+        val_videos=2,
+        frames=4,
+        size=56,
+        batch=3,
+        rank=4,
+        eval_every=2,
+        align_steps=0,
+        caption_steps=2,
+        curriculum=2,
+        log=None,
+    )
     assert seen[0] == seen[1] == {"caption"}  # caption pre-training first
     assert seen[2] == seen[3] == {"first"}
     assert seen[4] | seen[5] <= {"first", "last"} and "last" in seen[4] | seen[5]
@@ -232,8 +279,22 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
     assert sorted(training.CURRICULUM) == sorted(TYPES)  # every kind joins, once
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
-    record = training.train(loaded.model, loaded.processor, steps=6, train_videos=6, val_videos=2, frames=4, size=56,
-                            batch=3, rank=4, eval_every=2, align_steps=0, seconds=1e-3, checkpoint=tmp_path, log=None)
+    record = training.train(
+        loaded.model,
+        loaded.processor,
+        steps=6,
+        train_videos=6,
+        val_videos=2,
+        frames=4,
+        size=56,
+        batch=3,
+        rank=4,
+        eval_every=2,
+        align_steps=0,
+        seconds=1e-3,
+        checkpoint=tmp_path,
+        log=None,
+    )
     assert record["steps"] == 1 and [h["step"] for h in record["history"]] == [1]  # out of time after step 1
     assert record["history"][-1]["lr_factor"] == pytest.approx(0.0, abs=1e-9)  # the cosine ends with the run
     saved = json.loads((tmp_path / "testbed.json").read_text())
@@ -252,8 +313,8 @@ def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
     pooled grid (each about 12 % of its area): they get "red circle 1", the other 12 the background "gray"."""
     import torch
 
-    from vidpress.testbed.scenes import Question, Sample, Scene
     from vidpress.testbed.align import word_targets
+    from vidpress.testbed.scenes import Question, Sample, Scene
 
     scene = Scene("gray", "circle", "red", 1, "static", 4)
     sample = Sample("v", (scene,), Question("scene_count", "?", ("1", "2", "3", "4"), 0))
@@ -270,37 +331,94 @@ def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
 def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
     from vidpress.testbed.card import write_card
 
-    record = {"seed": 0, "steps": 180, "batch_videos": 4, "lr": 2e-4, "lora_lr": 1e-3, "lora_rank": 16,
-              "lora_scale": 2.0, "frames": 12, "image_size": 112, "train_videos": 700, "val_videos": 32,
-              "val_questions": 218, "best_val_accuracy": 0.8, "seconds": 3600.0,
-              "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.5}}],
-              "test_questions": 560, "test_correct": 448, "test_accuracy": 0.8, "test_interval": [0.765, 0.831],
-              "test_by_kind": {"first": 0.9}, "test_subset": 50, "test_subset_correct": 41}
+    record = {
+        "seed": 0,
+        "steps": 180,
+        "batch_videos": 4,
+        "lr": 2e-4,
+        "lora_lr": 1e-3,
+        "lora_rank": 16,
+        "lora_scale": 2.0,
+        "frames": 12,
+        "image_size": 112,
+        "train_videos": 700,
+        "val_videos": 32,
+        "val_questions": 218,
+        "best_val_accuracy": 0.8,
+        "seconds": 3600.0,
+        "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.5}}],
+        "test_questions": 560,
+        "test_correct": 448,
+        "test_accuracy": 0.8,
+        "test_interval": [0.765, 0.831],
+        "test_by_kind": {"first": 0.9},
+        "test_subset": 50,
+        "test_subset_correct": 41,
+    }
     text = write_card(tmp_path, record).read_text()
-    for fact in ("**80.0%** on 560 test questions", "76.5%-83.1%", "41 right", "rank-16 LoRA", "700 videos",
-                 "| 30 | 1.200 | 50.0% |", "| first | 90.0% |", "--steps 180", "seed 0"):
+    for fact in (
+        "**80.0%** on 560 test questions",
+        "76.5%-83.1%",
+        "41 right",
+        "rank-16 LoRA",
+        "700 videos",
+        "| 30 | 1.200 | 50.0% |",
+        "| first | 90.0% |",
+        "--steps 180",
+        "seed 0",
+    ):
         assert fact in text, fact
 
-    first = {**record, "command": "python -m vidpress.testbed.train --steps 90 --out /tmp/a", "align_steps": 600,
-             "align_token_accuracy": 0.95, "best_val_accuracy": 0.4}
-    text = write_card(tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}).read_text()
+    first = {
+        **record,
+        "command": "python -m vidpress.testbed.train --steps 90 --out /tmp/a",
+        "align_steps": 600,
+        "align_token_accuracy": 0.95,
+        "best_val_accuracy": 0.4,
+    }
+    text = write_card(
+        tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}
+    ).read_text()
     assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text and "from 700 videos" in text
-    second = {**record, "command": "python -m vidpress.testbed.train --init /tmp/a --out /tmp/b", "init": first,
-              "best_val_accuracy": 0.6, "train_videos": 500}
+    second = {
+        **record,
+        "command": "python -m vidpress.testbed.train --init /tmp/a --out /tmp/b",
+        "init": first,
+        "best_val_accuracy": 0.6,
+        "train_videos": 500,
+    }
     start = {"step": 0, "loss": None, "val_accuracy": {"all": 0.6}}  # a continued run validates its start first
-    text = write_card(tmp_path, {**record, "init": second, "command": "python -m vidpress.testbed.train --init /tmp/b",
-                                 "history": [start, *record["history"]]}).read_text()
+    text = write_card(
+        tmp_path,
+        {
+            **record,
+            "init": second,
+            "command": "python -m vidpress.testbed.train --init /tmp/b",
+            "history": [start, *record["history"]],
+        },
+    ).read_text()
     assert "| 0 | — | 60.0% |\n| 30 | 1.200 | 50.0% |" in text
     assert "(80.0%). Wall time" in text and "the 3 runs together 180 min" in text  # 3 x 3600 s; no step reached 80 %
-    assert ("--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
-            "python -m vidpress.testbed.train --init /tmp/b\n") in text  # a chain of three runs, in order
+    assert (
+        "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
+        "python -m vidpress.testbed.train --init /tmp/b\n"
+    ) in text  # a chain of three runs, in order
     assert "600 steps putting" in text and "95.0% of tokens" in text  # the first run's alignment
     assert "`init.init` in `testbed.json` (180 steps of 4 videos from 700 videos" in text
-    assert "`init` in `testbed.json` (180 steps of 4 videos from 500 videos of the train split, seed 0; " \
-           "validation accuracy 60.0%) with the settings below." in text
-    text = write_card(tmp_path, {**record, "protocol": "describe", "description_weight": 4.0,
-                                 "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.8}}]}).read_text()
+    assert (
+        "`init` in `testbed.json` (180 steps of 4 videos from 500 videos of the train split, seed 0; "
+        "validation accuracy 60.0%) with the settings below." in text
+    )
+    text = write_card(
+        tmp_path,
+        {
+            **record,
+            "protocol": "describe",
+            "description_weight": 4.0,
+            "history": [{"step": 30, "loss": 1.2, "val_accuracy": {"all": 0.8}}],
+        },
+    ).read_text()
     assert "its own mean loss, weighted 4x)" in text and "(80.0%, step 30)" in text
     text = write_card(tmp_path, {**record, "caption_steps": 400, "caption_task": True}).read_text()
     assert "the first 400 steps trained only the description" in text and "kept training beside" in text
@@ -318,8 +436,20 @@ def test_training_refuses_a_batch_without_the_kinds_in_training():
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     data = encode(loaded.model, loaded.processor, make_split("train", 2), 4, 56)  # no caption items
     with pytest.raises(ValueError, match="no training item of the kinds \\('caption',\\)"):
-        train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=2, frames=4, size=56, rank=0,
-              align_steps=0, caption_steps=1, data=(data, data), log=None)
+        train(
+            loaded.model,
+            loaded.processor,
+            steps=1,
+            train_videos=2,
+            val_videos=2,
+            frames=4,
+            size=56,
+            rank=0,
+            align_steps=0,
+            caption_steps=1,
+            data=(data, data),
+            log=None,
+        )
 
 
 def test_training_continues_from_a_saved_testbed(tmp_path):
@@ -339,7 +469,9 @@ def test_training_continues_from_a_saved_testbed(tmp_path):
     assert [(h["step"], h["loss"]) for h in record["history"]][0] == (0, None)  # the starting point, validated
     saved, now = first.model.state_dict(), then.model.state_dict()
     for key in ("model.multi_modal_projector.linear_1.weight", "model.language_model.layers.0.self_attn.q_proj.weight"):
-        assert not torch.equal(saved[key], random_model(layers=2, hidden=64, image_size=56, seed=0).model.state_dict()[key])
+        assert not torch.equal(
+            saved[key], random_model(layers=2, hidden=64, image_size=56, seed=0).model.state_dict()[key]
+        )
         torch.testing.assert_close(now[key], saved[key], atol=2e-3, rtol=0)  # the fp16 checkpoint of the best step
     with pytest.raises(ValueError, match="--rank"):
         other = random_model(layers=2, hidden=64, image_size=56, seed=0)
@@ -361,10 +493,20 @@ def test_committed_testbed_matches_its_model_card():
     record = json.loads((TESTBED_DIR / "testbed.json").read_text())
     loaded = load_testbed()
     samples = make_split("test", 560)[:SUBSET]
-    result = evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=record["frames"],
-                      size=record["image_size"], progress=False, protocol=loaded.protocol)
+    result = evaluate(
+        loaded.model,
+        loaded.processor,
+        samples,
+        get_method("none"),
+        frames=record["frames"],
+        size=record["image_size"],
+        progress=False,
+        protocol=loaded.protocol,
+    )
     assert result.correct == record["test_subset_correct"]
-    assert record["test_questions"] >= 500 and record["test_accuracy"] == record["test_correct"] / record["test_questions"]
+    assert (
+        record["test_questions"] >= 500 and record["test_accuracy"] == record["test_correct"] / record["test_questions"]
+    )
 
 
 def test_match_option_exact_then_first_mentioned():
@@ -383,8 +525,11 @@ def test_merge_repeats_joins_neighbouring_scenes_told_the_same():
     from vidpress.evaluate import merge_repeats
     from vidpress.testbed.scenes import Scene, describe
 
-    a, b, c = (Scene("brown", "circle", "yellow", 4, "static", 5), Scene("brown", "circle", "purple", 4, "static", 5),
-               Scene("navy", "square", "white", 1, "static", 5))
+    a, b, c = (
+        Scene("brown", "circle", "yellow", 4, "static", 5),
+        Scene("brown", "circle", "purple", 4, "static", 5),
+        Scene("navy", "square", "white", 1, "static", 5),
+    )
     said = describe((a, a, b, c, c))  # "Scene 1: 4 yellow circles ... Scene 5: 1 white square on a navy background."
     assert merge_repeats(said) == describe((a, b, c))
     assert merge_repeats(describe((a, b, a))) == describe((a, b, a))
@@ -400,12 +545,12 @@ def test_merge_repeats_joins_neighbouring_scenes_told_the_same():
 def test_caption_item_describes_the_scenes(tiny):
     import torch
 
-    from vidpress.testbed.scenes import describe
     from vidpress.testbed.qa import encode
+    from vidpress.testbed.scenes import describe
 
     sample = make_split("train", 1, seed=3)[0]
-    plain, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56)
-    captioned, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, caption=True)
+    (plain,) = encode(tiny.model, tiny.processor, [sample], frames=4, size=56)
+    (captioned,) = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, caption=True)
     *questions, item = captioned["questions"]
     assert [q["kind"] for q in questions] == [q["kind"] for q in plain["questions"]] and item["kind"] == "caption"
     assert all(torch.equal(a["ids"], b["ids"]) for a, b in zip(questions, plain["questions"], strict=True))
@@ -432,23 +577,35 @@ def test_describe_protocol_continues_the_description_like_the_full_model(tiny):
     answers, descriptions, seconds = [], [], []
     with torch.inference_mode():
         for sample, video in zip(samples, data):
-            inputs = build_inputs(processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, describe(sample.scenes))])
+            inputs = build_inputs(
+                processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, describe(sample.scenes))]
+            )
             prompt = inputs["input_ids"].shape[1]
-            out = model.generate(**inputs, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=end, pad_token_id=end)
+            out = model.generate(
+                **inputs, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=end, pad_token_id=end
+            )
             answers.append(tokenizer.decode(out[0, prompt:], skip_special_tokens=True))
             target = video["questions"][0]["target"]
-            logits = model(input_ids=torch.cat([inputs["input_ids"], target[None]], 1),
-                           pixel_values_videos=inputs["pixel_values_videos"]).logits[0].float()
+            logits = (
+                model(
+                    input_ids=torch.cat([inputs["input_ids"], target[None]], 1),
+                    pixel_values_videos=inputs["pixel_values_videos"],
+                )
+                .logits[0]
+                .float()
+            )
             start = len(video["prefix"]) + len(video["request"])  # where the description's tokens begin
-            said = inputs["input_ids"][0, start:start + len(video["description"])]
+            said = inputs["input_ids"][0, start : start + len(video["description"])]
             assert torch.equal(said, video["description"])
-            descriptions.append(torch.nn.functional.cross_entropy(logits[start - 1:start - 1 + len(said)], said,
-                                                                  reduction="none"))
-            seconds.append(torch.nn.functional.cross_entropy(logits[prompt - 1:-1], target, reduction="none"))
+            descriptions.append(
+                torch.nn.functional.cross_entropy(logits[start - 1 : start - 1 + len(said)], said, reduction="none")
+            )
+            seconds.append(torch.nn.functional.cross_entropy(logits[prompt - 1 : -1], target, reduction="none"))
             request = build_inputs(processor, sample.frames(56, 4), CAPTION)
-            out = model.generate(**request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end,
-                                 pad_token_id=end)
-            own = tokenizer.decode(out[0, request["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end, pad_token_id=end
+            )
+            own = tokenizer.decode(out[0, request["input_ids"].shape[1] :], skip_special_tokens=True)
             assert own_descriptions(model, [video], tokenizer)[1] == [own]
         assert greedy_answers(model, described(data), tokenizer) == answers
         expected = torch.cat(seconds).mean() + torch.cat(descriptions).mean()
@@ -470,24 +627,41 @@ def test_evaluate_describe_protocol_asks_after_the_models_description(tiny):
     model, processor = tiny.model, tiny.processor
     end = processor.tokenizer.eos_token_id
     samples = make_split("test", 2)
-    result = evaluate(model, processor, samples, get_method("none"), frames=4, size=56, progress=False, protocol="describe")
+    result = evaluate(
+        model, processor, samples, get_method("none"), frames=4, size=56, progress=False, protocol="describe"
+    )
     expected = 0.0
     with vidpress.apply(model, get_method("none")) as run, torch.inference_mode():
         for sample in samples:
             request = build_inputs(processor, sample.frames(56, 4), CAPTION)
-            out = model.generate(**request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end,
-                                 pad_token_id=end)
+            out = model.generate(
+                **request, max_new_tokens=DESCRIPTION_TOKENS, do_sample=False, eos_token_id=end, pad_token_id=end
+            )
             expected += run.report.accounting.prefill_flops
-            said = processor.tokenizer.decode(out[0, request["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            model.generate(**build_inputs(processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, said)]),
-                           max_new_tokens=1, do_sample=False, eos_token_id=end, pad_token_id=end)
+            said = processor.tokenizer.decode(out[0, request["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            model.generate(
+                **build_inputs(processor, sample.frames(56, 4), choice_prompt(sample), [(CAPTION, said)]),
+                max_new_tokens=1,
+                do_sample=False,
+                eos_token_id=end,
+                pad_token_id=end,
+            )
             expected += run.report.accounting.prefill_flops
     assert result.total == 2 and result.prefill_flops == pytest.approx(expected / 2)
     direct = evaluate(model, processor, samples, get_method("none"), frames=4, size=56, progress=False)
     assert result.prefill_flops > 2 * direct.prefill_flops  # the video is read twice, and the description too
     prepared = prepare(processor, samples, frames=4, size=56, protocol="describe")
-    again = evaluate(model, processor, samples, get_method("none"), inputs=prepared, progress=False, protocol="describe",
-                     frames=4, size=56)
+    again = evaluate(
+        model,
+        processor,
+        samples,
+        get_method("none"),
+        inputs=prepared,
+        progress=False,
+        protocol="describe",
+        frames=4,
+        size=56,
+    )
     assert again.hits == result.hits and again.prefill_flops == result.prefill_flops
     with pytest.raises(ValueError, match="'chain'"):
         evaluate(model, processor, samples, get_method("none"), progress=False, protocol="chain")
@@ -501,21 +675,51 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
 
     seen = []
     real_loss = training.answer_loss
-    monkeypatch.setattr(training, "answer_loss", lambda model, videos, weight: (seen.append((
-        [q["kind"] for v in videos for q in v["questions"]], all("described" in v for v in videos), weight)),
-        real_loss(model, videos, weight))[1])
+    monkeypatch.setattr(
+        training,
+        "answer_loss",
+        lambda model, videos, weight: (
+            seen.append(
+                ([q["kind"] for v in videos for q in v["questions"]], all("described" in v for v in videos), weight)
+            ),
+            real_loss(model, videos, weight),
+        )[1],
+    )
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
-    record = training.train(loaded.model, loaded.processor, steps=3, train_videos=4, val_videos=2, frames=4,
-                            size=56, batch=2, rank=4, eval_every=3, align_steps=0, caption_steps=1,
-                            protocol="describe", description_weight=3.0, description_changes=True, log=None)
+    record = training.train(
+        loaded.model,
+        loaded.processor,
+        steps=3,
+        train_videos=4,
+        val_videos=2,
+        frames=4,
+        size=56,
+        batch=2,
+        rank=4,
+        eval_every=3,
+        align_steps=0,
+        caption_steps=1,
+        protocol="describe",
+        description_weight=3.0,
+        description_changes=True,
+        log=None,
+    )
     assert seen[0] == ([], True, 3.0) and seen[1][1] and set(seen[1][0]) <= set(TYPES) and len(seen[1][0]) >= 10
     assert record["protocol"] == "describe" and record["description_weight"] == 3.0 and len(record["history"]) == 1
     assert record["description_changes"] and record["merge_repeats"] and not record["description_spans"]
     with pytest.raises(ValueError, match="protocol"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)
     with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
-        training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="describe",
-                       description_weight=-1.0, log=None)
+        training.train(
+            loaded.model,
+            loaded.processor,
+            steps=1,
+            train_videos=2,
+            val_videos=1,
+            protocol="describe",
+            description_weight=-1.0,
+            log=None,
+        )
 
 
 def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
@@ -523,7 +727,7 @@ def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
     default text is unchanged; encode(spans=True) trains that text (the describe protocol's target), with
     ``changes`` too."""
     from vidpress.testbed.qa import encode
-    from vidpress.testbed.scenes import Scene, Sample, describe
+    from vidpress.testbed.scenes import Sample, Scene, describe
 
     def scene(frames, color):
         return Scene("gray", "circle", color, 2, "static", frames)
@@ -533,16 +737,33 @@ def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
     assert Sample("", scenes, None).frame_indices(12).tolist() == [0, 4, 7, 11, 15, 19, 22, 26, 30, 34, 37, 41]
     spans = describe(scenes, 12)
     assert [part.split(":")[0] for part in spans.split(". ")] == [
-        "Scene 1 (frame 1)", "Scene 2 (frames 2-4)", "Scene 3 (frames 5-7)", "Scene 4 (frames 8-9)",
-        "Scene 5 (frames 10-12)"]
-    assert describe(scenes) == " ".join(f"Scene {i}: 2 {c} circles on a gray background." for i, c in
-                                        enumerate(("red", "blue", "green", "red", "blue"), 1))
+        "Scene 1 (frame 1)",
+        "Scene 2 (frames 2-4)",
+        "Scene 3 (frames 5-7)",
+        "Scene 4 (frames 8-9)",
+        "Scene 5 (frames 10-12)",
+    ]
+    assert describe(scenes) == " ".join(
+        f"Scene {i}: 2 {c} circles on a gray background."
+        for i, c in enumerate(("red", "blue", "green", "red", "blue"), 1)
+    )
     unseen = (scene(12, "red"), scene(4, "blue"), scene(12, "green"))  # 2 frames sampled: 0 and 27
-    assert describe(unseen, 2) == ("Scene 1 (frame 1): 2 red circles on a gray background. "
-                                   "Scene 2 (frame 2): 2 green circles on a gray background.")
+    assert describe(unseen, 2) == (
+        "Scene 1 (frame 1): 2 red circles on a gray background. "
+        "Scene 2 (frame 2): 2 green circles on a gray background."
+    )
     sample = make_split("train", 1, seed=3)[0]
-    video, = encode(tiny.model, tiny.processor, [sample], frames=4, size=56, all_kinds=False, describe_first=True,
-                    spans=True, changes=True)
+    (video,) = encode(
+        tiny.model,
+        tiny.processor,
+        [sample],
+        frames=4,
+        size=56,
+        all_kinds=False,
+        describe_first=True,
+        spans=True,
+        changes=True,
+    )
     text = tiny.processor.tokenizer.decode(video["description"], skip_special_tokens=True)
     assert text == describe(sample.scenes, 4, changes=True) and "(frame" in text and "; changed: " in text
 
@@ -557,12 +778,19 @@ def test_description_changes_name_the_one_attribute_that_changed():
     squares = Scene("teal", "square", "blue", 2, "static", 5)  # background and shape
     fewer = Scene("teal", "square", "blue", 1, "static", 5)  # count
     told = describe((red, blue, squares, fewer), changes=True)
-    assert told == ("Scene 1: 2 red circles on a gray background. "
-                    "Scene 2: 2 blue circles on a gray background; changed: the object's colour. "
-                    "Scene 3: 2 blue squares on a teal background. "
-                    "Scene 4: 1 blue square on a teal background; changed: the number of objects.")
+    assert told == (
+        "Scene 1: 2 red circles on a gray background. "
+        "Scene 2: 2 blue circles on a gray background; changed: the object's colour. "
+        "Scene 3: 2 blue squares on a teal background. "
+        "Scene 4: 1 blue square on a teal background; changed: the number of objects."
+    )
     assert [answer("changed", (red, blue, squares, fewer), {"scene": k}) for k in range(3)] == [
-        CHANGES[1], None, CHANGES[3]]
-    assert describe((red, red), 12, changes=True) == ("Scene 1 (frames 1-6): 2 red circles on a gray background. "
-                                                      "Scene 2 (frames 7-12): 2 red circles on a gray background.")
+        CHANGES[1],
+        None,
+        CHANGES[3],
+    ]
+    assert describe((red, red), 12, changes=True) == (
+        "Scene 1 (frames 1-6): 2 red circles on a gray background. "
+        "Scene 2 (frames 7-12): 2 red circles on a gray background."
+    )
     assert describe((red, blue), changes=False) == describe((red, blue))

@@ -3,12 +3,12 @@
 import av
 import numpy as np
 import pytest
+from conftest import shared_video
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vidpress
 import vidpress.io.video
-from conftest import shared_video
 from vidpress.cli import bundled_clip
 
 
@@ -87,7 +87,7 @@ def _claiming(tmp_path, milliseconds):
 
     data = bytearray(_write_mkv(tmp_path / "true.mkv").read_bytes())
     at = data.find(b"\x44\x89\x88")  # the Duration element, an 8-byte float
-    data[at + 3:at + 11] = struct.pack(">d", milliseconds)
+    data[at + 3 : at + 11] = struct.pack(">d", milliseconds)
     path = tmp_path / f"claims_{int(milliseconds)}.mkv"
     path.write_bytes(bytes(data))
     return path
@@ -149,8 +149,12 @@ def small_videos(tmp_path_factory):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["mkv", "mp4"]), cut=st.floats(0.0, 1.0),
-       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=8), frames=st.integers(1, 12))
+@given(
+    kind=st.sampled_from(["mkv", "mp4"]),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=8),
+    frames=st.integers(1, 12),
+)
 def test_corrupted_files_raise_a_video_error_or_decode(small_videos, tmp_path, kind, cut, flips, frames):
     import warnings
 

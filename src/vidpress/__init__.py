@@ -1,19 +1,43 @@
 """vidpress: training-free visual-token compression for video LLMs in Hugging Face transformers.
 
-    import vidpress
-    with vidpress.apply(model, vidpress.DyCoke(k=0.7, l=3, p=0.7)) as run:
-        model.generate(**inputs, max_new_tokens=64)
-    print(run.report)
+import vidpress
+with vidpress.apply(model, vidpress.DyCoke(k=0.7, l=3, p=0.7)) as run:
+    model.generate(**inputs, max_new_tokens=64)
+print(run.report)
 """
 
 from .accounting import PRESETS, Accounting, estimate
-from .errors import (AlreadyAppliedError, BudgetError, IncompatibleStagesError, InvalidFrameCountError,
-                     InvalidParameterError, NoFramesError, NotAVideoError, NoVideoStreamError, PromptTooLongError,
-                     UnknownMethodError, UnsupportedModelError, VideoError, VideoNotFoundError, VidpressError)
+from .errors import (
+    AlreadyAppliedError,
+    BudgetError,
+    IncompatibleStagesError,
+    InvalidFrameCountError,
+    InvalidParameterError,
+    NoFramesError,
+    NotAVideoError,
+    NoVideoStreamError,
+    PromptTooLongError,
+    UnknownMethodError,
+    UnsupportedModelError,
+    VideoError,
+    VideoNotFoundError,
+    VidpressError,
+)
 from .io.video import Video, load_video
 from .method import Method, Stages, apply, compose
-from .methods import (METHODS, DyCoke, FastV, FastVID, METok, PyramidDrop, RandomTokens, UniformFrames, UniformSpatial,
-                      VisionZip, get_method)
+from .methods import (
+    METHODS,
+    DyCoke,
+    FastV,
+    FastVID,
+    METok,
+    PyramidDrop,
+    RandomTokens,
+    UniformFrames,
+    UniformSpatial,
+    VisionZip,
+    get_method,
+)
 from .report import Report
 from .selection import Selection
 from .stages.decode.dynamic_kv import DynamicKV
@@ -21,10 +45,41 @@ from .stages.decode.dynamic_kv import DynamicKV
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "METHODS", "Accounting", "AlreadyAppliedError", "BudgetError", "DyCoke", "DynamicKV", "FastV",
-    "FastVID", "METok", "IncompatibleStagesError", "InvalidFrameCountError", "InvalidParameterError", "Method",
-    "NoFramesError", "NoVideoStreamError", "NotAVideoError", "PromptTooLongError", "PyramidDrop", "RandomTokens",
-    "Report", "Selection", "Stages", "UniformFrames", "UniformSpatial", "UnknownMethodError", "UnsupportedModelError",
-    "Video", "VideoError", "VideoNotFoundError", "VidpressError", "VisionZip", "apply", "compose", "estimate",
-    "get_method", "load_video",
+    "PRESETS",
+    "METHODS",
+    "Accounting",
+    "AlreadyAppliedError",
+    "BudgetError",
+    "DyCoke",
+    "DynamicKV",
+    "FastV",
+    "FastVID",
+    "METok",
+    "IncompatibleStagesError",
+    "InvalidFrameCountError",
+    "InvalidParameterError",
+    "Method",
+    "NoFramesError",
+    "NoVideoStreamError",
+    "NotAVideoError",
+    "PromptTooLongError",
+    "PyramidDrop",
+    "RandomTokens",
+    "Report",
+    "Selection",
+    "Stages",
+    "UniformFrames",
+    "UniformSpatial",
+    "UnknownMethodError",
+    "UnsupportedModelError",
+    "Video",
+    "VideoError",
+    "VideoNotFoundError",
+    "VidpressError",
+    "VisionZip",
+    "apply",
+    "compose",
+    "estimate",
+    "get_method",
+    "load_video",
 ]

@@ -31,5 +31,7 @@ def check_context(model: Any, prompt_tokens: int, new_tokens: int = 0) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and prompt_tokens + new_tokens > limit:
         generated = f" + {new_tokens} to generate" if new_tokens else ""
-        raise PromptTooLongError(f"the prompt is {prompt_tokens} tokens (text and visual placeholders){generated}, past "
-                                 f"the model's {limit} positions; shorten the question or sample fewer frames")
+        raise PromptTooLongError(
+            f"the prompt is {prompt_tokens} tokens (text and visual placeholders){generated}, past "
+            f"the model's {limit} positions; shorten the question or sample fewer frames"
+        )

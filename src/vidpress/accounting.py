@@ -19,7 +19,7 @@ projector is the 2x2 patch merger.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,8 +103,9 @@ class Accounting:
     def decode_flops_per_token(self) -> float:
         """LLM FLOPs of the first decoding step (context = attended entries + the new token)."""
         llm = self.spec.llm
-        return sum(decode_layer_flops(n + self.other_tokens + 1, llm.hidden, llm.intermediate)
-                   for n in self.decode_visual)
+        return sum(
+            decode_layer_flops(n + self.other_tokens + 1, llm.hidden, llm.intermediate) for n in self.decode_visual
+        )
 
     @property
     def vision_flops(self) -> float:
@@ -141,15 +142,24 @@ class Accounting:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "model": self.spec.name, "frames": self.frames, "tokens_per_frame": self.spec.tokens_per_frame,
-            "visual_tokens_in": self.visual_in, "visual_tokens_llm": self.prefill_visual[0],
-            "other_tokens": self.other_tokens, "retention": self.retention,
-            "prefill_visual_per_layer": self.prefill_visual, "decode_visual_per_layer": self.decode_visual,
+            "model": self.spec.name,
+            "frames": self.frames,
+            "tokens_per_frame": self.spec.tokens_per_frame,
+            "visual_tokens_in": self.visual_in,
+            "visual_tokens_llm": self.prefill_visual[0],
+            "other_tokens": self.other_tokens,
+            "retention": self.retention,
+            "prefill_visual_per_layer": self.prefill_visual,
+            "decode_visual_per_layer": self.decode_visual,
             "stored_visual_per_layer": self.stored_visual,
-            "prefill_flops": self.prefill_flops, "decode_flops_per_token": self.decode_flops_per_token,
-            "vision_flops": self.vision_flops, "projector_flops": self.projector_flops,
-            "kv_bytes_per_layer": self.kv_bytes_per_layer, "kv_bytes": self.kv_bytes,
-            "visual_kv_bytes": self.visual_kv_bytes, "attended_visual_kv_bytes": self.attended_visual_kv_bytes,
+            "prefill_flops": self.prefill_flops,
+            "decode_flops_per_token": self.decode_flops_per_token,
+            "vision_flops": self.vision_flops,
+            "projector_flops": self.projector_flops,
+            "kv_bytes_per_layer": self.kv_bytes_per_layer,
+            "kv_bytes": self.kv_bytes,
+            "visual_kv_bytes": self.visual_kv_bytes,
+            "attended_visual_kv_bytes": self.attended_visual_kv_bytes,
         }
 
 
@@ -169,23 +179,40 @@ def _dry_pre_llm(spec: ModelSpec, frames: int, stage: Any, events: int, generato
     if needs.unpooled or needs.text or needs.encoder_attention:
         side = math.isqrt(spec.patches)
         event_of = torch.arange(frames) * events // frames
-        feats = torch.nn.functional.one_hot(event_of, width).float() + 0.01 * torch.rand(frames, width, generator=generator)
+        feats = torch.nn.functional.one_hot(event_of, width).float() + 0.01 * torch.rand(
+            frames, width, generator=generator
+        )
         unpooled = feats[None, :, None, None, :].expand(1, frames, side, side, width).contiguous()
         features, attention, keys = tokens.features, None, None
         if needs.encoder_attention:
-            features = keys = feats[None, :, None, :] + 0.01 * torch.rand(1, frames, spec.tokens_per_frame, width,
-                                                                          generator=generator)
+            features = keys = feats[None, :, None, :] + 0.01 * torch.rand(
+                1, frames, spec.tokens_per_frame, width, generator=generator
+            )
             attention = torch.rand(1, frames, spec.tokens_per_frame, generator=generator)
-        tokens = VisualTokens(features, spec.grid, unpooled=unpooled, extra=torch.zeros(1, spec.extra_visual, width),
-                              text=torch.rand(1, 12, width, generator=generator), attention=attention, keys=keys)
+        tokens = VisualTokens(
+            features,
+            spec.grid,
+            unpooled=unpooled,
+            extra=torch.zeros(1, spec.extra_visual, width),
+            text=torch.rand(1, 12, width, generator=generator),
+            attention=attention,
+            keys=keys,
+        )
     plan = stage(tokens, None)
     if isinstance(plan, PackedTokens):
         return plan.num_visual, plan.events[:, : plan.num_visual], plan.key_events, plan.extra_tokens
     return plan.num_kept, None, None, spec.extra_visual
 
 
-def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: int = 78,
-             retention: float | None = None, events: int = 5) -> Accounting:
+def estimate(
+    spec: ModelSpec,
+    frames: int,
+    stages: Any = None,
+    *,
+    text_tokens: int = 78,
+    retention: float | None = None,
+    events: int = 5,
+) -> Accounting:
     """Config-only accounting of ``stages`` (a :class:`~vidpress.method.Stages`, or None for uncompressed).
 
     Token counts come from dry-running the method's own stages on placeholder tensors of the right shape
@@ -237,7 +264,9 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
             if layer in stages.prefill.layers:
                 scores = torch.rand(1, alive, generator=generator)
                 scored = layer if stages.prefill.needs.scores_at_drop else layer - 1
-                plan = stages.prefill(LayerSignals(scored, scores, event_of, key, kept), StageContext(num_layers=layers))
+                plan = stages.prefill(
+                    LayerSignals(scored, scores, event_of, key, kept), StageContext(num_layers=layers)
+                )
                 alive = plan.num_kept
                 event_of = None if event_of is None else event_of.gather(1, plan.keep)
             prefill[layer] = alive
@@ -255,5 +284,15 @@ def estimate(spec: ModelSpec, frames: int, stages: Any = None, *, text_tokens: i
     return Accounting(spec, frames, prefill, decode, stored, other)
 
 
-__all__ = ["PRESETS", "Accounting", "LLMDims", "ModelSpec", "VisionDims", "estimate", "resolve_spec",
-           "spec_from_config", "layer_flops", "kv_bytes_per_token"]
+__all__ = [
+    "PRESETS",
+    "Accounting",
+    "LLMDims",
+    "ModelSpec",
+    "VisionDims",
+    "estimate",
+    "resolve_spec",
+    "spec_from_config",
+    "layer_flops",
+    "kv_bytes_per_token",
+]

@@ -43,17 +43,22 @@ class BenchRow:
         agree = sum(x == y for x, y in zip(self.answer.tokens[:n], base.tokens[:n])) / n if n else float("nan")
         acc, bacc = a.accounting, b.accounting
         return {
-            "method": self.method, "target_retention": self.target_retention, "retention": acc.retention,
+            "method": self.method,
+            "target_retention": self.target_retention,
+            "retention": acc.retention,
             "visual_tokens_llm": acc.prefill_visual[0],
             "mean_alive_retention": sum(acc.prefill_visual) / len(acc.prefill_visual) / acc.visual_in,
             "prefill_flops_ratio": acc.prefill_flops / bacc.prefill_flops,
             "decode_kv_bytes_ratio": acc.kv_bytes / bacc.kv_bytes,
-            "ttft_ratio": a.ttft_s / b.ttft_s, "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
+            "ttft_ratio": a.ttft_s / b.ttft_s,
+            "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
             "decode_tok_s_ratio": a.decode_tokens_per_s / b.decode_tokens_per_s,
             "peak_memory_ratio": a.peak_memory_bytes / b.peak_memory_bytes if b.peak_memory_bytes else float("nan"),
             "first_token_kl": float((p.exp() * (p - q))[allowed].sum()),
             "first_token_top1_agree": float(base.first_logits.argmax() == self.answer.first_logits.argmax()),
-            "greedy_token_agreement": agree, "ttft_s": a.ttft_s, "llm_prefill_s": a.llm_prefill_s,
+            "greedy_token_agreement": agree,
+            "ttft_s": a.ttft_s,
+            "llm_prefill_s": a.llm_prefill_s,
         }
 
 
@@ -71,8 +76,9 @@ def _skipped(name: str, retention: float | None, exc: Exception) -> str:
     return f"{name}{'' if retention is None else f' @ {retention:.0%}'}: skipped ({exc})"
 
 
-def plan(methods: Sequence[str], retentions: Sequence[float],
-         depth: int | None = None) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
+def plan(
+    methods: Sequence[str], retentions: Sequence[float], depth: int | None = None
+) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
     """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built
     (with ``depth``, the LLM's layer count, also in-LLM cells that cannot be resolved for that model)."""
     cells, notes = [], []
@@ -108,8 +114,9 @@ def parse_retentions(text: str) -> list[float]:
         except ValueError:
             value = float("nan")
         if not 0 < value <= 1:
-            raise InvalidParameterError(f"retentions must be comma-separated fractions in (0, 1], got {part!r} "
-                                        f"in {text!r}; e.g. 0.5,0.25,0.1")
+            raise InvalidParameterError(
+                f"retentions must be comma-separated fractions in (0, 1], got {part!r} in {text!r}; e.g. 0.5,0.25,0.1"
+            )
         values.append(value)
     return values
 
@@ -145,14 +152,27 @@ def resumed_rows(out: Path, stem: str) -> list[dict[str, Any]]:
     try:
         rows = json.loads(path.read_text())["rows"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidParameterError(f"{path} is not a vidpress results file ({exc}); move it away or drop --resume") from exc
+        raise InvalidParameterError(
+            f"{path} is not a vidpress results file ({exc}); move it away or drop --resume"
+        ) from exc
     return [row for row in rows if row["method"] != "uncompressed"]
 
 
-def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: Sequence[str],
-              retentions: Sequence[float] = RETENTIONS, *, new_tokens: int = 32, progress: bool = True,
-              depth: int | None = None, repeats: int = 1, done: Sequence[dict[str, Any]] = (),
-              on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def run_bench(
+    model: Any,
+    processor: Any,
+    frames: Any,
+    question: str,
+    methods: Sequence[str],
+    retentions: Sequence[float] = RETENTIONS,
+    *,
+    new_tokens: int = 32,
+    progress: bool = True,
+    depth: int | None = None,
+    repeats: int = 1,
+    done: Sequence[dict[str, Any]] = (),
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the matrix; returns (rows as dicts, notes). The uncompressed run is the reference for every ratio.
 
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
@@ -172,8 +192,17 @@ def run_bench(model: Any, processor: Any, frames: Any, question: str, methods: S
         if on_row is not None:
             on_row(ordered(kept + rows))
 
-    rows = run_cells(model, processor, frames, question, [c for c in cells if (c[0], c[1]) not in measured],
-                     new_tokens=new_tokens, progress=progress, repeats=repeats, on_row=report)
+    rows = run_cells(
+        model,
+        processor,
+        frames,
+        question,
+        [c for c in cells if (c[0], c[1]) not in measured],
+        new_tokens=new_tokens,
+        progress=progress,
+        repeats=repeats,
+        on_row=report,
+    )
     return ordered(kept + rows), notes
 
 
@@ -191,9 +220,18 @@ def median_report(reports: Sequence[Any]) -> Any:
     return best
 
 
-def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Sequence[tuple[str, float | None, Any]],
-              *, new_tokens: int = 32, progress: bool = True, repeats: int = 1,
-              on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+def run_cells(
+    model: Any,
+    processor: Any,
+    frames: Any,
+    question: str,
+    cells: Sequence[tuple[str, float | None, Any]],
+    *,
+    new_tokens: int = 32,
+    progress: bool = True,
+    repeats: int = 1,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each.
     With ``repeats`` > 1 every run (the reference too) is repeated and its timings are the medians
     (:func:`median_report`); the answer, tokens and accounting are the first repeat's (greedy: all alike).
@@ -211,8 +249,20 @@ def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Seq
         raise ValueError(f"repeats must be >= 1 (runs per cell, timings are their median), got {repeats}")
 
     def run(method: Any, label: str) -> Answer:
-        answers = [ask(model, processor, frames, question, method, max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, progress=False, label=label) for _ in range(repeats)]
+        answers = [
+            ask(
+                model,
+                processor,
+                frames,
+                question,
+                method,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                progress=False,
+                label=label,
+            )
+            for _ in range(repeats)
+        ]
         if repeats > 1:
             answers[0].report = median_report([a.report for a in answers])
         return answers[0]
@@ -234,19 +284,36 @@ def run_cells(model: Any, processor: Any, frames: Any, question: str, cells: Seq
     return rows
 
 
-COLUMNS = ("method", "target_retention", "retention", "mean_alive_retention", "visual_tokens_llm", "prefill_flops_ratio",
-           "decode_kv_bytes_ratio", "ttft_ratio", "llm_prefill_speedup", "decode_tok_s_ratio", "peak_memory_ratio",
-           "first_token_kl", "first_token_top1_agree", "greedy_token_agreement")
+COLUMNS = (
+    "method",
+    "target_retention",
+    "retention",
+    "mean_alive_retention",
+    "visual_tokens_llm",
+    "prefill_flops_ratio",
+    "decode_kv_bytes_ratio",
+    "ttft_ratio",
+    "llm_prefill_speedup",
+    "decode_tok_s_ratio",
+    "peak_memory_ratio",
+    "first_token_kl",
+    "first_token_top1_agree",
+    "greedy_token_agreement",
+)
 
 
 def best_by_retention(rows: list[dict[str, Any]]) -> list[str]:
     """One line per target retention: the method with the lowest first-token KL, next to every peer's."""
     lines = []
-    for r in sorted({row["target_retention"] for row in rows if row["target_retention"] not in (None, 1.0)},
-                    reverse=True):
+    for r in sorted(
+        {row["target_retention"] for row in rows if row["target_retention"] not in (None, 1.0)}, reverse=True
+    ):
         cell = sorted((row for row in rows if row["target_retention"] == r), key=lambda row: row["first_token_kl"])
-        peers = ", ".join(f"{row['method']} KL {row['first_token_kl']:.3f} top-1 {row['first_token_top1_agree']:.0f} "
-                          f"greedy {row['greedy_token_agreement']:.2f}" for row in cell)
+        peers = ", ".join(
+            f"{row['method']} KL {row['first_token_kl']:.3f} top-1 {row['first_token_top1_agree']:.0f} "
+            f"greedy {row['greedy_token_agreement']:.2f}"
+            for row in cell
+        )
         lines.append(f"{r:.0%}: best {cell[0]['method']} ({peers})")
     return lines
 
@@ -280,11 +347,15 @@ def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, 
     write_rows(rows, notes, meta, out, "bench")
     runs = sorted({row.get("run", "") for row in rows if row["method"] != "uncompressed"})
     if len(runs) > 1:
-        notes = [f"cells measured by {len(runs)} runs ({', '.join(runs)}; column run of bench.json): each row's "
-                 "ratios are against its own run's uncompressed reference", *notes]
+        notes = [
+            f"cells measured by {len(runs)} runs ({', '.join(runs)}; column run of bench.json): each row's "
+            "ratios are against its own run's uncompressed reference",
+            *notes,
+        ]
     note_text = "".join(f"- {n}\n" for n in best_by_retention(rows) + notes)
-    (out / "bench.md").write_text(f"# vidpress bench\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
-                                  f"{markdown(rows)}\n\n{note_text}")
+    (out / "bench.md").write_text(
+        f"# vidpress bench\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n{markdown(rows)}\n\n{note_text}"
+    )
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for name in methods:
@@ -298,8 +369,9 @@ def write_outputs(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, 
     fig.savefig(out / "fidelity_vs_flops.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.35), 4.5), constrained_layout=True)
-    labels = [r["method"] + ("" if r["target_retention"] in (None, 1.0) else f" {r['target_retention']:.0%}")
-              for r in rows]
+    labels = [
+        r["method"] + ("" if r["target_retention"] in (None, 1.0) else f" {r['target_retention']:.0%}") for r in rows
+    ]
     ax.bar(range(len(rows)), [r["ttft_s"] for r in rows], color=[f"C{methods.index(r['method'])}" for r in rows])
     ax.set_xticks(range(len(rows)), labels, rotation=70, ha="right", fontsize=8)
     ax.set_ylabel(f"TTFT (s), {meta.get('device', '')}")

@@ -16,14 +16,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Training-free visual-token compression for video LLMs, with exact accounting.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Training-free visual-token compression for video LLMs, with exact accounting.",
+)
 console = Console(width=max(120, Console().width))
 err = Console(stderr=True, width=max(120, Console().width))
 
 
-MODEL_HELP = ("default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
-              "local checkpoint dir | hub id.")
+MODEL_HELP = (
+    "default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
+    "local checkpoint dir | hub id."
+)
 
 
 def bundled_clip() -> Path:
@@ -111,15 +116,41 @@ def run(
     # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
     ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
     if compare:
-        results.append(ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"),
-                           max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json,
-                           label="uncompressed"))
-    results.append(ask(loaded.model, loaded.processor, clip.frames, question, chosen,
-                       max_new_tokens=max_new_tokens, min_new_tokens=force, progress=not as_json))
+        results.append(
+            ask(
+                loaded.model,
+                loaded.processor,
+                clip.frames,
+                question,
+                get_method("none"),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=force,
+                progress=not as_json,
+                label="uncompressed",
+            )
+        )
+    results.append(
+        ask(
+            loaded.model,
+            loaded.processor,
+            clip.frames,
+            question,
+            chosen,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=force,
+            progress=not as_json,
+        )
+    )
     if as_json:
-        payload = {"video": str(path), "frames": len(clip), "frames_requested": frames, "notes": notes,
-                   "model": loaded.description, "trained": loaded.trained,
-                   "runs": [{"answer": r.text, **r.report.as_dict()} for r in results]}
+        payload = {
+            "video": str(path),
+            "frames": len(clip),
+            "frames_requested": frames,
+            "notes": notes,
+            "model": loaded.description,
+            "trained": loaded.trained,
+            "runs": [{"answer": r.text, **r.report.as_dict()} for r in results],
+        }
         if compare:
             payload["ratios"] = ratios(results[0].report, results[1].report)
         print(json.dumps(payload, indent=2, default=float))
@@ -129,8 +160,10 @@ def run(
         console.print(f"[bold yellow]note[/]: {note}")
     console.print(f"[bold]model[/]: {loaded.description}")
     if not loaded.trained:
-        console.print("[bold yellow]note[/]: weights/projector are untrained - the answer text is not meaningful; "
-                      f"the costs are real. Decoding is forced to {max_new_tokens} tokens so it can be measured.")
+        console.print(
+            "[bold yellow]note[/]: weights/projector are untrained - the answer text is not meaningful; "
+            f"the costs are real. Decoding is forced to {max_new_tokens} tokens so it can be measured."
+        )
     for result in results:
         console.print(f"[bold]answer ({result.report.method})[/]: {result.text!r}")
     console.print(results[-1].report.table())
@@ -140,14 +173,17 @@ def run(
 
 @app.command()
 def flops(
-    model: str = typer.Option("llava-ov-7b", "--model", help="Preset (llava-ov-0.5b/7b/72b, longva-7b) or config.json."),
+    model: str = typer.Option(
+        "llava-ov-7b", "--model", help="Preset (llava-ov-0.5b/7b/72b, longva-7b) or config.json."
+    ),
     frames: int = typer.Option(32, "--frames", "-f", min=1),
     method: str = typer.Option("dycoke", "--method", "-m"),
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
     text_tokens: int = typer.Option(78, "--text-tokens", help="Text tokens in the prompt (DyCoke's table: ~78)."),
     retention: Optional[float] = typer.Option(None, "--retention", help="Override: fraction of visual tokens kept."),
-    n_events: int = typer.Option(5, "--events", min=1,
-                                 help="Event-aware methods (METok): equal-length events assumed in the video."),
+    n_events: int = typer.Option(
+        5, "--events", min=1, help="Event-aware methods (METok): equal-length events assumed in the video."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute tokens, FLOPs and KV bytes from a config alone, without building the model."""
@@ -161,9 +197,13 @@ def flops(
     chosen = get_method(method, **_parse_set(params))
     method_ = chosen if isinstance(chosen, Method) else None
     stages = chosen.build() if method_ is not None else chosen
-    rows = [("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
-            (chosen.label if method_ is not None else "uncompressed",
-             estimate(spec, frames, stages, text_tokens=text_tokens, retention=retention, events=n_events))]
+    rows = [
+        ("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
+        (
+            chosen.label if method_ is not None else "uncompressed",
+            estimate(spec, frames, stages, text_tokens=text_tokens, retention=retention, events=n_events),
+        ),
+    ]
     ideal = method_.idealised_retention() if method_ is not None else None
     notes = []
     if ideal is not None and retention is None:
@@ -172,24 +212,55 @@ def flops(
                 rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))
             except (BudgetError, InvalidParameterError) as exc:
                 notes.append(f"{label}: skipped ({exc})")
-        rows.append((f"{chosen.name} idealised ({ideal:.1%}, paper)",
-                     estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal)))
+        rows.append(
+            (
+                f"{chosen.name} idealised ({ideal:.1%}, paper)",
+                estimate(spec, frames, stages, text_tokens=text_tokens, retention=ideal),
+            )
+        )
     if as_json:
-        print(json.dumps({"model": spec.name, "frames": frames, "text_tokens": text_tokens, "notes": notes,
-                          "rows": [{"label": label, **acc.as_dict()} for label, acc in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": spec.name,
+                    "frames": frames,
+                    "text_tokens": text_tokens,
+                    "notes": notes,
+                    "rows": [{"label": label, **acc.as_dict()} for label, acc in rows],
+                },
+                indent=2,
+            )
+        )
         return
     base = rows[0][1]
     table = Table(title=f"{spec.name}, {frames} frames, {text_tokens} text tokens (config only)")
-    for col in ("method", "visual tokens", "retention", "prefill FLOPs", "ratio", "decode FLOPs/token",
-                "KV cache", "visual KV read/step"):
+    for col in (
+        "method",
+        "visual tokens",
+        "retention",
+        "prefill FLOPs",
+        "ratio",
+        "decode FLOPs/token",
+        "KV cache",
+        "visual KV read/step",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for label, acc in rows:
-        table.add_row(label, str(acc.prefill_visual[0]), f"{acc.retention:.1%}", human_flops(acc.prefill_flops),
-                      f"{acc.prefill_flops / base.prefill_flops:.3f}", human_flops(acc.decode_flops_per_token),
-                      human_bytes(acc.kv_bytes), human_bytes(acc.attended_visual_kv_bytes))
+        table.add_row(
+            label,
+            str(acc.prefill_visual[0]),
+            f"{acc.retention:.1%}",
+            human_flops(acc.prefill_flops),
+            f"{acc.prefill_flops / base.prefill_flops:.3f}",
+            human_flops(acc.decode_flops_per_token),
+            human_bytes(acc.kv_bytes),
+            human_bytes(acc.attended_visual_kv_bytes),
+        )
     console.print(table)
-    console.print(f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
-                  "(unchanged by pre-LLM methods; counted apart from the LLM)")
+    console.print(
+        f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
+        "(unchanged by pre-LLM methods; counted apart from the LLM)"
+    )
     for note in notes:
         console.print(f"[yellow]{note}[/]")
 
@@ -225,8 +296,11 @@ def events(
     inputs = build_inputs(loaded.processor, clip.frames, question).to(loaded.model.device)
     from .method import Stages, apply
 
-    with console.status("encoding and segmenting", spinner="dots"), torch.inference_mode(), \
-            apply(loaded.model, Stages(pre_llm=method.build().pre_llm)) as run:  # stage 1 is all it needs
+    with (
+        console.status("encoding and segmenting", spinner="dots"),
+        torch.inference_mode(),
+        apply(loaded.model, Stages(pre_llm=method.build().pre_llm)) as run,
+    ):  # stage 1 is all it needs
         loaded.model(**inputs)
     plan = run.last_session.stage_info[0]
     console.print(events_table(plan, clip.timestamps))
@@ -245,10 +319,18 @@ def bench(
     model: str = typer.Option("default", "--model", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
     quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
-    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per cell; timings are their median (use 3-5 on "
-                                "a GPU, where one run is noisy)."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the cells already in OUT/bench.json (written cell by "
-                                "cell) and run only the others; ratios stay against each row's own run."),
+    repeats: int = typer.Option(
+        1,
+        "--repeats",
+        min=1,
+        help="Runs per cell; timings are their median (use 3-5 on a GPU, where one run is noisy).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Keep the cells already in OUT/bench.json (written cell by "
+        "cell) and run only the others; ratios stay against each row's own run.",
+    ),
     max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
 ) -> None:
     """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed.
@@ -258,8 +340,17 @@ def bench(
 
     import torch
 
-    from .bench import (best_by_retention, check_writable, device_name, parse_retentions, plan, resumed_rows,
-                        run_bench, write_outputs, write_rows)
+    from .bench import (
+        best_by_retention,
+        check_writable,
+        device_name,
+        parse_retentions,
+        plan,
+        resumed_rows,
+        run_bench,
+        write_outputs,
+        write_rows,
+    )
     from .models.default import load_model
     from .pipeline import check_question
 
@@ -281,28 +372,60 @@ def bench(
         loaded = load_model(model)
     torch.set_grad_enabled(False)
     depth = loaded.model.config.text_config.num_hidden_layers
-    meta = {"date": datetime.date.today().isoformat(), "device": device_name(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "video": str(path), "frames": frames, "new_tokens": new_tokens,
-            "repeats": repeats, "model": loaded.description, "question": question}
-    rows, notes = run_bench(loaded.model, loaded.processor, clip.frames, question, chosen, levels,
-                            new_tokens=new_tokens, depth=depth, repeats=repeats, done=done,
-                            on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"))
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "video": str(path),
+        "frames": frames,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "model": loaded.description,
+        "question": question,
+    }
+    rows, notes = run_bench(
+        loaded.model,
+        loaded.processor,
+        clip.frames,
+        question,
+        chosen,
+        levels,
+        new_tokens=new_tokens,
+        depth=depth,
+        repeats=repeats,
+        done=done,
+        on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"),
+    )
     notes = video_notes + notes
     written = write_outputs(rows, notes, meta, folder)
     table = Table(title=f"vidpress bench: {path.name}, {frames} frames, ratios to uncompressed")
-    shown = (("method", "method"), ("target", "target_retention"), ("entry", "retention"),
-             ("alive", "mean_alive_retention"), ("FLOPs", "prefill_flops_ratio"), ("KV", "decode_kv_bytes_ratio"),
-             ("TTFT", "ttft_ratio"), ("prefill x", "llm_prefill_speedup"), ("tok/s", "decode_tok_s_ratio"),
-             ("mem", "peak_memory_ratio"), ("KL", "first_token_kl"), ("top-1", "first_token_top1_agree"),
-             ("greedy", "greedy_token_agreement"))
+    shown = (
+        ("method", "method"),
+        ("target", "target_retention"),
+        ("entry", "retention"),
+        ("alive", "mean_alive_retention"),
+        ("FLOPs", "prefill_flops_ratio"),
+        ("KV", "decode_kv_bytes_ratio"),
+        ("TTFT", "ttft_ratio"),
+        ("prefill x", "llm_prefill_speedup"),
+        ("tok/s", "decode_tok_s_ratio"),
+        ("mem", "peak_memory_ratio"),
+        ("KL", "first_token_kl"),
+        ("top-1", "first_token_top1_agree"),
+        ("greedy", "greedy_token_agreement"),
+    )
     for title, _ in shown:
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in rows:
-        table.add_row(*[str(row[k]) if isinstance(row[k], str) else "—" if row[k] is None else f"{row[k]:.3f}"
-                        for _, k in shown])
+        table.add_row(
+            *[str(row[k]) if isinstance(row[k], str) else "—" if row[k] is None else f"{row[k]:.3f}" for _, k in shown]
+        )
     console.print(table)
-    console.print("entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; KL, top-1, greedy: "
-                  "first-token KL divergence, top-1 and greedy-token agreement with the uncompressed run")
+    console.print(
+        "entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; KL, top-1, greedy: "
+        "first-token KL divergence, top-1 and greedy-token agreement with the uncompressed run"
+    )
     if not loaded.trained:
         console.print("[bold yellow]note[/]: untrained model - fidelity says how much the output moves, not accuracy")
     for line in best_by_retention(rows):
@@ -318,42 +441,63 @@ def eval_(
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
     retention: Optional[float] = typer.Option(None, "--retention", help="Configure the method for this retention."),
     questions: int = typer.Option(100, "--questions", "-n", min=1, max=560, help="From the 560-question test split."),
-    frames: int = typer.Option(12, "--frames", "-f", min=1, help="Frames sampled uniformly per video (the testbed "
-                                                                   "was trained on 12)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Default: testbed once trained, else default. " + MODEL_HELP),
+    frames: int = typer.Option(
+        12, "--frames", "-f", min=1, help="Frames sampled uniformly per video (the testbed was trained on 12)."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Default: testbed once trained, else default. " + MODEL_HELP
+    ),
 ) -> None:
     """Multiple-choice accuracy on the procedural video-QA test split, with accuracy retained vs uncompressed."""
     import torch
 
-    from .testbed.saved import testbed_available
-
     from .evaluate import evaluate
     from .methods import METHODS, get_method
     from .models.default import load_model
+    from .testbed.saved import testbed_available
     from .testbed.scenes import make_split
 
     if retention is not None and (params or method not in METHODS):
         raise typer.BadParameter("--retention configures a named method by itself; drop --set or pick a method")
-    chosen = METHODS[method].at_retention(retention) if retention is not None else get_method(method, **_parse_set(params))
+    chosen = (
+        METHODS[method].at_retention(retention) if retention is not None else get_method(method, **_parse_set(params))
+    )
     model = model or ("testbed" if testbed_available() else "default")
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)
     samples = make_split("test", 560)[:questions]
-    results = [evaluate(loaded.model, loaded.processor, samples, get_method("none"), frames=frames, label="uncompressed",
-                        protocol=loaded.protocol)]
+    results = [
+        evaluate(
+            loaded.model,
+            loaded.processor,
+            samples,
+            get_method("none"),
+            frames=frames,
+            label="uncompressed",
+            protocol=loaded.protocol,
+        )
+    ]
     if method not in ("none", "uncompressed"):
         label = f"{method} @ {retention:.0%}" if retention is not None else None
-        results.append(evaluate(loaded.model, loaded.processor, samples, chosen, frames=frames, label=label,
-                                protocol=loaded.protocol))
+        results.append(
+            evaluate(
+                loaded.model, loaded.processor, samples, chosen, frames=frames, label=label, protocol=loaded.protocol
+            )
+        )
     asked = " (each after the model's own description, repeated scenes merged)" if loaded.protocol == "describe" else ""
     table = Table(title=f"procedural video QA, {questions} test questions{asked}, {frames} frames, chance 25 %")
     for column in ("method", "accuracy", "95 % CI", "LLM prefill FLOPs", "accuracy retained"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for r in results:
         low, high = r.interval
-        table.add_row(r.method, f"{r.accuracy:.1%}", f"{low:.1%} - {high:.1%}", f"{r.prefill_flops:.3g}",
-                      f"{r.accuracy / results[0].accuracy:.1%}" if results[0].correct else "—")
+        table.add_row(
+            r.method,
+            f"{r.accuracy:.1%}",
+            f"{low:.1%} - {high:.1%}",
+            f"{r.prefill_flops:.3g}",
+            f"{r.accuracy / results[0].accuracy:.1%}" if results[0].correct else "—",
+        )
     console.print(table)
     kinds = Table(title="accuracy per question kind")
     kinds.add_column("method")
@@ -365,8 +509,10 @@ def eval_(
         kinds.add_row(r.method, *(f"{acc[kind]:.0%}" for kind in counts))
     console.print(kinds)
     if not loaded.trained:
-        console.print("[bold yellow]note[/]: untrained model - its answers seldom name an option, so accuracy is at or "
-                      "below chance; a trained testbed is needed")
+        console.print(
+            "[bold yellow]note[/]: untrained model - its answers seldom name an option, so accuracy is at or "
+            "below chance; a trained testbed is needed"
+        )
 
 
 @app.command()

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from .errors import MissingVideosError
 
-SOURCES = {"nextqa": "NExT-QA's videos (VidOR / YFCC100M, github.com/doc-doc/NExT-QA): a folder of NNNN/<video>.mp4",
-           "activitynet_qa": "ActivityNet's videos (activity-net.org, YouTube ids): a folder of v_<id>.mp4 files"}
+SOURCES = {
+    "nextqa": "NExT-QA's videos (VidOR / YFCC100M, github.com/doc-doc/NExT-QA): a folder of NNNN/<video>.mp4",
+    "activitynet_qa": "ActivityNet's videos (activity-net.org, YouTube ids): a folder of v_<id>.mp4 files",
+}
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,20 @@ class VideoQA:
         """The video file; raises :class:`MissingVideosError` when no video folder was given or it lacks it."""
         if self.video_path is None or not self.video_path.exists():
             where = "no video folder was given" if self.video_path is None else f"{self.video_path} does not exist"
-            raise MissingVideosError(f"{self.benchmark} video {self.video!r}: {where}; pass video_dir= the folder of "
-                                     f"{SOURCES[self.benchmark]}")
+            raise MissingVideosError(
+                f"{self.benchmark} video {self.video!r}: {where}; pass video_dir= the folder of "
+                f"{SOURCES[self.benchmark]}"
+            )
         return self.video_path
 
 
 def annotations_dir(name: str, annotations: str | Path | None = None) -> Path:
     """``annotations``, else ``shared/data/annotations/<name>`` beside or above the working directory."""
-    candidates = [Path(annotations)] if annotations else [
-        base / "shared" / "data" / "annotations" / name for base in (Path.cwd(), *Path.cwd().parents[:2])]
+    candidates = (
+        [Path(annotations)]
+        if annotations
+        else [base / "shared" / "data" / "annotations" / name for base in (Path.cwd(), *Path.cwd().parents[:2])]
+    )
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
@@ -69,8 +76,9 @@ def _video_dir(video_dir: str | Path | None, benchmark: str) -> Path | None:
     return folder
 
 
-def load_nextqa(split: str = "val", annotations: str | Path | None = None,
-                video_dir: str | Path | None = None) -> list[VideoQA]:
+def load_nextqa(
+    split: str = "val", annotations: str | Path | None = None, video_dir: str | Path | None = None
+) -> list[VideoQA]:
     """NExT-QA multiple-choice questions (5 options; answer = option index) of ``split`` (val or test).
 
     ``video_dir`` holds VidOR's ``NNNN/<video>.mp4`` layout (``map_vid_vidorID.json`` maps ids to it).
@@ -89,13 +97,24 @@ def load_nextqa(split: str = "val", annotations: str | Path | None = None,
     with open(folder / f"{split}.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             path = videos / f"{mapping.get(row['video'], row['video'])}.mp4" if videos else None
-            items.append(VideoQA("nextqa", f"{row['video']}_{row['qid']}", row["video"], row["question"],
-                                 tuple(row[f"a{i}"] for i in range(5)), int(row["answer"]), row["type"], path))
+            items.append(
+                VideoQA(
+                    "nextqa",
+                    f"{row['video']}_{row['qid']}",
+                    row["video"],
+                    row["question"],
+                    tuple(row[f"a{i}"] for i in range(5)),
+                    int(row["answer"]),
+                    row["type"],
+                    path,
+                )
+            )
     return items
 
 
-def load_activitynet_qa(split: str = "val", annotations: str | Path | None = None,
-                        video_dir: str | Path | None = None) -> list[VideoQA]:
+def load_activitynet_qa(
+    split: str = "val", annotations: str | Path | None = None, video_dir: str | Path | None = None
+) -> list[VideoQA]:
     """ActivityNet-QA open-ended questions of ``split`` (val or test); answer = the reference text.
 
     ``video_dir`` holds ``v_<youtube id>.<ext>`` files (any extension).
@@ -115,6 +134,16 @@ def load_activitynet_qa(split: str = "val", annotations: str | Path | None = Non
     for q in json.loads((folder / f"{split}_q.json").read_text()):
         a = answers[q["question_id"]]
         path = files.get(f"v_{q['video_name']}", videos / f"v_{q['video_name']}.mp4") if videos else None
-        items.append(VideoQA("activitynet_qa", q["question_id"], q["video_name"], q["question"], (), a["answer"],
-                             str(a["type"]), path))
+        items.append(
+            VideoQA(
+                "activitynet_qa",
+                q["question_id"],
+                q["video_name"],
+                q["question"],
+                (),
+                a["answer"],
+                str(a["type"]),
+                path,
+            )
+        )
     return items

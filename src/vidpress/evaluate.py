@@ -12,7 +12,8 @@ answers seldom name an option, so it scores at or below chance.
 Two protocols (:data:`PROTOCOLS`): ``direct`` asks the question right after the video; ``describe`` first has
 the model describe the video (:data:`CAPTION`, up to :data:`DESCRIPTION_TOKENS` tokens) and asks the question
 in a second turn after its own description (neighbouring scenes told the same merged: :func:`merge_repeats`), a
-chain of thought the testbed is trained for when its record says so. Both requests run with the method installed; the prefill FLOPs reported are their sum.
+chain of thought the testbed is trained for when its record says so. Both requests run with the method
+installed; the prefill FLOPs reported are their sum.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def merge_repeats(description: str) -> str:
     (frame spans joined: "Scene 1 (frames 1-3): X. Scene 2 (frames 4-5): X." becomes "Scene 1 (frames 1-5): X.").
 
     The describe protocol's tidy step: a trained testbed's main description error is a long scene told twice
-    (seen in every describe-protocol training), and the procedural generator starts a new scene where the looks change (5 of the
+    (seen in every describe-protocol training), and the procedural generator starts a new scene where the looks
+    change (5 of the
     560 test videos have two neighbouring scenes that differ only in motion, which merging then undercounts).
     Scenes compare by their looks alone: a "; changed: ..." note (``describe(..., changes=True)``) stays with the
     first scene of a run, where the change is. Text after the last whole scene sentence (a description cut at
@@ -121,8 +123,9 @@ class EvalResult:
         return wilson(self.correct, self.total)
 
 
-def prepare(processor: Any, samples: Sequence[Sample], *, frames: int = 12, size: int = 112,
-            protocol: str = "direct") -> list[Any]:
+def prepare(
+    processor: Any, samples: Sequence[Sample], *, frames: int = 12, size: int = 112, protocol: str = "direct"
+) -> list[Any]:
     """Each sample's processor inputs for its first request (``frames`` frames sampled uniformly at ``size`` px;
     the choice prompt, or :data:`CAPTION` for the describe protocol), so a matrix of methods renders and
     tokenises every video once."""
@@ -140,15 +143,27 @@ def greedy_text(model: Any, processor: Any, inputs: Any, run: Any, max_new_token
     """Greedy text after ``inputs`` (cut at the end of turn) and the request's LLM prefill FLOPs (``run`` is
     the ``apply`` context the method is installed with)."""
     end = processor.tokenizer.eos_token_id
-    out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=end, pad_token_id=end)
-    text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end, pad_token_id=end
+    )
+    text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return text, run.report.accounting.prefill_flops
 
 
-def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Method | Stages, *, frames: int = 12,
-             size: int = 112, progress: bool = True, label: str | None = None,
-             inputs: Sequence[Any] | None = None, protocol: str = "direct", merge: bool = True) -> EvalResult:
+def evaluate(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    method: Method | Stages,
+    *,
+    frames: int = 12,
+    size: int = 112,
+    progress: bool = True,
+    label: str | None = None,
+    inputs: Sequence[Any] | None = None,
+    protocol: str = "direct",
+    merge: bool = True,
+) -> EvalResult:
     """Ask every sample with ``method`` installed; ``frames`` frames sampled uniformly from each rendered video
     (``size`` px), or the ``inputs`` :func:`prepare` made for these samples (same ``protocol``, one of
     :data:`PROTOCOLS`). ``merge``: the describe protocol asks after its description through
@@ -168,12 +183,17 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], method: Meth
     hits, flops = [], 0.0
     with apply(model, method) as run, torch.inference_mode():
         for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
-            prepared = inputs[i] if inputs is not None else prepare(processor, [sample], frames=frames, size=size,
-                                                                    protocol=protocol)[0]
+            prepared = (
+                inputs[i]
+                if inputs is not None
+                else prepare(processor, [sample], frames=frames, size=size, protocol=protocol)[0]
+            )
             if describing:  # the description, then the question in a second turn after it
                 said, cost = greedy_text(model, processor, prepared, run, DESCRIPTION_TOKENS)
                 said = merge_repeats(said.strip()) if merge else said.strip()
-                prepared = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample), [(CAPTION, said)])
+                prepared = build_inputs(
+                    processor, sample.frames(size, frames), choice_prompt(sample), [(CAPTION, said)]
+                )
                 flops += cost
             text, cost = greedy_text(model, processor, prepared, run, ANSWER_TOKENS)
             hits.append(match_option(text, sample.question.options) == sample.question.answer)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .errors import IncompatibleStagesError, InvalidParameterError, UnknownMethodError
-from .stages import DecodeStage, PreLLMStage, PrefillStage, Stage
+from .stages import DecodeStage, PrefillStage, PreLLMStage, Stage
 
 if TYPE_CHECKING:
     from .runtime.install import Run
@@ -42,7 +42,8 @@ class Stages:
         if decode is not None and not 0 <= decode.first_layer < num_layers:
             raise InvalidParameterError(
                 f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
-                f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}")
+                f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}"
+            )
         return Stages(*(None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode)))
 
     @property
@@ -54,8 +55,9 @@ class Stages:
 def _slot_of(stage: object) -> str:
     """The slot a bare stage fills, as its base class declares."""
     if not isinstance(stage, Stage):
-        raise IncompatibleStagesError(f"{stage!r} is not a stage: subclass vidpress.stages.PreLLMStage, PrefillStage "
-                                      "or DecodeStage")
+        raise IncompatibleStagesError(
+            f"{stage!r} is not a stage: subclass vidpress.stages.PreLLMStage, PrefillStage or DecodeStage"
+        )
     return stage.slot
 
 
@@ -135,8 +137,11 @@ class Method:
     @property
     def label(self) -> str:
         """Short human-readable name with the non-default hyperparameters."""
-        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                   if f.init and getattr(self, f.name) != f.default]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.init and getattr(self, f.name) != f.default
+        ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     @classmethod

@@ -51,8 +51,10 @@ def chat_prompt(processor: Any, question: str, history: Sequence[tuple[str, str]
     ``history`` holds earlier (user text, assistant reply) turns; the video opens the first user turn."""
     conversation: list[dict] = []
     for asked, said in history:
-        conversation += [{"role": "user", "content": [{"type": "text", "text": asked}]},
-                         {"role": "assistant", "content": [{"type": "text", "text": said}]}]
+        conversation += [
+            {"role": "user", "content": [{"type": "text", "text": asked}]},
+            {"role": "assistant", "content": [{"type": "text", "text": said}]},
+        ]
     conversation.append({"role": "user", "content": [{"type": "text", "text": question}]})
     conversation[0]["content"].insert(0, {"type": "video"})
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
@@ -64,8 +66,9 @@ def check_question(question: str) -> str:
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidParameterError(f"the question is not valid UTF-8 text ({question[exc.start]!r} at position "
-                                    f"{exc.start}); pass UTF-8 text") from None
+        raise InvalidParameterError(
+            f"the question is not valid UTF-8 text ({question[exc.start]!r} at position {exc.start}); pass UTF-8 text"
+        ) from None
     return question
 
 
@@ -78,13 +81,23 @@ def build_inputs(processor: Any, frames: np.ndarray, question: str, history: Seq
     InvalidParameterError
         ``question`` is not encodable text.
     """
-    return processor(text=chat_prompt(processor, check_question(question), history), videos=[frames],
-                     return_tensors="pt")
+    return processor(
+        text=chat_prompt(processor, check_question(question), history), videos=[frames], return_tensors="pt"
+    )
 
 
-def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: Method | Stages,
-        *, max_new_tokens: int = 32, min_new_tokens: int = 0, progress: bool = True,
-        label: str | None = None) -> Answer:
+def ask(
+    model: Any,
+    processor: Any,
+    frames: np.ndarray,
+    question: str,
+    method: Method | Stages,
+    *,
+    max_new_tokens: int = 32,
+    min_new_tokens: int = 0,
+    progress: bool = True,
+    label: str | None = None,
+) -> Answer:
     """Greedy-generate an answer with ``method`` installed and return it with the request's report.
 
     ``min_new_tokens`` forces decoding to run (an untrained model may stop at once, leaving nothing to measure).
@@ -99,9 +112,16 @@ def ask(model: Any, processor: Any, frames: np.ndarray, question: str, method: M
     name = label or (method.label if isinstance(method, Method) else method.name)
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
     with apply(model, method) as run, torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                             min_new_tokens=min_new_tokens, output_scores=True, return_dict_in_generate=True)
-    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            streamer=streamer,
+            min_new_tokens=min_new_tokens,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     text = processor.batch_decode([new], skip_special_tokens=True)[0].strip()
     report = run.report
     report.method = name

@@ -37,9 +37,17 @@ class OfflineVideoProcessor:
         Vision patch size; the grid is ``image_size // patch_size`` patches per side.
     """
 
-    def __init__(self, tokenizer: Any, image_size: int, patch_size: int, image_mean: Sequence[float],
-                 image_std: Sequence[float], chat_template: str | None = None, video_token: str = "<video>",
-                 layout: str = "llava_onevision"):
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_size: int,
+        patch_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        chat_template: str | None = None,
+        video_token: str = "<video>",
+        layout: str = "llava_onevision",
+    ):
         self.tokenizer, self.image_size, self.patch_size, self.layout = tokenizer, image_size, patch_size, layout
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.chat_template = chat_template or tokenizer.chat_template
@@ -53,24 +61,36 @@ class OfflineVideoProcessor:
         return num_frames * math.ceil(side / 2) ** 2 + 1
 
     def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kw: Any) -> str:
-        return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt, **kw)
+        return self.tokenizer.apply_chat_template(
+            conversation,
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **kw,
+        )
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 -> (F, 3, S, S) float32, resized and normalised."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                                            antialias=True, align_corners=False).clamp(0, 255) / 255.0
+        x = (
+            torch.nn.functional.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
+            ).clamp(0, 255)
+            / 255.0
+        )
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, text: str | list[str], videos: Sequence[np.ndarray], return_tensors: str = "pt",
-                 **kw: Any) -> BatchFeature:
+    def __call__(
+        self, text: str | list[str], videos: Sequence[np.ndarray], return_tensors: str = "pt", **kw: Any
+    ) -> BatchFeature:
         texts = [text] if isinstance(text, str) else list(text)
         if len(videos) != sum(t.count(self.video_token) for t in texts):
-            raise ValueError(f"{len(videos)} videos for {sum(t.count(self.video_token) for t in texts)} "
-                             f"{self.video_token} markers in the text")
+            raise ValueError(
+                f"{len(videos)} videos for {sum(t.count(self.video_token) for t in texts)} "
+                f"{self.video_token} markers in the text"
+            )
 
         expanded, i = [], 0
         for t in texts:
@@ -93,8 +113,10 @@ class OfflineVideoProcessor:
         """
         counts = [len(v) for v in videos]
         if len(set(counts)) > 1:
-            raise InvalidFrameCountError(f"the videos of one batch must have the same number of frames, got {counts}; "
-                                         "sample every video with the same count or process them one at a time")
+            raise InvalidFrameCountError(
+                f"the videos of one batch must have the same number of frames, got {counts}; "
+                "sample every video with the same count or process them one at a time"
+            )
         return {"pixel_values_videos": torch.stack([self.preprocess(v) for v in videos])}
 
     def batch_decode(self, *args: Any, **kw: Any) -> list[str]:
@@ -105,9 +127,16 @@ class OfflineVideoProcessor:
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.tokenizer.save_pretrained(directory)
-        config = dict(image_size=self.image_size, patch_size=self.patch_size, image_mean=self.image_mean,
-                      image_std=self.image_std, chat_template=self.chat_template, video_token=self.video_token,
-                      layout=self.layout, fps=getattr(self, "fps", None))
+        config = dict(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+            chat_template=self.chat_template,
+            video_token=self.video_token,
+            layout=self.layout,
+            fps=getattr(self, "fps", None),
+        )
         (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -121,8 +150,14 @@ class OfflineVideoProcessor:
             saved = json.loads((directory / CONFIG_NAME).read_text())
             fps = saved.pop("fps", None)
             if saved["layout"] == "qwen2_5_vl":
-                return OfflineQwenVideoProcessor(tokenizer, saved["image_size"], saved["chat_template"], fps or 1.0,
-                                                 saved["image_mean"], saved["image_std"])
+                return OfflineQwenVideoProcessor(
+                    tokenizer,
+                    saved["image_size"],
+                    saved["chat_template"],
+                    fps or 1.0,
+                    saved["image_mean"],
+                    saved["image_std"],
+                )
             return OfflineVideoProcessor(tokenizer, **saved)
         pre = {}
         for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
@@ -134,11 +169,23 @@ class OfflineVideoProcessor:
             template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
         vision = model_config.vision_config
         if model_config.model_type in ("qwen2_5_vl", "qwen2_vl"):  # square 448 px frames: 256 tokens per 2 frames
-            return OfflineQwenVideoProcessor(tokenizer, 448, chat_template=template,
-                                             image_mean=pre.get("image_mean", CLIP_MEAN), image_std=pre.get("image_std", CLIP_STD))
+            return OfflineQwenVideoProcessor(
+                tokenizer,
+                448,
+                chat_template=template,
+                image_mean=pre.get("image_mean", CLIP_MEAN),
+                image_std=pre.get("image_std", CLIP_STD),
+            )
         layout = "llava_next_video" if model_config.model_type == "llava_next_video" else "llava_onevision"
-        return cls(tokenizer, vision.image_size, vision.patch_size, pre.get("image_mean", [0.5] * 3),
-                   pre.get("image_std", [0.5] * 3), chat_template=template, layout=layout)
+        return cls(
+            tokenizer,
+            vision.image_size,
+            vision.patch_size,
+            pre.get("image_mean", [0.5] * 3),
+            pre.get("image_std", [0.5] * 3),
+            chat_template=template,
+            layout=layout,
+        )
 
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -156,8 +203,15 @@ class OfflineQwenVideoProcessor(OfflineVideoProcessor):
     video placeholders.
     """
 
-    def __init__(self, tokenizer: Any, image_size: int, chat_template: str | None = None, fps: float = 1.0,
-                 image_mean: Sequence[float] = CLIP_MEAN, image_std: Sequence[float] = CLIP_STD):
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_size: int,
+        chat_template: str | None = None,
+        fps: float = 1.0,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+    ):
         if image_size % 28:
             raise ValueError(f"image_size must be a multiple of 28 for Qwen2.5-VL, got {image_size}")
         super().__init__(tokenizer, image_size, 14, image_mean, image_std, chat_template, "<|video_pad|>", "qwen2_5_vl")
@@ -177,6 +231,9 @@ class OfflineQwenVideoProcessor(OfflineVideoProcessor):
             patches.append(x.reshape(t * side * side, 3 * 2 * 14 * 14))
             grids.append([t, side, side])
         video_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
-        return {"pixel_values_videos": torch.cat(patches), "video_grid_thw": torch.tensor(grids),
-                "second_per_grid_ts": torch.tensor([2 / self.fps] * len(videos)),
-                "mm_token_type_ids": (input_ids == video_id).int() * 2}
+        return {
+            "pixel_values_videos": torch.cat(patches),
+            "video_grid_thw": torch.tensor(grids),
+            "second_per_grid_ts": torch.tensor([2 / self.fps] * len(videos)),
+            "mm_token_type_ids": (input_ids == video_id).int() * 2,
+        }

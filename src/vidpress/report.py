@@ -4,7 +4,8 @@ Timings (seconds): ``ttft_s`` from the model call that starts the request to its
 encoder, projector, pre-LLM stage and LLM prefill); ``vision_s`` the vision tower + projector + pooling;
 ``llm_prefill_s`` the LLM's prefill alone; ``overhead_s`` / ``decode_overhead_s`` vidpress's own work
 (similarities, scoring, selection) during prefill / summed over decoding; ``decode_s`` the sum of decoding
-forwards. When ``generate`` encodes the video before the first forward, that encoding is added to TTFT. Peak memory is in bytes above the start of the
+forwards. When ``generate`` encodes the video before the first forward, that encoding is added to TTFT. Peak
+memory is in bytes above the start of the
 request (see :mod:`vidpress.runtime.memory`).
 """
 
@@ -67,29 +68,51 @@ class Report:
     @classmethod
     def from_session(cls, model: Any, session: Any, method: str) -> Report:
         dtype_bytes = next(model.parameters()).element_size()
-        spec = spec_from_config(model.config, name=getattr(model.config, "_name_or_path", None) or "model",
-                                dtype_bytes=dtype_bytes, tokens_per_frame=session.tokens_per_frame)
+        spec = spec_from_config(
+            model.config,
+            name=getattr(model.config, "_name_or_path", None) or "model",
+            dtype_bytes=dtype_bytes,
+            tokens_per_frame=session.tokens_per_frame,
+        )
         spec = type(spec)(**{**spec.__dict__, "tokens_per_frame": session.tokens_per_frame})
         layers = range(session.num_layers)
         prefill = [session.visual_count(layer) for layer in layers]
         steps = session.decode_steps
         tracked = session.stages.decode is not None or session.stages.prefill is not None  # attention hooks count
-        decode = [session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer])
-                  for layer in layers]
+        decode = [
+            session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer]) for layer in layers
+        ]
         stored = [session.visual_count(layer, stored=True) for layer in layers]
         accounting = Accounting(spec, session.frames, prefill, decode, stored, session.info["other_tokens"])
         t = session.timings
-        return cls(method, accounting, steps, t.get("ttft_s", float("nan")), t.get("vision_s", 0.0),
-                   t.get("llm_prefill_s", float("nan")), t["overhead_s"], t["decode_overhead_s"], t["decode_s"],
-                   session.peak_memory_bytes,
-                   str(next(model.parameters()).device), _events_of(session))
+        return cls(
+            method,
+            accounting,
+            steps,
+            t.get("ttft_s", float("nan")),
+            t.get("vision_s", 0.0),
+            t.get("llm_prefill_s", float("nan")),
+            t["overhead_s"],
+            t["decode_overhead_s"],
+            t["decode_s"],
+            session.peak_memory_bytes,
+            str(next(model.parameters()).device),
+            _events_of(session),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = {"method": self.method, "device": self.device, **self.accounting.as_dict()}
-        out.update(decode_steps=self.decode_steps, ttft_s=self.ttft_s, vision_s=self.vision_s,
-                   llm_prefill_s=self.llm_prefill_s, overhead_s=self.overhead_s,
-                   decode_overhead_s=self.decode_overhead_s, decode_s=self.decode_s,
-                   decode_tokens_per_s=self.decode_tokens_per_s, peak_memory_bytes=self.peak_memory_bytes)
+        out.update(
+            decode_steps=self.decode_steps,
+            ttft_s=self.ttft_s,
+            vision_s=self.vision_s,
+            llm_prefill_s=self.llm_prefill_s,
+            overhead_s=self.overhead_s,
+            decode_overhead_s=self.decode_overhead_s,
+            decode_s=self.decode_s,
+            decode_tokens_per_s=self.decode_tokens_per_s,
+            peak_memory_bytes=self.peak_memory_bytes,
+        )
         if self.events is not None:
             out["events"] = self.events
         return out

@@ -85,7 +85,11 @@ class Selection:
         dim = dim % x.dim()
         shape = [1] * x.dim()
         shape[0], shape[dim] = self.keep.shape
-        index = self.keep.to(x.device).view(shape).expand(*[s if i != dim else self.num_kept for i, s in enumerate(x.shape)])
+        index = (
+            self.keep.to(x.device)
+            .view(shape)
+            .expand(*[s if i != dim else self.num_kept for i, s in enumerate(x.shape)])
+        )
         return x.gather(dim, index)
 
     def then(self, later: Selection) -> Selection:

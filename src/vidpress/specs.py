@@ -91,20 +91,40 @@ PRESETS: dict[str, ModelSpec] = {
     "llava-video-7b": ModelSpec("llava-video-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
     # Qwen2.5-VL-7B at 448x448 frames: 32x32 patches per temporal patch (2 frames), merged 2x2 -> 256 tokens;
     # 32-layer ViT (hidden 1280, MLP 3420), 112 px windows (64 patches) except 4 full-attention blocks.
-    "qwen2.5-vl-7b": ModelSpec("qwen2.5-vl-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
-                               VisionDims(1280, 3420, 32, 1024, 14, window_tokens=64, full_layers=4, temporal_patch=2),
-                               256, (16, 16), 1024, extra_visual=0, merge=2),
+    "qwen2.5-vl-7b": ModelSpec(
+        "qwen2.5-vl-7b",
+        LLMDims(3584, 18944, 28, 28, 4, 128),
+        VisionDims(1280, 3420, 32, 1024, 14, window_tokens=64, full_layers=4, temporal_patch=2),
+        256,
+        (16, 16),
+        1024,
+        extra_visual=0,
+        merge=2,
+    ),
     # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
     # LongVA's video layout has no newline token [RECON: UniRes without newline for video].
-    "longva-7b": ModelSpec("longva-7b", LLMDims(3584, 18944, 28, 28, 4, 128),
-                           VisionDims(1024, 4096, 24, 577, 14), 144, (12, 12), 576, extra_visual=0),
+    "longva-7b": ModelSpec(
+        "longva-7b",
+        LLMDims(3584, 18944, 28, 28, 4, 128),
+        VisionDims(1024, 4096, 24, 577, 14),
+        144,
+        (12, 12),
+        576,
+        extra_visual=0,
+    ),
 }
 
 
 def _llm_dims(text: dict) -> LLMDims:
     heads = text["num_attention_heads"]
-    return LLMDims(text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], heads,
-                   text.get("num_key_value_heads") or heads, text.get("head_dim") or text["hidden_size"] // heads)
+    return LLMDims(
+        text["hidden_size"],
+        text["intermediate_size"],
+        text["num_hidden_layers"],
+        heads,
+        text.get("num_key_value_heads") or heads,
+        text.get("head_dim") or text["hidden_size"] // heads,
+    )
 
 
 def _qwen_spec(cfg: dict, name: str | None, dtype_bytes: int, tokens_per_frame: int | None) -> ModelSpec:
@@ -117,16 +137,32 @@ def _qwen_spec(cfg: dict, name: str | None, dtype_bytes: int, tokens_per_frame: 
     window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
     full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
     depth = vision.get("depth") or vision.get("num_hidden_layers")
-    vdims = VisionDims(vision.get("hidden_size") or vision["embed_dim"], vision.get("intermediate_size")
-                       or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)), depth, patches,
-                       vision.get("patch_size", 14), window_tokens=window, full_layers=full,
-                       temporal_patch=vision.get("temporal_patch_size", 2))
-    return ModelSpec(name or cfg.get("_name_or_path") or cfg["model_type"], _llm_dims(cfg.get("text_config") or cfg),
-                     vdims, tokens, (side, tokens // max(side, 1)), patches, 0, dtype_bytes, merge)
+    vdims = VisionDims(
+        vision.get("hidden_size") or vision["embed_dim"],
+        vision.get("intermediate_size") or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)),
+        depth,
+        patches,
+        vision.get("patch_size", 14),
+        window_tokens=window,
+        full_layers=full,
+        temporal_patch=vision.get("temporal_patch_size", 2),
+    )
+    return ModelSpec(
+        name or cfg.get("_name_or_path") or cfg["model_type"],
+        _llm_dims(cfg.get("text_config") or cfg),
+        vdims,
+        tokens,
+        (side, tokens // max(side, 1)),
+        patches,
+        0,
+        dtype_bytes,
+        merge,
+    )
 
 
-def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2,
-                     tokens_per_frame: int | None = None) -> ModelSpec:
+def spec_from_config(
+    config: Any, name: str | None = None, dtype_bytes: int = 2, tokens_per_frame: int | None = None
+) -> ModelSpec:
     """A :class:`ModelSpec` from a LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL config object, a config dict,
     or a ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no newline;
     Qwen2.5-VL: ``tokens_per_frame`` per temporal patch, default 256 = 448 px frames).
@@ -142,7 +178,9 @@ def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2,
         path = Path(config)
         path = path / "config.json" if path.is_dir() else path
         if not path.exists():
-            raise FileNotFoundError(f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path")
+            raise FileNotFoundError(
+                f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path"
+            )
         try:
             config = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -154,17 +192,30 @@ def spec_from_config(config: Any, name: str | None = None, dtype_bytes: int = 2,
     if not text or not vision:
         raise UnsupportedModelError(
             f"config {name or cfg.get('model_type')!r} has no text_config/vision_config; "
-            f"the calculator supports LLaVA-OneVision-style configs and the presets {', '.join(PRESETS)}")
+            f"the calculator supports LLaVA-OneVision-style configs and the presets {', '.join(PRESETS)}"
+        )
     llm = _llm_dims(text)
     side = vision["image_size"] // vision["patch_size"]
     cls_token = 1 if vision.get("model_type", "") in ("clip_vision_model", "dinov2") else 0
-    vdims = VisionDims(vision["hidden_size"], vision.get("intermediate_size")
-                       or int(vision["hidden_size"] * vision.get("mlp_ratio", 4)),
-                       vision["num_hidden_layers"], side * side + cls_token, vision["patch_size"])
+    vdims = VisionDims(
+        vision["hidden_size"],
+        vision.get("intermediate_size") or int(vision["hidden_size"] * vision.get("mlp_ratio", 4)),
+        vision["num_hidden_layers"],
+        side * side + cls_token,
+        vision["patch_size"],
+    )
     next_video = cfg.get("model_type") == "llava_next_video"
     pooled = side // cfg.get("spatial_pool_stride", 2) if next_video else math.ceil(side / 2)
-    return ModelSpec(name or cfg.get("_name_or_path") or cfg.get("model_type", "model"), llm, vdims,
-                     pooled * pooled, (pooled, pooled), side * side, 0 if next_video else 1, dtype_bytes)
+    return ModelSpec(
+        name or cfg.get("_name_or_path") or cfg.get("model_type", "model"),
+        llm,
+        vdims,
+        pooled * pooled,
+        (pooled, pooled),
+        side * side,
+        0 if next_video else 1,
+        dtype_bytes,
+    )
 
 
 def resolve_spec(model: str) -> ModelSpec:

@@ -160,8 +160,13 @@ class PackedTokens:
         return self.num_kept - self.extra_tokens
 
     @staticmethod
-    def from_rows(rows: list[tuple[Tensor, Tensor, Tensor, Tensor]], num_events: int, n: int,
-                  extra: Tensor | None = None, info: Any = None) -> PackedTokens:
+    def from_rows(
+        rows: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+        num_events: int,
+        n: int,
+        extra: Tensor | None = None,
+        info: Any = None,
+    ) -> PackedTokens:
         """Stack per-row blocks, each followed by the model's ``extra`` tokens (B, E, D) as non-visual tokens.
 
         ``rows`` holds, per batch row, (features (M, D), frame_of (M,), events (M,), source (M,)) with sources
@@ -185,5 +190,6 @@ class PackedTokens:
             events.append(torch.cat([e, tail.expand(n_extra)]))
             sources.append(torch.cat([src, n + torch.arange(n_extra, device=src.device)]))
         key = torch.ones(len(rows), num_events, dtype=torch.bool, device=feats[0].device)
-        return PackedTokens(torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra,
-                            torch.stack(sources))
+        return PackedTokens(
+            torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra, torch.stack(sources)
+        )

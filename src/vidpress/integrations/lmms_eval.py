@@ -48,8 +48,16 @@ class VidpressLMM(_Base):
         An unknown method or hyperparameter.
     """
 
-    def __init__(self, pretrained: str = "default", method: str = "none", max_frames_num: int = 32,
-                 device: str | None = None, dtype: str = "auto", batch_size: int = 1, **method_args: Any):
+    def __init__(
+        self,
+        pretrained: str = "default",
+        method: str = "none",
+        max_frames_num: int = 32,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 1,
+        **method_args: Any,
+    ):
         if _Base is not object:
             super().__init__()
         from ..methods import get_method
@@ -78,8 +86,15 @@ class VidpressLMM(_Base):
             if not visuals:
                 raise ValueError(f"{task} doc {doc_id} has no video path; the vidpress model answers video tasks")
             frames = load_video(visuals[0], self.max_frames_num).frames
-            answer = ask(self.loaded.model, self.loaded.processor, frames, context, self.method,
-                         max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)), progress=False)
+            answer = ask(
+                self.loaded.model,
+                self.loaded.processor,
+                frames,
+                context,
+                self.method,
+                max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
+                progress=False,
+            )
             text = answer.text
             for stop in gen_kwargs.get("until", []) or []:
                 text = text.split(stop)[0] if stop else text

@@ -66,13 +66,17 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise NotAVideoError(path, f"{path} is not a readable video ({exc.__class__.__name__}: {exc}); "
-                                   "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or check the file") from exc
+        raise NotAVideoError(
+            path,
+            f"{path} is not a readable video ({exc.__class__.__name__}: {exc}); "
+            "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or check the file",
+        ) from exc
     if not container.streams.video:
         others = len(container.streams)
         container.close()
-        raise NoVideoStreamError(path, f"{path} has no video stream (only {others} other streams); "
-                                       "pass a file that contains video")
+        raise NoVideoStreamError(
+            path, f"{path} has no video stream (only {others} other streams); pass a file that contains video"
+        )
     return container
 
 
@@ -101,7 +105,9 @@ def _stream_end(path: Path, claimed: float, rate: float) -> float:
             last = -math.inf
             for packet in container.demux(stream):
                 if packet.pts is not None:
-                    length = float(packet.duration * stream.time_base) if packet.duration else 1.0 / rate if rate else 0.0
+                    length = (
+                        float(packet.duration * stream.time_base) if packet.duration else 1.0 / rate if rate else 0.0
+                    )
                     last = max(last, float(packet.pts * stream.time_base) - start + length)
             return last if last > -math.inf else math.nan
         except av.error.FFmpegError:
@@ -146,8 +152,14 @@ def _frame_time(frame, start: float) -> float:
     return float(frame.time) - start if frame.time is not None else math.nan
 
 
-def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | None = None,
-               max_side: int | None = None, progress: bool = False) -> Video:
+def load_video(
+    path: str | Path,
+    num_frames: int | None = 32,
+    *,
+    fps: float | None = None,
+    max_side: int | None = None,
+    progress: bool = False,
+) -> Video:
     """Decode ``num_frames`` uniformly spaced frames (first and last included), or frames at ``fps``.
 
     Parameters
@@ -203,8 +215,12 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
         if math.isfinite(claimed) and abs(claimed - duration) > max(1.0, 0.1 * duration):
-            warnings.warn(f"{path}: the header says {claimed:.1f} s but the stream holds {duration:.1f} s; "
-                          "sampling what the stream holds", VideoWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: the header says {claimed:.1f} s but the stream holds {duration:.1f} s; "
+                "sampling what the stream holds",
+                VideoWarning,
+                stacklevel=2,
+            )
         targets = _targets(duration, rate, num_frames, fps)
         width, height = _output_size(stream.codec_context.width or 1, stream.codec_context.height or 1, max_side)
         distinct = min(len(targets), math.ceil(duration * rate) + 1) if rate else len(targets)
@@ -212,7 +228,8 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
         if needed > MEMORY_SHARE * available:
             raise InvalidFrameCountError(
                 f"{distinct} frames of {width}x{height} would take {needed / 2**30:.1f} GiB, more than half of the "
-                f"{available / 2**30:.1f} GiB available; sample fewer frames or decode smaller (max_side / --max-side)")
+                f"{available / 2**30:.1f} GiB available; sample fewer frames or decode smaller (max_side / --max-side)"
+            )
         seek = duration > SEEK_AFTER_S and rate and len(targets) < 0.05 * duration * rate
         from tqdm.auto import tqdm
 
@@ -220,7 +237,9 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
             pick = _seek_frames if seek else _stream_frames
             picked = pick(container, stream, targets, start, bar.update)
     except av.error.FFmpegError as exc:
-        raise NotAVideoError(path, f"decoding {path} failed ({exc}); the file is corrupt or truncated: re-encode it") from exc
+        raise NotAVideoError(
+            path, f"decoding {path} failed ({exc}); the file is corrupt or truncated: re-encode it"
+        ) from exc
     finally:
         container.close()
     if not picked:
@@ -229,8 +248,12 @@ def load_video(path: str | Path, num_frames: int | None = 32, *, fps: float | No
     requested = None
     if len(unique) < len(targets):
         requested = len(targets)
-        warnings.warn(f"{path} holds {len(unique)} distinct frames where {len(targets)} were asked for; each is "
-                      f"used once ({len(unique)} frames)", VideoWarning, stacklevel=2)
+        warnings.warn(
+            f"{path} holds {len(unique)} distinct frames where {len(targets)} were asked for; each is "
+            f"used once ({len(unique)} frames)",
+            VideoWarning,
+            stacklevel=2,
+        )
     frames = np.stack([_to_rgb(frame, max_side) for frame, _ in unique])
     return Video(frames, np.array([t for _, t in unique]), duration, str(path), requested)
 

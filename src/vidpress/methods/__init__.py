@@ -13,9 +13,10 @@ from .metok import METok
 from .uniform import RandomTokens, UniformFrames, UniformSpatial
 from .visionzip import VisionZip
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DyCoke, METok, FastV, PyramidDrop, VisionZip,
-                                                                FastVID, UniformFrames, UniformSpatial,
-                                                                RandomTokens)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (DyCoke, METok, FastV, PyramidDrop, VisionZip, FastVID, UniformFrames, UniformSpatial, RandomTokens)
+}
 
 
 def get_method(name: str, **params: Any) -> Method | Stages:
@@ -29,5 +30,16 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
-__all__ = ["METHODS", "DyCoke", "FastV", "FastVID", "METok", "PyramidDrop", "RandomTokens", "UniformFrames",
-           "UniformSpatial", "VisionZip", "get_method"]
+__all__ = [
+    "METHODS",
+    "DyCoke",
+    "FastV",
+    "FastVID",
+    "METok",
+    "PyramidDrop",
+    "RandomTokens",
+    "UniformFrames",
+    "UniformSpatial",
+    "VisionZip",
+    "get_method",
+]

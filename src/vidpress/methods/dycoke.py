@@ -45,8 +45,10 @@ class DyCoke(Method):
     mode: Literal["faithful", "fixed"] = "fixed"
 
     def build(self) -> Stages:
-        return Stages(pre_llm=TemporalMerge(k=self.k, mode=self.mode),
-                      decode=DynamicKV(l=self.l, p=self.p, tau=self.tau, mode=self.mode))
+        return Stages(
+            pre_llm=TemporalMerge(k=self.k, mode=self.mode),
+            decode=DynamicKV(l=self.l, p=self.p, tau=self.tau, mode=self.mode),
+        )
 
     @classmethod
     def at_retention(cls, retention: float) -> DyCoke:
@@ -60,8 +62,10 @@ class DyCoke(Method):
         from ..errors import BudgetError
 
         if not 0.25 <= retention <= 1:
-            raise BudgetError(f"DyCoke's TTM keeps at least 25 % of visual tokens (every 4th frame whole); "
-                              f"retention {retention} is unreachable")
+            raise BudgetError(
+                f"DyCoke's TTM keeps at least 25 % of visual tokens (every 4th frame whole); "
+                f"retention {retention} is unreachable"
+            )
         return cls(k=round(1 - (4 * retention - 1) / 3, 6))
 
     def idealised_retention(self) -> float:
@@ -71,5 +75,6 @@ class DyCoke(Method):
     def reference_variants(self) -> list[tuple[str, DyCoke]]:
         """The other mode, so tables show the fixed and the faithful (reference-code) counts side by side."""
         other = "faithful" if self.mode == "fixed" else "fixed"
-        return [(f"dycoke {other}" + (" (reference code count)" if other == "faithful" else ""),
-                 replace(self, mode=other))]
+        return [
+            (f"dycoke {other}" + (" (reference code count)" if other == "faithful" else ""), replace(self, mode=other))
+        ]

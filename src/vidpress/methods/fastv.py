@@ -46,8 +46,11 @@ class FastV(Method):
 
     def build(self) -> Stages:
         keep = 1.0 - self.r
-        return Stages(prefill=AttentionRank(schedule=((self.k, keep, keep),), query_rows="last",
-                                            retention=self.retention, count_rule="round"))
+        return Stages(
+            prefill=AttentionRank(
+                schedule=((self.k, keep, keep),), query_rows="last", retention=self.retention, count_rule="round"
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,13 @@ class PyramidDrop(Method):
 
     def build(self) -> Stages:
         check_mode(self.mode)
-        return Stages(prefill=AttentionRank(schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
-                                            query_rows="last", retention=self.retention, count_rule="floor_input",
-                                            score_layer="own",
-                                            positions="contiguous" if self.mode == "faithful" else "original"))
+        return Stages(
+            prefill=AttentionRank(
+                schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
+                query_rows="last",
+                retention=self.retention,
+                count_rule="floor_input",
+                score_layer="own",
+                positions="contiguous" if self.mode == "faithful" else "original",
+            )
+        )

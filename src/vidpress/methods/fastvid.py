@@ -52,5 +52,15 @@ class FastVID(Method):
     mode: Literal["faithful", "fixed"] = "fixed"
 
     def build(self) -> Stages:
-        return Stages(pre_llm=FastVIDStage(self.retention, self.threshold, self.min_segments, self.anchor_share,
-                                           self.anchor_stride, self.merge_weight, self.knn, self.mode))
+        return Stages(
+            pre_llm=FastVIDStage(
+                self.retention,
+                self.threshold,
+                self.min_segments,
+                self.anchor_share,
+                self.anchor_stride,
+                self.merge_weight,
+                self.knn,
+                self.mode,
+            )
+        )

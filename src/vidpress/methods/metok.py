@@ -60,9 +60,18 @@ class METok(Method):
 
     def build(self) -> Stages:
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
-        return Stages(pre_llm=EventPooling(mode=self.mode, boundaries=self.boundaries, z=self.z,
-                                           min_event_frames=self.min_event_frames, key_events=self.key_events,
-                                           key_frames=self.key_frames, strides=self.strides, pool=self.pool,
-                                           relevance=self.relevance),
-                      prefill=AttentionRank(schedule=schedule, query_rows="text"),
-                      decode=LayerwiseTrim(first_layer=schedule[0][0]))
+        return Stages(
+            pre_llm=EventPooling(
+                mode=self.mode,
+                boundaries=self.boundaries,
+                z=self.z,
+                min_event_frames=self.min_event_frames,
+                key_events=self.key_events,
+                key_frames=self.key_frames,
+                strides=self.strides,
+                pool=self.pool,
+                relevance=self.relevance,
+            ),
+            prefill=AttentionRank(schedule=schedule, query_rows="text"),
+            decode=LayerwiseTrim(first_layer=schedule[0][0]),
+        )

@@ -44,8 +44,9 @@ class Adapter(Protocol):
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """Put back, from the vision tower's last call, inputs ``generate`` consumed before the forward."""
 
-    def prefill_positions(self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor,
-                          mask: Tensor | None) -> Tensor | None:
+    def prefill_positions(
+        self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None
+    ) -> Tensor | None:
         """Position ids of the full prompt, sequence last ((B, S), or (R, B, S) for M-RoPE); None lets the runtime
         derive 1-D ids from the mask as ``generate`` does."""
 
@@ -57,8 +58,9 @@ class Adapter(Protocol):
         """The grid before the model's pooling (B, F, h0, w0, D'), the projector to apply after pooling it (None
         when the grid is already projected) and how far the grid is already pooled from the patch grid."""
 
-    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
-                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def encoder_signals(
+        self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys from one call of :meth:`encoder_attention`'s module."""
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
@@ -67,8 +69,9 @@ class Adapter(Protocol):
     def encoder_has_cls(self, model: nn.Module) -> bool:
         """Whether the encoder sequence starts with a CLS token the projector drops."""
 
-    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
-                             frames: int) -> tuple[Tensor, Tensor]:
+    def pool_encoder_signals(
+        self, model: nn.Module, received: Tensor, keys: Tensor, batch: int, frames: int
+    ) -> tuple[Tensor, Tensor]:
         """Encoder attention (B*F, P) and keys (B*F, P, Dk) pooled like the features: (B, F, T), (B, F, T, Dk)."""
 
 

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from ..processing import OfflineVideoProcessor
-from .random import (LoadedModel, _llava_config, _processor, random_llava_next_video, random_model,  # noqa: F401
-                     random_qwen2_5_vl)
+from .random import LoadedModel, _llava_config, _processor, random_llava_next_video, random_model, random_qwen2_5_vl  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ def find_weights() -> Path | None:
 
 
 def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Dinov2Model
-    from transformers import LlavaOnevisionForConditionalGeneration
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Dinov2Model, LlavaOnevisionForConditionalGeneration
 
     tokenizer = AutoTokenizer.from_pretrained(weights / LM_DIR, gguf_file=LM_FILE)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
@@ -56,8 +54,9 @@ def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
     vision = tower.config.to_dict()
     state = tower.state_dict()
     with torch.no_grad():  # pre-interpolate the 37x37 position grid to the working resolution
-        pos = tower.embeddings.interpolate_pos_encoding(torch.zeros(1, (image_size // 14) ** 2 + 1, 384),
-                                                        image_size, image_size)
+        pos = tower.embeddings.interpolate_pos_encoding(
+            torch.zeros(1, (image_size // 14) ** 2 + 1, 384), image_size, image_size
+        )
     state["embeddings.position_embeddings"] = pos.to(state["embeddings.position_embeddings"].dtype)
     vision.update(image_size=image_size)
     config = _llava_config(text, vision, tokenizer)
@@ -78,8 +77,10 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
         log.warning("no shared/data/weights found (set VIDPRESS_WEIGHTS): using a random-weight model")
         loaded = random_model(layers=4, hidden=128, image_size=image_size)
         return LoadedModel(loaded.model, loaded.processor, loaded.description + " (no real weights found)", False)
-    description = (f"LLaVA-OneVision architecture: real SmolLM2-135M-Instruct LM + real DINOv2-S tower "
-                   f"({image_size} px frames), UNTRAINED projector - answers are not meaningful")
+    description = (
+        f"LLaVA-OneVision architecture: real SmolLM2-135M-Instruct LM + real DINOv2-S tower "
+        f"({image_size} px frames), UNTRAINED projector - answers are not meaningful"
+    )
     cache = Path(os.environ.get("VIDPRESS_CACHE", Path.home() / ".cache" / "vidpress")) / f"default-{image_size}"
     if use_cache and (cache / "config.json").exists():
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(cache, dtype=torch.float32).eval()
@@ -147,19 +148,24 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         try:
             config = AutoConfig.from_pretrained(name)
         except OSError as exc:
-            raise OSError(f"cannot load {name!r}: not a local checkpoint directory and the hub is unreachable or "
-                          f"has no such model ({exc.__class__.__name__}); pass a local path, 'default' or 'random'") from exc
+            raise OSError(
+                f"cannot load {name!r}: not a local checkpoint directory and the hub is unreachable or "
+                f"has no such model ({exc.__class__.__name__}); pass a local path, 'default' or 'random'"
+            ) from exc
         arch = (config.architectures or [type(config).__name__])[0]
         if arch not in supported_models():
             raise UnsupportedModelError(f"{name} is a {arch}; vidpress supports: {', '.join(supported_models())}")
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype).eval()
         saved_by_vidpress = (Path(name) / CONFIG_NAME).exists()  # its own random / untrained builds
-        processor = (OfflineVideoProcessor.from_pretrained(name, model.config) if saved_by_vidpress
-                     else _checkpoint_processor(name, model))
+        processor = (
+            OfflineVideoProcessor.from_pretrained(name, model.config)
+            if saved_by_vidpress
+            else _checkpoint_processor(name, model)
+        )
         trained = not saved_by_vidpress
-        loaded = LoadedModel(model, processor, f"{name} ({arch}, {'pretrained' if trained else 'saved by vidpress'})",
-                             trained)
+        loaded = LoadedModel(
+            model, processor, f"{name} ({arch}, {'pretrained' if trained else 'saved by vidpress'})", trained
+        )
     if device:
         loaded.model.to(device)
     return loaded
-

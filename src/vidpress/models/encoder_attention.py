@@ -16,8 +16,10 @@ from ..errors import VidpressError
 def check_signals(received: Tensor, rows: int) -> None:
     """Raise unless the captured signals cover ``rows`` encoder sequences (frames of this request)."""
     if received.shape[0] != rows:
-        raise VidpressError(f"the captured encoder attention covers {received.shape[0]} frames, this video has {rows}; "
-                            "run the model with the method installed (vidpress.apply) so vidpress sees the encoding")
+        raise VidpressError(
+            f"the captured encoder attention covers {received.shape[0]} frames, this video has {rows}; "
+            "run the model with the method installed (vidpress.apply) so vidpress sees the encoding"
+        )
 
 
 def encoder_signals(attention: nn.Module, hidden: Tensor, cls_row: bool, chunk: int = 8) -> tuple[Tensor, Tensor]:

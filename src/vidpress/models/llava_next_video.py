@@ -38,8 +38,9 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         return model.model.get_video_features(
             inputs["pixel_values_videos"],
             vision_feature_layer=inputs.get("vision_feature_layer", model.config.vision_feature_layer),
-            vision_feature_select_strategy=inputs.get("vision_feature_select_strategy",
-                                                      model.config.vision_feature_select_strategy),
+            vision_feature_select_strategy=inputs.get(
+                "vision_feature_select_strategy", model.config.vision_feature_select_strategy
+            ),
             return_dict=True,
         )
 
@@ -50,8 +51,9 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         tokens = features.reshape(features.shape[0], -1, grid[0] * grid[1], features.shape[-1])
         return VisualTokens(tokens, grid), features[:, :0]
 
-    def unpooled_grid(self, model: nn.Module, projected: Tensor | None,
-                      tokens: VisualTokens) -> tuple[Tensor, nn.Module, int]:
+    def unpooled_grid(
+        self, model: nn.Module, projected: Tensor | None, tokens: VisualTokens
+    ) -> tuple[Tensor, nn.Module, int]:
         """The captured encoder grid (B*F, h0*w0, Dv) -> (B, F, h0, w0, Dv), and the projector that a stage pooling
         it itself (METok stage 1) applies after pooling, in the model's own order."""
         grid, _, stride = super().unpooled_grid(model, projected, tokens)

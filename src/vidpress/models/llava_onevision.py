@@ -43,8 +43,9 @@ class LlavaOnevisionAdapter:
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """Put back video inputs ``generate`` consumed before the forward (nothing for this family)."""
 
-    def prefill_positions(self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor,
-                          mask: Tensor | None) -> Tensor | None:
+    def prefill_positions(
+        self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None
+    ) -> Tensor | None:
         """The caller's 1-D position ids, if any (None: the runtime derives them from the mask)."""
         return kwargs.get("position_ids")
 
@@ -53,7 +54,9 @@ class LlavaOnevisionAdapter:
         return model.model.multi_modal_projector, "output"
 
     def has_video(self, inputs: dict[str, Any]) -> bool:
-        return inputs.get("pixel_values_videos") is not None or bool((inputs.get("mm_encoder_outputs") or {}).get("video"))
+        return inputs.get("pixel_values_videos") is not None or bool(
+            (inputs.get("mm_encoder_outputs") or {}).get("video")
+        )
 
     def video_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
         """transformers' video-encoder output for this request, consuming the video inputs from ``inputs``:
@@ -86,15 +89,18 @@ class LlavaOnevisionAdapter:
         tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
         return VisualTokens(tokens, grid), features[:, frames * per_frame :]
 
-    def unpooled_grid(self, model: nn.Module, projected: Tensor | None,
-                      tokens: VisualTokens) -> tuple[Tensor, None, int]:
+    def unpooled_grid(
+        self, model: nn.Module, projected: Tensor | None, tokens: VisualTokens
+    ) -> tuple[Tensor, None, int]:
         """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D); nothing to project after
         pooling (None); the grid is the patch grid (stride 1)."""
         batch, frames = tokens.features.shape[:2]
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         if projected is None or projected.shape[0] != batch * frames or projected.shape[1] != side * side:
-            raise VidpressError("the unpooled grid of this video was not captured; run the model with the method "
-                                "installed (vidpress.apply) so vidpress sees the vision encoding")
+            raise VidpressError(
+                "the unpooled grid of this video was not captured; run the model with the method "
+                "installed (vidpress.apply) so vidpress sees the vision encoding"
+            )
         return projected.view(batch, frames, side, side, -1), None, 1
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
@@ -109,12 +115,15 @@ class LlavaOnevisionAdapter:
         layer = model.config.vision_feature_layer
         modules = [m for m in model.model.vision_tower.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")]
         if not isinstance(layer, int) or layer == 0 or not modules:
-            raise VidpressError(f"vision_feature_layer={layer!r} has no single attention layer to score; "
-                                "encoder-attention methods need one integer feature layer")
+            raise VidpressError(
+                f"vision_feature_layer={layer!r} has no single attention layer to score; "
+                "encoder-attention methods need one integer feature layer"
+            )
         return modules[layer if layer < 0 else layer - 1]
 
-    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
-                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def encoder_signals(
+        self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         """Attention received (B*F, P) and head-averaged keys (B*F, P, Dk) of ``module``'s call with ``args``/
         ``kwargs`` (see :func:`~vidpress.models.encoder_attention.encoder_signals`)."""
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -124,8 +133,9 @@ class LlavaOnevisionAdapter:
         """Whether the encoder's first token is a CLS token the projector drops ("default" strategy)."""
         return model.config.vision_feature_select_strategy == "default"
 
-    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
-                             frames: int) -> tuple[Tensor, Tensor]:
+    def pool_encoder_signals(
+        self, model: nn.Module, received: Tensor, keys: Tensor, batch: int, frames: int
+    ) -> tuple[Tensor, Tensor]:
         """Pool encoder attention (B*F, P) and keys (B*F, P, Dk) to the frame grid with the model's own pooling:
         (B, F, T) and (B, F, T, Dk). The CLS column, if any, is dropped first, as the projector drops it."""
         check_signals(received, batch * frames)

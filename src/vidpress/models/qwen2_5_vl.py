@@ -60,8 +60,9 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         if kwargs.get("video_grid_thw") is None and vision_kwargs.get("grid_thw") is not None:
             kwargs["video_grid_thw"] = vision_kwargs["grid_thw"]
 
-    def prefill_positions(self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor,
-                          mask: Tensor | None) -> Tensor:
+    def prefill_positions(
+        self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None
+    ) -> Tensor:
         """M-RoPE ids of the full prompt: those ``generate`` passed ((4, B, S): text row + t, h, w), else the
         model's own ``get_rope_index`` ((3, B, S))."""
         given = kwargs.get("position_ids")
@@ -70,9 +71,13 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         types = kwargs.get("mm_token_type_ids")
         if types is None:
             types = (input_ids == self.video_token_id(model)).int() * 2
-        positions, _ = model.model.get_rope_index(input_ids, types, video_grid_thw=kwargs.get("video_grid_thw"),
-                                                  second_per_grid_ts=kwargs.get("second_per_grid_ts"),
-                                                  attention_mask=mask)
+        positions, _ = model.model.get_rope_index(
+            input_ids,
+            types,
+            video_grid_thw=kwargs.get("video_grid_thw"),
+            second_per_grid_ts=kwargs.get("second_per_grid_ts"),
+            attention_mask=mask,
+        )
         return positions
 
     def unpooled_capture(self, model: nn.Module) -> None:
@@ -83,8 +88,11 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         """The merged grid (B, T, h, w, D), already pooled 2x2 from the patch grid (stride 2): stages that re-pool
         it (METok stage 1) halve their strides."""
         batch, frames = tokens.features.shape[:2]
-        return (tokens.features.view(batch, frames, *tokens.grid, -1), None,
-                model.config.vision_config.spatial_merge_size)
+        return (
+            tokens.features.view(batch, frames, *tokens.grid, -1),
+            None,
+            model.config.vision_config.spatial_merge_size,
+        )
 
     def encoder_attention(self, model: nn.Module) -> nn.Module:
         """The last vision block's attention (a full-attention block in Qwen2.5-VL's configs: each temporal
@@ -94,8 +102,9 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
     def encoder_has_cls(self, model: nn.Module) -> bool:
         return False
 
-    def encoder_signals(self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any],
-                        vision_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def encoder_signals(
+        self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
         in temporal order: fp32 softmax(q k^T) with the vision RoPE, within each attention segment
         (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, with the window
@@ -107,22 +116,30 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         query, key = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(query, key, cos, sin)
         query, key = query.float().transpose(0, 1), key.float().transpose(0, 1)  # (H, seq, hd)
         bounds = kwargs["cu_seqlens"].tolist()
-        received = torch.cat([torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
-                              for a, b in zip(bounds[:-1], bounds[1:])])
+        received = torch.cat(
+            [
+                torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
+                for a, b in zip(bounds[:-1], bounds[1:])
+            ]
+        )
         vision = model.config.vision_config
         unit = vision.spatial_merge_size**2
         received, keys = received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
-        window_index, _ = get_vision_window_index(vision_kwargs["grid_thw"], vision.spatial_merge_size,
-                                                  vision.window_size, vision.patch_size)
+        window_index, _ = get_vision_window_index(
+            vision_kwargs["grid_thw"], vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
         reverse = window_index.argsort().to(received.device)
         return received[reverse], keys[reverse]
 
-    def pool_encoder_signals(self, model: nn.Module, received: Tensor, keys: Tensor, batch: int,
-                             frames: int) -> tuple[Tensor, Tensor]:
+    def pool_encoder_signals(
+        self, model: nn.Module, received: Tensor, keys: Tensor, batch: int, frames: int
+    ) -> tuple[Tensor, Tensor]:
         """Per-token signals (N,), (N, Dk) -> (B, T, h*w), (B, T, h*w, Dk): already one per LLM token."""
         if received.shape[0] % (batch * frames):
-            raise VidpressError(f"the captured encoder attention has {received.shape[0]} tokens for {batch * frames} "
-                                "temporal patches; run the model with the method installed (vidpress.apply)")
+            raise VidpressError(
+                f"the captured encoder attention has {received.shape[0]} tokens for {batch * frames} "
+                "temporal patches; run the model with the method installed (vidpress.apply)"
+            )
         return received.view(batch, frames, -1), keys.view(batch, frames, -1, keys.shape[-1])
 
 

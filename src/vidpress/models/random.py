@@ -33,8 +33,9 @@ class LoadedModel:
     protocol: str = "direct"
 
 
-def _processor(tokenizer: Any, image_size: int, patch: int, mean: list[float] = IMAGENET_MEAN,
-               std: list[float] = IMAGENET_STD) -> OfflineVideoProcessor:
+def _processor(
+    tokenizer: Any, image_size: int, patch: int, mean: list[float] = IMAGENET_MEAN, std: list[float] = IMAGENET_STD
+) -> OfflineVideoProcessor:
     return OfflineVideoProcessor(tokenizer, image_size, patch, mean, std, chat_template=CHAT_TEMPLATE)
 
 
@@ -44,18 +45,30 @@ def _llava_config(text: dict, vision: dict, tokenizer: Any) -> Any:
     # DINOv2 has a CLS token to drop ("default"); SigLIP has none ("full").
     strategy = "full" if vision["model_type"].startswith("siglip") else "default"
     return LlavaOnevisionConfig(
-        text_config=text, vision_config=vision, vision_feature_layer=-1, vision_feature_select_strategy=strategy,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>"))
-
+        text_config=text,
+        vision_config=vision,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy=strategy,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
 
 
 QWEN_TEMPLATE = CHAT_TEMPLATE.replace("<video>\n", "<|vision_start|><|video_pad|><|vision_end|>")
 
 
 def _qwen2_text(tokenizer: Any, layers: int, hidden: int) -> dict:
-    return dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                tie_word_embeddings=False)
+    return dict(
+        model_type="qwen2",
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
 
 
 def byte_tokenizer(extra_specials: tuple[str, ...] = ()) -> Any:
@@ -69,14 +82,15 @@ def byte_tokenizer(extra_specials: tuple[str, ...] = ()) -> Any:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>", "<video>",
-                                                               *extra_specials]})
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>", "<video>", *extra_specials]}
+    )
     return tok
 
 
-
-def random_model(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
-                 attn_implementation: str = "sdpa") -> LoadedModel:
+def random_model(
+    layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
+) -> LoadedModel:
     """A small random-weight LLaVA-OneVision (Qwen2 LM, SigLIP tower) with a byte-level tokenizer.
 
     ``image_size`` 56 with patch 14 gives a 4x4 patch grid, pooled to 2x2 = 4 tokens per frame; 224 gives 64.
@@ -85,19 +99,30 @@ def random_model(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: 
 
     tokenizer = byte_tokenizer()
     text = _qwen2_text(tokenizer, layers, hidden)
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=image_size, patch_size=14)
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=14,
+    )
     torch.manual_seed(seed)
     config = _llava_config(text, vision, tokenizer)
     config._attn_implementation = attn_implementation
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    return LoadedModel(model, _processor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3),
-                       f"random-weight LLaVA-OneVision ({layers}-layer Qwen2 LM, hidden {hidden}; SigLIP tower)",
-                       trained=False)
+    return LoadedModel(
+        model,
+        _processor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3),
+        f"random-weight LLaVA-OneVision ({layers}-layer Qwen2 LM, hidden {hidden}; SigLIP tower)",
+        trained=False,
+    )
 
 
-def random_llava_next_video(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
-                            attn_implementation: str = "sdpa") -> LoadedModel:
+def random_llava_next_video(
+    layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
+) -> LoadedModel:
     """A small random-weight ``LlavaNextVideoForConditionalGeneration`` (LongVA's layout: CLIP tower, penultimate
     layer without CLS, 2x2 average pooling before the projector, no newline; Qwen2 LM), byte-level tokenizer.
 
@@ -107,23 +132,44 @@ def random_llava_next_video(layers: int = 4, hidden: int = 64, image_size: int =
 
     tokenizer = byte_tokenizer()
     text = _qwen2_text(tokenizer, layers, hidden)
-    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=32)
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=32,
+    )
     torch.manual_seed(seed)
-    config = LlavaNextVideoConfig(text_config=text, vision_config=vision, vision_feature_layer=-2,
-                                  vision_feature_select_strategy="default", spatial_pool_mode="average",
-                                  spatial_pool_stride=2, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                                  video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+    config = LlavaNextVideoConfig(
+        text_config=text,
+        vision_config=vision,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+    )
     config._attn_implementation = attn_implementation
     model = LlavaNextVideoForConditionalGeneration(config).eval()
-    processor = OfflineVideoProcessor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3, chat_template=CHAT_TEMPLATE,
-                                      layout="llava_next_video")
-    return LoadedModel(model, processor, f"random-weight LLaVA-NeXT-Video / LongVA layout ({layers}-layer Qwen2 LM, "
-                       f"hidden {hidden}; CLIP tower) - answers are not meaningful", trained=False)
+    processor = OfflineVideoProcessor(
+        tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3, chat_template=CHAT_TEMPLATE, layout="llava_next_video"
+    )
+    return LoadedModel(
+        model,
+        processor,
+        f"random-weight LLaVA-NeXT-Video / LongVA layout ({layers}-layer Qwen2 LM, "
+        f"hidden {hidden}; CLIP tower) - answers are not meaningful",
+        trained=False,
+    )
 
 
-def random_qwen2_5_vl(layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0,
-                      attn_implementation: str = "sdpa") -> LoadedModel:
+def random_qwen2_5_vl(
+    layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
+) -> LoadedModel:
     """A small random-weight ``Qwen2_5_VLForConditionalGeneration``: windowed ViT with a full-attention last block,
     2x2 patch merger, 2-frame temporal patches, M-RoPE (mrope_section scaled to the head size).
 
@@ -133,23 +179,54 @@ def random_qwen2_5_vl(layers: int = 4, hidden: int = 64, image_size: int = 56, s
 
     specials = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
     tokenizer = byte_tokenizer(specials)
-    ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id"),
-                   tokenizer.convert_tokens_to_ids(list(specials))))
+    ids = dict(
+        zip(
+            ("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id"),
+            tokenizer.convert_tokens_to_ids(list(specials)),
+        )
+    )
     head_dim = hidden // 4
-    text = dict(_qwen2_text(tokenizer, layers, hidden), model_type="qwen2_5_vl_text", bos_token_id=None,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                 "mrope_section": [head_dim // 8, head_dim // 8 * 3 // 2, head_dim // 2 - head_dim // 8 - head_dim // 8 * 3 // 2]})
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, window_size=56, out_hidden_size=hidden, fullatt_block_indexes=[1],
-                  tokens_per_second=2)
+    text = dict(
+        _qwen2_text(tokenizer, layers, hidden),
+        model_type="qwen2_5_vl_text",
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e6,
+            "mrope_section": [
+                head_dim // 8,
+                head_dim // 8 * 3 // 2,
+                head_dim // 2 - head_dim // 8 - head_dim // 8 * 3 // 2,
+            ],
+        },
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        out_hidden_size=hidden,
+        fullatt_block_indexes=[1],
+        tokens_per_second=2,
+    )
     torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     config._attn_implementation = attn_implementation
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     processor = OfflineQwenVideoProcessor(tokenizer, image_size, chat_template=QWEN_TEMPLATE)
-    return LoadedModel(model, processor, f"random-weight Qwen2.5-VL ({layers}-layer LM, hidden {hidden}; windowed ViT, "
-                       "M-RoPE) - answers are not meaningful", trained=False)
+    return LoadedModel(
+        model,
+        processor,
+        f"random-weight Qwen2.5-VL ({layers}-layer LM, hidden {hidden}; windowed ViT, "
+        "M-RoPE) - answers are not meaningful",
+        trained=False,
+    )
 
 
 def full_size_config(preset: str) -> Any:
@@ -169,17 +246,33 @@ def full_size_config(preset: str) -> Any:
         choices = ", ".join(p for p in PRESETS if p.startswith("llava-ov"))
         raise UnsupportedModelError(f"no full-size random build for {preset!r}; choose one of {choices}")
     llm, tokenizer = PRESETS[preset].llm, byte_tokenizer()
-    text = dict(model_type="qwen2", vocab_size=152064, hidden_size=llm.hidden, intermediate_size=llm.intermediate,
-                num_hidden_layers=llm.layers, num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads,
-                max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                tie_word_embeddings=llm.hidden < 1024)
-    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                  num_attention_heads=16, image_size=384, patch_size=14)
+    text = dict(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=llm.hidden,
+        intermediate_size=llm.intermediate,
+        num_hidden_layers=llm.layers,
+        num_attention_heads=llm.heads,
+        num_key_value_heads=llm.kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        tie_word_embeddings=llm.hidden < 1024,
+    )
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=26,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+    )
     return _llava_config(text, vision, tokenizer), tokenizer
 
 
-def random_full_size(preset: str = "llava-ov-7b", dtype: torch.dtype = torch.bfloat16, device: str | None = None,
-                     seed: int = 0) -> LoadedModel:
+def random_full_size(
+    preset: str = "llava-ov-7b", dtype: torch.dtype = torch.bfloat16, device: str | None = None, seed: int = 0
+) -> LoadedModel:
     """A random-weight model with a preset's real dimensions, built directly on ``device`` (default: CUDA when
     available) in ``dtype``, SDPA attention: speed and memory at full size without the checkpoint.
 
@@ -199,5 +292,10 @@ def random_full_size(preset: str = "llava-ov-7b", dtype: torch.dtype = torch.bfl
     finally:
         torch.set_default_dtype(previous)
     processor = _processor(tokenizer, 384, 14, [0.5] * 3, [0.5] * 3)
-    return LoadedModel(model, processor, f"random-weight {preset} (real architecture, {str(dtype).split('.')[-1]}, "
-                       f"{device}) - answers are not meaningful", trained=False)
+    return LoadedModel(
+        model,
+        processor,
+        f"random-weight {preset} (real architecture, {str(dtype).split('.')[-1]}, "
+        f"{device}) - answers are not meaningful",
+        trained=False,
+    )

@@ -71,7 +71,8 @@ class Run:
         if model in _INSTALLED:
             raise AlreadyAppliedError(
                 f"vidpress is already applied to this {type(model).__name__}; remove it first (leave its `with` "
-                "block or call run.remove()), or put every stage into one method with vidpress.compose(...)")
+                "block or call run.remove()), or put every stage into one method with vidpress.compose(...)"
+            )
         self.model, self.name = model, name
         self.adapter = adapter_for(model)
         self.stages = stages.for_depth(len(self.adapter.decoder_layers(model)))
@@ -113,12 +114,25 @@ class Run:
             if self._t.memory is None:  # generate encodes the video before this call; the meter may be running
                 self._t.memory = PeakMemory(self._device())
             started = time.perf_counter()
-            positions = "contiguous" if any(stage is not None and stage.positions == "contiguous"
-                                            for stage in (self.stages.pre_llm, self.stages.prefill)) else "original"
+            positions = (
+                "contiguous"
+                if any(
+                    stage is not None and stage.positions == "contiguous"
+                    for stage in (self.stages.pre_llm, self.stages.prefill)
+                )
+                else "original"
+            )
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
-            session = start_request(self.model, self.adapter, self.stages, kwargs, positions,
-                                    projected=lambda: self._t.projected, pixels=lambda: self._t.pixels,
-                                    encoder=lambda: self._t.encoder)
+            session = start_request(
+                self.model,
+                self.adapter,
+                self.stages,
+                kwargs,
+                positions,
+                projected=lambda: self._t.projected,
+                pixels=lambda: self._t.pixels,
+                encoder=lambda: self._t.encoder,
+            )
             self._t.projected = self._t.pixels = self._t.encoder = None
             session.timings["overhead_s"] += self._t.encoder_s
             self._t.encoder_s = 0.0
@@ -156,7 +170,7 @@ class Run:
 
     def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         if module is self.adapter.vision_modules(self.model)[0]:  # the tower's call: e.g. Qwen's grid_thw, which
-            self._t.vision_kwargs = kwargs                          # generate does not pass on to the forward
+            self._t.vision_kwargs = kwargs  # generate does not pass on to the forward
         if self._t.active is not None and self._t.active[1].ctx.step > 0 or self._t.active is None:
             self._finish()  # a new request starts: stop the previous request's memory meter
             self._t.active = None
@@ -210,8 +224,11 @@ class Run:
             else:
                 add(module.register_forward_hook(self._capture_projected))
         if pre is not None and pre.needs.encoder_attention:
-            add(self.adapter.encoder_attention(self.model).register_forward_pre_hook(self._capture_encoder,
-                                                                                     with_kwargs=True))
+            add(
+                self.adapter.encoder_attention(self.model).register_forward_pre_hook(
+                    self._capture_encoder, with_kwargs=True
+                )
+            )
         if pre is not None and pre.needs.pixels:
             add(self.adapter.vision_modules(self.model)[0].register_forward_pre_hook(self._capture_pixels))
         llm = self.adapter.language_model(self.model)
@@ -224,11 +241,17 @@ class Run:
             scored |= set(stage.needs.score_layers) if stage is not None else set()
         for index, layer in enumerate(self.adapter.decoder_layers(self.model)):
             if self.stages.prefill is not None:
-                add(layer.register_forward_pre_hook(layer_pre_hook(self.session_of, self.adapter, llm.rotary_emb, index),
-                                                    with_kwargs=True))
+                add(
+                    layer.register_forward_pre_hook(
+                        layer_pre_hook(self.session_of, self.adapter, llm.rotary_emb, index), with_kwargs=True
+                    )
+                )
             attention = layer.self_attn
-            add(attention.register_forward_pre_hook(attention_pre_hook(self.session_of, self.adapter, index),
-                                                    with_kwargs=True))
+            add(
+                attention.register_forward_pre_hook(
+                    attention_pre_hook(self.session_of, self.adapter, index), with_kwargs=True
+                )
+            )
             if index in scored:
                 add(attention.register_forward_hook(attention_post_hook(self.session_of, index), with_kwargs=True))
 

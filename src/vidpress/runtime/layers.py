@@ -19,8 +19,8 @@ from torch import Tensor
 from ..errors import IncompatibleStagesError
 from ..selection import Selection
 from ..tokens import LayerSignals
-from .scoring import attention_rows
 from .prefill import default_positions
+from .scoring import attention_rows
 from .session import Session, per_row_positions
 
 
@@ -114,7 +114,11 @@ def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
             before = session.layout(layer - 1)
             visual = per_row_positions(session.visual_at(layer - 1))
             if stage.needs.scores_at_drop:
-                call = layer_positions(session, before, kwargs, rotary, hidden) if session.layouts[layer - 1] is not None else kwargs
+                call = (
+                    layer_positions(session, before, kwargs, rotary, hidden)
+                    if session.layouts[layer - 1] is not None
+                    else kwargs
+                )
                 scores, scored = drop_layer_scores(session, adapter, module, hidden, call, layer), layer
             else:
                 scores, scored = session.scores.pop(layer - 1), layer - 1
@@ -222,12 +226,15 @@ def _select_view(session: Session, layer: int, scores: Tensor) -> None:
     # Cache layouts are fixed once prefill ends, so checking them at the first decoding step is enough.
     for later in range(stage.first_layer, session.num_layers) if session.ctx.step == 1 else ():
         if session.stored[later] is not session.stored[layer] and not (
-                session.stored[later] is not None and session.stored[layer] is not None
-                and torch.equal(session.stored[later], session.stored[layer])):
+            session.stored[later] is not None
+            and session.stored[layer] is not None
+            and torch.equal(session.stored[later], session.stored[layer])
+        ):
             raise IncompatibleStagesError(
                 f"{type(stage).__name__} selects at layer {layer} but layer {later} holds a different set of "
                 "visual tokens (a prefill stage dropped tokens in between); use a decode stage whose first layer "
-                "comes after the last prefill drop")
+                "comes after the last prefill drop"
+            )
     visual_mask = session.visual_at(layer, stored=True)
     visual = per_row_positions(visual_mask).to(scores.device)
     plan: Selection | None = stage(LayerSignals(layer=layer, scores=scores.gather(1, visual)), session.ctx)
@@ -235,7 +242,10 @@ def _select_view(session: Session, layer: int, scores: Tensor) -> None:
         session.view = None
         return
     total = scores.shape[1]
-    others = per_row_positions(torch.cat([~visual_mask, visual_mask.new_ones(
-        visual_mask.shape[0], total - visual_mask.shape[1])], 1).to(scores.device))
+    others = per_row_positions(
+        torch.cat([~visual_mask, visual_mask.new_ones(visual_mask.shape[0], total - visual_mask.shape[1])], 1).to(
+            scores.device
+        )
+    )
     session.view = torch.cat([others, visual.gather(1, plan.keep.to(scores.device))], 1).sort(1).values
     session.view_visual = plan.num_kept

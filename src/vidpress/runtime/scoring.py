@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 
-def attention_rows(query: Tensor, keys: Tensor, scaling: float, *, row_positions: Tensor | None = None,
-                   key_mask: Tensor | None = None) -> Tensor:
+def attention_rows(
+    query: Tensor, keys: Tensor, scaling: float, *, row_positions: Tensor | None = None, key_mask: Tensor | None = None
+) -> Tensor:
     """Head- and row-averaged softmax attention of ``query`` over ``keys``.
 
     Parameters

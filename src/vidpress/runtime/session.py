@@ -62,8 +62,9 @@ class Session:
     view_visual: int = 0
     decode_steps: int = 0
     decode_visual_sum: list[float] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: {"overhead_s": 0.0, "decode_overhead_s": 0.0,
-                                                                "decode_s": 0.0})
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"overhead_s": 0.0, "decode_overhead_s": 0.0, "decode_s": 0.0}
+    )
     started: float = field(default_factory=time.perf_counter)
     peak_memory_bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)

@@ -30,8 +30,12 @@ def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: 
 
     @functools.cache  # a video repeats a few scenes over its frames
     def words(*texts: str) -> torch.Tensor:
-        ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False).input_ids
-               if tokenizer.decode([i]).strip()]  # not a lone space token
+        ids = [
+            i
+            for text in texts
+            for i in tokenizer(text, add_special_tokens=False).input_ids
+            if tokenizer.decode([i]).strip()
+        ]  # not a lone space token
         return (embed[ids].mean(0) * embed[ids].norm(dim=-1).mean() / embed[ids].mean(0).norm()).detach().cpu()
 
     centres = (torch.arange(grid * 8) + 0.5) * cell / 8  # an 8x8 sample grid per token, same along x and y
@@ -54,8 +58,16 @@ def project(model: Any, features: torch.Tensor) -> torch.Tensor:
     return video.reshape(*features.shape[:2], *video.shape[1:])
 
 
-def align(model: Any, data: list[dict], *, steps: int, lr: float = 1e-3, batch: int = 8, seed: int = 0,
-          log: Callable[[str], Any] = print) -> dict[str, float]:
+def align(
+    model: Any,
+    data: list[dict],
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch: int = 8,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+) -> dict[str, float]:
     """Stage 1 (cheap: no LM forward): fit the projector so each pooled visual token lands on its
     :func:`word_targets` embedding (MSE). Returns the final loss and the share of tokens whose nearest
     target (cosine) among the batch's distinct targets is their own."""
@@ -65,7 +77,7 @@ def align(model: Any, data: list[dict], *, steps: int, lr: float = 1e-3, batch: 
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = np.random.default_rng(seed)
-    for step in range(1, steps + 1):
+    for _ in range(steps):
         chunk = [data[i] for i in rng.choice(len(data), size=min(batch, len(data)), replace=False)]
         with torch.enable_grad():
             tokens = project(model, torch.stack([d["features"] for d in chunk]).to(model.device))

@@ -20,14 +20,20 @@ def add_lora(model: Any, rank: int) -> float:
 
 def _lora_modules(model: Any) -> list[tuple[str, Any]]:
     """(name, module) of every layer the LoRA was injected into."""
-    return [(name, module) for name, module in model.named_modules()
-            if hasattr(module, "base_layer") and hasattr(module, "lora_A")]
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A")
+    ]
 
 
 def lora_factors(model: Any) -> dict[str, torch.Tensor]:
     """Copies of the injected LoRA's factors, keyed ``<module>.lora_A`` / ``.lora_B`` (what ``save`` stores)."""
-    return {f"{name}.{part}": getattr(module, part)["default"].weight.detach().clone()
-            for name, module in _lora_modules(model) for part in ("lora_A", "lora_B")}
+    return {
+        f"{name}.{part}": getattr(module, part)["default"].weight.detach().clone()
+        for name, module in _lora_modules(model)
+        for part in ("lora_A", "lora_B")
+    }
 
 
 def set_lora(model: Any, factors: dict[str, torch.Tensor]) -> None:
@@ -43,8 +49,10 @@ def set_lora(model: Any, factors: dict[str, torch.Tensor]) -> None:
             for part in ("lora_A", "lora_B"):
                 target, saved = getattr(module, part)["default"].weight, factors.get(f"{name}.{part}")
                 if saved is None or saved.shape != target.shape:
-                    raise ValueError(f"the saved LoRA has no factor {name}.{part} of shape {tuple(target.shape)} (found "
-                                     f"{None if saved is None else tuple(saved.shape)}); use the saved run's --rank")
+                    raise ValueError(
+                        f"the saved LoRA has no factor {name}.{part} of shape {tuple(target.shape)} (found "
+                        f"{None if saved is None else tuple(saved.shape)}); use the saved run's --rank"
+                    )
                 target.copy_(saved)
 
 

@@ -38,9 +38,19 @@ def answer_target(tokenizer: Any, answer: str) -> torch.Tensor:
     return torch.tensor(tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
 
 
-def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, size: int, seed: int = 0,
-           all_kinds: bool = True, caption: bool = False, describe_first: bool = False,
-           spans: bool = False, changes: bool = False) -> list[dict]:
+def encode(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    frames: int,
+    size: int,
+    seed: int = 0,
+    all_kinds: bool = True,
+    caption: bool = False,
+    describe_first: bool = False,
+    spans: bool = False,
+    changes: bool = False,
+) -> list[dict]:
     """Per video: the prompt prefix through the video (Lp,), the frozen tower's selected features (F, P, Dv),
     the alignment targets, and per question the prompt's token ids after the video (Ls,), the correct option's
     token ids then the end of turn (La,), the options and the answer index. With ``caption``, each video also
@@ -66,7 +76,7 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
             if model.config.vision_feature_select_strategy == "default":
                 selected = selected[:, 1:]
 
-            def after_video(prompt: str, earlier: list) -> torch.Tensor:  # ids after the video (or description)
+            def after_video(prompt: str, earlier: list, truth: str = truth) -> torch.Tensor:  # ids after the video
                 text = chat_prompt(processor, prompt, earlier).split(video_token)[-1]
                 if earlier:
                     text = text.split(truth + tokenizer.eos_token, 1)[1]
@@ -76,8 +86,13 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
 
             def turn(asked: Sample) -> dict:
                 said = asked.question.options[asked.question.answer]
-                return {"ids": after_video(choice_prompt(asked), history), "target": answer_target(tokenizer, said),
-                        "options": asked.question.options, "answer": asked.question.answer, "kind": asked.question.kind}
+                return {
+                    "ids": after_video(choice_prompt(asked), history),  # noqa: B023 (called in this iteration)
+                    "target": answer_target(tokenizer, said),
+                    "options": asked.question.options,
+                    "answer": asked.question.answer,
+                    "kind": asked.question.kind,
+                }
 
             questions = [turn(asked) for asked in (video_questions(sample, seed) if all_kinds else [sample])]
             if caption:
@@ -86,8 +101,15 @@ def encode(model: Any, processor: Any, samples: Sequence[Sample], frames: int, s
             if not torch.equal(torch.cat([*said, questions[0]["ids"]]), ids[end:]):
                 raise RuntimeError("the question suffix does not tokenise as in the full prompt")
             extra = {"request": request["ids"], "description": request["target"]} if describe_first else {}
-            out.append({"prefix": ids[:end], "features": selected.cpu().clone(), "questions": questions,
-                        "targets": word_targets(model, processor, sample, frames, size).cpu(), **extra})
+            out.append(
+                {
+                    "prefix": ids[:end],
+                    "features": selected.cpu().clone(),
+                    "questions": questions,
+                    "targets": word_targets(model, processor, sample, frames, size).cpu(),
+                    **extra,
+                }
+            )
     return out
 
 
@@ -96,16 +118,20 @@ def described(videos: list[dict], descriptions: Sequence[torch.Tensor] | None = 
     ``descriptions``' ids, default the true ones, ending with the end of turn), so its questions follow it;
     ``"described"`` counts the description's tokens (the prefix's last ones)."""
     said = descriptions if descriptions is not None else [v["description"] for v in videos]
-    return [{**v, "prefix": torch.cat([v["prefix"], v["request"], d]), "described": len(d)} for v, d in zip(videos, said)]
+    return [
+        {**v, "prefix": torch.cat([v["prefix"], v["request"], d]), "described": len(d)} for v, d in zip(videos, said)
+    ]
 
 
-def own_descriptions(model: Any, videos: list[dict], tokenizer: Any,
-                     merge: bool = True) -> tuple[list[torch.Tensor], list[str]]:
+def own_descriptions(
+    model: Any, videos: list[dict], tokenizer: Any, merge: bool = True
+) -> tuple[list[torch.Tensor], list[str]]:
     """The model's greedy descriptions of ``videos`` (describe protocol), through :func:`merge_repeats` as
     ``vidpress eval`` asks after them (``merge=False``: the raw text): their ids then the end of turn, as a chat
     prompt carries a past reply (:func:`answer_target`), and the texts."""
-    texts = greedy_answers(model, [{**v, "questions": [{"ids": v["request"]}]} for v in videos], tokenizer,
-                           DESCRIPTION_TOKENS)
+    texts = greedy_answers(
+        model, [{**v, "questions": [{"ids": v["request"]}]} for v in videos], tokenizer, DESCRIPTION_TOKENS
+    )
     texts = [merge_repeats(t) for t in texts] if merge else texts
     return [answer_target(tokenizer, t) for t in texts], texts
 
@@ -124,12 +150,15 @@ def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.T
     video = torch.cat([video, inner.image_newline.expand(len(videos), 1, -1)], dim=1)
     lengths = torch.tensor([len(v["prefix"]) for v in videos], device=device)
     past = int(lengths.max())
-    prefix = torch.stack([torch.nn.functional.pad(v["prefix"], (past - len(v["prefix"]), 0)) for v in videos]).to(device)
+    prefix = torch.stack([torch.nn.functional.pad(v["prefix"], (past - len(v["prefix"]), 0)) for v in videos]).to(
+        device
+    )
     held = (torch.arange(past, device=device) >= past - lengths[:, None]).long()  # 0 on the left pads
     embeds = inner.get_input_embeddings()(prefix)
     embeds = embeds.masked_scatter((prefix == model.config.video_token_id)[..., None], video.to(embeds.dtype))
-    out = inner.language_model(inputs_embeds=embeds, attention_mask=held, position_ids=(held.cumsum(1) - 1).clamp(min=0),
-                               use_cache=True)
+    out = inner.language_model(
+        inputs_embeds=embeds, attention_mask=held, position_ids=(held.cumsum(1) - 1).clamp(min=0), use_cache=True
+    )
     cache, questions = out.cache, [q for v in videos for q in v["questions"]]
     if not questions:
         return None, None, None, cache, questions, out.last_hidden_state
@@ -140,13 +169,15 @@ def _continue(model: Any, videos: list[dict], suffixes: Callable[[dict], torch.T
     suffix = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device)
     mask = torch.cat([held[rows], (torch.arange(suffix.shape[1], device=device) < sizes[:, None]).long()], dim=1)
     positions = lengths[rows, None] + torch.arange(suffix.shape[1], device=device)
-    hidden = inner.language_model(input_ids=suffix, attention_mask=mask, position_ids=positions,
-                                  cache=cache).last_hidden_state
+    hidden = inner.language_model(
+        input_ids=suffix, attention_mask=mask, position_ids=positions, cache=cache
+    ).last_hidden_state
     return hidden, sizes, mask, cache, questions, out.last_hidden_state
 
 
-def _token_losses(model: Any, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                  targets: torch.Tensor) -> torch.Tensor:
+def _token_losses(
+    model: Any, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of ``targets`` predicted from ``hidden[rows, cols]`` (the position before each)."""
     logits = model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
     return torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
@@ -170,7 +201,7 @@ def answer_loss(model: Any, videos: list[dict], description_weight: float = 1.0)
         past = prefix.shape[1]
         rows = torch.cat([torch.full((v["described"],), i) for i, v in enumerate(videos)])
         cols = torch.cat([past - 1 - v["described"] + torch.arange(v["described"]) for v in videos])
-        said = _token_losses(model, prefix, rows, cols, torch.cat([v["prefix"][-v["described"]:] for v in videos]))
+        said = _token_losses(model, prefix, rows, cols, torch.cat([v["prefix"][-v["described"] :] for v in videos]))
         parts.append(said * description_weight)
     return sum(part.mean() for part in parts)
 
@@ -181,17 +212,20 @@ def greedy_answers(model: Any, videos: list[dict], tokenizer: Any, max_new_token
     rows = torch.arange(len(questions), device=hidden.device)
     token = model.lm_head(hidden[rows, lengths - 1]).argmax(-1)
     out, end = [token], tokenizer.eos_token_id
-    for step in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
+    for _ in range(max_new_tokens - 1):  # each row continues right after its own suffix; pads stay masked
         if bool((torch.stack(out, 1) == end).any(1).all()):  # every row has ended its turn
             break
         mask = torch.cat([mask, torch.ones(len(questions), 1, dtype=torch.long, device=mask.device)], dim=1)
-        hidden = model.model.language_model(input_ids=token[:, None], attention_mask=mask,
-                                            position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
-                                            cache=cache).last_hidden_state
+        hidden = model.model.language_model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=(mask.shape[1] - 1 - (mask == 0).sum(1))[:, None],
+            cache=cache,
+        ).last_hidden_state
         token = model.lm_head(hidden[:, -1]).argmax(-1)
         out.append(token)
     ids = torch.stack(out, 1).tolist()
-    return [tokenizer.decode(row[:row.index(end)] if end in row else row, skip_special_tokens=True) for row in ids]
+    return [tokenizer.decode(row[: row.index(end)] if end in row else row, skip_special_tokens=True) for row in ids]
 
 
 def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> dict[str, float]:
@@ -201,7 +235,7 @@ def accuracy(model: Any, data: list[dict], tokenizer: Any, batch: int = 8) -> di
     right: dict[str, list[int]] = {}
     with torch.inference_mode():
         for start in range(0, len(data), batch):
-            videos = data[start:start + batch]
+            videos = data[start : start + batch]
             if "request" in videos[0] and "described" not in videos[0]:
                 videos = described(videos, own_descriptions(model, videos, tokenizer)[0])
             questions = [q for v in videos for q in v["questions"]]

@@ -16,8 +16,11 @@ TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     """The projector's and the newline's weights, keyed as in the model's state dict."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("model.multi_modal_projector.",
-                                                                          "model.image_newline"))}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if k.startswith(("model.multi_modal_projector.", "model.image_newline"))
+    }
 
 
 def save(model: Any, record: dict[str, Any], out: Path) -> Path:
@@ -58,16 +61,23 @@ def load_testbed(directory: str | Path | None = None) -> Any:
 
     folder = Path(directory) if directory else TESTBED_DIR
     if not (folder / WEIGHTS).exists():
-        raise FileNotFoundError(f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
-                                f"--out {folder}` (see the README's testbed section for the runs so far)")
+        raise FileNotFoundError(
+            f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
+            f"--out {folder}` (see the README's testbed section for the runs so far)"
+        )
     if find_weights() is None:
-        raise FileNotFoundError("the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
-                                "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them")
+        raise FileNotFoundError(
+            "the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
+            "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them"
+        )
     record, state = read_saved(folder)
     loaded = default_model(image_size=record["image_size"])
     loaded.model.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k}, strict=False)
     apply_lora(loaded.model, {k: v for k, v in state.items() if ".lora_" in k}, record.get("lora_scale", 0.0))
-    description = (f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
-                   f"(seed {record['seed']}, {record['steps']} steps, validation accuracy {record['best_val_accuracy']:.1%})")
-    return LoadedModel(loaded.model, loaded.processor, description, trained=True,
-                       protocol=record.get("protocol", "direct"))
+    description = (
+        f"vidpress testbed: DINOv2-S + SmolLM2-135M, projector + LoRA trained on procedural video QA "
+        f"(seed {record['seed']}, {record['steps']} steps, validation accuracy {record['best_val_accuracy']:.1%})"
+    )
+    return LoadedModel(
+        loaded.model, loaded.processor, description, trained=True, protocol=record.get("protocol", "direct")
+    )

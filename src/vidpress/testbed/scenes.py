@@ -18,10 +18,21 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
-          "white": (245, 245, 245), "purple": (150, 60, 190)}
-BACKGROUNDS = {"black": (15, 15, 15), "gray": (110, 110, 110), "teal": (20, 110, 110), "brown": (110, 70, 30),
-               "navy": (20, 25, 80)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "white": (245, 245, 245),
+    "purple": (150, 60, 190),
+}
+BACKGROUNDS = {
+    "black": (15, 15, 15),
+    "gray": (110, 110, 110),
+    "teal": (20, 110, 110),
+    "brown": (110, 70, 30),
+    "navy": (20, 25, 80),
+}
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("static", "left-to-right", "top-to-bottom")
 CHANGES = ("the background", "the object's colour", "the object's shape", "the number of objects")
@@ -115,15 +126,23 @@ def _looks(s: Scene) -> str:
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
-    return Scene(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))),
-                 int(rng.integers(1, 5)), str(rng.choice(MOTIONS)), int(rng.integers(4, 13)))
+    return Scene(
+        str(rng.choice(list(BACKGROUNDS))),
+        str(rng.choice(SHAPES)),
+        str(rng.choice(list(COLORS))),
+        int(rng.integers(1, 5)),
+        str(rng.choice(MOTIONS)),
+        int(rng.integers(4, 13)),
+    )
 
 
 def change(scene: Scene, what: str, rng: np.random.Generator) -> Scene:
     """``scene`` with exactly one attribute (one of :data:`CHANGES`) changed, new length."""
     frames = int(rng.integers(4, 13))
     if what == CHANGES[0]:
-        return replace(scene, background=str(rng.choice([b for b in BACKGROUNDS if b != scene.background])), frames=frames)
+        return replace(
+            scene, background=str(rng.choice([b for b in BACKGROUNDS if b != scene.background])), frames=frames
+        )
     if what == CHANGES[1]:
         return replace(scene, color=str(rng.choice([c for c in COLORS if c != scene.color])), frames=frames)
     if what == CHANGES[2]:
@@ -150,8 +169,11 @@ def answer(kind: str, scenes: tuple[Scene, ...], params: dict[str, Any]) -> str:
         return str(scenes[params["scene"]].count)
     if kind in ("first", "last"):
         shown = [o for o in params["choices"] if o in objects]
-        order = sorted(shown, key=objects.index) if kind == "first" else sorted(shown, key=lambda o: max(
-            i for i, x in enumerate(objects) if x == o))
+        order = (
+            sorted(shown, key=objects.index)
+            if kind == "first"
+            else sorted(shown, key=lambda o: max(i for i, x in enumerate(objects) if x == o))
+        )
         return order[0] if kind == "first" else order[-1]
     if kind == "never":
         return next(o for o in params["choices"] if o not in objects)
@@ -206,8 +228,13 @@ def ask(kind: str, scenes: tuple[Scene, ...], rng: np.random.Generator) -> Quest
 def object_centres(scene: Scene, t: int, size: int) -> list[tuple[float, float]]:
     """Centres (x, y) in px of the scene's objects in its frame ``t``; each object spans ``size // 10`` px radius."""
     shift = (t / max(1, scene.frames - 1) - 0.5) * size * 0.3
-    return [(size * (i + 1) / (scene.count + 1) + (shift if scene.motion == "left-to-right" else 0),
-             size / 2 + (shift if scene.motion == "top-to-bottom" else 0)) for i in range(scene.count)]
+    return [
+        (
+            size * (i + 1) / (scene.count + 1) + (shift if scene.motion == "left-to-right" else 0),
+            size / 2 + (shift if scene.motion == "top-to-bottom" else 0),
+        )
+        for i in range(scene.count)
+    ]
 
 
 def render(scenes: tuple[Scene, ...], size: int = 112) -> np.ndarray:
@@ -239,7 +266,7 @@ def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
     for i in range(videos):
         scenes = random_video(rng)
         question = None
-        for kind in TYPES[i % len(TYPES):] + TYPES[: i % len(TYPES)]:  # rotate; skip kinds the scenes cannot pose
+        for kind in TYPES[i % len(TYPES) :] + TYPES[: i % len(TYPES)]:  # rotate; skip kinds the scenes cannot pose
             question = ask(kind, scenes, rng)
             if question is not None:
                 break

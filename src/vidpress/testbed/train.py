@@ -56,15 +56,36 @@ def hardware_name(model: Any) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_videos: int, frames: int = 12,
-          size: int = 112, lr: float = 5e-4, lora_lr: float = 5e-4, rank: int = 16, batch: int = 4, seed: int = 0,
-          align_steps: int = 1500, eval_every: int = 50, caption: bool = False, caption_steps: int = 0,
-          curriculum: int = 0, protocol: str = "direct", description_weight: float = 1.0,
-          description_spans: bool = False, description_changes: bool = False, seconds: float | None = None,
-          checkpoint: Path | None = None,
-          init: Path | None = None,
-          command: str | None = None,
-          data: tuple[list[dict], list[dict]] | None = None, log: Callable[[str], Any] | None = print) -> dict[str, Any]:
+def train(
+    model: Any,
+    processor: Any,
+    *,
+    steps: int,
+    train_videos: int,
+    val_videos: int,
+    frames: int = 12,
+    size: int = 112,
+    lr: float = 5e-4,
+    lora_lr: float = 5e-4,
+    rank: int = 16,
+    batch: int = 4,
+    seed: int = 0,
+    align_steps: int = 1500,
+    eval_every: int = 50,
+    caption: bool = False,
+    caption_steps: int = 0,
+    curriculum: int = 0,
+    protocol: str = "direct",
+    description_weight: float = 1.0,
+    description_spans: bool = False,
+    description_changes: bool = False,
+    seconds: float | None = None,
+    checkpoint: Path | None = None,
+    init: Path | None = None,
+    command: str | None = None,
+    data: tuple[list[dict], list[dict]] | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> dict[str, Any]:
     """Train in place and return the run's record.
 
     Stage 1 (:func:`align`, ``align_steps``) fits the projector so visual tokens read as words; stage 2 trains
@@ -104,19 +125,31 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
     if description_weight < 0:
-        raise ValueError(f"description_weight must be >= 0 (1 weighs the description like the answers), got "
-                         f"{description_weight}")
+        raise ValueError(
+            f"description_weight must be >= 0 (1 weighs the description like the answers), got {description_weight}"
+        )
     describing = protocol == "describe"
     say = log or (lambda _: None)
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     started = time.time()
     told = {"describe_first": describing, "spans": description_spans, "changes": description_changes}
-    train_data, val_data = data or (encode(model, processor, make_split("train", train_videos, seed), frames, size, seed,
-                                           caption=not describing and (caption or caption_steps > 0), **told),
-                                    encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed,
-                                           **told))
-    say(f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {hardware_name(model)}")
+    train_data, val_data = data or (
+        encode(
+            model,
+            processor,
+            make_split("train", train_videos, seed),
+            frames,
+            size,
+            seed,
+            caption=not describing and (caption or caption_steps > 0),
+            **told,
+        ),
+        encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed, **told),
+    )
+    say(
+        f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {hardware_name(model)}"
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     if init is not None:  # stage 1 was done by the run continued from
@@ -141,21 +174,51 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW([{"params": projector, "lr": lr}, {"params": lora, "lr": lora_lr}], weight_decay=0.0)
     total = [steps]  # shrinks to fit ``seconds``; the schedule (5 % warm-up, then cosine) follows it
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(1, total[0] // 20)) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / max(1, total[0])))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, total[0] // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total[0]))))
+        ),
+    )
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))])
-    settings = {"seed": seed, "batch_videos": batch, "lr": lr, "lora_lr": lora_lr, "lora_rank": rank, "lora_scale": scale,
-                "frames": frames, "image_size": size, "train_videos": train_videos, "val_videos": val_videos,
-                "val_questions": sum(len(v["questions"]) for v in val_data), "caption_task": caption,
-                "caption_steps": caption_steps, "protocol": protocol, "description_weight": description_weight,
-                "description_spans": description_spans, "description_changes": description_changes,
-                "merge_repeats": describing, "curriculum": curriculum, "device": hardware_name(model), "command": command}
+    order = np.concatenate(
+        [rng.permutation(len(train_data)) for _ in range(math.ceil(steps * batch / len(train_data)))]
+    )
+    settings = {
+        "seed": seed,
+        "batch_videos": batch,
+        "lr": lr,
+        "lora_lr": lora_lr,
+        "lora_rank": rank,
+        "lora_scale": scale,
+        "frames": frames,
+        "image_size": size,
+        "train_videos": train_videos,
+        "val_videos": val_videos,
+        "val_questions": sum(len(v["questions"]) for v in val_data),
+        "caption_task": caption,
+        "caption_steps": caption_steps,
+        "protocol": protocol,
+        "description_weight": description_weight,
+        "description_spans": description_spans,
+        "description_changes": description_changes,
+        "merge_repeats": describing,
+        "curriculum": curriculum,
+        "device": hardware_name(model),
+        "command": command,
+    }
     best, best_state, history = -1.0, None, []
 
     def record(steps_done: int, lora: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return {**aligned, **settings, "steps": steps_done, "best_val_accuracy": best, "history": history,
-                "seconds": time.time() - started, "lora": lora}
+        return {
+            **aligned,
+            **settings,
+            "steps": steps_done,
+            "best_val_accuracy": best,
+            "history": history,
+            "seconds": time.time() - started,
+            "lora": lora,
+        }
 
     def validate(step: int, loss: float | None) -> None:  # keeps (and checkpoints) each new best
         nonlocal best, best_state
@@ -163,12 +226,26 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
         acc = accuracy(model, val_data, tokenizer)
         timing["eval"] += time.time() - clock
         timing["evals"] += 1
-        history.append({"step": step, "loss": loss, "val_accuracy": acc, "seconds": time.time() - started,
-                        "lr_factor": schedule.lr_lambdas[0](schedule.last_epoch)})
-        say(f"step {step}: " + ("" if loss is None else f"loss {loss:.3f}, ") + f"validation accuracy {acc['all']:.1%} "
-            + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all"))
+        history.append(
+            {
+                "step": step,
+                "loss": loss,
+                "val_accuracy": acc,
+                "seconds": time.time() - started,
+                "lr_factor": schedule.lr_lambdas[0](schedule.last_epoch),
+            }
+        )
+        say(
+            f"step {step}: "
+            + ("" if loss is None else f"loss {loss:.3f}, ")
+            + f"validation accuracy {acc['all']:.1%} "
+            + " ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all")
+        )
         if acc["all"] > best:
-            best, best_state = acc["all"], {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            best, best_state = (
+                acc["all"],
+                {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+            )
             if checkpoint is not None:
                 save(model, record(step, lora_factors(model)), checkpoint)
 
@@ -179,14 +256,19 @@ def train(model: Any, processor: Any, *, steps: int, train_videos: int, val_vide
             break
         clock = time.time()
         asked = step - caption_steps  # questions' steps so far (<= 0: the caption phase)
-        kinds = (("caption",) if asked <= 0 else CURRICULUM[: 1 + (asked - 1) // curriculum] if curriculum else TYPES
-                 ) + (("caption",) if caption else ())
-        chunk = [{**v, "questions": [q for q in v["questions"] if q["kind"] in kinds]}
-                 for v in (train_data[i] for i in order[(step - 1) * batch: step * batch])]  # epochs of shuffled videos
+        kinds = (
+            ("caption",) if asked <= 0 else CURRICULUM[: 1 + (asked - 1) // curriculum] if curriculum else TYPES
+        ) + (("caption",) if caption else ())
+        chunk = [
+            {**v, "questions": [q for q in v["questions"] if q["kind"] in kinds]}
+            for v in (train_data[i] for i in order[(step - 1) * batch : step * batch])
+        ]  # epochs of shuffled videos
         chunk = described(chunk) if describing else [v for v in chunk if v["questions"]]  # a description trains
         if not chunk:
-            raise ValueError(f"step {step}: no training item of the kinds {kinds} in the batch; give data (or "
-                             f"--caption / --caption-steps) with items of those kinds")
+            raise ValueError(
+                f"step {step}: no training item of the kinds {kinds} in the batch; give data (or "
+                f"--caption / --caption-steps) with items of those kinds"
+            )
         with torch.enable_grad():  # callers (the CLI) may have switched gradients off globally
             loss = answer_loss(model, chunk, description_weight)
         optimiser.zero_grad()
@@ -230,39 +312,94 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on the LM's linear layers (0: projector only)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--caption", action="store_true", help="also train each video's scene description (auxiliary)")
-    parser.add_argument("--caption-steps", type=int, default=0, metavar="STEPS",
-                        help="first train STEPS steps on describing the videos alone (caption pre-training)")
-    parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
-                        help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="direct",
-                        help="describe: ask each question after the model's description of the video (see qa.py)")
-    parser.add_argument("--description-weight", type=float, default=1.0, metavar="W",
-                        help="describe protocol: weight of the description's mean loss against the answers' (1: equal)")
-    parser.add_argument("--description-spans", action="store_true",
-                        help="describe protocol: descriptions say which sampled frames show each scene")
-    parser.add_argument("--description-changes", action="store_true",
-                        help="describe protocol: a scene that differs from the one before in one attribute names it")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="wall-time cap for the whole run; the step count and schedule shrink to fit")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="continue from a saved testbed folder (its projector and LoRA; no alignment)")
+    parser.add_argument(
+        "--caption-steps",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="first train STEPS steps on describing the videos alone (caption pre-training)",
+    )
+    parser.add_argument(
+        "--curriculum",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="add the question kinds one at a time, every STEPS steps, 'first' first (0: all at once)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="direct",
+        help="describe: ask each question after the model's description of the video (see qa.py)",
+    )
+    parser.add_argument(
+        "--description-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="describe protocol: weight of the description's mean loss against the answers' (1: equal)",
+    )
+    parser.add_argument(
+        "--description-spans",
+        action="store_true",
+        help="describe protocol: descriptions say which sampled frames show each scene",
+    )
+    parser.add_argument(
+        "--description-changes",
+        action="store_true",
+        help="describe protocol: a scene that differs from the one before in one attribute names it",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="wall-time cap for the whole run; the step count and schedule shrink to fit",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from a saved testbed folder (its projector and LoRA; no alignment)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TESTBED_DIR)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to train (default: cuda when available); the saved weights are device-free")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train (default: cuda when available); the saved weights are device-free",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU; fp32 weights, and no change on a CPU
     loaded = default_model(image_size=args.image_size)
     loaded.model.to(args.device)
-    record = train(loaded.model, loaded.processor, steps=args.steps, train_videos=args.train_videos,
-                   val_videos=args.val_videos, frames=args.frames, size=args.image_size, lr=args.lr,
-                   lora_lr=args.lora_lr, rank=args.rank, batch=args.batch, seed=args.seed, eval_every=args.eval_every,
-                   align_steps=args.align_steps, caption=args.caption, caption_steps=args.caption_steps,
-                   curriculum=args.curriculum, protocol=args.protocol, description_weight=args.description_weight,
-                   description_spans=args.description_spans, description_changes=args.description_changes,
-                   seconds=args.seconds, checkpoint=args.out, init=args.init,
-                   command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv))
+    record = train(
+        loaded.model,
+        loaded.processor,
+        steps=args.steps,
+        train_videos=args.train_videos,
+        val_videos=args.val_videos,
+        frames=args.frames,
+        size=args.image_size,
+        lr=args.lr,
+        lora_lr=args.lora_lr,
+        rank=args.rank,
+        batch=args.batch,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        align_steps=args.align_steps,
+        caption=args.caption,
+        caption_steps=args.caption_steps,
+        curriculum=args.curriculum,
+        protocol=args.protocol,
+        description_weight=args.description_weight,
+        description_spans=args.description_spans,
+        description_changes=args.description_changes,
+        seconds=args.seconds,
+        checkpoint=args.out,
+        init=args.init,
+        command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 
 

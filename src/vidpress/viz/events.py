@@ -11,8 +11,9 @@ import numpy as np
 from ..stages.pre_llm.events import EventPlan
 
 
-def draw_events(plan: EventPlan, frames: np.ndarray, timestamps: Sequence[float], path: str | Path,
-                title: str = "") -> Path:
+def draw_events(
+    plan: EventPlan, frames: np.ndarray, timestamps: Sequence[float], path: str | Path, title: str = ""
+) -> Path:
     """Write a PNG of ``plan`` for ``frames`` (F, H, W, 3) uint8 sampled at ``timestamps`` (seconds)."""
     import matplotlib
 
@@ -27,16 +28,25 @@ def draw_events(plan: EventPlan, frames: np.ndarray, timestamps: Sequence[float]
     ax = fig.add_subplot(grid[0, :])
     for e, (a, b) in enumerate(plan.events):
         key = e in plan.key_events
-        ax.axvspan(a - 0.5, b + 0.5, color="tab:orange" if key else "tab:gray", alpha=0.18 if key else 0.08,
-                   label="key event" if key and e == plan.key_events[0] else None)
-    ax.plot(np.arange(num - 1) + 0.5, plan.similarity, "-o", ms=3, color="tab:blue",
-            label="adjacent-frame similarity")
+        ax.axvspan(
+            a - 0.5,
+            b + 0.5,
+            color="tab:orange" if key else "tab:gray",
+            alpha=0.18 if key else 0.08,
+            label="key event" if key and e == plan.key_events[0] else None,
+        )
+    ax.plot(np.arange(num - 1) + 0.5, plan.similarity, "-o", ms=3, color="tab:blue", label="adjacent-frame similarity")
     for b in plan.boundaries:
         ax.axvline(b + 0.5, color="tab:red", ls="--", lw=1)
     relevance = np.asarray(plan.relevance)
     span = np.ptp(relevance) or 1.0
-    ax.plot(np.arange(num), (relevance - relevance.min()) / span, ":", color="tab:green",
-            label="frame-text relevance (scaled)")
+    ax.plot(
+        np.arange(num),
+        (relevance - relevance.min()) / span,
+        ":",
+        color="tab:green",
+        label="frame-text relevance (scaled)",
+    )
     ax.scatter(plan.key_frames, [1.03] * len(plan.key_frames), marker="v", color="tab:orange", label="key frame")
     ax.set_xlim(-0.5, num - 0.5)
     ax.set_xlabel("frame")
@@ -65,7 +75,12 @@ def events_table(plan: EventPlan, timestamps: Sequence[float]) -> Any:
         table.add_column(col, justify="right")
     for e, (a, b) in enumerate(plan.events):
         keys = [f for f in plan.key_frames if a <= f <= b]
-        table.add_row(str(e), f"{a}-{b}", f"{timestamps[a]:.1f}-{timestamps[b]:.1f}",
-                      "yes" if e in plan.key_events else "no", ", ".join(map(str, keys)),
-                      str(sum(plan.tokens[a: b + 1])))
+        table.add_row(
+            str(e),
+            f"{a}-{b}",
+            f"{timestamps[a]:.1f}-{timestamps[b]:.1f}",
+            "yes" if e in plan.key_events else "no",
+            ", ".join(map(str, keys)),
+            str(sum(plan.tokens[a : b + 1])),
+        )
     return table

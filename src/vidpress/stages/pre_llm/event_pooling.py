@@ -99,10 +99,19 @@ class EventPooling(SourcePositions):
         they are divided by it."""
         relevance = self.relevance(tokens, row, frames)
         strides = tuple(max(1, s // tokens.unpooled_stride) for s in self.strides)
-        return plan_events(frames, relevance, segmentation="faithful" if self.mode == "faithful" else "adaptive",
-                           boundaries=self.boundaries, z=self.z, min_event_frames=self.min_event_frames,
-                           key_events=self.key_events, key_frames=self.key_frames, strides=strides,
-                           grid=grid, rounding=math.ceil if self.pool == "bilinear" else math.floor)
+        return plan_events(
+            frames,
+            relevance,
+            segmentation="faithful" if self.mode == "faithful" else "adaptive",
+            boundaries=self.boundaries,
+            z=self.z,
+            min_event_frames=self.min_event_frames,
+            key_events=self.key_events,
+            key_frames=self.key_frames,
+            strides=strides,
+            grid=grid,
+            rounding=math.ceil if self.pool == "bilinear" else math.floor,
+        )
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
         grids = tokens.unpooled
@@ -115,8 +124,10 @@ class EventPooling(SourcePositions):
         room = frames * per_frame + (0 if tokens.extra is None else tokens.extra.shape[1])
         for b in range(batch):
             plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), tuple(grids.shape[2:4]))
-            pooled = {s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
-                      for s in set(plan.strides)}
+            pooled = {
+                s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
+                for s in set(plan.strides)
+            }
             taken = {s: 0 for s in pooled}
             feats, events, frame_of, source = [], [], [], []
             for e, (a, z) in enumerate(plan.events):
@@ -135,17 +146,24 @@ class EventPooling(SourcePositions):
                     source.append(-1)
             # a newline sits where the next event starts; the last one at the model's own newline placeholder
             for i in reversed(range(len(source))):
-                source[i] = source[i] if source[i] >= 0 else (source[i + 1:] or [frames * per_frame])[0]
+                source[i] = source[i] if source[i] >= 0 else (source[i + 1 :] or [frames * per_frame])[0]
             rows.append((torch.cat(feats), events, frame_of, source))
             plans.append(plan)
         lengths = {len(r[1]) for r in rows}
         if len(lengths) > 1:
-            raise BudgetError(f"videos in the batch pack to different lengths {sorted(lengths)}; run them one at a time")
+            raise BudgetError(
+                f"videos in the batch pack to different lengths {sorted(lengths)}; run them one at a time"
+            )
         num_events = max(len(p.events) for p in plans)
         key = torch.zeros(batch, num_events, dtype=torch.bool)
         for b, p in enumerate(plans):
             key[b, p.key_events] = True
         device = grids.device
-        return PackedTokens(torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows], device=device),
-                            key.to(device), torch.tensor([r[2] for r in rows], device=device), plans,
-                            source=torch.tensor([r[3] for r in rows], device=device))
+        return PackedTokens(
+            torch.stack([r[0] for r in rows]),
+            torch.tensor([r[1] for r in rows], device=device),
+            key.to(device),
+            torch.tensor([r[2] for r in rows], device=device),
+            plans,
+            source=torch.tensor([r[3] for r in rows], device=device),
+        )

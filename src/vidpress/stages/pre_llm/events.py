@@ -2,7 +2,8 @@
 
 methods.md §2.1. Frames are split into events at the lowest adjacent-frame similarities; each frame gets a
 relevance to the question; the most relevant events are key events and the most relevant frames of each
-event key frames (relevance scorers: :mod:`.relevance`). :func:`plan_events` returns everything as an :class:`EventPlan` (also what
+event key frames (relevance scorers: :mod:`.relevance`). :func:`plan_events` returns everything as an
+:class:`EventPlan` (also what
 ``vidpress events`` draws).
 """
 
@@ -24,8 +25,14 @@ def adjacent_similarity(frames: Tensor) -> Tensor:
     return (x[1:] * x[:-1]).sum(-1)
 
 
-def segment(similarity: Tensor, mode: Literal["faithful", "adaptive"], *, boundaries: int = 4,
-            z: float = 1.0, min_event_frames: int = 4) -> list[int]:
+def segment(
+    similarity: Tensor,
+    mode: Literal["faithful", "adaptive"],
+    *,
+    boundaries: int = 4,
+    z: float = 1.0,
+    min_event_frames: int = 4,
+) -> list[int]:
     """Event boundaries: sorted frame indices i such that a new event starts at frame i + 1.
 
     Parameters
@@ -81,9 +88,20 @@ class EventPlan:
         return dict(self.__dict__)
 
 
-def plan_events(frames: Tensor, relevance: Tensor, *, segmentation: str, boundaries: int, z: float,
-                min_event_frames: int, key_events: int | float, key_frames: int | float,
-                strides: tuple[int, int, int, int], grid: tuple[int, int], rounding=math.ceil) -> EventPlan:
+def plan_events(
+    frames: Tensor,
+    relevance: Tensor,
+    *,
+    segmentation: str,
+    boundaries: int,
+    z: float,
+    min_event_frames: int,
+    key_events: int | float,
+    key_frames: int | float,
+    strides: tuple[int, int, int, int],
+    grid: tuple[int, int],
+    rounding=math.ceil,
+) -> EventPlan:
     """Segment, choose key events/frames and assign each frame a pooling stride (methods.md §2.1 steps 2-5).
 
     Parameters
@@ -100,19 +118,20 @@ def plan_events(frames: Tensor, relevance: Tensor, *, segmentation: str, boundar
     similarity = adjacent_similarity(frames)
     bounds = segment(similarity, segmentation, boundaries=boundaries, z=z, min_event_frames=min_event_frames)
     events = events_from_boundaries(bounds, num)
-    event_score = torch.stack([relevance[a: b + 1].max() for a, b in events])  # max r_i over the event
+    event_score = torch.stack([relevance[a : b + 1].max() for a, b in events])  # max r_i over the event
     key_ev = sorted(event_score.topk(count_of(key_events, len(events), "key_events")).indices.tolist())
     key_fr: list[int] = []
     frame_stride = [0] * num
     for e, (a, b) in enumerate(events):
-        chosen = relevance[a: b + 1].topk(count_of(key_frames, b - a + 1, "key_frames")).indices + a
+        chosen = relevance[a : b + 1].topk(count_of(key_frames, b - a + 1, "key_frames")).indices + a
         key_fr += sorted(chosen.tolist())
         base = 0 if e in key_ev else 2
         for f in range(a, b + 1):
             frame_stride[f] = strides[base + (0 if f in chosen or a == b else 1)]
     tokens = [rounding(grid[0] / s) * rounding(grid[1] / s) for s in frame_stride]
-    return EventPlan(similarity.tolist(), bounds, events, relevance.float().tolist(), key_ev, key_fr,
-                     frame_stride, tokens)
+    return EventPlan(
+        similarity.tolist(), bounds, events, relevance.float().tolist(), key_ev, key_fr, frame_stride, tokens
+    )
 
 
 def dyseg(frames: Tensor, threshold: float, min_segments: int) -> list[tuple[int, int]]:

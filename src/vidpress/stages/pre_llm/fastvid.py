@@ -118,15 +118,18 @@ class FastVIDStage(PreLLMStage):
         for b in range(batch):
             x = tokens.features[b]
             if self.mode == "faithful" and frames < self.min_segments:
-                raise BudgetError(f"FastVID's reference needs at least c={self.min_segments} frames (it takes the "
-                                  f"c - 1 lowest of F - 1 similarities), got F={frames}; lower min_segments or use "
-                                  "mode='fixed'")
+                raise BudgetError(
+                    f"FastVID's reference needs at least c={self.min_segments} frames (it takes the "
+                    f"c - 1 lowest of F - 1 similarities), got F={frames}; lower min_segments or use "
+                    "mode='fixed'"
+                )
             segments = dyseg(x.float().mean(1), self.threshold, self.min_segments)
             num_events = max(num_events, len(segments))
             out, where = run(x, tokens.attention[b], segments)
             source = torch.tensor(where, device=x.device)
-            event = torch.bucketize(source // per_frame, torch.tensor([a for a, _ in segments[1:]], device=x.device),
-                                    right=True)
+            event = torch.bucketize(
+                source // per_frame, torch.tensor([a for a, _ in segments[1:]], device=x.device), right=True
+            )
             order = source.argsort()
             rows.append((torch.cat(out)[order], source[order] // per_frame, event[order], source[order]))
         return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra)
@@ -141,8 +144,10 @@ class FastVIDStage(PreLLMStage):
         frames, per_frame, _ = x.shape
         retain = int(per_frame * self.retention)
         if retain == 0:
-            raise BudgetError(f"FastVID's reference keeps int(T * r) = int({per_frame} * {self.retention}) = 0 tokens per "
-                              "frame: no video would reach the LLM; raise retention or use mode='fixed'")
+            raise BudgetError(
+                f"FastVID's reference keeps int(T * r) = int({per_frame} * {self.retention}) = 0 tokens per "
+                "frame: no video would reach the LLM; raise retention or use mode='fixed'"
+            )
         context = int(retain * self.anchor_share)
         top, rest = self._salient(x, attention, retain - context)
         out = [x[f, top[f]] for f in range(frames)]
@@ -152,17 +157,24 @@ class FastVIDStage(PreLLMStage):
             count = context * length // math.ceil(length / self.anchor_stride)
             anchor_frames = [first + o for o in anchor_offsets(length, self.anchor_stride)]
             if count > rest.shape[1]:
-                raise BudgetError(f"FastVID faithful: an anchor frame of a {length}-frame segment needs {count} anchors "
-                                  f"but has {rest.shape[1]} candidates (the reference code fails here: "
-                                  f"int(int(T*r)*d) * L // ceil(L/p) must not exceed T - salient); lower retention "
-                                  "or use mode='fixed'")
+                raise BudgetError(
+                    f"FastVID faithful: an anchor frame of a {length}-frame segment needs {count} anchors "
+                    f"but has {rest.shape[1]} candidates (the reference code fails here: "
+                    f"int(int(T*r)*d) * L // ceil(L/p) must not exceed T - salient); lower retention "
+                    "or use mode='fixed'"
+                )
             # Frames whose anchor count equals a single frame's merge only their own tokens (the reference's
             # single-frame path); larger counts merge the whole segment into each anchor frame's anchors.
             if count == 0:
                 continue
             single = count == context
-            pool = None if single else x[first:last + 1].gather(
-                1, rest[first:last + 1, :, None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
+            pool = (
+                None
+                if single
+                else x[first : last + 1]
+                .gather(1, rest[first : last + 1, :, None].expand(-1, -1, x.shape[-1]))
+                .flatten(0, 1)
+            )
             for f in anchor_frames:
                 candidates = x[f, rest[f]]
                 chosen = density_scores(candidates, self.knn).topk(count).indices
@@ -178,15 +190,19 @@ class FastVIDStage(PreLLMStage):
         for first, last in segments:
             candidates = []  # per frame: positions left after attention selection
             for f in range(first, last + 1):
-                top, rest = self._salient(x[f:f + 1], attention[f:f + 1], kept[f] - anchored[f])
+                top, rest = self._salient(x[f : f + 1], attention[f : f + 1], kept[f] - anchored[f])
                 out.append(x[f, top[0]])
                 where += (f * per_frame + top[0]).tolist()
                 candidates.append(rest[0])
-            anchor_frames, counts = self._fixed_anchors(anchored[first:last + 1], [len(c) for c in candidates])
+            anchor_frames, counts = self._fixed_anchors(anchored[first : last + 1], [len(c) for c in candidates])
             if not sum(counts):
                 continue
-            anchor_ids = torch.cat([candidates[a][density_scores(x[first + a, candidates[a]], self.knn).topk(c).indices]
-                                    for a, c in zip(anchor_frames, counts)])
+            anchor_ids = torch.cat(
+                [
+                    candidates[a][density_scores(x[first + a, candidates[a]], self.knn).topk(c).indices]
+                    for a, c in zip(anchor_frames, counts)
+                ]
+            )
             owners = [first + a for a, c in zip(anchor_frames, counts) for _ in range(c)]
             pool = torch.cat([x[first + i, c] for i, c in enumerate(candidates)])
             out.append(merge_into_anchors(x[owners, anchor_ids], pool, self.merge_weight))
@@ -204,4 +220,3 @@ class FastVIDStage(PreLLMStage):
             if all(c <= room[f] for f, c in zip(frames, counts)):
                 return frames, counts
         return list(range(length)), need
-

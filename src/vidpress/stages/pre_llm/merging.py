@@ -14,8 +14,10 @@ from ...errors import VidpressError
 def require_encoder_attention(tokens, name: str) -> None:
     """Raise unless the runtime gave ``tokens`` the vision encoder's attention (``Needs.encoder_attention``)."""
     if tokens.attention is None or tokens.keys is None:
-        raise VidpressError(f"{name} needs the vision encoder's attention; the runtime provides it when the "
-                            "model's adapter exposes its encoder attention (vidpress.apply)")
+        raise VidpressError(
+            f"{name} needs the vision encoder's attention; the runtime provides it when the "
+            "model's adapter exposes its encoder attention (vidpress.apply)"
+        )
 
 
 def joined(assign: Tensor, values: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,10 @@ def window_sources(grid0: tuple[int, int], stride: int, grid: tuple[int, int], m
     """For a (h0, w0) grid pooled by ``stride``: the index into the model's (h, w) token grid of the token nearest
     each window's centre, the position the pooled token takes. (T',) long."""
     rounding = math.ceil if mode == "bilinear" else math.floor
-    rows = ((torch.arange(rounding(grid0[0] / stride)) + 0.5) * stride * grid[0] / grid0[0]).long().clamp(max=grid[0] - 1)
-    cols = ((torch.arange(rounding(grid0[1] / stride)) + 0.5) * stride * grid[1] / grid0[1]).long().clamp(max=grid[1] - 1)
+    rows = (
+        ((torch.arange(rounding(grid0[0] / stride)) + 0.5) * stride * grid[0] / grid0[0]).long().clamp(max=grid[0] - 1)
+    )
+    cols = (
+        ((torch.arange(rounding(grid0[1] / stride)) + 0.5) * stride * grid[1] / grid0[1]).long().clamp(max=grid[1] - 1)
+    )
     return (rows[:, None] * grid[1] + cols[None, :]).flatten()

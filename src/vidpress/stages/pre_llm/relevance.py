@@ -91,5 +91,7 @@ class SiglipRelevance:
             pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear")
         image = self.model.get_image_features(pixel_values=pixels)
         image = getattr(image, "pooler_output", image)
-        cos = torch.nn.functional.normalize(image.float(), dim=-1) @ torch.nn.functional.normalize(text_features.float(), dim=-1)
+        cos = torch.nn.functional.normalize(image.float(), dim=-1) @ torch.nn.functional.normalize(
+            text_features.float(), dim=-1
+        )
         return cos.to(frames.device)

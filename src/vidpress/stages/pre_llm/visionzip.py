@@ -67,7 +67,6 @@ class VisionZipStage(SourcePositions):
         check_ratio("contextual_share", self.contextual_share)
         check_mode(self.mode)
 
-
     def kept_count(self, frames: int, tokens_per_frame: int) -> int:
         return visual_budget(self.retention, frames * tokens_per_frame)
 
@@ -88,8 +87,9 @@ class VisionZipStage(SourcePositions):
                 if contextual:
                     rest = torch.ones(per_frame, dtype=torch.bool, device=x.device)
                     rest[dominant] = False
-                    merged, targets = merge_into_targets(x[rest], tokens.keys[b, f][rest], contextual,
-                                                         self.mode == "faithful")
+                    merged, targets = merge_into_targets(
+                        x[rest], tokens.keys[b, f][rest], contextual, self.mode == "faithful"
+                    )
                     feats.append(merged)
                     source.append(rest.nonzero().flatten()[targets])
                 feats, source = torch.cat(feats), torch.cat(source)

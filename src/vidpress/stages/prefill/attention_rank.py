@@ -81,22 +81,33 @@ class AttentionRank(PrefillStage):
         layers = [s[0] for s in self.schedule]
         relative = all(isinstance(v, float) and 0 < v < 1 for v in layers)
         if not layers or (not relative and layers[0] < 1) or any(b <= a for a, b in zip(layers, layers[1:])):
-            raise InvalidParameterError(f"schedule layers must be increasing and >= 1 (or fractions of depth in "
-                                        f"(0, 1)), got {layers}")
+            raise InvalidParameterError(
+                f"schedule layers must be increasing and >= 1 (or fractions of depth in (0, 1)), got {layers}"
+            )
         if self.retention is not None and not 0 < self.retention <= 1:
             raise BudgetError(f"retention must be in (0, 1], got {self.retention}")
         for layer, key, other in self.schedule:
             if not (0 <= key <= 1 and 0 <= other <= 1):
                 raise InvalidParameterError(f"keep fractions must lie in [0, 1], got ({key}, {other}) at layer {layer}")
-        for name, allowed in (("query_rows", ("text", "last")), ("count_rule", ("ceil", "round", "floor_input")),
-                              ("score_layer", ("previous", "own")), ("positions", ("original", "contiguous"))):
+        for name, allowed in (
+            ("query_rows", ("text", "last")),
+            ("count_rule", ("ceil", "round", "floor_input")),
+            ("score_layer", ("previous", "own")),
+            ("positions", ("original", "contiguous")),
+        ):
             if getattr(self, name) not in allowed:
                 raise InvalidParameterError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         resolved = not relative and self.retention is None
         own = self.score_layer == "own"
-        object.__setattr__(self, "needs", Needs(
-            query_rows=self.query_rows, scores_at_drop=own,
-            score_layers=tuple(layer - 1 for layer in layers) if resolved and not own else ()))
+        object.__setattr__(
+            self,
+            "needs",
+            Needs(
+                query_rows=self.query_rows,
+                scores_at_drop=own,
+                score_layers=tuple(layer - 1 for layer in layers) if resolved and not own else (),
+            ),
+        )
 
     def for_depth(self, num_layers: int) -> AttentionRank:
         """This stage for an LLM of ``num_layers`` layers: depth fractions and ``retention`` resolved.
@@ -108,8 +119,10 @@ class AttentionRank(PrefillStage):
         """
         layers = [max(1, round(v * num_layers)) if isinstance(v, float) else v for v in self.layers]
         if layers[-1] >= num_layers or len(set(layers)) < len(layers):
-            raise BudgetError(f"pruning layers {layers} do not fit an LLM of {num_layers} layers; choose layers "
-                              f"between 1 and {num_layers - 1}")
+            raise BudgetError(
+                f"pruning layers {layers} do not fit an LLM of {num_layers} layers; choose layers "
+                f"between 1 and {num_layers - 1}"
+            )
         schedule = tuple((layer, key, other) for layer, (_, key, other) in zip(layers, self.schedule))
         if self.retention is not None:
             lam = solve_keep(self.retention, layers, num_layers)
@@ -134,8 +147,9 @@ class AttentionRank(PrefillStage):
                 k = round(n * key_fraction)
             else:
                 if signals.input_count is None:
-                    raise InvalidParameterError("count_rule='floor_input' needs the visual tokens entering the LLM "
-                                                "(LayerSignals.input_count)")
+                    raise InvalidParameterError(
+                        "count_rule='floor_input' needs the visual tokens entering the LLM (LayerSignals.input_count)"
+                    )
                 k = int(signals.input_count * math.prod(s[1] for s in self.schedule[: step + 1]))
             return Selection.top_k(scores, min(k, n))
         events = signals.events if signals.events is not None else torch.zeros_like(scores, dtype=torch.long)
@@ -149,6 +163,8 @@ class AttentionRank(PrefillStage):
                 kept.append(members[scores[b, members].float().topk(k).indices])
             rows.append(torch.cat(kept) if kept else scores.new_zeros(0, dtype=torch.long))
         if len({r.numel() for r in rows}) > 1:
-            raise BudgetError(f"batch rows keep different numbers of tokens ({[r.numel() for r in rows]}); run the "
-                              "videos one at a time")
+            raise BudgetError(
+                f"batch rows keep different numbers of tokens ({[r.numel() for r in rows]}); run the "
+                "videos one at a time"
+            )
         return Selection.from_indices(torch.stack(rows), n)

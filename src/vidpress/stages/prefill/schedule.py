@@ -40,8 +40,10 @@ def solve_keep(retention: float, layers: list[int], num_layers: int) -> float:
     if not 0 < retention <= 1:
         raise BudgetError(f"retention must be in (0, 1], got {retention}")
     if retention < mean(0.0):
-        raise BudgetError(f"retention {retention} is unreachable when pruning starts at layer {layers[0]} of "
-                          f"{num_layers} (minimum {mean(0.0):.3f}); prune earlier or raise the retention")
+        raise BudgetError(
+            f"retention {retention} is unreachable when pruning starts at layer {layers[0]} of "
+            f"{num_layers} (minimum {mean(0.0):.3f}); prune earlier or raise the retention"
+        )
     lo, hi = 0.0, 1.0
     for _ in range(60):  # mean() is increasing in lambda
         mid = (lo + hi) / 2
