@@ -14,12 +14,15 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from .accounting import Accounting, spec_from_config
+
+if TYPE_CHECKING:
+    from .runtime.session import Session
 
 
 def human_bytes(n: float) -> str:
@@ -66,7 +69,7 @@ class Report:
         return self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
 
     @classmethod
-    def from_session(cls, model: Any, session: Any, method: str) -> Report:
+    def from_session(cls, model: Any, session: Session, method: str) -> Report:
         dtype_bytes = next(model.parameters()).element_size()
         spec = spec_from_config(
             model.config,
@@ -83,18 +86,18 @@ class Report:
             session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer]) for layer in layers
         ]
         stored = [session.visual_count(layer, stored=True) for layer in layers]
-        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.info["other_tokens"])
+        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.other_tokens)
         t = session.timings
         return cls(
             method,
             accounting,
             steps,
-            t.get("ttft_s", float("nan")),
-            t.get("vision_s", 0.0),
-            t.get("llm_prefill_s", float("nan")),
-            t["overhead_s"],
-            t["decode_overhead_s"],
-            t["decode_s"],
+            t.ttft_s,
+            t.vision_s,
+            t.llm_prefill_s,
+            t.overhead_s,
+            t.decode_overhead_s,
+            t.decode_s,
             session.peak_memory_bytes,
             str(next(model.parameters()).device),
             _events_of(session),

@@ -134,17 +134,17 @@ class Run:
                 encoder=lambda: self._t.encoder,
             )
             self._t.projected = self._t.pixels = self._t.encoder = None
-            session.timings["overhead_s"] += self._t.encoder_s
+            session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
-            session.info["vision_before_s"] = self._t.vision_s
+            session.timings.vision_before_s = self._t.vision_s
             self._t.active = (weakref.ref(kwargs["cache"]), session)
             self._t.sessions.append(session)
             self._sessions.append(session)
         elif (session := self.session_of(cache)) is not None:
             decode_inputs(session, kwargs)
             _sync(self._device())
-            session.info["step_start"] = time.perf_counter()
+            session.timings.step_start = time.perf_counter()
         return args, kwargs
 
     def _model_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
@@ -156,14 +156,14 @@ class Run:
         if session.ctx.step == 0 and self.stages.decode is not None and self.stages.decode.needs.trim_after_prefill:
             started = time.perf_counter()
             trim_cache(session, kwargs["cache"], self.stages.decode.first_layer)
-            session.timed("overhead_s", started)
+            session.timed(started)
         if session.ctx.step == 0:
             # Vision encoding that ran before this call (generate pre-encodes the video) is part of TTFT.
-            session.timings["ttft_s"] = now - session.started + session.info["vision_before_s"]
-            session.timings["vision_s"] = self._t.vision_s
+            session.timings.ttft_s = now - session.started + session.timings.vision_before_s
+            session.timings.vision_s = self._t.vision_s
             self._t.vision_s = 0.0
         else:
-            session.timings["decode_s"] += now - session.info["step_start"]
+            session.timings.decode_s += now - session.timings.step_start
             session.decode_steps += 1
         if self._t.memory is not None:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._t.memory.peak)
@@ -200,13 +200,13 @@ class Run:
         session = self.session_of(kwargs.get("cache"))
         if session is not None and session.ctx.step == 0:
             _sync(self._device())
-            session.info["llm_start"] = time.perf_counter()
+            session.timings.llm_start = time.perf_counter()
 
     def _llm_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         session = self.session_of(kwargs.get("cache"))
         if session is not None and session.ctx.step == 0:
             _sync(self._device())
-            session.timings["llm_prefill_s"] = time.perf_counter() - session.info["llm_start"]
+            session.timings.llm_prefill_s = time.perf_counter() - session.timings.llm_start
 
     def _install(self) -> None:
         add = self._handles.append

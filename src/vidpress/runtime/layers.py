@@ -130,7 +130,7 @@ def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
                 local = torch.cat([others, visual.gather(1, plan.keep.to(visual.device))], 1).sort(1).values
                 hidden = gather_seq(hidden, local.to(hidden.device), 1)
                 session.layouts[layer] = before.gather(1, local)
-            session.timed("overhead_s", start)
+            session.timed(start)
         elif layer > 0 and session.layouts[layer - 1] is not None:
             session.layouts[layer] = session.layouts[layer - 1]
         if session.layouts[layer] is not None:
@@ -154,8 +154,8 @@ def attention_pre_hook(session_of, adapter: Any, layer: int):
             rows = _rows(session, layer, hidden.shape[1], decoding).to(hidden.device)
             cos, sin = kwargs["position_embeddings"]
             session.queries[layer] = adapter.query_states(module, hidden[:, rows], cos[:, rows], sin[:, rows])
-            session.info["rows"] = rows
-            session.timed("overhead_s", start)
+            session.query_rows = rows
+            session.timed(start)
         if decoding:
             index = session.physical_index(layer, session.logical_len - session.prompt_len)
             mask = kwargs.get("attention_mask")
@@ -190,14 +190,14 @@ def attention_post_hook(session_of, layer: int):
         key_mask = None
         if isinstance(mask, Tensor) and mask.dim() == 4:  # (B, 1, q, n): use the last query row's key mask
             key_mask = mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
-        rows = None if decoding else session.info["rows"]
+        rows = None if decoding else session.query_rows
         scores = attention_rows(query, keys, module.scaling, row_positions=rows, key_mask=key_mask)
         if decoding:
             _select_view(session, layer, scores)
         else:
             session.scores[layer] = scores
             session.scores_device = scores.device
-        session.timed("overhead_s", start)
+        session.timed(start)
 
     return hook
 

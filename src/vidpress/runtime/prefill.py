@@ -167,8 +167,8 @@ def start_request(
     )
     if events is not None:
         session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
-    session.timings.update(overhead_s=overhead)
-    session.info["other_tokens"] = int(kept.shape[1] - session.visual[0].sum())
+    session.timings.overhead_s = overhead
+    session.other_tokens = int(kept.shape[1] - session.visual[0].sum())
     cache = kwargs.get("cache")
     kwargs.update(
         input_ids=None,

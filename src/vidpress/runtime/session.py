@@ -13,6 +13,7 @@ Vocabulary used by the runtime:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,28 @@ def per_row_positions(mask: Tensor) -> Tensor:
             "number of frames and tokens per video in a batch: run the videos one at a time"
         )
     return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+@dataclass
+class Timings:
+    """What one request measured, in seconds, and the clock marks (``time.perf_counter``) it is measured from."""
+
+    ttft_s: float = math.nan  # first token: vision encoding (also when generate ran it first) + LLM prefill
+    vision_s: float = 0.0  # vision tower and projector, vidpress's encoder-attention work excluded
+    llm_prefill_s: float = math.nan  # the LLM's prefill forward
+    overhead_s: float = 0.0  # vidpress's own work before the first token
+    decode_overhead_s: float = 0.0  # vidpress's own work while decoding
+    decode_s: float = 0.0  # decoding forwards
+    vision_before_s: float = 0.0  # encoding that generate ran before the first forward
+    llm_start: float = 0.0
+    step_start: float = 0.0
+
+    def add_overhead(self, start: float, decoding: bool) -> None:
+        """Add the time since ``start`` to the prefill or the decoding overhead."""
+        if decoding:
+            self.decode_overhead_s += time.perf_counter() - start
+        else:
+            self.overhead_s += time.perf_counter() - start
 
 
 @dataclass
@@ -62,12 +85,12 @@ class Session:
     view_visual: int = 0
     decode_steps: int = 0
     decode_visual_sum: list[float] = field(default_factory=list)
-    timings: dict[str, float] = field(
-        default_factory=lambda: {"overhead_s": 0.0, "decode_overhead_s": 0.0, "decode_s": 0.0}
-    )
+    timings: Timings = field(default_factory=Timings)
     started: float = field(default_factory=time.perf_counter)
     peak_memory_bytes: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
+    other_tokens: int = 0  # non-visual prompt entries (text, the model's extra video tokens)
+    query_rows: Tensor | None = None  # positions of the prefill query rows being scored
+    scores_device: Any = None  # where the prefill scores live
 
     def __post_init__(self) -> None:
         self.ctx = StageContext(num_layers=self.num_layers)
@@ -108,7 +131,6 @@ class Session:
         found = self.layouts[layer]
         return self.base_len - found.shape[1] if self.renumber and found is not None else 0
 
-    def timed(self, key: str, start: float) -> None:
-        """Add the time since ``start``; ``overhead_s`` goes to ``decode_overhead_s`` while decoding."""
-        key = "decode_overhead_s" if key == "overhead_s" and self.ctx.step > 0 else key
-        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+    def timed(self, start: float) -> None:
+        """Add the time since ``start`` to vidpress's overhead (prefill's, or decoding's while decoding)."""
+        self.timings.add_overhead(start, self.ctx.step > 0)
