@@ -2,7 +2,7 @@
 
     python benchmarks/testbed_metok_stages.py [-n 30]
 
-METok keeps no visual token past its last pruning layer (methods.md §2.2: layer 19 of the reference's 28;
+METok keeps no visual token past its last pruning layer (docs/methods.md: layer 19 of the reference's 28;
 METok's default layers (3, 10, 19) are kept as they are on the testbed's 30-layer LM) and trims every later
 layer's visual KV to that empty set after prefill
 (§2.3), so whatever the model generates afterwards reads the video only through layers 0-2. A short answer

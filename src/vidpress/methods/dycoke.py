@@ -1,6 +1,6 @@
 """DyCoke (Tao et al., "DyCoke: Dynamic Compression of Tokens for Fast Video Large Language Models", CVPR 2025).
 
-TTM before the LLM plus dynamic visual-KV selection at every decoding step. See methods.md §1 and the two
+TTM before the LLM plus dynamic visual-KV selection at every decoding step. See docs/methods.md and the two
 stage modules for the faithful/fixed differences.
 """
 

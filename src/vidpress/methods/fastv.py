@@ -1,6 +1,6 @@
 """In-LLM attention-rank peers: FastV (Chen et al., ECCV 2024) and PyramidDrop (Xing et al., CVPR 2025).
 
-Both drop visual tokens during prefill by the attention the last token pays them (methods.md §3); the
+Both drop visual tokens during prefill by the attention the last token pays them (docs/methods.md); the
 pruned set then stays fixed for decoding. Scores come from a separate fp32 row, so SDPA stays in place
 (the reference FastV falls back to eager attention and its peak memory rises).
 

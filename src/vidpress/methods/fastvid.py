@@ -1,5 +1,5 @@
 """FastVID (Shen et al., NeurIPS 2025): dynamic temporal segmentation, then density-based spatiotemporal
-pruning and merging inside each segment (methods.md §3). Pre-LLM; needs vision-encoder attention."""
+pruning and merging inside each segment (docs/methods.md). Pre-LLM; needs vision-encoder attention."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """METok ("Multi-stage Event-based Token compression", 2025): the first public implementation.
 
 Stage 1 event-aware pooling before the LLM, stage 2 hierarchical per-event pruning during prefill, stage 3
-a one-time layer-wise KV trim after prefill (methods.md §2 and the three stage modules).
+a one-time layer-wise KV trim after prefill (docs/methods.md).
 """
 
 from __future__ import annotations

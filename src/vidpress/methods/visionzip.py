@@ -1,5 +1,5 @@
 """VisionZip (Yang et al., CVPR 2025): per frame, dominant tokens by vision-encoder attention plus contextual
-tokens merged from the rest (methods.md §3). Needs no attention weights from the LLM, so it works with any
+tokens merged from the rest (docs/methods.md). Needs no attention weights from the LLM, so it works with any
 attention implementation; the encoder's attention is recomputed apart from its own SDPA call."""
 
 from __future__ import annotations

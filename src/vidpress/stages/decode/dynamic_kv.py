@@ -1,4 +1,4 @@
-"""DyCoke stage 2, dynamic KV-cache pruning at decode time — Tao et al., CVPR 2025, §3.3; methods.md §1.3.
+"""DyCoke stage 2, dynamic KV-cache pruning at decode time — Tao et al., CVPR 2025, §3.3; docs/methods.md
 
 At every decoding step the attention of the token being decoded at layer L-1 (fp32, averaged over heads)
 ranks the visual KV entries; layers L.. attend only to the top ``int(n * (1 - P))`` of them plus every

@@ -1,4 +1,4 @@
-"""METok stage 3, layer-wise KV trimming after prefill (methods.md §2.3).
+"""METok stage 3, layer-wise KV trimming after prefill (docs/methods.md).
 
 Once prefill ends, every layer from ``first_layer`` on keeps only the visual KV entries that survive every
 later pruning step (the set alive at the last layer); earlier layers keep all of theirs. Storage is freed

@@ -1,4 +1,4 @@
-"""METok stage 1, event-aware compression during vision encoding (methods.md §2.1).
+"""METok stage 1, event-aware compression during vision encoding (docs/methods.md).
 
 The projected grid of each frame, taken *before* the model's own pooling, is pooled with a stride that
 depends on whether the frame is a key frame and whether its event is a key event (reference strides

@@ -1,6 +1,6 @@
 """METok stage 1 building blocks: event segmentation, frame-text relevance, key events and key frames.
 
-methods.md §2.1. Frames are split into events at the lowest adjacent-frame similarities; each frame gets a
+docs/methods.md Frames are split into events at the lowest adjacent-frame similarities; each frame gets a
 relevance to the question; the most relevant events are key events and the most relevant frames of each
 event key frames (relevance scorers: :mod:`.relevance`). :func:`plan_events` returns everything as an
 :class:`EventPlan` (also what
@@ -102,7 +102,7 @@ def plan_events(
     grid: tuple[int, int],
     rounding=math.ceil,
 ) -> EventPlan:
-    """Segment, choose key events/frames and assign each frame a pooling stride (methods.md §2.1 steps 2-5).
+    """Segment, choose key events/frames and assign each frame a pooling stride (docs/methods.md).
 
     Parameters
     ----------

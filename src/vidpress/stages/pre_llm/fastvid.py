@@ -1,5 +1,5 @@
 """FastVID (Shen et al., NeurIPS 2025): dynamic temporal segmentation (DySeg) then density-based
-spatiotemporal pruning (STPrune) of each segment (methods.md §3).
+spatiotemporal pruning (STPrune) of each segment (docs/methods.md).
 
 Per frame, the budget is split between tokens chosen by vision-encoder attention (Attention Token Selection)
 and a share ``d`` of density-peak anchor tokens (DPC-kNN score = density x distance to the nearest denser

@@ -1,5 +1,5 @@
 """Token merging shared by the pre-LLM peers: VisionZip's contextual tokens, FastVID's DPC-kNN density
-scores and its density-based token merging. Pure tensor functions (methods.md §3)."""
+scores and its density-based token merging. Pure tensor functions (docs/methods.md)."""
 
 from __future__ import annotations
 

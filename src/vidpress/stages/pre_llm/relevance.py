@@ -1,4 +1,4 @@
-"""METok frame-text relevance r_i (methods.md §2.1 step 1): one small interface, two scorers.
+"""METok frame-text relevance r_i (docs/methods.md): one small interface, two scorers.
 
 =======================  ==========================================  =====================================
 scorer                   signal                                      cost
@@ -49,7 +49,7 @@ class EmbeddingRelevance:
 
 class SiglipRelevance:
     """The reference's relevance: a second, full SigLIP (text + vision towers) scores every frame
-    (methods.md §2.1 step 1). The question text (decoded from the prompt after the video with the VLLM's
+    (docs/methods.md). The question text (decoded from the prompt after the video with the VLLM's
     ``tokenizer``) is tokenised by SigLIP's tokenizer, cut into ``chunk``-token pieces whose text features are
     max-pooled; r_i = cos(text, pooled image feature of frame i).
 

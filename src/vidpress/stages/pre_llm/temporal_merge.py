@@ -1,4 +1,4 @@
-"""DyCoke stage 1, temporal token merging (TTM) — Tao et al., CVPR 2025, §3.2; methods.md §1.2.
+"""DyCoke stage 1, temporal token merging (TTM) — Tao et al., CVPR 2025, §3.2; docs/methods.md
 
 Frames are taken in windows of four (a, a+1, a+2, a+3). Frame a is kept whole; a+1 and a+2 keep the
 ``keep = int((1 - K) * T)`` positions least similar (per-position cosine) to frame a; a+3 keeps those least

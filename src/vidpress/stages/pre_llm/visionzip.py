@@ -1,5 +1,5 @@
 """VisionZip (Yang et al., CVPR 2025) per frame: dominant tokens by vision-encoder attention received, plus
-contextual tokens that merge the rest by key similarity (methods.md §3).
+contextual tokens that merge the rest by key similarity (docs/methods.md).
 
 Where it acts here: on the model's pooled frame grid (LLaVA-OV's 2x2 bilinear pooling), with the encoder's
 attention and keys pooled the same way - the "pooling" variant of the LLaVA-OV ports (HoliTom, DyToK).

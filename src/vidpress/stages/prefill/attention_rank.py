@@ -1,4 +1,4 @@
-"""Prefill pruning by attention rank on a layer schedule: METok stage 2 (methods.md §2.2), and the engine
+"""Prefill pruning by attention rank on a layer schedule: METok stage 2 (docs/methods.md), and the engine
 of FastV / PyramidDrop-style in-LLM dropping.
 
 At each scheduled layer l the visual tokens alive are ranked by the attention they receive from the declared

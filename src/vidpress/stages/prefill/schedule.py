@@ -1,4 +1,4 @@
-"""Layer-schedule arithmetic for in-LLM pruning: METok's per-event rule (methods.md §2.2) and the per-step
+"""Layer-schedule arithmetic for in-LLM pruning: METok's per-event rule (docs/methods.md) and the per-step
 keep fraction that meets a mean retention (FastV / PyramidDrop at a budget)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 from ...errors import BudgetError
 
 #: METok's reference schedule: layers [3, 10, 19], rho = 0.76; non-key events rho/2 at the first layer and
-#: 0 after it, key events 0 at the last layer (methods.md §2.2).
+#: 0 after it, key events 0 at the last layer (docs/methods.md).
 METOK_SCHEDULE = ((3, 0.76, 0.38), (10, 0.76, 0.0), (19, 0.0, 0.0))
 
 
