@@ -112,35 +112,24 @@ def run(
     with console.status("loading model", spinner="dots") if not as_json else contextlib.nullcontext():
         loaded = load_model(model)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
-    results = []
-    # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
-    ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
-    if compare:
-        results.append(
-            ask(
-                loaded.model,
-                loaded.processor,
-                clip.frames,
-                question,
-                get_method("none"),
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=force,
-                progress=not as_json,
-                label="uncompressed",
-            )
-        )
-    results.append(
-        ask(
+
+    def answer(method: Any, label: str | None = None) -> Any:
+        return ask(
             loaded.model,
             loaded.processor,
             clip.frames,
             question,
-            chosen,
+            method,
             max_new_tokens=max_new_tokens,
             min_new_tokens=force,
             progress=not as_json,
+            label=label,
         )
-    )
+
+    # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
+    ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
+    results = [answer(get_method("none"), "uncompressed")] if compare else []
+    results.append(answer(chosen))
     if as_json:
         payload = {
             "video": str(path),
