@@ -16,10 +16,10 @@ set -euo pipefail
 out=${1:?usage: reproduce_testbed.sh OUT}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1
-python3 -m vidpress.testbed.train --protocol describe --description-spans --steps 400 --train-videos 800 \
+python3 -m testbed.train --protocol describe --description-spans --steps 400 --train-videos 800 \
     --val-videos 24 --batch 6 --eval-every 30 --lr 2e-4 --lora-lr 1e-3 --align-steps 600 --caption-steps 30 \
     --seconds 4200 --out "$out/s"
-python3 -m vidpress.testbed.train --init "$out/s" --protocol describe --description-spans --description-changes \
+python3 -m testbed.train --init "$out/s" --protocol describe --description-spans --description-changes \
     --seed 4 --steps 160 --train-videos 600 --val-videos 36 --batch 6 --eval-every 20 --lr 1e-4 --lora-lr 5e-4 \
     --description-weight 4 --seconds 1900 --out "$out/k"
-python3 -m vidpress.testbed.card --out "$out/k"
+python3 -m testbed.card --out "$out/k"

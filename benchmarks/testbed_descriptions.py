@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from testbed.qa import accuracy, answer_target, described, encode, own_descriptions
 from vidpress.evaluate import merge_repeats
-from vidpress.testbed.qa import accuracy, answer_target, described, encode, own_descriptions
 from vidpress.testbed.saved import TESTBED_DIR, load_testbed, read_saved
 from vidpress.testbed.scenes import describe, make_split
 

@@ -6,9 +6,9 @@
 #   describe    run F's settings scaled up: 100 description-only steps, LoRA lr 1e-3, projector 2e-4;
 #   captions    400 description-only steps first (the CPU runs' main error is a scene described twice);
 #   weighted    as describe with the description's loss weighted 3x (--description-weight 3).
-# Keep the best by validation accuracy, then score it on the test split: python -m vidpress.testbed.card --out OUT/NAME
+# Keep the best by validation accuracy, then score it on the test split: python -m testbed.card --out OUT/NAME
 #
-# usage: benchmarks/testbed_sweep.sh OUT SECONDS [more vidpress.testbed.train flags, for all three]
+# usage: benchmarks/testbed_sweep.sh OUT SECONDS [more testbed.train flags, for all three]
 set -u
 out=${1:?usage: testbed_sweep.sh OUT SECONDS [flags]}; seconds=${2:?wall seconds per run, encoding included}; shift 2
 mkdir -p "$out"
@@ -17,7 +17,7 @@ common=(--train-videos 3000 --val-videos 48 --batch 16 --steps 20000 --eval-ever
 export TQDM_MININTERVAL=60 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 run() {  # NAME FLAGS...: one run, its own model cache (the three start at once)
     local name=$1; shift
-    VIDPRESS_CACHE="/tmp/vidpress-cache-$name" python3 -m vidpress.testbed.train "${common[@]}" "$@" \
+    VIDPRESS_CACHE="/tmp/vidpress-cache-$name" python3 -m testbed.train "${common[@]}" "$@" \
         --out "$out/$name" 2>&1 | sed -u "s/^/[$name] /" >>"$out/sweep.log" &
 }
 run describe

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
+from testbed.lora import add_lora
+from testbed.qa import answer_target, video_questions
 from vidpress.evaluate import ANSWER_TOKENS, choice_prompt, match_option
 from vidpress.models.default import default_model
-from vidpress.testbed.lora import add_lora
-from vidpress.testbed.qa import answer_target, video_questions
 from vidpress.testbed.scenes import TYPES, describe, make_split
 
 

@@ -118,9 +118,9 @@ def test_shared_prefix_answers_equal_the_full_model(tiny):
     greedy answer must be what the full model gives on its own prompt."""
     import torch
 
+    from testbed.qa import answer_loss, encode, greedy_answers, video_questions
     from vidpress.evaluate import ANSWER_TOKENS, choice_prompt
     from vidpress.pipeline import build_inputs
-    from vidpress.testbed.qa import answer_loss, encode, greedy_answers, video_questions
 
     model, processor = tiny.model, tiny.processor
     tokenizer = processor.tokenizer
@@ -153,7 +153,7 @@ def test_shared_prefix_answers_equal_the_full_model(tiny):
 
 
 def test_video_questions_ask_every_kind_the_scenes_allow():
-    from vidpress.testbed.qa import video_questions
+    from testbed.qa import video_questions
 
     sample = make_split("train", 1, seed=2)[0]
     asked = video_questions(sample)
@@ -170,7 +170,8 @@ def test_lora_merge_keeps_the_outputs(tiny):
 
     import torch
 
-    from vidpress.testbed.lora import add_lora, apply_lora, merge_lora
+    from testbed.lora import add_lora, merge_lora
+    from vidpress.testbed.saved import apply_lora
 
     model = copy.deepcopy(tiny.model)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
@@ -195,9 +196,9 @@ def test_training_updates_projector_and_lora_and_round_trips(tmp_path):
     """The testbed training loop at toy scale: projector and LoRA train, the best checkpoint saves, merged."""
     import torch
 
+    from testbed.train import train
     from vidpress.models.random import random_model
     from vidpress.testbed.saved import WEIGHTS, save, trainable_state
-    from vidpress.testbed.train import train
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
@@ -241,8 +242,8 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
     fit; each new best is checkpointed as it comes (a loadable record and weights)."""
     import json
 
+    from testbed import train as training
     from vidpress.models.random import random_model
-    from vidpress.testbed import train as training
     from vidpress.testbed.saved import WEIGHTS
 
     seen = []
@@ -304,7 +305,7 @@ def test_curriculum_adds_kinds_and_seconds_cap_the_run(tmp_path, monkeypatch):
 def test_missing_testbed_weights_say_how_to_train(tmp_path):
     from vidpress.testbed.saved import load_testbed
 
-    with pytest.raises(FileNotFoundError, match="python -m vidpress.testbed.train"):
+    with pytest.raises(FileNotFoundError, match="python -m testbed.train"):
         load_testbed(tmp_path)
 
 
@@ -313,7 +314,7 @@ def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
     pooled grid (each about 12 % of its area): they get "red circle 1", the other 12 the background "gray"."""
     import torch
 
-    from vidpress.testbed.align import word_targets
+    from testbed.align import word_targets
     from vidpress.testbed.scenes import Question, Sample, Scene
 
     scene = Scene("gray", "circle", "red", 1, "static", 4)
@@ -329,7 +330,7 @@ def test_word_targets_put_object_words_on_the_tokens_the_object_covers(tiny):
 
 
 def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
-    from vidpress.testbed.card import write_card
+    from testbed.card import write_card
 
     record = {
         "seed": 0,
@@ -371,19 +372,19 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
 
     first = {
         **record,
-        "command": "python -m vidpress.testbed.train --steps 90 --out /tmp/a",
+        "command": "python -m testbed.train --steps 90 --out /tmp/a",
         "align_steps": 600,
         "align_token_accuracy": 0.95,
         "best_val_accuracy": 0.4,
     }
     text = write_card(
-        tmp_path, {**record, "init": first, "command": "python -m vidpress.testbed.train --init /tmp/a"}
+        tmp_path, {**record, "init": first, "command": "python -m testbed.train --init /tmp/a"}
     ).read_text()
-    assert "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a\n" in text  # both runs, in order
+    assert "--steps 90 --out /tmp/a\npython -m testbed.train --init /tmp/a\n" in text  # both runs, in order
     assert "600 steps putting" in text and "validation accuracy 40.0%" in text and "from 700 videos" in text
     second = {
         **record,
-        "command": "python -m vidpress.testbed.train --init /tmp/a --out /tmp/b",
+        "command": "python -m testbed.train --init /tmp/a --out /tmp/b",
         "init": first,
         "best_val_accuracy": 0.6,
         "train_videos": 500,
@@ -394,15 +395,15 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
         {
             **record,
             "init": second,
-            "command": "python -m vidpress.testbed.train --init /tmp/b",
+            "command": "python -m testbed.train --init /tmp/b",
             "history": [start, *record["history"]],
         },
     ).read_text()
     assert "| 0 | — | 60.0% |\n| 30 | 1.200 | 50.0% |" in text
     assert "(80.0%). Wall time" in text and "the 3 runs together 180 min" in text  # 3 x 3600 s; no step reached 80 %
     assert (
-        "--steps 90 --out /tmp/a\npython -m vidpress.testbed.train --init /tmp/a --out /tmp/b\n"
-        "python -m vidpress.testbed.train --init /tmp/b\n"
+        "--steps 90 --out /tmp/a\npython -m testbed.train --init /tmp/a --out /tmp/b\n"
+        "python -m testbed.train --init /tmp/b\n"
     ) in text  # a chain of three runs, in order
     assert "600 steps putting" in text and "95.0% of tokens" in text  # the first run's alignment
     assert "`init.init` in `testbed.json` (180 steps of 4 videos from 700 videos" in text
@@ -429,9 +430,9 @@ def test_model_card_states_data_training_and_held_out_accuracy(tmp_path):
 
 
 def test_training_refuses_a_batch_without_the_kinds_in_training():
+    from testbed.qa import encode
+    from testbed.train import train
     from vidpress.models.random import random_model
-    from vidpress.testbed.qa import encode
-    from vidpress.testbed.train import train
 
     loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
     data = encode(loaded.model, loaded.processor, make_split("train", 2), 4, 56)  # no caption items
@@ -457,8 +458,8 @@ def test_training_continues_from_a_saved_testbed(tmp_path):
     another rank is refused."""
     import torch
 
+    from testbed.train import train
     from vidpress.models.random import random_model
-    from vidpress.testbed.train import train
 
     settings = dict(train_videos=4, val_videos=2, frames=4, size=56, batch=2, eval_every=1, log=None)
     first = random_model(layers=2, hidden=64, image_size=56, seed=0)
@@ -483,9 +484,9 @@ def test_committed_testbed_matches_its_model_card():
     """The committed testbed re-scores the card's fixed 50-question test subset exactly (greedy, fp32, CPU)."""
     import json
 
+    from testbed.card import SUBSET
     from vidpress.evaluate import evaluate
     from vidpress.methods import get_method
-    from vidpress.testbed.card import SUBSET
     from vidpress.testbed.saved import TESTBED_DIR, load_testbed, testbed_available
 
     if not testbed_available():
@@ -545,7 +546,7 @@ def test_merge_repeats_joins_neighbouring_scenes_told_the_same():
 def test_caption_item_describes_the_scenes(tiny):
     import torch
 
-    from vidpress.testbed.qa import encode
+    from testbed.qa import encode
     from vidpress.testbed.scenes import describe
 
     sample = make_split("train", 1, seed=3)[0]
@@ -564,9 +565,9 @@ def test_describe_protocol_continues_the_description_like_the_full_model(tiny):
     two-turn prompt; validation's own descriptions are the full model's greedy description."""
     import torch
 
+    from testbed.qa import answer_loss, described, encode, greedy_answers, own_descriptions
     from vidpress.evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt
     from vidpress.pipeline import build_inputs
-    from vidpress.testbed.qa import answer_loss, described, encode, greedy_answers, own_descriptions
     from vidpress.testbed.scenes import describe
 
     model, processor = tiny.model, tiny.processor
@@ -670,8 +671,8 @@ def test_evaluate_describe_protocol_asks_after_the_models_description(tiny):
 def test_training_with_the_describe_protocol_records_it(monkeypatch):
     """--protocol describe: caption steps train the description alone (no questions in the batch), then
     questions after it; the record (and so the loaded testbed) carries the protocol."""
+    from testbed import train as training
     from vidpress.models.random import random_model
-    from vidpress.testbed import train as training
 
     seen = []
     real_loss = training.answer_loss
@@ -726,7 +727,7 @@ def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):
     """``describe(scenes, frames)``: spans hand-computed from frame_indices; an unseen scene is left out; the
     default text is unchanged; encode(spans=True) trains that text (the describe protocol's target), with
     ``changes`` too."""
-    from vidpress.testbed.qa import encode
+    from testbed.qa import encode
     from vidpress.testbed.scenes import Sample, Scene, describe
 
     def scene(frames, color):

@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from .lora import apply_lora
-
 WEIGHTS = "testbed.pt"
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
 
@@ -54,7 +52,7 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     ------
     FileNotFoundError
         No trained weights in ``directory`` (default ``vidpress/assets/testbed``): train them with
-        ``python -m vidpress.testbed.train``; or the real SmolLM2 / DINOv2 weights the testbed extends are
+        ``python -m testbed.train``; or the real SmolLM2 / DINOv2 weights the testbed extends are
         missing (``shared/data/weights`` or ``$VIDPRESS_WEIGHTS``).
     """
     from ..models.default import LoadedModel, default_model, find_weights
@@ -62,8 +60,8 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     folder = Path(directory) if directory else TESTBED_DIR
     if not (folder / WEIGHTS).exists():
         raise FileNotFoundError(
-            f"no trained testbed at {folder}; train it with `python -m vidpress.testbed.train "
-            f"--out {folder}` (see the README's testbed section for the runs so far)"
+            f"no trained testbed at {folder}; train it with `python -m testbed.train "
+            f"--out {folder}` (see docs/evaluation.md)"
         )
     if find_weights() is None:
         raise FileNotFoundError(
@@ -81,3 +79,13 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     return LoadedModel(
         loaded.model, loaded.processor, description, trained=True, protocol=record.get("protocol", "direct")
     )
+
+
+def apply_lora(model: Any, factors: dict[str, torch.Tensor], scale: float) -> None:
+    """Add saved LoRA factors into the plain model's weights: W += scale * B @ A (Hu et al., 2021, eq. 3)."""
+    with torch.no_grad():
+        for key, a in factors.items():
+            if key.endswith(".lora_A"):
+                name = key[: -len(".lora_A")]
+                weight = model.get_submodule(name).weight
+                weight += (scale * factors[f"{name}.lora_B"].float() @ a.float()).to(weight.dtype)

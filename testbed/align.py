@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .scenes import Sample, object_centres
+from vidpress.testbed.scenes import Sample, object_centres
 
 
 def word_targets(model: Any, processor: Any, sample: Sample, frames: int, size: int) -> torch.Tensor:

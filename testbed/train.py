@@ -1,6 +1,6 @@
 """Train the testbed VLM on the procedural video QA.
 
-    python -m vidpress.testbed.train --out src/vidpress/assets/testbed
+    python -m testbed.train --out src/vidpress/assets/testbed
 
 The model is the default LLaVA-OneVision build (real DINOv2-S tower, real SmolLM2-135M-Instruct LM, both
 frozen) at ``image_size`` px. Two stages:
@@ -36,12 +36,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..evaluate import PROTOCOLS
+from vidpress.evaluate import PROTOCOLS
+from vidpress.testbed.saved import TESTBED_DIR, read_saved, save
+from vidpress.testbed.scenes import TYPES, make_split
+
 from .align import align
 from .lora import add_lora, lora_factors, merge_lora, set_lora
 from .qa import accuracy, answer_loss, described, encode
-from .saved import TESTBED_DIR, read_saved, save
-from .scenes import TYPES, make_split
 
 #: ``curriculum`` order: the kind a model learns first from video alone (a caption-trained canary), then the rest
 CURRICULUM = ("first", "last", "color_in_scene", "count_in_scene", "never", "changed", "scene_count")
@@ -297,7 +298,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..models.default import default_model
+    from vidpress.models.default import default_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds=args.seconds,
         checkpoint=args.out,
         init=args.init,
-        command="python -m vidpress.testbed.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        command="python -m testbed.train " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     print(f"saved {save(loaded.model, record, args.out)}; best validation accuracy {record['best_val_accuracy']:.1%}")
 

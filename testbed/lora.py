@@ -1,10 +1,13 @@
-"""The testbed's LoRA on the LM (peft for training), merged into plain weights for saving and loading."""
+"""The testbed's LoRA on the LM (peft, for training), merged into plain weights for saving (the library's
+:func:`vidpress.testbed.saved.apply_lora` adds saved factors back when loading)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from vidpress.testbed.saved import apply_lora
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -65,13 +68,3 @@ def merge_lora(model: Any, scale: float) -> dict[str, torch.Tensor]:
         setattr(model.get_submodule(parent), child, module.base_layer)
     apply_lora(model, factors, scale)
     return factors
-
-
-def apply_lora(model: Any, factors: dict[str, torch.Tensor], scale: float) -> None:
-    """Add saved LoRA factors into the plain model's weights: W += scale * B @ A (Hu et al., 2021, eq. 3)."""
-    with torch.no_grad():
-        for key, a in factors.items():
-            if key.endswith(".lora_A"):
-                name = key[: -len(".lora_A")]
-                weight = model.get_submodule(name).weight
-                weight += (scale * factors[f"{name}.lora_B"].float() @ a.float()).to(weight.dtype)

@@ -20,10 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option, merge_repeats
-from ..pipeline import build_inputs, chat_prompt
+from vidpress.evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option, merge_repeats
+from vidpress.pipeline import build_inputs, chat_prompt
+from vidpress.testbed.scenes import TYPES, Sample, ask, describe
+
 from .align import project, word_targets
-from .scenes import TYPES, Sample, ask, describe
 
 
 def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:

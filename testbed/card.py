@@ -1,6 +1,6 @@
 """The testbed's model card: held-out test accuracy of the saved weights, written beside them.
 
-    python -m vidpress.testbed.card [--out src/vidpress/assets/testbed] [-n 560]
+    python -m testbed.card [--out src/vidpress/assets/testbed] [-n 560]
 
 Loads the saved testbed exactly as ``--model testbed`` does (fp16 weights, LoRA merged), scores the
 uncompressed model on the procedural test split with ``vidpress eval``'s scoring, and records in
@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import evaluate
-from ..methods import get_method
+from vidpress.evaluate import evaluate
+from vidpress.methods import get_method
+from vidpress.testbed.saved import TESTBED_DIR, WEIGHTS, load_testbed
+from vidpress.testbed.scenes import TYPES, make_split
+
 from .lora import LORA_TARGETS
-from .saved import TESTBED_DIR, WEIGHTS, load_testbed
-from .scenes import TYPES, make_split
 from .train import CURRICULUM
 
 SUBSET = 50  #: test questions the suite re-checks against the card
@@ -63,7 +64,7 @@ def command(record: dict[str, Any]) -> str:
         return record["command"]
     every = record["history"][0]["step"] if record["history"] else 50
     return (
-        f"python -m vidpress.testbed.train --steps {record['steps']} --train-videos {record['train_videos']} "
+        f"python -m testbed.train --steps {record['steps']} --train-videos {record['train_videos']} "
         f"--val-videos {record['val_videos']} --batch {record['batch_videos']} --rank {record['lora_rank']} "
         f"--lr {record['lr']} --lora-lr {record['lora_lr']} --align-steps {record.get('align_steps', 0)} "
         f"--curriculum {record.get('curriculum', 0)} --eval-every {every} --seed {record['seed']}"
@@ -194,7 +195,7 @@ The first {record["test_subset"]} test questions: {record["test_subset_correct"]
 python -m pip install -e ".[train]"
 {commands}
 # copy the last run's testbed.pt and testbed.json (its --out) into src/vidpress/assets/testbed/, then
-python -m vidpress.testbed.card      # test accuracy -> testbed.json, this card
+python -m testbed.card      # test accuracy -> testbed.json, this card
 vidpress eval --method dycoke --retention 0.25
 ```
 """
