@@ -20,7 +20,7 @@ import torch
 from vidpress.bench import cell_key, check_writable, device_name, parse_retentions, plan, resumed_rows, write_rows
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
-from vidpress.models.default import load_model
+from vidpress.models.loading import load_model
 from vidpress.testbed.scenes import make_split
 
 

@@ -13,7 +13,7 @@ import vidpress
 from vidpress.bench import device_name, median_report
 from vidpress.cli import bundled_clip
 from vidpress.methods import get_method
-from vidpress.models.default import load_model
+from vidpress.models.loading import load_model
 from vidpress.pipeline import ask
 
 SHARED_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/big_buck_bunny_first60s_640x360.mp4"

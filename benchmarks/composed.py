@@ -17,7 +17,7 @@ import vidpress
 from vidpress.bench import device_name, markdown, run_cells
 from vidpress.method import compose
 from vidpress.methods import FastV
-from vidpress.models.default import load_model
+from vidpress.models.loading import load_model
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.event_pooling import EventPooling
 from vidpress.stages.pre_llm.fastvid import FastVIDStage

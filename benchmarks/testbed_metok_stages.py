@@ -21,9 +21,9 @@ import torch
 
 from vidpress.bench import device_name
 from vidpress.evaluate import DESCRIPTION_TOKENS, evaluate, greedy_text, prepare
-from vidpress.method import Stages, apply
-from vidpress.methods import METok
-from vidpress.models.default import load_model
+from vidpress.methods import METok, apply
+from vidpress.models.loading import load_model
+from vidpress.stages import Stages
 from vidpress.testbed.scenes import describe, make_split
 
 

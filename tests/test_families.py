@@ -17,7 +17,7 @@ from vidpress.methods import (
     UniformSpatial,
     VisionZip,
 )
-from vidpress.models.base import supported_models
+from vidpress.models.registry import supported_models
 from vidpress.pipeline import build_inputs
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 
@@ -173,7 +173,9 @@ def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qw
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     from transformers.vision_utils import get_vision_window_index
 
-    from vidpress.models.qwen2_5_vl import ADAPTER
+    from vidpress.models.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    ADAPTER = Qwen2_5_VLAdapter()
 
     inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
     recorded, seen = [], {}
@@ -218,7 +220,7 @@ def test_metok_on_qwen_halves_its_strides_on_the_merged_grid(tiny_qwen, clip_fra
 
 def test_a_saved_qwen_checkpoint_loads_and_compresses(tiny_qwen, clip_frames, tmp_path):
     """`vidpress run --model <local dir>` path for Qwen2.5-VL: load_model picks the adapter and the processor."""
-    from vidpress.models.default import load_model
+    from vidpress.models.loading import load_model
 
     tiny_qwen.model.save_pretrained(tmp_path)
     tiny_qwen.processor.save_pretrained(tmp_path)

@@ -187,7 +187,9 @@ def test_decode_stage_before_a_prefill_drop_is_refused(tiny, inputs):
 
 def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
     from vidpress.models.encoder_attention import encoder_signals
-    from vidpress.models.llava_onevision import ADAPTER
+    from vidpress.models.llava_onevision import LlavaOnevisionAdapter
+
+    ADAPTER = LlavaOnevisionAdapter()
 
     tower = tiny.model.model.vision_tower
     pixels = inputs["pixel_values_videos"].flatten(0, 1)

@@ -264,17 +264,6 @@ def test_declared_counts_equal_what_the_stages_keep(frames, side, retention, k, 
     assert FastVIDStage(mode="faithful").kept_count(frames, side * side) is None  # the segments decide
 
 
-def test_stages_import_torch_only():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, vidpress.stages.pre_llm.fastvid, vidpress.stages.prefill.attention_rank, "
-        "vidpress.stages.decode.dynamic_kv; assert 'transformers' not in sys.modules, 'transformers imported'"
-    )
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
-
-
 def test_compose_refuses_what_is_not_a_stage():
     import vidpress
     from vidpress.errors import IncompatibleStagesError

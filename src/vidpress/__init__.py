@@ -24,7 +24,7 @@ from .errors import (
     VidpressError,
 )
 from .io.video import Video, load_video
-from .method import Method, Stages, apply, compose
+from .method import Method, compose
 from .methods import (
     METHODS,
     DyCoke,
@@ -36,10 +36,12 @@ from .methods import (
     UniformFrames,
     UniformSpatial,
     VisionZip,
+    apply,
     get_method,
 )
 from .report import Report
 from .selection import Selection
+from .stages import Stages
 from .stages.decode.dynamic_kv import DynamicKV
 
 __version__ = "0.1.0"

@@ -101,7 +101,7 @@ def run(
 ) -> None:
     """Answer QUESTION about VIDEO with METHOD applied; print the answer and what it cost."""
     from .methods import get_method
-    from .models.default import load_model
+    from .models.loading import load_model
     from .pipeline import ask, check_question
     from .report import compare_table, ratios
 
@@ -268,7 +268,7 @@ def events(
     import torch
 
     from .methods.metok import METok
-    from .models.default import load_model
+    from .models.loading import load_model
     from .pipeline import build_inputs, check_question
 
     method = METok.from_dict(_parse_set(params))
@@ -283,7 +283,8 @@ def events(
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     inputs = build_inputs(loaded.processor, clip.frames, question).to(loaded.model.device)
-    from .method import Stages, apply
+    from .methods import apply
+    from .stages import Stages
 
     with (
         console.status("encoding and segmenting", spinner="dots"),
@@ -340,7 +341,7 @@ def bench(
         write_outputs,
         write_rows,
     )
-    from .models.default import load_model
+    from .models.loading import load_model
     from .pipeline import check_question
 
     frames = frames or (16 if quick else 32)
@@ -442,7 +443,7 @@ def eval_(
 
     from .evaluate import evaluate
     from .methods import METHODS, get_method
-    from .models.default import load_model
+    from .models.loading import load_model
     from .testbed.saved import testbed_available
     from .testbed.scenes import make_split
 

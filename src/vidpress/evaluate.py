@@ -25,8 +25,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .method import Method, Stages, apply
+from .method import Method
+from .methods import apply
 from .pipeline import build_inputs
+from .stages import Stages
 from .testbed.scenes import Sample
 
 ANSWER_TOKENS = 8  # the longest options ("the object's colour") are 5 SmolLM2 tokens, plus the end of turn

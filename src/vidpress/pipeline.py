@@ -11,8 +11,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from ._checks import check_context
 from .errors import InvalidParameterError
-from .method import Method, Stages, apply
+from .method import Method
+from .methods import apply
 from .report import Report
+from .stages import Stages
 
 
 class ProgressStreamer(BaseStreamer):

@@ -61,7 +61,7 @@ class VidpressLMM(_Base):
         if _Base is not object:
             super().__init__()
         from ..methods import get_method
-        from ..models.default import load_model
+        from ..models.loading import load_model
 
         if int(batch_size) != 1:
             raise ValueError(f"the vidpress lmms-eval model runs one request at a time; got batch_size={batch_size}")

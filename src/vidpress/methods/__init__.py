@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownMethodError
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
+
+if TYPE_CHECKING:
+    from ..runtime.install import Run
 from .dycoke import DyCoke
 from .fastv import FastV, PyramidDrop
 from .fastvid import FastVID
@@ -30,6 +34,30 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
+def apply(model: Any, method: Method | Stages | str, **params: Any) -> Run:
+    """Install ``method`` on ``model`` and return the :class:`~vidpress.runtime.install.Run` handle.
+
+    Use as a context manager (``with vidpress.apply(model, DyCoke()):``) or keep it and call
+    ``run.remove()``. ``method`` may be a name from ``vidpress.METHODS`` with ``params`` as hyperparameters.
+
+    Raises
+    ------
+    UnsupportedModelError
+        The model class has no adapter; the message lists the supported classes.
+    UnknownMethodError
+        An unknown method name or parameter.
+    """
+    from ..runtime.install import install
+
+    if isinstance(method, str):
+        method = get_method(method, **params)
+    elif params:
+        raise TypeError("hyperparameters go into the method object when a Method or Stages is given")
+    if isinstance(method, Method):
+        return install(model, method.build(), name=method.label)
+    return install(model, method, name=method.name)
+
+
 __all__ = [
     "METHODS",
     "DyCoke",
@@ -41,5 +69,6 @@ __all__ = [
     "UniformFrames",
     "UniformSpatial",
     "VisionZip",
+    "apply",
     "get_method",
 ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
 from ..stages.decode.dynamic_kv import DynamicKV
 from ..stages.pre_llm.temporal_merge import TemporalMerge
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from .._checks import check_mode
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
 from ..stages.prefill.attention_rank import AttentionRank
 
 

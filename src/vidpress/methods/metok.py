@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
 from ..stages.decode.layerwise_trim import LayerwiseTrim
 from ..stages.pre_llm.event_pooling import EventPooling
 from ..stages.prefill.attention_rank import AttentionRank

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
 from ..stages.pre_llm.uniform import UniformBaseline
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..method import Method, Stages
+from ..method import Method
+from ..stages import Stages
 from ..stages.pre_llm.visionzip import VisionZipStage
 
 

@@ -11,7 +11,6 @@ from typing import Any, Protocol, Sequence
 
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
 from ..tokens import VisualTokens
 
 
@@ -73,39 +72,3 @@ class Adapter(Protocol):
         self, model: nn.Module, received: Tensor, keys: Tensor, batch: int, frames: int
     ) -> tuple[Tensor, Tensor]:
         """Encoder attention (B*F, P) and keys (B*F, P, Dk) pooled like the features: (B, F, T), (B, F, T, Dk)."""
-
-
-_ADAPTERS: list[Adapter] = []
-
-
-def register(adapter: Adapter) -> Adapter:
-    _ADAPTERS.append(adapter)
-    return adapter
-
-
-def _register_all() -> None:
-    from . import llava_next_video, llava_onevision, qwen2_5_vl  # noqa: F401  (each registers its adapter)
-
-
-def supported_models() -> list[str]:
-    """The transformers model class names vidpress has adapters for."""
-    _register_all()
-    return [name for adapter in _ADAPTERS for name in adapter.model_class_names]
-
-
-def adapter_for(model: Any) -> Adapter:
-    """The adapter for ``model``'s class.
-
-    Raises
-    ------
-    UnsupportedModelError
-        The class is not supported; the message lists the supported classes.
-    """
-    _register_all()
-    name = type(model).__name__
-    for adapter in _ADAPTERS:
-        if name in adapter.model_class_names:
-            return adapter
-    raise UnsupportedModelError(
-        f"vidpress has no adapter for {name}; supported model classes: {', '.join(supported_models())}"
-    )

@@ -15,7 +15,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..tokens import VisualTokens
-from .base import register
 from .llava_onevision import LlavaOnevisionAdapter
 
 
@@ -64,6 +63,3 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         grid = x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2)
         return nn.functional.avg_pool2d(grid, model.config.spatial_pool_stride).flatten(2).transpose(1, 2)
-
-
-ADAPTER = register(LlavaNextVideoAdapter())

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from ..errors import VidpressError
 from ..tokens import VisualTokens
-from .base import register
 from .encoder_attention import check_signals, encoder_signals
 
 
@@ -166,6 +165,3 @@ class LlavaOnevisionAdapter:
             states = norm(states)
         rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
         return rotary(states, states, cos, sin)[0]
-
-
-ADAPTER = register(LlavaOnevisionAdapter())

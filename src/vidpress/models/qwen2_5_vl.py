@@ -19,7 +19,6 @@ from transformers.vision_utils import get_vision_window_index
 
 from ..errors import BudgetError, VidpressError
 from ..tokens import VisualTokens
-from .base import register
 from .llava_onevision import LlavaOnevisionAdapter
 
 
@@ -141,6 +140,3 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
                 "temporal patches; run the model with the method installed (vidpress.apply)"
             )
         return received.view(batch, frames, -1), keys.view(batch, frames, -1, keys.shape[-1])
-
-
-ADAPTER = register(Qwen2_5_VLAdapter())

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ..errors import AlreadyAppliedError
-from ..method import Stages
-from ..models.base import adapter_for
+from ..models.registry import adapter_for
 from ..report import Report
+from ..stages import Stages
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BudgetError
-from ..method import Stages
+from ..stages import Stages
 from ..tokens import StageContext
 
 

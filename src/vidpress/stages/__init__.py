@@ -16,9 +16,11 @@ slot           acts on                                      returns
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from ..errors import IncompatibleStagesError, InvalidParameterError
 from ..selection import Selection
 from ..tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
 
@@ -142,3 +144,70 @@ class SourcePositions(PreLLMStage):
     @property
     def positions(self) -> Literal["original", "contiguous"]:
         return "contiguous" if self.mode == "faithful" else "original"
+
+
+@dataclass(frozen=True)
+class Stages:
+    """One stage per slot; None leaves that part of the model untouched."""
+
+    pre_llm: PreLLMStage | None = None
+    prefill: PrefillStage | None = None
+    decode: DecodeStage | None = None
+
+    def for_depth(self, num_layers: int) -> Stages:
+        """Resolve stages whose layers depend on the LLM's depth (e.g. PyramidDrop's fractions, FastV's
+        retention target) for an LLM of ``num_layers`` layers.
+
+        Raises
+        ------
+        BudgetError
+            A prefill layer beyond the model's depth, or an unreachable retention.
+        InvalidParameterError
+            A decode stage starting at or beyond the last layer (it would never act).
+        """
+        decode = self.decode
+        if decode is not None and not 0 <= decode.first_layer < num_layers:
+            raise InvalidParameterError(
+                f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
+                f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}"
+            )
+        return Stages(*(None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode)))
+
+    @property
+    def name(self) -> str:
+        parts = [type(s).__name__ for s in (self.pre_llm, self.prefill, self.decode) if s is not None]
+        return "+".join(parts) or "uncompressed"
+
+
+def _slot_of(stage: object) -> str:
+    """The slot a bare stage fills, as its base class declares."""
+    if not isinstance(stage, Stage):
+        raise IncompatibleStagesError(
+            f"{stage!r} is not a stage: subclass vidpress.stages.PreLLMStage, PrefillStage or DecodeStage"
+        )
+    return stage.slot
+
+
+def compose(*parts: Stages | Stage) -> Stages:
+    """Combine compositions and bare stages slot by slot into one :class:`Stages`.
+
+    Raises
+    ------
+    IncompatibleStagesError
+        When two parts fill the same slot (never silently overridden), or a part is not a stage.
+    """
+    slots: dict[str, Any] = {}
+    for stages in parts:
+        if isinstance(stages, Stages):
+            pairs = [(f.name, getattr(stages, f.name)) for f in dataclasses.fields(Stages)]
+        else:
+            pairs = [(_slot_of(stages), stages)]
+        for slot, stage in pairs:
+            if stage is None:
+                continue
+            if slot in slots:
+                raise IncompatibleStagesError(
+                    f"two stages fill the {slot!r} slot: {slots[slot]!r} and {stage!r}; drop one of them"
+                )
+            slots[slot] = stage
+    return Stages(**slots)
