@@ -54,3 +54,53 @@ def test_entry_point_registers_vidpress_with_lmms_eval():
     registry = ModelRegistryV2()
     registry.load_entrypoint_manifests()  # what lmms-eval does at import
     assert registry.get_manifest("vidpress").simple_class_path == "vidpress.integrations.lmms_eval.VidpressLMM"
+
+
+def test_model_args_tuples_survive_lmms_evals_comma_split():
+    assert (
+        _value("3;10;19") == (3, 10, 19)
+        and _value("(3;10;19)") == (3, 10, 19)
+        and _value("0.5;fixed") == (0.5, "fixed")
+    )
+
+
+def test_ranks_from_the_launcher_and_token_counts_of_the_compressed_prompt(saved_tiny, monkeypatch):
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class TokenCounts:  # lmms_eval.api.instance's, as the evaluator reads them
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+
+    @dataclass
+    class GenerationResult:
+        text: str
+        token_counts: TokenCounts | None = None
+
+    instance = types.ModuleType("lmms_eval.api.instance")
+    instance.TokenCounts, instance.GenerationResult = TokenCounts, GenerationResult
+    for name, module in (
+        ("lmms_eval", types.ModuleType("lmms_eval")),
+        ("lmms_eval.api", types.ModuleType("lmms_eval.api")),
+        ("lmms_eval.api.instance", instance),
+    ):
+        monkeypatch.setitem(sys.modules, name, module)
+    ranks = []
+    for rank in (0, 1):  # two processes of `accelerate launch --num_processes 2`
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        model = VidpressLMM(pretrained=saved_tiny, method="metok", layers="1;2;3", max_frames_num="8")
+        ranks.append((model.rank, model.world_size))
+    assert ranks == [(0, 2), (1, 2)]  # what lmms-eval's evaluator shards the requests by
+    assert model.method.layers == (1, 2, 3)
+    model = VidpressLMM(pretrained=saved_tiny, method="dycoke", k="0.7", max_frames_num="8")
+    model.task_dict = {"videoqa": {"test": {0: {"video": str(bundled_clip())}}}}
+    request = Request("What is shown?", {"max_new_tokens": 3}, lambda doc: [doc["video"]], 0, "videoqa", "test")
+    (result,) = model.generate_until([request])
+    acc = model.reports[0].accounting
+    assert isinstance(result, GenerationResult) and result.token_counts.output_tokens <= 3
+    assert result.token_counts.input_tokens == acc.other_tokens + acc.prefill_visual[0]
+    assert acc.prefill_visual[0] < acc.visual_in  # the counts are the compressed prompt's

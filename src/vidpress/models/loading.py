@@ -71,7 +71,7 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
         arch = (config.architectures or [type(config).__name__])[0]
         if arch not in supported_models():
             raise UnsupportedModelError(f"{name} is a {arch}; vidpress supports: {', '.join(supported_models())}")
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype).eval()
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, device_map=device).eval()
         saved_by_vidpress = (Path(name) / CONFIG_NAME).exists()  # its own random / untrained builds
         processor = (
             OfflineVideoProcessor.from_pretrained(name, model.config)
