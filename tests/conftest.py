@@ -10,6 +10,9 @@ import torch  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VIDEOS = SHARED / "videos"
+# The default model's base weights are named explicitly (vidpress searches for nothing): ../shared's, when present.
+if (SHARED / "weights").is_dir():
+    os.environ.setdefault("VIDPRESS_WEIGHTS", str(SHARED / "weights"))
 
 
 def shared_video(name: str) -> Path:

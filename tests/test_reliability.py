@@ -180,3 +180,18 @@ def test_an_exception_inside_apply_leaves_the_model_as_it_was(tiny, inputs):
         assert torch.equal(model(**inputs).logits, base)
     assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == hooks
     vidpress.apply(model, "dycoke", l=1).remove()  # and nothing is left marked as installed
+
+
+def test_base_weights_are_named_never_searched_for(monkeypatch, tmp_path):
+    from conftest import SHARED
+
+    from vidpress.models.default import find_weights
+
+    monkeypatch.delenv("VIDPRESS_WEIGHTS", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # ../shared may sit right beside this checkout
+    assert find_weights() is None
+    monkeypatch.setenv("VIDPRESS_WEIGHTS", str(tmp_path))  # a folder without them
+    assert find_weights() is None
+    if (SHARED / "weights").is_dir():
+        monkeypatch.setenv("VIDPRESS_WEIGHTS", str(SHARED / "weights"))
+        assert find_weights() == SHARED / "weights"

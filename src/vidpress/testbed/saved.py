@@ -53,7 +53,7 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     FileNotFoundError
         No trained weights in ``directory`` (default ``vidpress/assets/testbed``): train them with
         ``python -m testbed.train``; or the real SmolLM2 / DINOv2 weights the testbed extends are
-        missing (``shared/data/weights`` or ``$VIDPRESS_WEIGHTS``).
+        missing (``$VIDPRESS_WEIGHTS`` names no folder holding them).
     """
     from ..models.default import LoadedModel, default_model, find_weights
 
@@ -66,7 +66,7 @@ def load_testbed(directory: str | Path | None = None) -> Any:
     if find_weights() is None:
         raise FileNotFoundError(
             "the testbed extends the real SmolLM2-135M-Instruct and DINOv2-S weights, which were "
-            "not found: put them in shared/data/weights or point $VIDPRESS_WEIGHTS at them"
+            "not found: point $VIDPRESS_WEIGHTS at the folder holding them (e.g. ../shared/data/weights)"
         )
     record, state = read_saved(folder)
     loaded = default_model(image_size=record["image_size"])
