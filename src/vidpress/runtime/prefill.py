@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import DynamicCache
 
 from .._checks import check_context
@@ -26,6 +28,169 @@ def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
     if mask is None:
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+@dataclass
+class _Base:
+    """The prompt after the pre-LLM plan: embeddings of every logical entry, which entries stay (``kept``), and
+    which of them are visual tokens and their events."""
+
+    embeds: Tensor  # (B, S, D) logical layout, the video's placeholders filled
+    kept: Tensor  # (B, S0) logical indices kept, sorted
+    kept_video: Tensor  # (B, M) logical indices of the video block kept
+    visual: Tensor  # (B, S) bool: visual tokens
+    events: Tensor | None  # (B, S) event of each entry (-1 outside), for packed blocks
+
+
+def _prompt(model: Any, adapter: Any, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """``input_ids``, the 2-D mask, where the video placeholders are (B, S) and their positions (B, Nv)."""
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise VidpressError("vidpress needs input_ids with video placeholders at prefill, got inputs_embeds only")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() != 2:
+        raise VidpressError("vidpress needs a 2-D attention_mask (B, S) at prefill; got a prepared 4-D mask")
+    check_context(model, input_ids.shape[1])
+    is_video = input_ids == adapter.video_token_id(model)
+    return input_ids, mask, is_video, per_row_positions(is_video)
+
+
+def _stage_inputs(
+    model: Any,
+    adapter: Any,
+    pre: Any,
+    kwargs: dict[str, Any],
+    tokens: VisualTokens,
+    embeds: Tensor,
+    input_ids: Tensor,
+    video_pos: Tensor,
+    captured: tuple[Any, Any, Any],
+) -> VisualTokens:
+    """``tokens`` with what the pre-LLM stage declared it needs (``Needs``): the unpooled grid, the text after
+    the video, pixel values, the encoder's attention. ``captured`` returns the runtime's captures (projector
+    output, vision-tower input, encoder signals)."""
+    if pre is None or not (pre.needs.unpooled or pre.needs.text or pre.needs.pixels or pre.needs.encoder_attention):
+        return tokens
+    projected, pixels, encoder = captured
+    batch, frames = tokens.features.shape[:2]
+    unpooled, project, stride = (
+        adapter.unpooled_grid(model, projected(), tokens) if pre.needs.unpooled else (None, None, 1)
+    )
+    video_pixels, seen = kwargs.get("pixel_values_videos"), pixels() if pixels is not None else None
+    if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
+        video_pixels = seen.view(batch, frames, *seen.shape[1:])
+    if pre.needs.pixels and video_pixels is None:
+        raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
+    attention = keys = None
+    if pre.needs.encoder_attention:
+        if encoder is None or encoder() is None:
+            raise VidpressError(
+                f"{type(pre).__name__} needs the vision encoder's attention for this video; "
+                "run the model with the method installed (vidpress.apply)"
+            )
+        attention, keys = adapter.pool_encoder_signals(model, *encoder(), batch, frames)
+    after = int(video_pos[:, -1].max()) + 1
+    return dataclasses.replace(
+        tokens,
+        unpooled=unpooled,
+        project=project,
+        unpooled_stride=stride,
+        text=embeds[:, after:],
+        text_ids=input_ids[:, after:],
+        pixels=video_pixels,
+        attention=attention,
+        keys=keys,
+    )
+
+
+def _plan(pre: Any, tokens: VisualTokens) -> tuple[Selection | PackedTokens, float]:
+    """The pre-LLM stage's plan (everything when there is none) and the seconds it took."""
+    batch, frames, per_frame, _ = tokens.features.shape
+    start = time.perf_counter()
+    if pre is None:
+        return Selection.identity(batch, frames * per_frame, device=tokens.features.device), 0.0
+    plan = pre(tokens, None)
+    if isinstance(plan, Selection) and plan.n != frames * per_frame:
+        raise VidpressError(f"{type(pre).__name__} planned over {plan.n} tokens, expected {frames * per_frame}")
+    return plan, time.perf_counter() - start
+
+
+def _base(
+    plan: Selection | PackedTokens,
+    pre: Any,
+    tokens: VisualTokens,
+    embeds: Tensor,
+    input_ids: Tensor,
+    is_video: Tensor,
+    video_pos: Tensor,
+) -> _Base:
+    """Fill the video's placeholders and decide which logical entries the prefill keeps."""
+    n_frame_tokens = tokens.features.shape[1] * tokens.features.shape[2]
+    events = None
+    if isinstance(plan, PackedTokens):  # a new block fills the first M placeholders of the video
+        if plan.num_kept > video_pos.shape[1]:
+            raise BudgetError(
+                f"{type(pre).__name__} packed {plan.num_kept} tokens into {video_pos.shape[1]} "
+                "placeholders; choose larger pooling strides"
+            )
+        kept_video = video_pos[:, : plan.num_kept]
+        embeds = embeds.scatter(
+            1, kept_video[..., None].expand(-1, -1, embeds.shape[-1]), plan.features.to(embeds.dtype)
+        )
+        visual = torch.zeros_like(is_video).scatter_(1, kept_video[:, : plan.num_visual], True)
+        events = torch.full_like(input_ids, -1).scatter_(1, kept_video, plan.events.to(input_ids.device))
+    else:
+        block = torch.cat([tokens.features.flatten(1, 2), tokens.extra], dim=1).to(embeds.dtype)
+        embeds = embeds.masked_scatter(is_video[..., None], block)
+        kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
+        visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
+    kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
+    return _Base(embeds, kept, kept_video, visual, events)
+
+
+def _positions(
+    model: Any,
+    adapter: Any,
+    stages: Any,
+    kwargs: dict[str, Any],
+    positions: str,
+    plan: Any,
+    base: _Base,
+    input_ids: Tensor,
+    mask: Tensor | None,
+    video_pos: Tensor,
+):
+    """(positions of the kept entries, the decoding offset or None, the M-RoPE delta or None, the kept mask)."""
+    batch, length = input_ids.shape
+    original = adapter.prefill_positions(model, kwargs, input_ids, mask)  # (B, S), or (R, B, S) for M-RoPE
+    if original is None:
+        original = default_positions(input_ids, mask)
+    else:
+        original = original.expand(*original.shape[:-2], batch, -1)
+    kept = base.kept
+    new_mask = mask.gather(1, kept) if mask is not None else None
+    mrope_delta = None
+    if original.dim() == 3:  # decoding continues after the largest (t, h, w) id, as transformers' rope deltas do
+        mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
+    if positions == "contiguous":
+        if original.dim() == 3:
+            asking = [
+                type(s).__name__
+                for s in (stages.pre_llm, stages.prefill)
+                if s is not None and s.positions == "contiguous"
+            ]
+            raise IncompatibleStagesError(
+                f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
+                "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'"
+            )
+        new_positions = default_positions(kept, new_mask)
+        return new_positions, original[:, -1:] - new_positions[:, -1:], mrope_delta, new_mask
+    at = kept
+    if isinstance(plan, PackedTokens) and plan.source is not None:  # each token at its source's position
+        mapping = torch.arange(length, device=kept.device).expand(batch, -1).clone()
+        mapping.scatter_(1, base.kept_video, video_pos.gather(1, plan.source.to(video_pos.device)))
+        at = mapping.gather(1, kept)
+    return original.gather(-1, at.expand(*original.shape[:-2], -1, -1)), None, mrope_delta, new_mask
 
 
 def start_request(
@@ -44,120 +209,31 @@ def start_request(
     vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
     need them.
     """
-    input_ids = kwargs.get("input_ids")
-    if input_ids is None:
-        raise VidpressError("vidpress needs input_ids with video placeholders at prefill, got inputs_embeds only")
-    mask = kwargs.get("attention_mask")
-    if mask is not None and mask.dim() != 2:
-        raise VidpressError("vidpress needs a 2-D attention_mask (B, S) at prefill; got a prepared 4-D mask")
-    batch, length = input_ids.shape
-    check_context(model, length)
-    is_video = input_ids == adapter.video_token_id(model)
-    video_pos = per_row_positions(is_video)  # (B, Nv)
-
-    video_pixels = kwargs.get("pixel_values_videos")
+    input_ids, mask, is_video, video_pos = _prompt(model, adapter, kwargs)
     tokens, extra = adapter.encode_video(model, kwargs)
     tokens = dataclasses.replace(tokens, extra=extra)  # a packed block ends with the model's own extra tokens
     _, frames, per_frame, _ = tokens.features.shape
-    n_frame_tokens = frames * per_frame
-    if video_pos.shape[1] != n_frame_tokens + extra.shape[1]:
+    if video_pos.shape[1] != frames * per_frame + extra.shape[1]:
         raise BudgetError(
             f"input_ids hold {video_pos.shape[1]} video placeholders but the video gives "
-            f"{n_frame_tokens + extra.shape[1]} tokens; build the prompt with the model's processor"
+            f"{frames * per_frame + extra.shape[1]} tokens; build the prompt with the model's processor"
         )
     embeds = model.get_input_embeddings()(input_ids)
-    pre = stages.pre_llm
-    if pre is not None and (pre.needs.unpooled or pre.needs.text or pre.needs.pixels or pre.needs.encoder_attention):
-        unpooled, project, stride = (
-            adapter.unpooled_grid(model, projected(), tokens) if pre.needs.unpooled else (None, None, 1)
-        )
-        after = int(video_pos[:, -1].max()) + 1
-        seen = pixels() if pixels is not None else None
-        if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
-            video_pixels = seen.view(batch, frames, *seen.shape[1:])
-        if pre.needs.pixels and video_pixels is None:
-            raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
-        attention = keys = None
-        if pre.needs.encoder_attention:
-            if encoder is None or encoder() is None:
-                raise VidpressError(
-                    f"{type(pre).__name__} needs the vision encoder's attention for this video; "
-                    "run the model with the method installed (vidpress.apply)"
-                )
-            attention, keys = adapter.pool_encoder_signals(model, *encoder(), batch, frames)
-        tokens = VisualTokens(
-            tokens.features,
-            tokens.grid,
-            unpooled=unpooled,
-            project=project,
-            unpooled_stride=stride,
-            extra=extra,
-            text=embeds[:, after:],
-            text_ids=input_ids[:, after:],
-            pixels=video_pixels,
-            attention=attention,
-            keys=keys,
-        )
-
-    start = time.perf_counter()
-    if pre is not None:
-        plan = pre(tokens, None)
-        if isinstance(plan, Selection) and plan.n != n_frame_tokens:
-            raise VidpressError(f"{type(pre).__name__} planned over {plan.n} tokens, expected {n_frame_tokens}")
-    else:
-        plan = Selection.identity(batch, n_frame_tokens, device=input_ids.device)
-    overhead = time.perf_counter() - start
-
-    events = None
-    if isinstance(plan, PackedTokens):  # a new block fills the first M placeholders of the video
-        if plan.num_kept > video_pos.shape[1]:
-            raise BudgetError(
-                f"{type(pre).__name__} packed {plan.num_kept} tokens into {video_pos.shape[1]} "
-                "placeholders; choose larger pooling strides"
-            )
-        kept_video = video_pos[:, : plan.num_kept]
-        block = plan.features.to(embeds.dtype)
-        embeds = embeds.scatter(1, kept_video[..., None].expand(-1, -1, embeds.shape[-1]), block)
-        visual = torch.zeros_like(is_video).scatter_(1, kept_video[:, : plan.num_visual], True)
-        events = torch.full_like(input_ids, -1).scatter_(1, kept_video, plan.events.to(input_ids.device))
-    else:
-        block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)
-        embeds = embeds.masked_scatter(is_video[..., None], block)
-        kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
-        visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
-    kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
-
-    original = adapter.prefill_positions(model, kwargs, input_ids, mask)  # (B, S), or (R, B, S) for M-RoPE
-    original = (
-        default_positions(input_ids, mask) if original is None else original.expand(*original.shape[:-2], batch, -1)
+    tokens = _stage_inputs(
+        model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, (projected, pixels, encoder)
     )
-    new_mask = mask.gather(1, kept) if mask is not None else None
-    mrope_delta = None
-    if original.dim() == 3:  # decoding continues after the largest (t, h, w) id, as transformers' rope deltas do
-        mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
-    if positions == "contiguous":
-        if original.dim() == 3:
-            asking = [type(s).__name__ for s in (pre, stages.prefill) if s is not None and s.positions == "contiguous"]
-            raise IncompatibleStagesError(
-                f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
-                "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'"
-            )
-        new_positions = default_positions(kept, new_mask)
-        offset = original[:, -1:] - new_positions[:, -1:]
-    else:
-        at = kept
-        if isinstance(plan, PackedTokens) and plan.source is not None:  # each token at its source's position
-            mapping = torch.arange(length, device=kept.device).expand(batch, -1).clone()
-            mapping.scatter_(1, kept_video, video_pos.gather(1, plan.source.to(video_pos.device)))
-            at = mapping.gather(1, kept)
-        new_positions, offset = original.gather(-1, at.expand(*original.shape[:-2], -1, -1)), None
-
+    plan, overhead = _plan(stages.pre_llm, tokens)
+    base = _base(plan, stages.pre_llm, tokens, embeds, input_ids, is_video, video_pos)
+    new_positions, offset, mrope_delta, new_mask = _positions(
+        model, adapter, stages, kwargs, positions, plan, base, input_ids, mask, video_pos
+    )
+    kept = base.kept
     session = Session(
         stages=stages,
         num_layers=len(adapter.decoder_layers(model)),
-        prompt_len=length,
+        prompt_len=input_ids.shape[1],
         kept=kept,
-        visual=visual.gather(1, kept),
+        visual=base.visual.gather(1, kept),
         frames=frames,
         tokens_per_frame=per_frame,
         pos_offset=offset,
@@ -165,14 +241,14 @@ def start_request(
         mask=new_mask,
         renumber=stages.prefill is not None and stages.prefill.positions == "contiguous",
     )
-    if events is not None:
-        session.events, session.key_events, session.stage_info = events.gather(1, kept), plan.key_events, plan.info
+    if base.events is not None:
+        session.events, session.key_events, session.stage_info = base.events.gather(1, kept), plan.key_events, plan.info
     session.timings.overhead_s = overhead
     session.other_tokens = int(kept.shape[1] - session.visual[0].sum())
     cache = kwargs.get("cache")
     kwargs.update(
         input_ids=None,
-        inputs_embeds=embeds.gather(1, kept[..., None].expand(-1, -1, embeds.shape[-1])),
+        inputs_embeds=base.embeds.gather(1, kept[..., None].expand(-1, -1, base.embeds.shape[-1])),
         attention_mask=new_mask,
         position_ids=new_positions,
         cache=cache if cache is not None else DynamicCache(config=model.config),
