@@ -20,7 +20,7 @@ from vidpress.methods import FastV
 from vidpress.models.loading import load_model
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.pre_llm.event_pooling import EventPooling
-from vidpress.stages.pre_llm.fastvid import FastVIDStage
+from vidpress.stages.pre_llm.fastvid import FastVID
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 from vidpress.stages.prefill.attention_rank import AttentionRank
 
@@ -42,12 +42,12 @@ def main() -> None:
         # the peers issue's example: FastVID's pre-LLM stage (its segments act as METok's events), METok's
         # per-event prefill pruning at two of its layers, DyCoke's decode pruning after the last drop
         "fastvid 50% + metok prefill (3, 10) + dynamic-kv": compose(
-            FastVIDStage(retention=0.5),
+            FastVID(retention=0.5),
             AttentionRank(schedule=((3, 0.76, 0.38), (10, 0.76, 0.0))),
             DynamicKV(l=11, p=0.5),
         ),
         "fastvid 50% + fastv r=0.5 + dynamic-kv": compose(
-            FastVIDStage(retention=0.5), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)
+            FastVID(retention=0.5), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)
         ),
     }
     cells = [(name, None, method) for name, method in configs.items()]

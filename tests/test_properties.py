@@ -13,11 +13,11 @@ from vidpress.selection import Selection
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.decode.layerwise_trim import LayerwiseTrim
 from vidpress.stages.pre_llm.event_pooling import EventPooling
-from vidpress.stages.pre_llm.fastvid import FastVIDStage
+from vidpress.stages.pre_llm.fastvid import FastVID
 from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 from vidpress.stages.pre_llm.uniform import UniformBaseline, visual_budget
-from vidpress.stages.pre_llm.visionzip import VisionZipStage
+from vidpress.stages.pre_llm.visionzip import VisionZip
 from vidpress.stages.prefill.attention_rank import AttentionRank
 from vidpress.tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
 
@@ -110,7 +110,7 @@ def test_ttm_faithful_counts_sources_and_frame_order(frames, side, k, seed):
 )
 def test_visionzip_counts_and_sources(frames, side, retention, seed, mode):
     n = frames * side * side
-    packed = VisionZipStage(retention=retention, mode=mode)(visual(frames, side, seed))
+    packed = VisionZip(retention=retention, mode=mode)(visual(frames, side, seed))
     check_packed(packed, n, side * side, visual_budget(retention, n), sorted_sources=mode == "fixed")
     if retention == 1.0 and mode == "fixed":
         assert torch.equal(packed.features[0, :n], visual(frames, side, seed).features[0].flatten(0, 1))
@@ -127,7 +127,7 @@ def test_visionzip_counts_and_sources(frames, side, retention, seed, mode):
 )
 def test_fastvid_fixed_keeps_exactly_the_budget(frames, side, retention, seed, segments, stride):
     n = frames * side * side
-    packed = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride)(visual(frames, side, seed))
+    packed = FastVID(retention=retention, min_segments=segments, anchor_stride=stride)(visual(frames, side, seed))
     check_packed(packed, n, side * side, visual_budget(retention, n))
     if retention == 1.0:  # every candidate is an anchor that merges only itself (0.6 a + 0.4 a: allclose)
         assert torch.allclose(packed.features[0, :n], visual(frames, side, seed).features[0].flatten(0, 1), atol=1e-6)
@@ -144,7 +144,7 @@ def test_fastvid_fixed_keeps_exactly_the_budget(frames, side, retention, seed, s
 )
 def test_fastvid_faithful_keeps_the_reference_count_or_refuses(frames, side, retention, seed, segments, stride):
     per_frame = side * side
-    stage = FastVIDStage(retention=retention, min_segments=segments, anchor_stride=stride, mode="faithful")
+    stage = FastVID(retention=retention, min_segments=segments, anchor_stride=stride, mode="faithful")
     try:
         packed = stage(visual(frames, side, seed))
     except BudgetError as exc:
@@ -229,7 +229,7 @@ def test_layerwise_trim_never_grows_a_layer(counts, first):
 
 @pytest.mark.parametrize(
     "stage",
-    [UniformBaseline(retention=1.0), TemporalMerge(k=0.0), VisionZipStage(retention=1.0), FastVIDStage(retention=1.0)],
+    [UniformBaseline(retention=1.0), TemporalMerge(k=0.0), VisionZip(retention=1.0), FastVID(retention=1.0)],
 )
 def test_keep_everything_is_the_identity(stage):
     tokens = visual(9, 3, 0)
@@ -254,14 +254,14 @@ def test_declared_counts_equal_what_the_stages_keep(frames, side, retention, k, 
     tokens = visual(frames, side, seed)
     for stage in (
         UniformBaseline(retention=retention),
-        VisionZipStage(retention=retention, mode=mode),
+        VisionZip(retention=retention, mode=mode),
         TemporalMerge(k=k, mode=mode),
-        FastVIDStage(retention=retention),
+        FastVID(retention=retention),
     ):
         plan = stage(tokens)
         kept = plan.num_kept if isinstance(plan, Selection) else plan.num_visual
         assert stage.kept_count(frames, side * side) == kept, stage
-    assert FastVIDStage(mode="faithful").kept_count(frames, side * side) is None  # the segments decide
+    assert FastVID(mode="faithful").kept_count(frames, side * side) is None  # the segments decide
 
 
 def test_compose_refuses_what_is_not_a_stage():

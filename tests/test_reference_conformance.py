@@ -23,7 +23,6 @@ from vidpress.errors import BudgetError
 from vidpress.methods import FastV, FastVID, PyramidDrop
 from vidpress.stages import PreLLMStage
 from vidpress.stages.decode.dynamic_kv import DynamicKV
-from vidpress.stages.pre_llm.fastvid import FastVIDStage
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge, ttm_references
 from vidpress.tokens import LayerSignals, StageContext, VisualTokens
 
@@ -359,13 +358,13 @@ def _video(scene_lengths, per_frame, dim=32, seed=0):
 def test_fastvid_faithful_selects_and_merges_like_the_reference(scenes, per_frame, r):
     x, attention = _video(scenes, per_frame)
     side = int(math.isqrt(per_frame))
-    packed = FastVIDStage(retention=r, mode="faithful")(
+    packed = FastVID(retention=r, mode="faithful")(
         VisualTokens(x[None], (side, side), attention=attention[None], keys=x[None])
     )
     kept, tokens = reference_fastvid(x, attention, r)
     assert packed.source[0].tolist() == kept.tolist()
     assert torch.allclose(packed.features[0], tokens, atol=1e-5)
-    assert FastVIDStage(mode="faithful").positions == "original"
+    assert FastVID(mode="faithful").positions == "original"
 
 
 def test_fastvid_fixed_differs_only_in_budget_and_merging():
@@ -373,7 +372,7 @@ def test_fastvid_fixed_differs_only_in_budget_and_merging():
 
     x, attention = _video([3, 5, 8, 1, 9, 6], 49)
     tokens = VisualTokens(x[None], (7, 7), attention=attention[None], keys=x[None])
-    faithful, fixed = (FastVIDStage(retention=0.25, mode=m)(tokens) for m in ("faithful", "fixed"))
+    faithful, fixed = (FastVID(retention=0.25, mode=m)(tokens) for m in ("faithful", "fixed"))
     assert fixed.num_visual == round(0.25 * 32 * 49) and faithful.num_visual < fixed.num_visual
     # both take the most attended tokens of each frame: the reference 12 - int(12 * 0.4) = 8, fixed its
     # frame budget less round(0.4 * budget) anchors (13 -> 8, 12 -> 7)
@@ -381,20 +380,20 @@ def test_fastvid_fixed_differs_only_in_budget_and_merging():
         for packed, count in ((faithful, 8), (fixed, budget - round(0.4 * budget))):
             top = set((f * 49 + attention[f].topk(count).indices).tolist())
             assert top <= set(packed.source[0].tolist())
-    assert FastVIDStage(mode="fixed").positions == "original"
+    assert FastVID(mode="fixed").positions == "original"
 
 
 def test_fastvid_faithful_limits_and_fixed_beyond_them():
     x, attention = _video([4, 4, 4, 4, 4, 4, 4, 4], 196)  # 4-frame segments
     tokens = VisualTokens(x[None], (14, 14), attention=attention[None], keys=x[None])
-    assert FastVIDStage(retention=0.4, mode="faithful")(tokens).num_visual == 32 * 47 + 8 * 124  # where it runs
+    assert FastVID(retention=0.4, mode="faithful")(tokens).num_visual == 32 * 47 + 8 * 124  # where it runs
     with pytest.raises(BudgetError, match="156 anchors but has 137"):  # r = 0.5: int(98 * 0.4) * 4 > 196 - 59
-        FastVIDStage(retention=0.5, mode="faithful")(tokens)
-    assert FastVIDStage(retention=0.5)(tokens).num_visual == round(0.5 * 32 * 196)
+        FastVID(retention=0.5, mode="faithful")(tokens)
+    assert FastVID(retention=0.5)(tokens).num_visual == round(0.5 * 32 * 196)
     short = VisualTokens(x[None, :6], (14, 14), attention=attention[None, :6], keys=x[None, :6])
     with pytest.raises(BudgetError, match="c=8"):
-        FastVIDStage(mode="faithful")(short)
-    assert FastVIDStage()(short).num_visual == round(0.25 * 6 * 196)
+        FastVID(mode="faithful")(short)
+    assert FastVID()(short).num_visual == round(0.25 * 6 * 196)
 
 
 def test_fastvid_faithful_runs_on_mrope(tiny_qwen, clip_frames):

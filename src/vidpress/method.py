@@ -98,3 +98,12 @@ class Method:
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise UnknownMethodError(f"{cls.name} has no parameter {key!r} (valid: {', '.join(names)}){suggestion}")
         return cls(**params)  # type: ignore[call-arg]
+
+
+class StageMethod(Method):
+    """A method that is one stage (VisionZip, FastVID, the controls): the object is the stage, and
+    :meth:`build` puts it in its slot. Calling it runs the stage on tensors, so install it with
+    ``vidpress.apply(model, method)``. Adding such a method is one stage class plus one line in ``METHODS``."""
+
+    def build(self) -> Stages:
+        return Stages(**{self.slot: self})  # type: ignore[attr-defined]

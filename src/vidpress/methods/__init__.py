@@ -1,4 +1,6 @@
-"""The method registry: an explicit name -> class map (greppable; no decorator registries)."""
+"""The method registry: an explicit name -> class map (greppable; no decorator registries). Methods that
+combine stages (DyCoke, METok) and the attention-rank presets (FastV, PyramidDrop) are :class:`Method` classes
+here; single-stage methods (VisionZip, FastVID, the controls) are their stage classes."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from ..stages import Stages
 
 if TYPE_CHECKING:
     from ..runtime.install import Run
+from ..stages.pre_llm.fastvid import FastVID
+from ..stages.pre_llm.uniform import RandomTokens, UniformFrames, UniformSpatial
+from ..stages.pre_llm.visionzip import VisionZip
 from .dycoke import DyCoke
 from .fastv import FastV, PyramidDrop
-from .fastvid import FastVID
 from .metok import METok
-from .uniform import RandomTokens, UniformFrames, UniformSpatial
-from .visionzip import VisionZip
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls

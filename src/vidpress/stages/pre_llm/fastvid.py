@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from ..._checks import check_layer, check_mode, check_ratio
 from ...errors import BudgetError
+from ...method import StageMethod
 from ...stages import Needs, PreLLMStage
 from ...tokens import PackedTokens, StageContext, VisualTokens
 from .events import dyseg
@@ -53,8 +54,8 @@ def anchor_offsets(length: int, stride: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class FastVIDStage(PreLLMStage):
-    """FastVID as a pre-LLM stage.
+class FastVID(PreLLMStage, StageMethod):
+    """FastVID, a method that is one pre-LLM stage. ``FastVID(retention=1.0)`` keeps every token.
 
     Parameters
     ----------
@@ -88,6 +89,7 @@ class FastVIDStage(PreLLMStage):
         A share outside [0, 1], ``min_segments``/``anchor_stride``/``knn`` < 1, unknown ``mode``.
     """
 
+    name: ClassVar[str] = "fastvid"
     retention: float = 0.25
     threshold: float = 0.9
     min_segments: int = 8
@@ -220,3 +222,6 @@ class FastVIDStage(PreLLMStage):
             if all(c <= room[f] for f, c in zip(frames, counts)):
                 return frames, counts
         return list(range(length)), need
+
+
+FastVIDStage = FastVID  # the stage's earlier name

@@ -1,4 +1,5 @@
 """Controls at a visual-token budget: uniform frame subsampling, uniform spatial subsampling, random tokens.
+A method that cannot beat these at a retention is not worth its complexity there.
 
 Every pre-LLM stage in vidpress that takes a ``retention`` keeps exactly :func:`visual_budget` tokens, so
 methods compared at the same retention feed the LLM the same number of visual tokens.
@@ -7,11 +8,12 @@ methods compared at the same retention feed the LLM the same number of visual to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from ...errors import BudgetError
+from ...method import StageMethod
 from ...selection import Selection
 from ...stages import Needs, PreLLMStage
 from ...tokens import StageContext, VisualTokens
@@ -88,3 +90,29 @@ class UniformBaseline(PreLLMStage):
             keep = torch.cat([spread(c, per_frame) + f * per_frame for f, c in zip(chosen, counts) if c])
             keep = keep.expand(batch, -1)
         return Selection.from_indices(keep.to(tokens.features.device), n)
+
+
+@dataclass(frozen=True)
+class UniformFrames(UniformBaseline, StageMethod):
+    """Uniform frame subsampling: the budget of ``retention`` spent on whole frames spread over the video."""
+
+    name: ClassVar[str] = "frames"
+    kind: Literal["frames", "spatial", "random"] = field(default="frames", init=False, repr=False)
+    seed: int = field(default=0, init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class UniformSpatial(UniformBaseline, StageMethod):
+    """Uniform spatial subsampling: every frame keeps the same evenly strided share of its positions."""
+
+    name: ClassVar[str] = "spatial"
+    kind: Literal["frames", "spatial", "random"] = field(default="spatial", init=False, repr=False)
+    seed: int = field(default=0, init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RandomTokens(UniformBaseline, StageMethod):
+    """Random token dropping: ``retention`` of the visual tokens drawn uniformly (seeded by ``seed``)."""
+
+    name: ClassVar[str] = "random"
+    kind: Literal["frames", "spatial", "random"] = field(default="random", init=False, repr=False)

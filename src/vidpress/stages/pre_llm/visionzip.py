@@ -19,11 +19,12 @@ faithful vs fixed (selection is the same):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from ..._checks import check_mode, check_ratio
+from ...method import StageMethod
 from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
 from .merging import merge_into_targets, require_encoder_attention
@@ -31,8 +32,10 @@ from .uniform import frame_budgets, visual_budget
 
 
 @dataclass(frozen=True)
-class VisionZipStage(SourcePositions):
-    """VisionZip as a pre-LLM stage at a budget of ``visual_budget(retention, F*T)`` tokens.
+class VisionZip(SourcePositions, StageMethod):
+    """VisionZip (Yang et al., CVPR 2025), a method that is one pre-LLM stage: per frame, the tokens most attended
+    in the vision encoder plus contextual tokens merged from the rest, at a budget of
+    ``visual_budget(retention, F*T)`` tokens. ``VisionZip(retention=1.0)`` keeps every token unchanged.
 
     Parameters
     ----------
@@ -57,6 +60,7 @@ class VisionZipStage(SourcePositions):
         ``contextual_share`` outside [0, 1], unknown ``mode``.
     """
 
+    name: ClassVar[str] = "visionzip"
     retention: float = 0.25
     contextual_share: float = 1 / 7
     mode: Literal["faithful", "fixed"] = "fixed"
@@ -101,3 +105,6 @@ class VisionZipStage(SourcePositions):
             source = torch.cat(sources)
             rows.append((torch.cat(parts), source // per_frame, torch.zeros_like(source), source))
         return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+
+
+VisionZipStage = VisionZip  # the stage's earlier name
