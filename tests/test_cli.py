@@ -157,6 +157,9 @@ def test_bench_quick_writes_table_and_plots(tmp_path):
         rows[0]["visual_tokens_llm"] // 4
     }
     assert "fastv @ 25%: skipped" in result.output  # unreachable at this depth: said, never run at another budget
+    for r in rows:  # TTFT's limit: this run's vision time + the uncompressed prefill scaled by the FLOPs kept
+        limit = (r["vision_s"] + rows[0]["llm_prefill_s"] * r["prefill_flops_ratio"]) / rows[0]["ttft_s"]
+        assert r["ttft_limit_ratio"] == pytest.approx(limit)
 
 
 def test_run_on_the_llava_next_video_family():

@@ -51,3 +51,15 @@ def test_activitynet_qa_open_ended_rows(tmp_path):
     assert (first.video, first.answer, first.options) == ("TIEzvhv6xaI", "yes", ())
     (tmp_path / "v_TIEzvhv6xaI.mkv").write_bytes(b"")  # any extension
     assert load_activitynet_qa("val", ANETQA, video_dir=tmp_path)[0].video_file().name == "v_TIEzvhv6xaI.mkv"
+
+
+def test_annotations_are_named_never_searched_for(monkeypatch, tmp_path):
+    from vidpress.datasets import annotations_dir
+
+    monkeypatch.delenv("VIDPRESS_ANNOTATIONS", raising=False)
+    monkeypatch.chdir(SHARED.parent.parent if SHARED.is_dir() else tmp_path)  # shared/ right below the cwd
+    with pytest.raises(FileNotFoundError, match="VIDPRESS_ANNOTATIONS"):
+        annotations_dir("nextqa")
+    (tmp_path / "nextqa").mkdir()
+    monkeypatch.setenv("VIDPRESS_ANNOTATIONS", str(tmp_path))
+    assert annotations_dir("nextqa") == tmp_path / "nextqa"

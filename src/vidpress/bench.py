@@ -51,6 +51,9 @@ class BenchRow:
             "prefill_flops_ratio": acc.prefill_flops / bacc.prefill_flops,
             "decode_kv_bytes_ratio": acc.kv_bytes / bacc.kv_bytes,
             "ttft_ratio": a.ttft_s / b.ttft_s,
+            # what TTFT could be if only the LLM prefill shrank: this run's vision time + the uncompressed
+            # prefill time scaled by the prefill FLOPs kept
+            "ttft_limit_ratio": (a.vision_s + b.llm_prefill_s * acc.prefill_flops / bacc.prefill_flops) / b.ttft_s,
             "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
             "decode_tok_s_ratio": a.decode_tokens_per_s / b.decode_tokens_per_s,
             "peak_memory_ratio": a.peak_memory_bytes / b.peak_memory_bytes if b.peak_memory_bytes else float("nan"),
@@ -59,6 +62,7 @@ class BenchRow:
             "greedy_token_agreement": agree,
             "ttft_s": a.ttft_s,
             "llm_prefill_s": a.llm_prefill_s,
+            "vision_s": a.vision_s,
         }
 
 
@@ -293,6 +297,7 @@ COLUMNS = (
     "prefill_flops_ratio",
     "decode_kv_bytes_ratio",
     "ttft_ratio",
+    "ttft_limit_ratio",
     "llm_prefill_speedup",
     "decode_tok_s_ratio",
     "peak_memory_ratio",
@@ -323,7 +328,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in COLUMNS) + " |" for row in rows]  # resumed rows may lack one
     return "\n".join(lines)
 
 

@@ -398,6 +398,7 @@ def bench(
         ("FLOPs", "prefill_flops_ratio"),
         ("KV", "decode_kv_bytes_ratio"),
         ("TTFT", "ttft_ratio"),
+        ("limit", "ttft_limit_ratio"),
         ("prefill x", "llm_prefill_speedup"),
         ("tok/s", "decode_tok_s_ratio"),
         ("mem", "peak_memory_ratio"),
@@ -409,12 +410,16 @@ def bench(
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in rows:
         table.add_row(
-            *[str(row[k]) if isinstance(row[k], str) else "—" if row[k] is None else f"{row[k]:.3f}" for _, k in shown]
+            *[
+                str(row[k]) if isinstance(row.get(k), str) else "—" if row.get(k) is None else f"{row[k]:.3f}"
+                for _, k in shown
+            ]
         )
     console.print(table)
     console.print(
-        "entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; KL, top-1, greedy: "
-        "first-token KL divergence, top-1 and greedy-token agreement with the uncompressed run"
+        "entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; limit: TTFT if only the "
+        "LLM prefill shrank (vision time + uncompressed prefill x FLOPs kept); KL, top-1, greedy: first-token KL "
+        "divergence, top-1 and greedy-token agreement with the uncompressed run"
     )
     if not loaded.trained:
         console.print("[bold yellow]note[/]: untrained model - fidelity says how much the output moves, not accuracy")

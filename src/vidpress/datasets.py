@@ -55,16 +55,24 @@ class VideoQA:
 
 
 def annotations_dir(name: str, annotations: str | Path | None = None) -> Path:
-    """``annotations``, else ``shared/data/annotations/<name>`` beside or above the working directory."""
-    candidates = (
-        [Path(annotations)]
-        if annotations
-        else [base / "shared" / "data" / "annotations" / name for base in (Path.cwd(), *Path.cwd().parents[:2])]
+    """``annotations``, else ``$VIDPRESS_ANNOTATIONS/<name>`` (e.g. ``../shared/data/annotations``); nothing is
+    searched for.
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither names an existing folder.
+    """
+    import os
+
+    root = os.environ.get("VIDPRESS_ANNOTATIONS")
+    candidate = Path(annotations) if annotations else Path(root) / name if root else None
+    if candidate is not None and candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(
+        f"no {name} annotations{f' at {candidate}' if candidate else ''}; pass annotations=<folder> or set "
+        "VIDPRESS_ANNOTATIONS to the folder holding it (e.g. ../shared/data/annotations)"
     )
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"no {name} annotations at {', '.join(map(str, candidates))}; pass annotations=<folder>")
 
 
 def _video_dir(video_dir: str | Path | None, benchmark: str) -> Path | None:
