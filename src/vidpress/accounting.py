@@ -263,7 +263,7 @@ def estimate(
         for layer in range(1, layers):
             if layer in stages.prefill.layers:
                 scores = torch.rand(1, alive, generator=generator)
-                scored = layer if stages.prefill.needs.scores_at_drop else layer - 1
+                scored = stages.prefill.needs.scored_layer(layer)
                 plan = stages.prefill(
                     LayerSignals(scored, scores, event_of, key, kept), StageContext(num_layers=layers)
                 )

@@ -79,6 +79,13 @@ def layer_positions(session: Session, index: Tensor, kwargs: dict, rotary: Any, 
     return out
 
 
+def _key_mask(mask: Any) -> Tensor | None:
+    """(B, n) bool of the keys a 4-D attention mask (B, 1, q, n) lets the last query row see; None without one."""
+    if not isinstance(mask, Tensor) or mask.dim() != 4:
+        return None
+    return mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
+
+
 def drop_layer_scores(session: Session, adapter: Any, module: Any, hidden: Tensor, call: dict, layer: int) -> Tensor:
     """(B, n) fp32 attention of the declared query rows at ``layer``'s own attention, from its input ``hidden``
     (B, n, D) and that input's ``call`` kwargs (positions, mask), before anything is dropped there."""
@@ -87,11 +94,9 @@ def drop_layer_scores(session: Session, adapter: Any, module: Any, hidden: Tenso
     cos, sin = call["position_embeddings"]
     query = adapter.query_states(attention, normed[:, rows], cos[:, rows], sin[:, rows])
     keys = adapter.key_states(attention, normed, cos, sin)
-    mask = call.get("attention_mask")
-    key_mask = None
-    if isinstance(mask, Tensor) and mask.dim() == 4:
-        key_mask = mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
-    return attention_rows(query, keys, attention.scaling, row_positions=rows, key_mask=key_mask)
+    return attention_rows(
+        query, keys, attention.scaling, row_positions=rows, key_mask=_key_mask(call.get("attention_mask"))
+    )
 
 
 def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
@@ -113,15 +118,16 @@ def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
             start = time.perf_counter()
             before = session.layout(layer - 1)
             visual = per_row_positions(session.visual_at(layer - 1))
+            scored = stage.needs.scored_layer(layer)
             if stage.needs.scores_at_drop:
                 call = (
                     layer_positions(session, before, kwargs, rotary, hidden)
                     if session.layouts[layer - 1] is not None
                     else kwargs
                 )
-                scores, scored = drop_layer_scores(session, adapter, module, hidden, call, layer), layer
+                scores = drop_layer_scores(session, adapter, module, hidden, call, layer)
             else:
-                scores, scored = session.scores.pop(layer - 1), layer - 1
+                scores = session.scores.pop(scored)
             scores = scores.gather(1, visual.to(scores.device))
             events = None if session.events is None else session.events.gather(1, before).gather(1, visual)
             plan = stage(LayerSignals(scored, scores, events, session.key_events, session.visual_count(0)), session.ctx)
@@ -186,17 +192,13 @@ def attention_post_hook(session_of, layer: int):
         query = session.queries.pop(layer)
         keys = cache.layers[layer].keys
         decoding = session.ctx.step > 0
-        mask = kwargs.get("attention_mask")
-        key_mask = None
-        if isinstance(mask, Tensor) and mask.dim() == 4:  # (B, 1, q, n): use the last query row's key mask
-            key_mask = mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
         rows = None if decoding else session.query_rows
+        key_mask = _key_mask(kwargs.get("attention_mask"))
         scores = attention_rows(query, keys, module.scaling, row_positions=rows, key_mask=key_mask)
         if decoding:
             _select_view(session, layer, scores)
         else:
             session.scores[layer] = scores
-            session.scores_device = scores.device
         session.timed(start)
 
     return hook

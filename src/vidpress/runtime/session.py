@@ -90,7 +90,6 @@ class Session:
     peak_memory_bytes: int = 0
     other_tokens: int = 0  # non-visual prompt entries (text, the model's extra video tokens)
     query_rows: Tensor | None = None  # positions of the prefill query rows being scored
-    scores_device: Any = None  # where the prefill scores live
 
     def __post_init__(self) -> None:
         self.ctx = StageContext(num_layers=self.num_layers)

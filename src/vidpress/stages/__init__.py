@@ -62,6 +62,11 @@ class Needs:
     trim_after_prefill: bool = False
     scores_at_drop: bool = False
 
+    def scored_layer(self, drop_layer: int) -> int:
+        """The layer whose attention scores the drop at ``drop_layer``: itself with ``scores_at_drop``, else the
+        layer before."""
+        return drop_layer if self.scores_at_drop else drop_layer - 1
+
 
 class Stage:
     """Base of every stage: a frozen dataclass that declares its slot and what it needs, and maps tensors to a

@@ -135,7 +135,7 @@ class AttentionRank(PrefillStage):
 
     def drop_layer(self, signals: LayerSignals) -> int:
         """The scheduled layer whose input ``signals`` were scored for."""
-        return signals.layer + (0 if self.score_layer == "own" else 1)
+        return signals.layer + (0 if self.needs.scores_at_drop else 1)
 
     def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection:
         step = self.layers.index(self.drop_layer(signals))
