@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 from conftest import shared_video
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vidpress
@@ -143,6 +143,7 @@ def small_videos(tmp_path_factory):
     flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=8),
     frames=st.integers(1, 12),
 )
+@example(kind="mkv", cut=0.40625, flips=[(0.40625, 1)], frames=1)  # a stream left without a codec context
 def test_corrupted_files_raise_a_video_error_or_decode(small_videos, tmp_path, kind, cut, flips, frames):
     import warnings
 

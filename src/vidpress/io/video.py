@@ -222,7 +222,12 @@ def load_video(
                 stacklevel=2,
             )
         targets = _targets(duration, rate, num_frames, fps)
-        width, height = _output_size(stream.codec_context.width or 1, stream.codec_context.height or 1, max_side)
+        codec = stream.codec_context
+        if codec is None:  # a damaged header can leave the stream without a decoder
+            raise NotAVideoError(
+                path, f"{path}: its video stream has no decodable codec; the file is corrupt: re-encode it"
+            )
+        width, height = _output_size(codec.width or 1, codec.height or 1, max_side)
         distinct = min(len(targets), math.ceil(duration * rate) + 1) if rate else len(targets)
         needed, available = distinct * width * height * 3, _available_memory()
         if needed > MEMORY_SHARE * available:
