@@ -1,6 +1,6 @@
 """The method registry: an explicit name -> class map (greppable; no decorator registries). Methods that
-combine stages (DyCoke, METok) and the attention-rank presets (FastV, PyramidDrop) are :class:`Method` classes
-here; single-stage methods (VisionZip, FastVID, the controls) are their stage classes."""
+combine stages (DyCoke, METok) are :class:`Method` classes here; single-stage methods (VisionZip, FastVID,
+FastV, PyramidDrop, the controls) are their stage classes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 from ..stages.pre_llm.fastvid import FastVID
 from ..stages.pre_llm.uniform import RandomTokens, UniformFrames, UniformSpatial
 from ..stages.pre_llm.visionzip import VisionZip
+from ..stages.prefill.peers import FastV, PyramidDrop
 from .dycoke import DyCoke
-from .fastv import FastV, PyramidDrop
 from .metok import METok
 
 METHODS: dict[str, type[Method]] = {

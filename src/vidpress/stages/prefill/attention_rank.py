@@ -22,7 +22,7 @@ Counts (``count_rule``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -110,7 +110,8 @@ class AttentionRank(PrefillStage):
         )
 
     def for_depth(self, num_layers: int) -> AttentionRank:
-        """This stage for an LLM of ``num_layers`` layers: depth fractions and ``retention`` resolved.
+        """This stage for an LLM of ``num_layers`` layers: depth fractions and ``retention`` resolved (a plain
+        :class:`AttentionRank`, also for the presets below).
 
         Raises
         ------
@@ -127,7 +128,13 @@ class AttentionRank(PrefillStage):
         if self.retention is not None:
             lam = solve_keep(self.retention, layers, num_layers)
             schedule = tuple((layer, lam, lam) for layer in layers)
-        return replace(self, schedule=schedule, retention=None)
+        return AttentionRank(
+            schedule=schedule,
+            query_rows=self.query_rows,
+            count_rule=self.count_rule,
+            score_layer=self.score_layer,
+            positions=self.positions,
+        )
 
     @property
     def layers(self) -> tuple[int, ...]:

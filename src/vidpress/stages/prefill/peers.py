@@ -1,4 +1,5 @@
-"""In-LLM attention-rank peers: FastV (Chen et al., ECCV 2024) and PyramidDrop (Xing et al., CVPR 2025).
+"""In-LLM attention-rank peers, each a method that is one prefill stage: FastV (Chen et al., ECCV 2024) and
+PyramidDrop (Xing et al., CVPR 2025).
 
 Both drop visual tokens during prefill by the attention the last token pays them (docs/methods.md); the
 pruned set then stays fixed for decoding. Scores come from a separate fp32 row, so SDPA stays in place
@@ -11,21 +12,33 @@ modeling_llama.py`` at ``d165972`` (the block at layer K); PyramidDrop, Cooperx5
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from .._checks import check_mode
-from ..method import Method
-from ..stages import Stages
-from ..stages.prefill.attention_rank import AttentionRank
+from ..._checks import check_mode
+from ...method import StageMethod
+from .attention_rank import AttentionRank
+
+
+def _preset(stage: AttentionRank, **settings: object) -> None:
+    """Set an AttentionRank preset's derived fields from its own hyperparameters, then validate them."""
+    for name, value in settings.items():
+        object.__setattr__(stage, name, value)
+    AttentionRank.__post_init__(stage)
+    StageMethod.__post_init__(stage)  # lists from the CLI or JSON to tuples
+
+
+_DERIVED = dict(init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
-class FastV(Method):
+class FastV(AttentionRank, StageMethod):
     """FastV: after layer K, keep the top ``round(N * (1 - R))`` of the N visual tokens by last-token attention.
 
     As in the reference: scores are layer K - 1's attention of the last prompt token (head mean), the count is
     Python's ``round`` (halves to even: 1,548 of 3,097 at R=0.5), kept tokens keep their original positions.
+    The object is the prefill stage (an :class:`AttentionRank` with those settings); install it with
+    ``vidpress.apply(model, FastV())``.
 
     Parameters
     ----------
@@ -38,28 +51,37 @@ class FastV(Method):
         model's depth; below K / layers it is unreachable and raises BudgetError).
 
     ``FastV(r=0)`` keeps every token and reproduces the uncompressed model.
+
+    Raises
+    ------
+    InvalidParameterError
+        K < 1 or R outside [0, 1].
+    BudgetError
+        ``retention`` outside (0, 1].
     """
 
     name: ClassVar[str] = "fastv"
     k: int = 2
     r: float = 0.5
     retention: float | None = None
+    schedule: tuple = field(default=(), **_DERIVED)
+    query_rows: Literal["text", "last"] = field(default="last", **_DERIVED)
+    count_rule: Literal["ceil", "round", "floor_input"] = field(default="round", **_DERIVED)
+    score_layer: Literal["previous", "own"] = field(default="previous", **_DERIVED)
+    positions: Literal["original", "contiguous"] = field(default="original", **_DERIVED)
 
-    def build(self) -> Stages:
+    def __post_init__(self) -> None:
         keep = 1.0 - self.r
-        return Stages(
-            prefill=AttentionRank(
-                schedule=((self.k, keep, keep),), query_rows="last", retention=self.retention, count_rule="round"
-            )
-        )
+        _preset(self, schedule=((self.k, keep, keep),))
 
 
 @dataclass(frozen=True)
-class PyramidDrop(Method):
+class PyramidDrop(AttentionRank, StageMethod):
     """PyramidDrop: at each of its layers l_s, keep ``int(N * lambda^s)`` of the N visual tokens entering the LLM.
 
     As in the reference, layer l_s ranks the visual tokens with its *own* attention (its input norm, q and k
-    applied to its input) of the last prompt token, averaged over heads.
+    applied to its input) of the last prompt token, averaged over heads. The object is the prefill stage (an
+    :class:`AttentionRank` with those settings); install it with ``vidpress.apply(model, PyramidDrop())``.
 
     Parameters
     ----------
@@ -74,6 +96,13 @@ class PyramidDrop(Method):
         ``faithful`` renumbers positions contiguously after every drop and shifts decoding positions to match,
         as the reference does (refused on M-RoPE models); ``fixed`` (default) keeps every token's original
         position. Counts and scores are the reference's in both.
+
+    Raises
+    ------
+    InvalidParameterError
+        Layers not increasing, lambda outside [0, 1], an unknown ``mode``.
+    BudgetError
+        ``retention`` outside (0, 1].
     """
 
     name: ClassVar[str] = "pdrop"
@@ -81,16 +110,17 @@ class PyramidDrop(Method):
     lam: float = 0.5
     retention: float | None = None
     mode: Literal["faithful", "fixed"] = "fixed"
+    schedule: tuple = field(default=(), **_DERIVED)
+    query_rows: Literal["text", "last"] = field(default="last", **_DERIVED)
+    count_rule: Literal["ceil", "round", "floor_input"] = field(default="floor_input", **_DERIVED)
+    score_layer: Literal["previous", "own"] = field(default="own", **_DERIVED)
+    positions: Literal["original", "contiguous"] = field(default="original", **_DERIVED)
 
-    def build(self) -> Stages:
+    def __post_init__(self) -> None:
         check_mode(self.mode)
-        return Stages(
-            prefill=AttentionRank(
-                schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
-                query_rows="last",
-                retention=self.retention,
-                count_rule="floor_input",
-                score_layer="own",
-                positions="contiguous" if self.mode == "faithful" else "original",
-            )
+        layers = tuple(self.layers)
+        _preset(
+            self,
+            schedule=tuple((layer, self.lam, self.lam) for layer in layers),
+            positions="contiguous" if self.mode == "faithful" else "original",
         )
