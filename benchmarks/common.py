@@ -15,6 +15,7 @@ from vidpress.cli import bundled_clip
 from vidpress.methods import get_method
 from vidpress.models.loading import load_model
 from vidpress.pipeline import ask
+from vidpress.report import ratios
 
 SHARED_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/big_buck_bunny_first60s_640x360.mp4"
 DEFAULT_VIDEO = str(SHARED_VIDEO if SHARED_VIDEO.exists() else bundled_clip())
@@ -38,18 +39,10 @@ HEADER = [
 
 
 def ratio_row(name: str, r, base) -> dict:
-    a, b = r.accounting, base.accounting
     return {
         "method": name,
-        "visual_tokens_llm": a.prefill_visual[0],
-        "prefill_flops_ratio": a.prefill_flops / b.prefill_flops,
-        "kv_bytes_ratio": a.kv_bytes / b.kv_bytes,
-        "visual_kv_bytes_ratio": a.visual_kv_bytes / b.visual_kv_bytes,
-        "decode_visual_kv_read_ratio": a.attended_visual_kv_bytes / b.attended_visual_kv_bytes,
-        "llm_prefill_speedup": base.llm_prefill_s / r.llm_prefill_s,
-        "ttft_speedup": base.ttft_s / r.ttft_s,
-        "decode_tok_s_ratio": r.decode_tokens_per_s / base.decode_tokens_per_s,
-        "peak_memory_ratio": r.peak_memory_bytes / base.peak_memory_bytes if base.peak_memory_bytes else float("nan"),
+        "visual_tokens_llm": r.accounting.prefill_visual[0],
+        **ratios(base, r),
         "overhead_pct_of_llm_prefill": 100 * r.overhead_s / r.llm_prefill_s,
         "overhead_pct_of_ttft": 100 * r.overhead_s / r.ttft_s,
         "ttft_s": r.ttft_s,

@@ -50,7 +50,10 @@ def test_run_compare_json(video):
     assert base["visual_tokens_llm"] == 8 * 64
     assert base["decode_visual_per_layer"] == [8 * 64] * 4 and base["decode_steps"] == 3
     assert dycoke["visual_tokens_llm"] == 2 * 64 + 6 * int(0.3 * 64)
-    assert payload["ratios"]["LLM prefill FLOPs"] < 1 and payload["trained"] is False
+    ratios = payload["ratios"]
+    assert ratios["visual_tokens_llm_ratio"] == dycoke["visual_tokens_llm"] / base["visual_tokens_llm"]
+    assert ratios["prefill_flops_ratio"] == pytest.approx(dycoke["prefill_flops"] / base["prefill_flops"])
+    assert ratios["ttft_speedup"] == pytest.approx(1 / ratios["ttft_ratio"]) and payload["trained"] is False
 
 
 def test_run_table_output():

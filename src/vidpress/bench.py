@@ -22,10 +22,23 @@ import torch
 from .errors import BudgetError, InvalidParameterError, UnknownMethodError
 from .methods import METHODS, get_method
 from .pipeline import Answer, ask
+from .report import ratios
 
 RETENTIONS = (0.5, 0.25, 0.15, 0.1)
 #: Methods run once at their own defaults (no retention knob); their measured retention is reported.
 FIXED_POINT = ("metok",)
+
+
+# The ratios (vidpress.report.ratios) a bench row carries, in its table's order.
+RATIOS = (
+    "prefill_flops_ratio",
+    "kv_bytes_ratio",
+    "ttft_ratio",
+    "ttft_limit_ratio",
+    "llm_prefill_speedup",
+    "decode_tok_s_ratio",
+    "peak_memory_ratio",
+)
 
 
 @dataclass
@@ -41,22 +54,15 @@ class BenchRow:
         allowed = torch.isfinite(p) & torch.isfinite(q)  # tokens the forced decoding excluded in both count 0
         n = min(len(self.answer.tokens), len(base.tokens))
         agree = sum(x == y for x, y in zip(self.answer.tokens[:n], base.tokens[:n])) / n if n else float("nan")
-        acc, bacc = a.accounting, b.accounting
+        acc = a.accounting
+        r = ratios(b, a)
         return {
             "method": self.method,
             "target_retention": self.target_retention,
             "retention": acc.retention,
             "visual_tokens_llm": acc.prefill_visual[0],
             "mean_alive_retention": sum(acc.prefill_visual) / len(acc.prefill_visual) / acc.visual_in,
-            "prefill_flops_ratio": acc.prefill_flops / bacc.prefill_flops,
-            "decode_kv_bytes_ratio": acc.kv_bytes / bacc.kv_bytes,
-            "ttft_ratio": a.ttft_s / b.ttft_s,
-            # what TTFT could be if only the LLM prefill shrank: this run's vision time + the uncompressed
-            # prefill time scaled by the prefill FLOPs kept
-            "ttft_limit_ratio": (a.vision_s + b.llm_prefill_s * acc.prefill_flops / bacc.prefill_flops) / b.ttft_s,
-            "llm_prefill_speedup": b.llm_prefill_s / a.llm_prefill_s,
-            "decode_tok_s_ratio": a.decode_tokens_per_s / b.decode_tokens_per_s,
-            "peak_memory_ratio": a.peak_memory_bytes / b.peak_memory_bytes if b.peak_memory_bytes else float("nan"),
+            **{key: r[key] for key in RATIOS},
             "first_token_kl": float((p.exp() * (p - q))[allowed].sum()),
             "first_token_top1_agree": float(base.first_logits.argmax() == self.answer.first_logits.argmax()),
             "greedy_token_agreement": agree,
@@ -294,13 +300,7 @@ COLUMNS = (
     "retention",
     "mean_alive_retention",
     "visual_tokens_llm",
-    "prefill_flops_ratio",
-    "decode_kv_bytes_ratio",
-    "ttft_ratio",
-    "ttft_limit_ratio",
-    "llm_prefill_speedup",
-    "decode_tok_s_ratio",
-    "peak_memory_ratio",
+    *RATIOS,
     "first_token_kl",
     "first_token_top1_agree",
     "greedy_token_agreement",

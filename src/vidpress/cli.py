@@ -396,7 +396,7 @@ def bench(
         ("entry", "retention"),
         ("alive", "mean_alive_retention"),
         ("FLOPs", "prefill_flops_ratio"),
-        ("KV", "decode_kv_bytes_ratio"),
+        ("KV", "kv_bytes_ratio"),
         ("TTFT", "ttft_ratio"),
         ("limit", "ttft_limit_ratio"),
         ("prefill x", "llm_prefill_speedup"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -159,25 +159,48 @@ class Report:
         return console.export_text()
 
 
-# Figures compared in `compare_table`: (label, getter, True when lower is better).
-COMPARED = (
-    ("visual tokens entering the LLM", lambda r: r.accounting.prefill_visual[0]),
-    ("LLM prefill FLOPs", lambda r: r.accounting.prefill_flops),
-    ("KV cache after prefill (bytes)", lambda r: r.accounting.kv_bytes),
-    ("visual KV read per decode step (bytes)", lambda r: r.accounting.attended_visual_kv_bytes),
-    ("TTFT (s)", lambda r: r.ttft_s),
-    ("LLM prefill time (s)", lambda r: r.llm_prefill_s),
-    ("decode tok/s", lambda r: r.decode_tokens_per_s),
-    ("peak memory (bytes)", lambda r: r.peak_memory_bytes),
+@dataclass(frozen=True)
+class Figure:
+    """One figure a comparison reports: ``key`` names its ratio (``<key>_ratio``), ``label`` its table row."""
+
+    key: str
+    label: str
+    get: Callable[[Report], float]
+
+
+# What every comparison (vidpress run --compare, vidpress bench, the benchmark scripts) reports, in one place.
+FIGURES = (
+    Figure("visual_tokens_llm", "visual tokens entering the LLM", lambda r: r.accounting.prefill_visual[0]),
+    Figure("prefill_flops", "LLM prefill FLOPs", lambda r: r.accounting.prefill_flops),
+    Figure("kv_bytes", "KV cache after prefill (bytes)", lambda r: r.accounting.kv_bytes),
+    Figure("visual_kv_bytes", "visual KV after prefill (bytes)", lambda r: r.accounting.visual_kv_bytes),
+    Figure(
+        "decode_visual_kv_read",
+        "visual KV read per decode step (bytes)",
+        lambda r: r.accounting.attended_visual_kv_bytes,
+    ),
+    Figure("ttft", "TTFT (s)", lambda r: r.ttft_s),
+    Figure("llm_prefill", "LLM prefill time (s)", lambda r: r.llm_prefill_s),
+    Figure("decode_tok_s", "decode tok/s", lambda r: r.decode_tokens_per_s),
+    Figure("peak_memory", "peak memory (bytes)", lambda r: r.peak_memory_bytes),
 )
 
 
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else float("nan")
+
+
 def ratios(baseline: Report, other: Report) -> dict[str, float]:
-    """``other / baseline`` for every figure in :data:`COMPARED` (nan where the baseline is 0)."""
-    out = {}
-    for label, get in COMPARED:
-        base = get(baseline)
-        out[label] = get(other) / base if base else float("nan")
+    """``other`` against ``baseline`` (the uncompressed run of the same request): ``<key>_ratio`` = other /
+    baseline for every figure in :data:`FIGURES` (nan where the baseline is 0), the speedups ``ttft_speedup`` and
+    ``llm_prefill_speedup`` (baseline / other), and ``ttft_limit_ratio``: the TTFT reachable if only the LLM
+    prefill shrank, ``other``'s vision time plus the uncompressed prefill time scaled by the prefill FLOPs kept,
+    over the uncompressed TTFT."""
+    out = {f"{f.key}_ratio": _ratio(f.get(other), f.get(baseline)) for f in FIGURES}
+    out["ttft_speedup"] = _ratio(baseline.ttft_s, other.ttft_s)
+    out["llm_prefill_speedup"] = _ratio(baseline.llm_prefill_s, other.llm_prefill_s)
+    ideal_prefill = baseline.llm_prefill_s * out["prefill_flops_ratio"]
+    out["ttft_limit_ratio"] = _ratio(other.vision_s + ideal_prefill, baseline.ttft_s)
     return out
 
 
@@ -188,10 +211,10 @@ def compare_table(baseline: Report, others: list[Report]) -> Table:
     for report in others:
         table.add_column(report.method, justify="right")
         table.add_column("ratio", justify="right")
-    for label, get in COMPARED:
-        row = [label, f"{get(baseline):.4g}"]
+    for figure in FIGURES:
+        row = [figure.label, f"{figure.get(baseline):.4g}"]
         for report in others:
-            value, base = get(report), get(baseline)
+            value, base = figure.get(report), figure.get(baseline)
             row += [f"{value:.4g}", f"{value / base:.3f}" if base else "n/a"]
         table.add_row(*row)
     return table
