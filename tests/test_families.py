@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vidpress
+from vidpress.adapters.registry import supported_models
 from vidpress.errors import UnsupportedModelError
 from vidpress.method import compose
 from vidpress.methods import (
@@ -17,7 +18,6 @@ from vidpress.methods import (
     UniformSpatial,
     VisionZip,
 )
-from vidpress.models.registry import supported_models
 from vidpress.pipeline import build_inputs
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 
@@ -173,9 +173,9 @@ def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qw
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     from transformers.vision_utils import get_vision_window_index
 
-    from vidpress.models.qwen2_5_vl import Qwen2_5_VLAdapter
+    from vidpress.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 
-    ADAPTER = Qwen2_5_VLAdapter()
+    ADAPTER = Qwen2_5_VLAdapter(tiny_qwen.model)
 
     inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
     recorded, seen = [], {}
@@ -186,7 +186,7 @@ def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qw
         return out, weights
 
     AttentionInterface.register("vidpress_recording", recording)
-    visual, block = tiny_qwen.model.model.visual, ADAPTER.encoder_attention(tiny_qwen.model)
+    visual, block = tiny_qwen.model.model.visual, ADAPTER.encoder_attention()
     hook = block.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)
     visual.config._attn_implementation = "vidpress_recording"
     try:
@@ -197,7 +197,7 @@ def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qw
         hook.remove()
     with torch.no_grad():
         received, keys = ADAPTER.encoder_signals(
-            tiny_qwen.model, block, seen["args"], seen["kwargs"], {"grid_thw": inputs["video_grid_thw"]}
+            block, seen["args"], seen["kwargs"], {"grid_thw": inputs["video_grid_thw"]}
         )
     last = recorded[-len(seen["kwargs"]["cu_seqlens"]) + 1 :]  # the last block's segments (one per temporal patch)
     per_patch = torch.cat([w[0].mean((0, 1)) for w in last]).view(-1, 4).mean(1)

@@ -186,15 +186,15 @@ def test_decode_stage_before_a_prefill_drop_is_refused(tiny, inputs):
 
 
 def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
-    from vidpress.models.encoder_attention import encoder_signals
-    from vidpress.models.llava_onevision import LlavaOnevisionAdapter
+    from vidpress.adapters.encoder_attention import encoder_signals
+    from vidpress.adapters.llava_onevision import LlavaOnevisionAdapter
 
-    ADAPTER = LlavaOnevisionAdapter()
+    ADAPTER = LlavaOnevisionAdapter(tiny.model)
 
     tower = tiny.model.model.vision_tower
     pixels = inputs["pixel_values_videos"].flatten(0, 1)
     seen = {}
-    handle = ADAPTER.encoder_attention(tiny.model).register_forward_pre_hook(
+    handle = ADAPTER.encoder_attention().register_forward_pre_hook(
         lambda m, a, k: seen.update(hidden=a[0] if a else k["hidden_states"]), with_kwargs=True
     )
     tower.config._attn_implementation = "eager"
@@ -204,7 +204,7 @@ def test_encoder_attention_matches_the_eager_attention_weights(tiny, inputs):
     finally:
         tower.config._attn_implementation = "sdpa"
         handle.remove()
-    received, keys = encoder_signals(ADAPTER.encoder_attention(tiny.model), seen["hidden"], cls_row=False, chunk=5)
+    received, keys = encoder_signals(ADAPTER.encoder_attention(), seen["hidden"], cls_row=False, chunk=5)
     assert torch.allclose(received, weights.mean((1, 2)), atol=1e-6)
     assert keys.shape == (pixels.shape[0], weights.shape[-1], 16)
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from .adapters.registry import resolve_spec, spec_from_config  # noqa: F401 (API)
 from .errors import BudgetError
-from .specs import PRESETS, LLMDims, ModelSpec, VisionDims, resolve_spec, spec_from_config  # noqa: F401 (API)
+from .specs import PRESETS, LLMDims, ModelSpec, VisionDims  # noqa: F401 (API)
 
 
 def layer_flops(n: float, d: int, m: int) -> float:

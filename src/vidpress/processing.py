@@ -140,52 +140,33 @@ class OfflineVideoProcessor:
         (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model_config: Any = None) -> OfflineVideoProcessor:
-        """From a directory saved by :meth:`save_pretrained`, or a LLaVA-OV checkpoint's files."""
+    def from_pretrained(cls, directory: str | Path) -> OfflineVideoProcessor:
+        """From a directory saved by :meth:`save_pretrained` (a checkpoint's own files go through its family's
+        adapter: ``vidpress.models.loading.offline_processor``).
+
+        Raises
+        ------
+        FileNotFoundError
+            The directory has no ``vidpress_processor.json``.
+        """
         from transformers import AutoTokenizer
 
         directory = Path(directory)
+        if not (directory / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; it was not saved by vidpress")
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        if (directory / CONFIG_NAME).exists():
-            saved = json.loads((directory / CONFIG_NAME).read_text())
-            fps = saved.pop("fps", None)
-            if saved["layout"] == "qwen2_5_vl":
-                return OfflineQwenVideoProcessor(
-                    tokenizer,
-                    saved["image_size"],
-                    saved["chat_template"],
-                    fps or 1.0,
-                    saved["image_mean"],
-                    saved["image_std"],
-                )
-            return OfflineVideoProcessor(tokenizer, **saved)
-        pre = {}
-        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-            if (directory / name).exists():
-                pre = json.loads((directory / name).read_text())
-                break
-        template = None
-        if (directory / "chat_template.json").exists():
-            template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
-        vision = model_config.vision_config
-        if model_config.model_type in ("qwen2_5_vl", "qwen2_vl"):  # square 448 px frames: 256 tokens per 2 frames
+        saved = json.loads((directory / CONFIG_NAME).read_text())
+        fps = saved.pop("fps", None)
+        if saved["layout"] == "qwen2_5_vl":
             return OfflineQwenVideoProcessor(
                 tokenizer,
-                448,
-                chat_template=template,
-                image_mean=pre.get("image_mean", CLIP_MEAN),
-                image_std=pre.get("image_std", CLIP_STD),
+                saved["image_size"],
+                saved["chat_template"],
+                fps or 1.0,
+                saved["image_mean"],
+                saved["image_std"],
             )
-        layout = "llava_next_video" if model_config.model_type == "llava_next_video" else "llava_onevision"
-        return cls(
-            tokenizer,
-            vision.image_size,
-            vision.patch_size,
-            pre.get("image_mean", [0.5] * 3),
-            pre.get("image_std", [0.5] * 3),
-            chat_template=template,
-            layout=layout,
-        )
+        return OfflineVideoProcessor(tokenizer, **saved)
 
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]

@@ -1,16 +1,10 @@
-"""Model sizes for the accounting: LLM and vision-tower dimensions, the presets of real checkpoints, and
-:func:`spec_from_config` for LLaVA-OneVision, LLaVA-NeXT-Video and Qwen2.5-VL configs. The formulas and the
-per-request :class:`~vidpress.accounting.Accounting` live in :mod:`vidpress.accounting`."""
+"""Model sizes for the accounting: LLM and vision-tower dimensions and the presets of real checkpoints. A config's
+spec comes from its family's adapter (:func:`vidpress.adapters.registry.spec_from_config`); the formulas and
+the per-request :class:`~vidpress.accounting.Accounting` live in :mod:`vidpress.accounting`."""
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -113,115 +107,3 @@ PRESETS: dict[str, ModelSpec] = {
         extra_visual=0,
     ),
 }
-
-
-def _llm_dims(text: dict) -> LLMDims:
-    heads = text["num_attention_heads"]
-    return LLMDims(
-        text["hidden_size"],
-        text["intermediate_size"],
-        text["num_hidden_layers"],
-        heads,
-        text.get("num_key_value_heads") or heads,
-        text.get("head_dim") or text["hidden_size"] // heads,
-    )
-
-
-def _qwen_spec(cfg: dict, name: str | None, dtype_bytes: int, tokens_per_frame: int | None) -> ModelSpec:
-    """Qwen2.5-VL / Qwen2-VL: the resolution is not in the config; 448 px frames (256 tokens per temporal patch)
-    unless ``tokens_per_frame`` (square grid) comes from a measured request."""
-    vision, merge = cfg["vision_config"], cfg["vision_config"].get("spatial_merge_size", 2)
-    tokens = tokens_per_frame or 256
-    side = math.isqrt(tokens)
-    patches = tokens * merge * merge
-    window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
-    full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
-    depth = vision.get("depth") or vision.get("num_hidden_layers")
-    vdims = VisionDims(
-        vision.get("hidden_size") or vision["embed_dim"],
-        vision.get("intermediate_size") or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)),
-        depth,
-        patches,
-        vision.get("patch_size", 14),
-        window_tokens=window,
-        full_layers=full,
-        temporal_patch=vision.get("temporal_patch_size", 2),
-    )
-    return ModelSpec(
-        name or cfg.get("_name_or_path") or cfg["model_type"],
-        _llm_dims(cfg.get("text_config") or cfg),
-        vdims,
-        tokens,
-        (side, tokens // max(side, 1)),
-        patches,
-        0,
-        dtype_bytes,
-        merge,
-    )
-
-
-def spec_from_config(
-    config: Any, name: str | None = None, dtype_bytes: int = 2, tokens_per_frame: int | None = None
-) -> ModelSpec:
-    """A :class:`ModelSpec` from a LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL config object, a config dict,
-    or a ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no newline;
-    Qwen2.5-VL: ``tokens_per_frame`` per temporal patch, default 256 = 448 px frames).
-
-    Raises
-    ------
-    UnsupportedModelError
-        The config lacks a ``text_config``/``vision_config`` pair of a supported layout, or the file is not JSON.
-    FileNotFoundError
-        No config.json at the path.
-    """
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no config.json at {path}; pass a preset name ({', '.join(PRESETS)}) or a config path"
-            )
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UnsupportedModelError(f"{path} is not valid JSON ({exc}); pass a model's config.json") from None
-    cfg = config if isinstance(config, dict) else config.to_dict()
-    if cfg.get("model_type") in ("qwen2_5_vl", "qwen2_vl"):
-        return _qwen_spec(cfg, name, dtype_bytes, tokens_per_frame)
-    text, vision = cfg.get("text_config"), cfg.get("vision_config")
-    if not text or not vision:
-        raise UnsupportedModelError(
-            f"config {name or cfg.get('model_type')!r} has no text_config/vision_config; "
-            f"the calculator supports LLaVA-OneVision-style configs and the presets {', '.join(PRESETS)}"
-        )
-    llm = _llm_dims(text)
-    side = vision["image_size"] // vision["patch_size"]
-    cls_token = 1 if vision.get("model_type", "") in ("clip_vision_model", "dinov2") else 0
-    vdims = VisionDims(
-        vision["hidden_size"],
-        vision.get("intermediate_size") or int(vision["hidden_size"] * vision.get("mlp_ratio", 4)),
-        vision["num_hidden_layers"],
-        side * side + cls_token,
-        vision["patch_size"],
-    )
-    next_video = cfg.get("model_type") == "llava_next_video"
-    pooled = side // cfg.get("spatial_pool_stride", 2) if next_video else math.ceil(side / 2)
-    return ModelSpec(
-        name or cfg.get("_name_or_path") or cfg.get("model_type", "model"),
-        llm,
-        vdims,
-        pooled * pooled,
-        (pooled, pooled),
-        side * side,
-        0 if next_video else 1,
-        dtype_bytes,
-    )
-
-
-def resolve_spec(model: str) -> ModelSpec:
-    """A preset name or a config path to a :class:`ModelSpec`."""
-    if model in PRESETS:
-        return PRESETS[model]
-    if Path(model).exists():
-        return spec_from_config(model, name=Path(model).stem if Path(model).is_file() else Path(model).name)
-    raise UnsupportedModelError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}) or a config.json path")

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..processing import OfflineVideoProcessor
+from ..adapters.registry import family_of, random_builds, supported_models
+from ..errors import UnsupportedModelError
+from ..processing import CONFIG_NAME, OfflineVideoProcessor
 from ..testbed.saved import load_testbed
 from .default import default_model
-from .random import LoadedModel, random_llava_next_video, random_model, random_qwen2_5_vl
+from .random import LoadedModel
+
+
+def offline_processor(directory: str | Path, config: Any) -> OfflineVideoProcessor:
+    """The torchvision-free processor of a checkpoint directory: the one vidpress saved there, else the family's
+    (:meth:`~vidpress.adapters.base.Adapter.offline_processor`) from the checkpoint's tokenizer, preprocessor
+    settings and chat template."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    if (directory / CONFIG_NAME).exists():
+        return OfflineVideoProcessor.from_pretrained(directory)
+    pre = {}
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (directory / name).exists():
+            pre = json.loads((directory / name).read_text())
+            break
+    template = None
+    if (directory / "chat_template.json").exists():
+        template = json.loads((directory / "chat_template.json").read_text()).get("chat_template")
+    return family_of(config).offline_processor(AutoTokenizer.from_pretrained(directory), config, pre, template)
 
 
 def _checkpoint_processor(name: str, model: Any) -> Any:
@@ -23,7 +46,7 @@ def _checkpoint_processor(name: str, model: Any) -> Any:
         from huggingface_hub import snapshot_download
 
         local = name if Path(name).is_dir() else snapshot_download(name)
-        return OfflineVideoProcessor.from_pretrained(local, model.config)
+        return offline_processor(local, model.config)
 
 
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
@@ -42,20 +65,12 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from ..errors import UnsupportedModelError
-    from ..processing import CONFIG_NAME
-    from .registry import supported_models
-
     if name == "default":
         loaded = default_model()
-    elif name == "random":
-        loaded = random_model(layers=4, hidden=128, image_size=224)
     elif name == "testbed":
         loaded = load_testbed()
-    elif name == "random-llava-next-video":
-        loaded = random_llava_next_video(layers=4, hidden=128, image_size=336)
-    elif name == "random-qwen2.5-vl":
-        loaded = random_qwen2_5_vl(layers=4, hidden=128, image_size=336)
+    elif name in random_builds():
+        loaded = random_builds()[name].build_random()
     elif name.startswith("random:"):  # e.g. random:llava-ov-7b, the real architecture with random weights
         from .random import random_full_size
 
@@ -73,11 +88,7 @@ def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device:
             raise UnsupportedModelError(f"{name} is a {arch}; vidpress supports: {', '.join(supported_models())}")
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, device_map=device).eval()
         saved_by_vidpress = (Path(name) / CONFIG_NAME).exists()  # its own random / untrained builds
-        processor = (
-            OfflineVideoProcessor.from_pretrained(name, model.config)
-            if saved_by_vidpress
-            else _checkpoint_processor(name, model)
-        )
+        processor = offline_processor(name, model.config) if saved_by_vidpress else _checkpoint_processor(name, model)
         trained = not saved_by_vidpress
         loaded = LoadedModel(
             model, processor, f"{name} ({arch}, {'pretrained' if trained else 'saved by vidpress'})", trained

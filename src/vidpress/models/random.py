@@ -239,7 +239,7 @@ def full_size_config(preset: str) -> Any:
     UnsupportedModelError
         ``preset`` is not a LLaVA-OneVision preset.
     """
-    from ..accounting import PRESETS
+    from ..specs import PRESETS
     from ..errors import UnsupportedModelError
 
     if preset not in PRESETS or not preset.startswith("llava-ov"):

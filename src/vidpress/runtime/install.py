@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ..adapters.registry import adapter_for
 from ..errors import AlreadyAppliedError
-from ..models.registry import adapter_for
 from ..report import Report
 from ..stages import Stages
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
@@ -75,7 +75,7 @@ class Run:
             )
         self.model, self.name = model, name
         self.adapter = adapter_for(model)
-        self.stages = stages.for_depth(len(self.adapter.decoder_layers(model)))
+        self.stages = stages.for_depth(len(self.adapter.decoder_layers()))
         self._handles: list[Any] = []
         self._local = threading.local()
         self._sessions: list[Session] = []
@@ -169,7 +169,7 @@ class Run:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._t.memory.peak)
 
     def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
-        if module is self.adapter.vision_modules(self.model)[0]:  # the tower's call: e.g. Qwen's grid_thw, which
+        if module is self.adapter.vision_modules()[0]:  # the tower's call: e.g. Qwen's grid_thw, which
             self._t.vision_kwargs = kwargs  # generate does not pass on to the forward
         if self._t.active is not None and self._t.active[1].ctx.step > 0 or self._t.active is None:
             self._finish()  # a new request starts: stop the previous request's memory meter
@@ -190,7 +190,7 @@ class Run:
 
     def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
-        self._t.encoder = self.adapter.encoder_signals(self.model, module, args, kwargs, self._t.vision_kwargs)
+        self._t.encoder = self.adapter.encoder_signals(module, args, kwargs, self._t.vision_kwargs)
         _sync(self._device())
         elapsed = time.perf_counter() - started
         self._t.encoder_s += elapsed  # method overhead, not vision encoding
@@ -212,11 +212,11 @@ class Run:
         add = self._handles.append
         add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
         add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
-        for module in self.adapter.vision_modules(self.model):
+        for module in self.adapter.vision_modules():
             add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
             add(module.register_forward_hook(self._vision_post))
         pre = self.stages.pre_llm
-        capture = self.adapter.unpooled_capture(self.model) if pre is not None and pre.needs.unpooled else None
+        capture = self.adapter.unpooled_capture() if pre is not None and pre.needs.unpooled else None
         if capture is not None:
             module, where = capture
             if where == "input":
@@ -224,14 +224,10 @@ class Run:
             else:
                 add(module.register_forward_hook(self._capture_projected))
         if pre is not None and pre.needs.encoder_attention:
-            add(
-                self.adapter.encoder_attention(self.model).register_forward_pre_hook(
-                    self._capture_encoder, with_kwargs=True
-                )
-            )
+            add(self.adapter.encoder_attention().register_forward_pre_hook(self._capture_encoder, with_kwargs=True))
         if pre is not None and pre.needs.pixels:
-            add(self.adapter.vision_modules(self.model)[0].register_forward_pre_hook(self._capture_pixels))
-        llm = self.adapter.language_model(self.model)
+            add(self.adapter.vision_modules()[0].register_forward_pre_hook(self._capture_pixels))
+        llm = self.adapter.language_model()
         add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
         add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
         if self.stages.prefill is None and self.stages.decode is None:
@@ -239,7 +235,7 @@ class Run:
         scored = set()
         for stage in (self.stages.prefill, self.stages.decode):
             scored |= set(stage.needs.score_layers) if stage is not None else set()
-        for index, layer in enumerate(self.adapter.decoder_layers(self.model)):
+        for index, layer in enumerate(self.adapter.decoder_layers()):
             if self.stages.prefill is not None:
                 add(
                     layer.register_forward_pre_hook(

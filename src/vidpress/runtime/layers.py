@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from ..tokens import LayerSignals
 from .prefill import default_positions
 from .scoring import attention_rows
 from .session import Session, per_row_positions
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
 
 
 def gather_seq(x: Tensor, index: Tensor, dim: int) -> Tensor:
@@ -86,7 +89,9 @@ def _key_mask(mask: Any) -> Tensor | None:
     return mask[:, 0, -1, :].bool() if mask.dtype == torch.bool else mask[:, 0, -1, :] == 0
 
 
-def drop_layer_scores(session: Session, adapter: Any, module: Any, hidden: Tensor, call: dict, layer: int) -> Tensor:
+def drop_layer_scores(
+    session: Session, adapter: Adapter, module: Any, hidden: Tensor, call: dict, layer: int
+) -> Tensor:
     """(B, n) fp32 attention of the declared query rows at ``layer``'s own attention, from its input ``hidden``
     (B, n, D) and that input's ``call`` kwargs (positions, mask), before anything is dropped there."""
     attention, normed = adapter.attention_input(module, hidden)
@@ -99,7 +104,7 @@ def drop_layer_scores(session: Session, adapter: Any, module: Any, hidden: Tenso
     )
 
 
-def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
+def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         session: Session | None = session_of(kwargs.get("cache"))
         if session is None:
@@ -146,7 +151,7 @@ def layer_pre_hook(session_of, adapter: Any, rotary: Any, layer: int):
     return hook
 
 
-def attention_pre_hook(session_of, adapter: Any, layer: int):
+def attention_pre_hook(session_of, adapter: Adapter, layer: int):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cache = kwargs.get("cache")
         session: Session | None = session_of(cache)

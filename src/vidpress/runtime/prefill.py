@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
 from ..tokens import PackedTokens, VisualTokens
 from .session import Session, per_row_positions
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
 
 
 def default_positions(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -42,7 +45,7 @@ class _Base:
     events: Tensor | None  # (B, S) event of each entry (-1 outside), for packed blocks
 
 
-def _prompt(model: Any, adapter: Any, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+def _prompt(model: Any, adapter: Adapter, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """``input_ids``, the 2-D mask, where the video placeholders are (B, S) and their positions (B, Nv)."""
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
@@ -51,13 +54,13 @@ def _prompt(model: Any, adapter: Any, kwargs: dict[str, Any]) -> tuple[Tensor, T
     if mask is not None and mask.dim() != 2:
         raise VidpressError("vidpress needs a 2-D attention_mask (B, S) at prefill; got a prepared 4-D mask")
     check_context(model, input_ids.shape[1])
-    is_video = input_ids == adapter.video_token_id(model)
+    is_video = input_ids == adapter.video_token_id()
     return input_ids, mask, is_video, per_row_positions(is_video)
 
 
 def _stage_inputs(
     model: Any,
-    adapter: Any,
+    adapter: Adapter,
     pre: Any,
     kwargs: dict[str, Any],
     tokens: VisualTokens,
@@ -73,9 +76,7 @@ def _stage_inputs(
         return tokens
     projected, pixels, encoder = captured
     batch, frames = tokens.features.shape[:2]
-    unpooled, project, stride = (
-        adapter.unpooled_grid(model, projected(), tokens) if pre.needs.unpooled else (None, None, 1)
-    )
+    unpooled, project, stride = adapter.unpooled_grid(projected(), tokens) if pre.needs.unpooled else (None, None, 1)
     video_pixels, seen = kwargs.get("pixel_values_videos"), pixels() if pixels is not None else None
     if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
         video_pixels = seen.view(batch, frames, *seen.shape[1:])
@@ -88,7 +89,7 @@ def _stage_inputs(
                 f"{type(pre).__name__} needs the vision encoder's attention for this video; "
                 "run the model with the method installed (vidpress.apply)"
             )
-        attention, keys = adapter.pool_encoder_signals(model, *encoder(), batch, frames)
+        attention, keys = adapter.pool_encoder_signals(*encoder(), batch, frames)
     after = int(video_pos[:, -1].max()) + 1
     return dataclasses.replace(
         tokens,
@@ -150,7 +151,7 @@ def _base(
 
 def _positions(
     model: Any,
-    adapter: Any,
+    adapter: Adapter,
     stages: Any,
     kwargs: dict[str, Any],
     positions: str,
@@ -162,7 +163,7 @@ def _positions(
 ):
     """(positions of the kept entries, the decoding offset or None, the M-RoPE delta or None, the kept mask)."""
     batch, length = input_ids.shape
-    original = adapter.prefill_positions(model, kwargs, input_ids, mask)  # (B, S), or (R, B, S) for M-RoPE
+    original = adapter.prefill_positions(kwargs, input_ids, mask)  # (B, S), or (R, B, S) for M-RoPE
     if original is None:
         original = default_positions(input_ids, mask)
     else:
@@ -195,7 +196,7 @@ def _positions(
 
 def start_request(
     model: Any,
-    adapter: Any,
+    adapter: Adapter,
     stages: Any,
     kwargs: dict[str, Any],
     positions: str,
@@ -210,7 +211,7 @@ def start_request(
     need them.
     """
     input_ids, mask, is_video, video_pos = _prompt(model, adapter, kwargs)
-    tokens, extra = adapter.encode_video(model, kwargs)
+    tokens, extra = adapter.encode_video(kwargs)
     tokens = dataclasses.replace(tokens, extra=extra)  # a packed block ends with the model's own extra tokens
     _, frames, per_frame, _ = tokens.features.shape
     if video_pos.shape[1] != frames * per_frame + extra.shape[1]:
@@ -230,7 +231,7 @@ def start_request(
     kept = base.kept
     session = Session(
         stages=stages,
-        num_layers=len(adapter.decoder_layers(model)),
+        num_layers=len(adapter.decoder_layers()),
         prompt_len=input_ids.shape[1],
         kept=kept,
         visual=base.visual.gather(1, kept),

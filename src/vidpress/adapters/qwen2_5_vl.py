@@ -10,29 +10,92 @@ kept tokens keep their ids, gathered, never renumbered, and text after the video
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers.vision_utils import get_vision_window_index
 
 from ..errors import BudgetError, VidpressError
+from ..specs import ModelSpec, VisionDims
 from ..tokens import VisualTokens
-from .llava_onevision import LlavaOnevisionAdapter
+from .base import Adapter
+
+if TYPE_CHECKING:
+    from ..models.random import LoadedModel
+    from ..processing import OfflineVideoProcessor
 
 
-class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
+class Qwen2_5_VLAdapter(Adapter):
     model_class_names = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+    model_types = ("qwen2_5_vl", "qwen2_vl")
+    random_name = "random-qwen2.5-vl"
 
-    def vision_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
-        return (model.model.visual,)
+    @classmethod
+    def spec(
+        cls, config: dict[str, Any], name: str | None, dtype_bytes: int, tokens_per_frame: int | None
+    ) -> ModelSpec:
+        """The resolution is not in the config: 448 px frames (256 tokens per temporal patch) unless
+        ``tokens_per_frame`` (a square grid) comes from a measured request."""
+        vision, merge = config["vision_config"], config["vision_config"].get("spatial_merge_size", 2)
+        tokens = tokens_per_frame or 256
+        side = math.isqrt(tokens)
+        patches = tokens * merge * merge
+        window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
+        full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
+        vdims = VisionDims(
+            vision.get("hidden_size") or vision["embed_dim"],
+            vision.get("intermediate_size") or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)),
+            vision.get("depth") or vision.get("num_hidden_layers"),
+            patches,
+            vision.get("patch_size", 14),
+            window_tokens=window,
+            full_layers=full,
+            temporal_patch=vision.get("temporal_patch_size", 2),
+        )
+        return ModelSpec(
+            name or config.get("_name_or_path") or config["model_type"],
+            cls.llm_dims(config.get("text_config") or config),
+            vdims,
+            tokens,
+            (side, tokens // max(side, 1)),
+            patches,
+            0,
+            dtype_bytes,
+            merge,
+        )
 
-    def grid(self, model: nn.Module, grid_thw: Tensor) -> tuple[int, int]:
-        merge = model.config.vision_config.spatial_merge_size
+    @classmethod
+    def offline_processor(
+        cls, tokenizer: Any, config: Any, preprocessor: dict[str, Any], chat_template: str | None
+    ) -> OfflineVideoProcessor:
+        """Square 448 px frames (256 tokens per 2 frames), CLIP-normalised unless the checkpoint says otherwise."""
+        from ..processing import CLIP_MEAN, CLIP_STD, OfflineQwenVideoProcessor
+
+        return OfflineQwenVideoProcessor(
+            tokenizer,
+            448,
+            chat_template=chat_template,
+            image_mean=preprocessor.get("image_mean", CLIP_MEAN),
+            image_std=preprocessor.get("image_std", CLIP_STD),
+        )
+
+    @classmethod
+    def build_random(cls, layers: int = 4, hidden: int = 128, image_size: int | None = None) -> LoadedModel:
+        """A random Qwen2.5-VL (windowed ViT, M-RoPE) at 336 px by default."""
+        from ..models.random import random_qwen2_5_vl
+
+        return random_qwen2_5_vl(layers=layers, hidden=hidden, image_size=image_size or 336)
+
+    def vision_modules(self) -> tuple[nn.Module, ...]:
+        return (self.model.model.visual,)
+
+    def grid(self, grid_thw: Tensor) -> tuple[int, int]:
+        merge = self.config.vision_config.spatial_merge_size
         return int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
 
-    def encode_video(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
+    def encode_video(self, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
         """Tokens per temporal patch (B, T, h*w, D) and no extra tokens (B, 0, D); consumes the video inputs.
 
         Raises
@@ -43,25 +106,25 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         grids = inputs.get("video_grid_thw")
         if grids is None:
             raise VidpressError("Qwen2.5-VL inputs need video_grid_thw; build them with the model's processor")
-        out = self.video_outputs(model, inputs)
+        out = self.video_outputs(inputs)
         if len({tuple(g.tolist()) for g in grids}) > 1:
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
-        h, w = self.grid(model, grids[0])
+        h, w = self.grid(grids[0])
         per_video = out.pooler_output  # one (T*h*w, D) block per video
         tokens = torch.stack(list(per_video)).view(len(per_video), -1, h * w, per_video[0].shape[-1])
         return VisualTokens(tokens, (h, w)), tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
 
-    def run_video_encoder(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
-        return model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+    def run_video_encoder(self, inputs: dict[str, Any]) -> Any:
+        return self.model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
+        )
 
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """``generate`` encodes the video first and drops ``video_grid_thw``; take it from the vision call."""
         if kwargs.get("video_grid_thw") is None and vision_kwargs.get("grid_thw") is not None:
             kwargs["video_grid_thw"] = vision_kwargs["grid_thw"]
 
-    def prefill_positions(
-        self, model: nn.Module, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None
-    ) -> Tensor:
+    def prefill_positions(self, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None) -> Tensor:
         """M-RoPE ids of the full prompt: those ``generate`` passed ((4, B, S): text row + t, h, w), else the
         model's own ``get_rope_index`` ((3, B, S))."""
         given = kwargs.get("position_ids")
@@ -69,8 +132,8 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
             return given
         types = kwargs.get("mm_token_type_ids")
         if types is None:
-            types = (input_ids == self.video_token_id(model)).int() * 2
-        positions, _ = model.model.get_rope_index(
+            types = (input_ids == self.video_token_id()).int() * 2
+        positions, _ = self.model.model.get_rope_index(
             input_ids,
             types,
             video_grid_thw=kwargs.get("video_grid_thw"),
@@ -79,35 +142,34 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         )
         return positions
 
-    def unpooled_capture(self, model: nn.Module) -> None:
+    def unpooled_capture(self) -> None:
         """Nothing to capture: the merger is an MLP, so the finest grid in the LLM's width is the merged one."""
         return None
 
-    def unpooled_grid(self, model: nn.Module, captured: Any, tokens: VisualTokens) -> tuple[Tensor, None, int]:
+    def unpooled_grid(self, captured: Any, tokens: VisualTokens) -> tuple[Tensor, None, int]:
         """The merged grid (B, T, h, w, D), already pooled 2x2 from the patch grid (stride 2): stages that re-pool
         it (METok stage 1) halve their strides."""
         batch, frames = tokens.features.shape[:2]
         return (
             tokens.features.view(batch, frames, *tokens.grid, -1),
             None,
-            model.config.vision_config.spatial_merge_size,
+            self.config.vision_config.spatial_merge_size,
         )
 
-    def encoder_attention(self, model: nn.Module) -> nn.Module:
+    def encoder_attention(self) -> nn.Module:
         """The last vision block's attention (a full-attention block in Qwen2.5-VL's configs: each temporal
         patch attends within itself), whose output the merger receives."""
-        return model.model.visual.blocks[-1].attn
-
-    def encoder_has_cls(self, model: nn.Module) -> bool:
-        return False
+        return self.model.model.visual.blocks[-1].attn
 
     def encoder_signals(
-        self, model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+        self, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
         in temporal order: fp32 softmax(q k^T) with the vision RoPE, within each attention segment
         (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, with the window
         permutation undone as the model undoes it after its merger."""
+        from transformers.vision_utils import get_vision_window_index
+
         hidden = args[0] if args else kwargs["hidden_states"]
         seq, heads = hidden.shape[0], module.num_heads
         query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
@@ -121,7 +183,7 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
                 for a, b in zip(bounds[:-1], bounds[1:])
             ]
         )
-        vision = model.config.vision_config
+        vision = self.config.vision_config
         unit = vision.spatial_merge_size**2
         received, keys = received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
         window_index, _ = get_vision_window_index(
@@ -130,9 +192,7 @@ class Qwen2_5_VLAdapter(LlavaOnevisionAdapter):
         reverse = window_index.argsort().to(received.device)
         return received[reverse], keys[reverse]
 
-    def pool_encoder_signals(
-        self, model: nn.Module, received: Tensor, keys: Tensor, batch: int, frames: int
-    ) -> tuple[Tensor, Tensor]:
+    def pool_encoder_signals(self, received: Tensor, keys: Tensor, batch: int, frames: int) -> tuple[Tensor, Tensor]:
         """Per-token signals (N,), (N, Dk) -> (B, T, h*w), (B, T, h*w, Dk): already one per LLM token."""
         if received.shape[0] % (batch * frames):
             raise VidpressError(
