@@ -1,0 +1,5 @@
+"""``python -m vidpress.cli``."""
+
+from . import main
+
+main()

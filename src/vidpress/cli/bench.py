@@ -1,0 +1,142 @@
+"""``vidpress bench``: methods x retention on one video, in one process, as ratios to uncompressed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import MAX_SIDE_HELP, MODEL_HELP, bundled_clip, check_plots, console, load_clip
+
+
+def bench(
+    video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
+    question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
+    methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or all."),
+    retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder; default bench-results/<device>."),
+    quick: bool = typer.Option(False, "--quick", help="16 frames, 8 tokens, retentions 25 % and 10 %."),
+    repeats: int = typer.Option(
+        1,
+        "--repeats",
+        min=1,
+        help="Runs per cell; timings are their median (use 3-5 on a GPU, where one run is noisy).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Keep the cells already in OUT/bench.json (written cell by "
+        "cell) and run only the others; ratios stay against each row's own run.",
+    ),
+    max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
+) -> None:
+    """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed.
+
+    Results are written to OUT cell by cell as they complete; ``--resume`` continues an interrupted run."""
+    import datetime
+
+    import torch
+
+    from ..bench import (
+        best_by_retention,
+        check_writable,
+        device_name,
+        parse_retentions,
+        plan,
+        resumed_rows,
+        run_bench,
+        write_outputs,
+        write_rows,
+    )
+    from ..models.loading import load_model
+    from ..pipeline import check_question
+
+    frames = frames or (16 if quick else 32)
+    new_tokens = new_tokens or (8 if quick else 32)
+    from ..methods import METHODS
+
+    chosen = list(METHODS) if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
+    levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else parse_retentions(retentions)
+    plan(chosen, levels)  # unknown methods fail here, before any work
+    check_question(question)
+    folder = out or Path("bench-results") / device_name()
+    check_writable(folder)
+    check_plots(folder / "ttft.png")
+    done = resumed_rows(folder, "bench") if resume else []
+    path = video or bundled_clip()
+    clip, video_notes = load_clip(path, frames, max_side)
+    with console.status("loading model", spinner="dots"):
+        loaded = load_model(model)
+    torch.set_grad_enabled(False)
+    depth = loaded.model.config.text_config.num_hidden_layers
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "video": str(path),
+        "frames": frames,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "model": loaded.description,
+        "question": question,
+    }
+    rows, notes = run_bench(
+        loaded.model,
+        loaded.processor,
+        clip.frames,
+        question,
+        chosen,
+        levels,
+        new_tokens=new_tokens,
+        depth=depth,
+        repeats=repeats,
+        done=done,
+        on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"),
+    )
+    notes = video_notes + notes
+    written = write_outputs(rows, notes, meta, folder)
+    table = Table(title=f"vidpress bench: {path.name}, {frames} frames, ratios to uncompressed")
+    shown = (
+        ("method", "method"),
+        ("target", "target_retention"),
+        ("entry", "retention"),
+        ("alive", "mean_alive_retention"),
+        ("FLOPs", "prefill_flops_ratio"),
+        ("KV", "kv_bytes_ratio"),
+        ("TTFT", "ttft_ratio"),
+        ("limit", "ttft_limit_ratio"),
+        ("prefill x", "llm_prefill_speedup"),
+        ("tok/s", "decode_tok_s_ratio"),
+        ("mem", "peak_memory_ratio"),
+        ("KL", "first_token_kl"),
+        ("top-1", "first_token_top1_agree"),
+        ("greedy", "greedy_token_agreement"),
+    )
+    for title, _ in shown:
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for row in rows:
+        table.add_row(
+            *[
+                str(row[k]) if isinstance(row.get(k), str) else "—" if row.get(k) is None else f"{row[k]:.3f}"
+                for _, k in shown
+            ]
+        )
+    console.print(table)
+    console.print(
+        "entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; limit: TTFT if only the "
+        "LLM prefill shrank (vision time + uncompressed prefill x FLOPs kept); KL, top-1, greedy: first-token KL "
+        "divergence, top-1 and greedy-token agreement with the uncompressed run"
+    )
+    if not loaded.trained:
+        console.print("[bold yellow]note[/]: untrained model - fidelity says how much the output moves, not accuracy")
+    for line in best_by_retention(rows):
+        console.print(line)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    console.print("wrote " + ", ".join(str(p) for p in written))

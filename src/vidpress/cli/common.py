@@ -1,0 +1,75 @@
+"""What the commands share: the consoles, the bundled clip, option help and argument parsing."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(width=max(120, Console().width))
+err = Console(stderr=True, width=max(120, Console().width))
+
+
+MODEL_HELP = (
+    "default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
+    "local checkpoint dir | hub id."
+)
+
+
+def bundled_clip() -> Path:
+    """The short real clip shipped with vidpress (NASA footage, public domain)."""
+    return Path(str(resources.files("vidpress") / "assets" / "nasa_13013_clip.mp4"))
+
+
+MAX_SIDE_HELP = "Decode frames with the longer side at most this many pixels (bounds memory; 0: full resolution)."
+
+
+def load_clip(path: Path, frames: int, max_side: int, progress: bool = False) -> tuple[Any, list[str]]:
+    """The sampled video, and what :func:`~vidpress.io.video.load_video` warned about it, as notes to print."""
+    import warnings
+
+    from ..io.video import VideoWarning, load_video
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VideoWarning)
+        clip = load_video(path, frames, max_side=max_side or None, progress=progress)
+    for w in caught:
+        if not issubclass(w.category, VideoWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return clip, [str(w.message) for w in caught if issubclass(w.category, VideoWarning)]
+
+
+def check_plots(out: Path) -> None:
+    """Fail before any work when a PNG cannot be written to ``out``: matplotlib missing, or no such folder."""
+    import importlib.util
+
+    from ..errors import VidpressError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise VidpressError("drawing needs matplotlib: pip install 'vidpress[plots]'")
+    if not out.parent.is_dir():
+        raise OSError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --out")
+
+
+def parse_set(values: list[str]) -> dict[str, Any]:
+    """``["k=0.7", "mode=faithful", "layers=(3,10,19)"]`` -> ``{"k": 0.7, "mode": "faithful", "layers": (3, 10, 19)}``:
+    JSON or Python literals (numbers, true/false, lists, tuples) are parsed, anything else stays a string."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set takes NAME=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                out[key.strip()] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                out[key.strip()] = raw
+    return out
