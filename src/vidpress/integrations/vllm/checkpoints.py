@@ -1,0 +1,80 @@
+"""Random-weight checkpoints of each family's real architecture, saved the way hub checkpoints are, so vLLM loads
+them (tests and the serving benchmark; no hub here).
+
+vLLM reads the checkpoint's own Hugging Face processor and its weight names; transformers saves a LLaVA-OneVision
+SigLIP tower as ``vision_tower.embeddings.*`` plus a ``vision_tower.head.*`` that the model never uses, while
+vLLM's SigLIP expects ``vision_tower.vision_model.*`` and no head, so those names are rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...models.random import CHAT_TEMPLATE, QWEN_TEMPLATE, LoadedModel, random_model, random_qwen2_5_vl
+
+FAMILIES = ("llava_onevision", "qwen2_5_vl")
+
+
+def random_checkpoint(family: str, layers: int = 2, hidden: int = 128, image_size: int | None = None) -> LoadedModel:
+    """A small random model of ``family`` whose sizes vLLM's CPU kernels accept (head size 32).
+
+    Raises
+    ------
+    ValueError
+        An unknown family (one of :data:`FAMILIES`).
+    """
+    if family == "llava_onevision":
+        return random_model(layers=layers, hidden=hidden, image_size=image_size or 224)
+    if family == "qwen2_5_vl":
+        return random_qwen2_5_vl(layers=layers, hidden=hidden, image_size=image_size or 112)
+    raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def save_for_vllm(loaded: LoadedModel, directory: str | Path) -> Path:
+    """Save ``loaded`` (from :func:`random_checkpoint`) with the family's own Hugging Face processor and the
+    weight names vLLM loads. Returns the directory."""
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(directory)
+    config = loaded.model.config
+    loaded.model.save_pretrained(directory)
+    _hf_processor(loaded, config).save_pretrained(directory)
+    if config.model_type == "llava_onevision":
+        weights = load_file(directory / "model.safetensors")
+        renamed = {
+            ("vision_tower.vision_model." + k[len("vision_tower.") :] if k.startswith("vision_tower.") else k): v
+            for k, v in weights.items()
+            if not k.startswith("vision_tower.head.")
+        }
+        save_file(renamed, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+def _hf_processor(loaded: LoadedModel, config: Any) -> Any:
+    tokenizer = loaded.processor.tokenizer
+    if config.model_type == "llava_onevision":
+        from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+        vision = config.vision_config
+        side = {"height": vision.image_size, "width": vision.image_size}
+        norm = dict(image_mean=loaded.processor.image_mean, image_std=loaded.processor.image_std)
+        return LlavaOnevisionProcessor(
+            image_processor=LlavaOnevisionImageProcessor(
+                size=side, crop_size=side, image_grid_pinpoints=[[vision.image_size] * 2], **norm
+            ),
+            video_processor=LlavaOnevisionVideoProcessor(size=side, **norm),
+            tokenizer=tokenizer,
+            num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            chat_template=CHAT_TEMPLATE,
+        )
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"shortest_edge": loaded.processor.image_size**2, "longest_edge": loaded.processor.image_size**2}
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels),
+        video_processor=Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False),
+        tokenizer=tokenizer,
+        chat_template=QWEN_TEMPLATE,
+    )

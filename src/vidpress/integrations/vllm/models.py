@@ -1,0 +1,307 @@
+"""vLLM model classes that run a vidpress pre-LLM stage on each video's embeddings.
+
+They subclass vLLM's own LLaVA-OneVision and Qwen2.5-VL under the same architecture names (registered by
+:func:`vidpress.integrations.vllm.register`), so a checkpoint loads exactly as in vLLM; with no ``vidpress`` entry
+in the model config they are vLLM's classes unchanged. The prompt gets the stage's declared count of video
+placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built, before the video is seen, and
+``embed_multimodal`` returns exactly that many embeddings per video (:func:`~.serving.compress_video`).
+
+- LLaVA-OneVision: frame tokens after vLLM's own projector and 2x2 pooling, then the newline. Positions are the
+  compressed prompt's own (vLLM numbers the sequence it is given), i.e. the kept tokens are renumbered
+  contiguously, as the reference implementations do.
+- Qwen2.5-VL: each kept token carries its original (t, h, w) M-RoPE ids, appended to its embedding and put in
+  place by vLLM's ``recompute_mrope_positions`` (the ``SupportsMultiModalPruning`` path EVS uses).
+- Stages that score tokens by the vision encoder's attention (VisionZip, FastVID) get it from vLLM's SigLIP
+  tower through a forward pre-hook on its last attention (recomputed in fp32 from its ``qkv_proj``; vLLM's
+  module is untouched), pooled like the features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.processing import PromptReplacement
+from vllm.multimodal.video_prune.evs import compute_mrope_for_media
+
+from ...adapters.encoder_attention import received_attention
+from ...errors import InvalidParameterError
+from ...tokens import VisualTokens
+from .serving import ServingConfig, compress_video, serving_config
+
+
+def _check_parallel(serving: ServingConfig, vllm_config: Any) -> None:
+    """Encoder attention is averaged over all heads; a tensor-parallel tower holds a share of them per rank."""
+    stage = serving.stage
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    if stage is not None and stage.needs.encoder_attention and tp > 1:
+        raise InvalidParameterError(
+            f"{serving.method} scores tokens by the vision encoder's attention over all heads; with "
+            f"tensor_parallel_size={tp} each rank holds a share of them: serve it with tensor_parallel_size=1 "
+            "(or data parallel)"
+        )
+
+
+# -- LLaVA-OneVision ---------------------------------------------------------------------------------------------
+
+
+class LlavaOnevisionInfo(LlavaOnevisionProcessingInfo):
+    def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int) -> int:
+        """The stage's declared count plus the newline; vLLM's own count without a stage."""
+        stage = serving_config(self.get_hf_config()).stage
+        if stage is None:
+            return super().get_num_video_tokens(
+                image_width=image_width, image_height=image_height, num_frames=num_frames
+            )
+        per_frame = self._get_num_frame_tokens(image_width=image_width, image_height=image_height)
+        return stage.kept_count(num_frames, per_frame) + 1
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    LlavaOnevisionMultiModalProcessor, info=LlavaOnevisionInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
+)
+class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
+    """vLLM's ``LlavaOnevisionForConditionalGeneration`` with a vidpress pre-LLM stage on each video.
+
+    Raises (at engine start-up, from the ``vidpress`` entry of the model config)
+    ------
+    UnknownMethodError, InvalidParameterError, BudgetError
+        See :func:`~vidpress.integrations.vllm.serving.serving_config`.
+    """
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.vidpress = serving_config(self.config)
+        _check_parallel(self.vidpress, vllm_config)
+
+    def _encoder_attention_module(self) -> torch.nn.Module:
+        """The tower's last attention: vLLM builds the tower only up to the feature layer the projector reads."""
+        return [m for m in self.vision_tower.modules() if hasattr(m, "qkv_proj")][-1]
+
+    def _process_video_pixels(self, inputs: Any) -> Sequence[Tensor]:
+        stage = self.vidpress.stage
+        if stage is None:
+            return super()._process_video_pixels(inputs)
+        captured: dict[str, tuple[Tensor, Tensor]] = {}
+        hook = None
+        if stage.needs.encoder_attention:
+            hook = self._encoder_attention_module().register_forward_pre_hook(
+                lambda module, args, kwargs: captured.update(
+                    signals=self._encoder_signals(module, args[0] if args else kwargs["hidden_states"])
+                ),
+                with_kwargs=True,
+            )
+        try:
+            videos = super()._process_video_pixels(inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        pixels = inputs["pixel_values_videos"]
+        frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
+        side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
+        per_frame = side * side
+        received = keys = None
+        if "signals" in captured:
+            received, keys = captured["signals"]
+            received, keys = received.split(frames), keys.split(frames)
+        out = []
+        for i, (emb, f) in enumerate(zip(videos, frames)):
+            emb = emb.reshape(-1, emb.shape[-1])
+            tokens = VisualTokens(
+                emb[: f * per_frame].view(1, f, per_frame, -1),
+                (side, side),
+                extra=emb[f * per_frame :][None],
+                attention=None if received is None else received[i][None],
+                keys=None if keys is None else keys[i][None],
+            )
+            out.append(compress_video(stage, tokens)[0])
+        return out
+
+    def _encoder_signals(self, module: torch.nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention received and head-averaged keys of the tower's last attention for ``hidden`` (n, P, Dv),
+        pooled with the model's own 2x2 pooling: (n, T) and (n, T, head_dim)."""
+        project = partial(_split_qk, module)
+        cls_row = self.config.vision_feature_select_strategy == "default"
+        received, keys = received_attention(project, hidden, module.head_dim, module.scale, cls_row)
+        if cls_row:
+            received, keys = received[:, 1:], keys[:, 1:]
+        pooled = self.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
+        return pooled[..., 0], pooled[..., 1:]
+
+
+def _qwen_signals(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """Attention received (s,) and head-averaged keys (s, head_dim) of one call of vLLM's Qwen2.5 vision
+    attention, in its (window-permuted) token order: fp32 softmax(q k^T * scale) with its rotary embedding, within
+    each ``cu_seqlens`` segment, averaged over heads and query rows."""
+    names = ("x", "cu_seqlens", "rotary_pos_emb_cos", "rotary_pos_emb_sin")
+    x, bounds, cos, sin = (args[i] if len(args) > i else kwargs[name] for i, name in enumerate(names))
+    qkv, _ = module.qkv(x)  # (s, 1, 3 * H * hd)
+    heads, head_dim = module.num_attention_heads_per_partition, module.hidden_size_per_attention_head
+    qkv = qkv.view(x.shape[0], 3, heads, head_dim)
+    qk = qkv[:, :2].permute(1, 0, 2, 3).contiguous()  # (2, s, H, hd): one "batch" row each for q and k
+    if cos is not None and sin is not None:
+        qk = module.apply_rotary_emb(qk, cos, sin)
+    query, key = qk.float().transpose(1, 2).unbind(0)  # (H, s, hd)
+    scale = head_dim**-0.5
+    bounds = bounds.tolist()
+    received = torch.cat(
+        [
+            torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * scale, -1).mean((0, 1))
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+    return received, key.mean(0)
+
+
+def _split_qk(module: torch.nn.Module, part: Tensor) -> tuple[Tensor, Tensor]:
+    qkv, _ = module.qkv_proj(part)
+    query, key, _ = qkv.chunk(3, dim=-1)
+    return query, key
+
+
+# -- Qwen2.5-VL --------------------------------------------------------------------------------------------------
+
+
+class Qwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
+    def _get_prompt_updates(
+        self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
+    ) -> Sequence[Any]:
+        """vLLM's updates, with each video's placeholders cut to the stage's declared count."""
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+        stage = serving_config(self.info.get_hf_config()).stage
+        if stage is None:
+            return updates
+        video_id = self.info.get_tokenizer().get_vocab()[self.info.get_hf_processor().video_token]
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+
+        def video_replacement(item_idx: int) -> list[int]:
+            t, h, w = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
+            return [video_id] * stage.kept_count(t, (h // merge) * (w // merge))
+
+        return [u for u in updates if u.modality != "video"] + [
+            PromptReplacement(modality="video", target=[video_id], replacement=video_replacement)
+        ]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
+class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
+    """vLLM's ``Qwen2_5_VLForConditionalGeneration`` with a vidpress pre-LLM stage on each video; kept tokens keep
+    their (t, h, w) M-RoPE ids.
+
+    Stages that score tokens by the vision encoder's attention read it from the ViT's last block (a
+    full-attention block: each temporal patch attends within itself), recomputed in fp32 with its rotary
+    embedding, averaged over heads, query rows and each 2x2 merge unit, in the merged tokens' order.
+
+    Raises (at engine start-up)
+    ------
+    InvalidParameterError
+        A stage that renumbers its tokens (M-RoPE needs their ids), or an entry
+        :func:`~vidpress.integrations.vllm.serving.serving_config` refuses.
+    """
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.vidpress = serving_config(self.config)
+        stage = self.vidpress.stage
+        if stage is None:
+            return
+        _check_parallel(self.vidpress, vllm_config)
+        if stage.positions != "original":
+            raise InvalidParameterError(
+                f"{self.vidpress.method} renumbers its tokens (mode='faithful'); M-RoPE needs their original "
+                "(t, h, w) ids: use mode='fixed'"
+            )
+        # vLLM's runner recomputes M-RoPE positions for pruned media when pruning is declared in the multimodal
+        # config; the rate only switches that path on here (the count is the stage's).
+        self.is_multimodal_pruning_enabled = True
+        mm_config = vllm_config.model_config.multimodal_config
+        if not mm_config.is_multimodal_pruning_enabled():
+            mm_config.video_pruning_rate = 0.5
+
+    def _process_video_input(self, video_input: Any) -> Any:
+        stage = self.vidpress.stage
+        self._vidpress_signals = None
+        if stage is None or not stage.needs.encoder_attention:
+            return super()._process_video_input(video_input)
+        if video_input.get("pixel_values_videos") is None:
+            raise InvalidParameterError(
+                f"{self.vidpress.method} needs the vision encoder's attention; pass video frames, not embeddings"
+            )
+        captured: dict[str, Any] = {}
+        hooks = [
+            self.visual.register_forward_pre_hook(
+                lambda module, args, kwargs: captured.update(grid=args[1] if len(args) > 1 else kwargs["grid_thw"]),
+                with_kwargs=True,
+            ),
+            self.visual.blocks[-1].attn.register_forward_pre_hook(
+                lambda module, args, kwargs: captured.update(signals=_qwen_signals(module, args, kwargs)),
+                with_kwargs=True,
+            ),
+        ]
+        try:
+            out = super()._process_video_input(video_input)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        received, keys = captured["signals"]
+        unit = self.visual.spatial_merge_unit
+        received, keys = received.view(-1, unit).mean(1), keys.view(-1, unit, keys.shape[-1]).mean(1)
+        grid = captured["grid"]
+        grid = grid.tolist() if isinstance(grid, Tensor) else grid
+        reverse = self.visual.prepare_encoder_metadata(grid)["reverse_indices"].to(received.device)
+        self._vidpress_signals = (received[reverse], keys[reverse])
+        return out
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split: Sequence[Tensor], video_input: Any) -> tuple:
+        """Each video through the stage, with the kept tokens' (t, h, w) ids and the grid width appended as 4
+        channels (vLLM's layout for pruned media)."""
+        stage = self.vidpress.stage
+        merge = self.visual.spatial_merge_size
+        seconds = video_input.get("second_per_grid_ts")
+        if seconds is None:
+            raise InvalidParameterError(
+                "Qwen2.5-VL video inputs need second_per_grid_ts for their M-RoPE ids; pass the video's metadata"
+            )
+        signals = getattr(self, "_vidpress_signals", None)
+        if signals is not None:
+            signals = tuple(x.split([len(e) for e in video_embeds_split]) for x in signals)
+        out = []
+        for i, (emb, size, second) in enumerate(
+            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), seconds.long())
+        ):
+            t, h, w = size[0], size[1] // merge, size[2] // merge
+            tokens = VisualTokens(
+                emb.view(1, t, h * w, -1),
+                (h, w),
+                extra=emb.new_zeros(1, 0, emb.shape[-1]),
+                attention=None if signals is None else signals[0][i].view(1, t, h * w),
+                keys=None if signals is None else signals[1][i].view(1, t, h * w, -1),
+            )
+            kept, source = compress_video(stage, tokens)
+            positions = compute_mrope_for_media(
+                size,
+                merge,
+                tokens_per_second=self.config.vision_config.tokens_per_second,
+                video_second_per_grid=second.item(),
+            )[source]
+            out.append(torch.cat([kept, positions.to(kept.device, kept.dtype)], dim=1))
+        return tuple(out)

