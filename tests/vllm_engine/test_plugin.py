@@ -4,7 +4,6 @@ Runs only where vLLM is installed: `.ci/run` builds that environment (transforme
 runs `python -m pytest -q tests/vllm_engine` there. About 3-5 minutes on 2 cores: one engine per (family, method).
 """
 
-import math
 import os
 
 import pytest
@@ -15,17 +14,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vidpress  # noqa: E402
-from vidpress.integrations.vllm.checkpoints import random_checkpoint, save_for_vllm  # noqa: E402
+from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
+    PROMPTS,
+    random_checkpoint,
+    save_for_vllm,
+    video_grid,
+    video_request,
+)
 from vidpress.integrations.vllm.serving import serving_config  # noqa: E402
 
 os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0")
 
 FRAMES = 8
-PROMPTS = {
-    "llava_onevision": "<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
-    "qwen2_5_vl": "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
-    "<|im_start|>assistant\n",
-}
 METHODS = {
     "llava_onevision": [
         {"method": "ttm", "k": 0.7},
@@ -77,53 +77,25 @@ def engine(path, settings=None):
     )
 
 
-def video_item(family, frames, size):
-    """The video as vLLM takes it: Qwen2.5-VL needs the frames' metadata."""
-    frames = np.stack([np.asarray(_resize(f, size)) for f in frames])
-    if family == "llava_onevision":
-        return frames
-    n = len(frames)
-    meta = {"total_num_frames": n, "fps": 2.0, "duration": n / 2, "frames_indices": list(range(n))}
-    return frames, {**meta, "do_sample_frames": False, "video_backend": "opencv"}
-
-
-def _resize(frame, size):
-    from PIL import Image
-
-    return Image.fromarray(frame).resize((size, size), Image.BICUBIC)
-
-
-def frame_size(family, loaded):
-    return loaded.processor.image_size
-
-
-def tokens_per_frame(family, loaded):
-    side = loaded.processor.image_size // 14
-    return (side // 2) ** 2 if family == "qwen2_5_vl" else math.ceil(side / 2) ** 2
-
-
-def video_placeholders(family, loaded, token_ids):
-    video_id = loaded.model.config.video_token_id
-    return sum(1 for t in token_ids if t == video_id)
-
-
 def run_one(llm, family, loaded, clip, max_tokens=3):
     from vllm import SamplingParams
 
-    item = video_item(family, clip, frame_size(family, loaded))
-    request = {"prompt": PROMPTS[family], "multi_modal_data": {"video": item}}
+    request = video_request(family, clip, loaded.processor.image_size)
     return llm.generate(request, SamplingParams(max_tokens=max_tokens, temperature=0.0))[0]
+
+
+def video_placeholders(loaded, token_ids):
+    return sum(1 for t in token_ids if t == loaded.model.config.video_token_id)
 
 
 @pytest.mark.parametrize("family", list(METHODS))
 def test_every_method_cuts_the_placeholders_to_its_declared_count(checkpoints, clip, family):
     loaded, path = checkpoints[family]
-    temporal = FRAMES // 2 if family == "qwen2_5_vl" else FRAMES  # Qwen: one token grid per 2-frame patch
-    per_frame = tokens_per_frame(family, loaded)
+    temporal, per_frame = video_grid(family, FRAMES, loaded.processor.image_size)  # Qwen: 2 frames per grid
     newline = 1 if family == "llava_onevision" else 0
     llm = engine(path)
     out = run_one(llm, family, loaded, clip)
-    assert video_placeholders(family, loaded, out.prompt_token_ids) == temporal * per_frame + newline
+    assert video_placeholders(loaded, out.prompt_token_ids) == temporal * per_frame + newline
     assert len(out.outputs[0].token_ids) == 3
     del llm
     for settings in METHODS[family]:
@@ -131,7 +103,7 @@ def test_every_method_cuts_the_placeholders_to_its_declared_count(checkpoints, c
         llm = engine(path, settings)
         out = run_one(llm, family, loaded, clip)
         expected = stage.kept_count(temporal, per_frame) + newline
-        assert video_placeholders(family, loaded, out.prompt_token_ids) == expected, settings
+        assert video_placeholders(loaded, out.prompt_token_ids) == expected, settings
         assert len(out.outputs[0].token_ids) == 3, settings  # generation completes (Qwen: M-RoPE recomputed)
         del llm
 
@@ -139,10 +111,11 @@ def test_every_method_cuts_the_placeholders_to_its_declared_count(checkpoints, c
 def hf_inputs(family, path, clip, loaded, normalized=True):
     """The checkpoint's own processor on the clip; ``normalized=False`` leaves pixels in 0-255 for a vLLM model
     that normalises them itself (vLLM's device-side ``FusedMMInputNorm``)."""
+    from PIL import Image
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(path)
-    frames = np.stack([np.asarray(_resize(f, frame_size(family, loaded))) for f in clip])
+    processor, size = AutoProcessor.from_pretrained(path), loaded.processor.image_size
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in clip])
     flags = {} if normalized else {"do_rescale": False, "do_normalize": False}
     return processor(text=PROMPTS[family], videos=[frames], return_tensors="pt", **flags)
 

@@ -78,3 +78,34 @@ def _hf_processor(loaded: LoadedModel, config: Any) -> Any:
         tokenizer=tokenizer,
         chat_template=QWEN_TEMPLATE,
     )
+
+
+PROMPTS = {
+    "llava_onevision": "<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
+    "qwen2_5_vl": "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
+    "<|im_start|>assistant\n",
+}
+
+
+def video_request(family: str, frames: Any, size: int, fps: float = 2.0) -> dict:
+    """A vLLM request about ``frames`` (F, H, W, 3) uint8, resized to ``size`` x ``size``: the family's prompt and
+    the video as vLLM takes it (Qwen2.5-VL needs the frames' metadata; a bare array is refused)."""
+    import numpy as np
+    from PIL import Image
+
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
+    video: Any = frames
+    if family == "qwen2_5_vl":
+        n = len(frames)
+        meta = {"total_num_frames": n, "fps": fps, "duration": n / fps, "frames_indices": list(range(n))}
+        video = (frames, {**meta, "do_sample_frames": False, "video_backend": "opencv"})
+    return {"prompt": PROMPTS[family], "multi_modal_data": {"video": video}}
+
+
+def video_grid(family: str, frames: int, size: int) -> tuple[int, int]:
+    """(frames as the LLM sees them, visual tokens per frame) of a ``size``-pixel video of ``frames`` frames: Qwen2.5-VL
+    merges 2 frames per temporal patch and 2x2 patches; LLaVA-OneVision pools its patch grid 2x2 (rounding up)."""
+    side = size // 14
+    if family == "qwen2_5_vl":
+        return -(-frames // 2), (side // 2) ** 2
+    return frames, (-(-side // 2)) ** 2
