@@ -16,6 +16,7 @@ import torch  # noqa: E402
 import vidpress  # noqa: E402
 from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
     PROMPTS,
+    engine_args,
     random_checkpoint,
     save_for_vllm,
     video_grid,
@@ -66,15 +67,7 @@ def clip():
 def engine(path, settings=None):
     from vllm import LLM
 
-    return LLM(
-        model=str(path),
-        enforce_eager=True,
-        max_model_len=4096,
-        dtype="float32",
-        limit_mm_per_prompt={"video": 1},
-        hf_overrides={"vidpress": settings} if settings else None,
-        seed=0,
-    )
+    return LLM(**engine_args(path, settings))
 
 
 def run_one(llm, family, loaded, clip, max_tokens=3):
@@ -182,6 +175,40 @@ def test_bad_configuration_fails_at_start_up(checkpoints, settings, message):
     _, path = checkpoints["llava_onevision"]
     with pytest.raises(Exception, match=message):
         engine(path, settings)
+
+
+def test_chunked_prefill_through_a_qwen_video_keeps_its_positions(tmp_path):
+    """16 concurrent 32-frame requests overflow the 4,096-token step budget, so prefills are chunked; one chunk ends
+    right after <|vision_start|> (vLLM's own helper fails there). Each request must answer as it does alone."""
+    from vllm import LLM, SamplingParams
+
+    torch.manual_seed(0)
+    loaded = random_checkpoint("qwen2_5_vl", image_size=224)
+    path = save_for_vllm(loaded, tmp_path / "qwen224")
+    from vidpress.cli import bundled_clip
+
+    clip32 = vidpress.load_video(bundled_clip(), 32).frames
+    requests = [video_request("qwen2_5_vl", np.roll(clip32, i + 1, axis=0), 224) for i in range(16)]
+    llm = LLM(**engine_args(path, {"method": "ttm", "k": 0.7}, enable_prefix_caching=False, mm_processor_cache_gb=0))
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    together = [o.outputs[0].token_ids for o in llm.generate(requests, params, use_tqdm=False)]
+    alone = [llm.generate(r, params, use_tqdm=False)[0].outputs[0].token_ids for r in requests[:3]]
+    assert together[:3] == alone
+    del llm
+
+
+def test_vllms_own_evs_still_runs_with_the_plugin_installed(checkpoints, clip):
+    from vllm import LLM
+
+    loaded, path = checkpoints["qwen2_5_vl"]
+    llm = LLM(**engine_args(path, video_pruning_rate=0.75))
+    out = run_one(llm, "qwen2_5_vl", loaded, clip)
+    temporal, per_frame = video_grid("qwen2_5_vl", FRAMES, loaded.processor.image_size)
+    assert video_placeholders(loaded, out.prompt_token_ids) < temporal * per_frame
+    assert len(out.outputs[0].token_ids) == 3
+    del llm
+    with pytest.raises(Exception, match="choose one"):
+        LLM(**engine_args(path, {"method": "frames"}, video_pruning_rate=0.75))
 
 
 def test_a_request_without_video_is_untouched(checkpoints):

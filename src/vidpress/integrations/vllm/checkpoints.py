@@ -109,3 +109,18 @@ def video_grid(family: str, frames: int, size: int) -> tuple[int, int]:
     if family == "qwen2_5_vl":
         return -(-frames // 2), (side // 2) ** 2
     return frames, (-(-side // 2)) ** 2
+
+
+def engine_args(directory: str | Path, entry: dict | None = None, **extra: Any) -> dict:
+    """Arguments of ``vllm.LLM`` for a checkpoint saved by :func:`save_for_vllm`: eager, fp32, one video per prompt,
+    and the ``vidpress`` entry (None: vLLM's own model); ``extra`` adds or replaces any."""
+    args = dict(
+        model=str(directory),
+        enforce_eager=True,
+        max_model_len=4096,
+        dtype="float32",
+        limit_mm_per_prompt={"video": 1},
+        hf_overrides={"vidpress": entry} if entry else None,
+        seed=0,
+    )
+    return {**args, **extra}

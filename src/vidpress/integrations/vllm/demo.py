@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import vidpress
     from vidpress.cli import bundled_clip
 
-    from .checkpoints import FAMILIES, random_checkpoint, save_for_vllm, video_grid, video_request
+    from .checkpoints import FAMILIES, engine_args, random_checkpoint, save_for_vllm, video_grid, video_request
     from .serving import serving_config
 
     entry = {"method": args.method, **dict(_pair(s) for s in args.set)}
@@ -51,15 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             temporal, per_frame = video_grid(family, len(clip), loaded.processor.image_size)
             newline = 1 if family == "llava_onevision" else 0
             row = {"family": family, "method": entry, "declared": stage.kept_count(temporal, per_frame) + newline}
-            for label, overrides in (("uncompressed", None), ("compressed", {"vidpress": entry})):
-                llm = LLM(
-                    model=str(path),
-                    enforce_eager=True,
-                    max_model_len=4096,
-                    dtype="float32",
-                    limit_mm_per_prompt={"video": 1},
-                    hf_overrides=overrides,
-                )
+            for label, settings in (("uncompressed", None), ("compressed", entry)):
+                llm = LLM(**engine_args(path, settings))
                 out = llm.generate(request, SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)[0]
                 video_id = loaded.model.config.video_token_id
                 row[f"{label}_placeholders"] = sum(t == video_id for t in out.prompt_token_ids)

@@ -232,10 +232,14 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
             )
         # vLLM's runner recomputes M-RoPE positions for pruned media when pruning is declared in the multimodal
         # config; the rate only switches that path on here (the count is the stage's).
-        self.is_multimodal_pruning_enabled = True
         mm_config = vllm_config.model_config.multimodal_config
-        if not mm_config.is_multimodal_pruning_enabled():
-            mm_config.video_pruning_rate = 0.5
+        if mm_config.is_multimodal_pruning_enabled():
+            raise InvalidParameterError(
+                f"--video-pruning-rate {mm_config.video_pruning_rate} (vLLM's EVS) and vidpress's "
+                f"{self.vidpress.method} both prune the video; choose one"
+            )
+        self.is_multimodal_pruning_enabled = True
+        mm_config.video_pruning_rate = 0.5
 
     def _process_video_input(self, video_input: Any) -> Any:
         stage = self.vidpress.stage
@@ -271,10 +275,24 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         self._vidpress_signals = (received[reverse], keys[reverse])
         return out
 
+    def recompute_mrope_positions(
+        self, input_ids: Any, multimodal_embeddings: Sequence[Tensor], mrope_positions: Tensor, num_computed_tokens: int
+    ) -> tuple:
+        """vLLM's recomputation, with one boundary fixed: a prefill chunk that ends just after
+        ``<|vision_start|>`` (none of its media computed yet) makes vLLM's helper look for a later vision start and
+        fail; starting one token earlier, at that vision start, gives the media its place."""
+        if self.vidpress.stage is not None and 0 < num_computed_tokens < len(input_ids):
+            previous = input_ids[num_computed_tokens - 1]
+            if int(previous) == self.config.vision_start_token_id:
+                num_computed_tokens -= 1
+        return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
+
     def _postprocess_video_embeds_evs(self, video_embeds_split: Sequence[Tensor], video_input: Any) -> tuple:
         """Each video through the stage, with the kept tokens' (t, h, w) ids and the grid width appended as 4
         channels (vLLM's layout for pruned media)."""
         stage = self.vidpress.stage
+        if stage is None:  # vLLM's own pruning (EVS, --video-pruning-rate), untouched
+            return super()._postprocess_video_embeds_evs(video_embeds_split, video_input)
         merge = self.visual.spatial_merge_size
         seconds = video_input.get("second_per_grid_ts")
         if seconds is None:
