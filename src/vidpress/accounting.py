@@ -80,6 +80,8 @@ class Accounting:
         Visual KV entries stored in each layer's cache after prefill (length L).
     other_tokens : int
         Non-visual tokens of the prompt (text, template, newline), alive in every layer.
+    encoded_frames : int, optional
+        Frames (temporal patches) the vision tower encoded, when a stage skipped some; None: all ``frames``.
     """
 
     spec: ModelSpec
@@ -88,6 +90,7 @@ class Accounting:
     decode_visual: list[float]
     stored_visual: list[int]
     other_tokens: int
+    encoded_frames: int | None = None
 
     @property
     def visual_in(self) -> int:
@@ -110,11 +113,12 @@ class Accounting:
 
     @property
     def vision_flops(self) -> float:
-        return vision_flops(self.spec, self.frames)
+        """Vision-encoder FLOPs of the frames it encoded."""
+        return vision_flops(self.spec, self.frames if self.encoded_frames is None else self.encoded_frames)
 
     @property
     def projector_flops(self) -> float:
-        return projector_flops(self.spec, self.frames)
+        return projector_flops(self.spec, self.frames if self.encoded_frames is None else self.encoded_frames)
 
     @property
     def kv_bytes_per_layer(self) -> list[int]:
@@ -155,6 +159,7 @@ class Accounting:
             "stored_visual_per_layer": self.stored_visual,
             "prefill_flops": self.prefill_flops,
             "decode_flops_per_token": self.decode_flops_per_token,
+            "frames_encoded": self.frames if self.encoded_frames is None else self.encoded_frames,
             "vision_flops": self.vision_flops,
             "projector_flops": self.projector_flops,
             "kv_bytes_per_layer": self.kv_bytes_per_layer,
@@ -282,7 +287,8 @@ def estimate(
             scores = torch.rand(1, prefill[layer], generator=generator)
             plan = stage(LayerSignals(layer=stage.first_layer - 1, scores=scores), StageContext(num_layers=layers))
             decode[layer] = float(plan.num_kept if plan is not None else prefill[layer])
-    return Accounting(spec, frames, prefill, decode, stored, other)
+    encoded = stages.encoded_frames(frames, spec.tokens_per_frame) if stages is not None else None
+    return Accounting(spec, frames, prefill, decode, stored, other, None if encoded is None else len(encoded))
 
 
 __all__ = [

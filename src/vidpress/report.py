@@ -86,7 +86,8 @@ class Report:
             session.decode_visual_sum[layer] / steps if steps and tracked else float(prefill[layer]) for layer in layers
         ]
         stored = [session.visual_count(layer, stored=True) for layer in layers]
-        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.other_tokens)
+        encoded = session.encoded_frames if session.encoded_frames != session.frames else None
+        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.other_tokens, encoded)
         t = session.timings
         return cls(
             method,

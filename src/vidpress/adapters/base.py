@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..specs import LLMDims, ModelSpec
@@ -144,6 +145,36 @@ class Adapter:
     def run_video_encoder(self, inputs: dict[str, Any]) -> Any:
         """transformers' own ``get_video_features`` on the request's video inputs."""
         raise NotImplementedError
+
+    # -- frames the tower skips (VisionStage / PreLLMStage.encoded_frames) --------------------------------------
+
+    def video_encoder(self) -> tuple[Any, str]:
+        """(object, method name) of the video encoder entry point that ``generate`` and ``forward`` both call
+        (transformers' ``get_video_features``): the runtime wraps it to encode only the frames a plan can use."""
+        return self.model.model, "get_video_features"
+
+    def frame_grid(self, arguments: dict[str, Any]) -> tuple[int, int]:
+        """(frames as the LLM sees them, tokens per frame) of the video encoder's ``arguments``."""
+        pixels = arguments["pixel_values_videos"]
+        side = self.grid()
+        return pixels.shape[1], side[0] * side[1]
+
+    def select_frames(self, arguments: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+        """The video encoder's ``arguments`` restricted to the frames ``keep`` (pixels (B, F, C, H, W))."""
+        pixels = arguments["pixel_values_videos"]
+        return {**arguments, "pixel_values_videos": pixels[:, keep]}
+
+    def expand_frames(self, output: Any, keep: list[int], frames: int, per_frame: int) -> Any:
+        """The encoder's ``output`` for the frames ``keep`` laid back on all ``frames``: ``pooler_output`` (B,
+        F'*T + E, D) becomes (B, F*T + E, D), zeros where a frame was not encoded, the model's extra tokens last."""
+        pooled = output.pooler_output
+        encoded = len(keep) * per_frame
+        full = pooled.new_zeros(pooled.shape[0], frames * per_frame + pooled.shape[1] - encoded, pooled.shape[2])
+        index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in keep]).to(pooled.device)
+        full[:, index] = pooled[:, :encoded]
+        full[:, frames * per_frame :] = pooled[:, encoded:]
+        output.pooler_output = full
+        return output
 
     def encode_video(self, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
         """Run the vision tower, projector and pooling: (per-frame tokens, extra tokens (B, E, D))."""

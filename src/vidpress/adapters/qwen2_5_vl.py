@@ -119,6 +119,46 @@ class Qwen2_5_VLAdapter(Adapter):
             inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
         )
 
+    def frame_grid(self, arguments: dict[str, Any]) -> tuple[int, int]:
+        """(temporal patches, merged tokens per temporal patch) of the video encoder's arguments.
+
+        Raises
+        ------
+        BudgetError
+            Videos of different grids in one batch.
+        """
+        grids = arguments["video_grid_thw"]
+        if len({tuple(g.tolist()) for g in grids}) > 1:
+            raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
+        h, w = self.grid(grids[0])
+        return int(grids[0][0]), h * w
+
+    def select_frames(self, arguments: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+        """Patch rows of the temporal patches ``keep`` of every video, and their grids with ``t = len(keep)``."""
+        pixels, grids = arguments["pixel_values_videos"], arguments["video_grid_thw"]
+        rows, start = [], 0
+        for t, h, w in grids.tolist():
+            per_patch = h * w
+            rows += [start + f * per_patch + i for f in keep for i in range(per_patch)]
+            start += t * per_patch
+        index = torch.tensor(rows, device=pixels.device)
+        grids = grids.clone()
+        grids[:, 0] = len(keep)
+        return {**arguments, "pixel_values_videos": pixels[index], "video_grid_thw": grids}
+
+    def expand_frames(self, output: Any, keep: list[int], frames: int, per_frame: int) -> Any:
+        """Each video's merged tokens (T'*h*w, D) laid back on all ``frames`` temporal patches, zeros elsewhere."""
+        index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in keep])
+        expanded = []
+        for pooled in output.pooler_output:
+            full = pooled.new_zeros(frames * per_frame, pooled.shape[-1])
+            full[index.to(pooled.device)] = pooled
+            expanded.append(full)
+        output.pooler_output = (
+            type(output.pooler_output)(expanded) if isinstance(output.pooler_output, tuple) else expanded
+        )
+        return output
+
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """``generate`` encodes the video first and drops ``video_grid_thw``; take it from the vision call."""
         if kwargs.get("video_grid_thw") is None and vision_kwargs.get("grid_thw") is not None:

@@ -1,11 +1,15 @@
 """Install and remove every hook for (model, adapter, stages): the only place that registers hooks.
 
 Nothing on the model is replaced or mutated: the attention implementation, the classes and the cache type
-stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the ``with`` block).
+stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the ``with`` block). The one
+wrapper: when the stages declare frames the plan can never use (``Stages.encoded_frames``), the family's video
+encoder entry point (``get_video_features``, which ``generate`` and ``forward`` both call) is wrapped on the
+instance to encode only the others; removing the method deletes the wrapper.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import weakref
@@ -47,6 +51,7 @@ class _ThreadState:
     encoder_s: float = 0.0
     vision_kwargs: dict = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
+    encoded: list[int] | None = None  # the frames the tower encoded for the coming request (None: all)
 
 
 class Run:
@@ -77,6 +82,7 @@ class Run:
         self.adapter = adapter_for(model)
         self.stages = stages.for_depth(len(self.adapter.decoder_layers()))
         self._handles: list[Any] = []
+        self._wrapped: tuple[Any, str] | None = None
         self._local = threading.local()
         self._sessions: list[Session] = []
         try:
@@ -129,6 +135,8 @@ class Run:
                 else "original"
             )
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
+            if self._wrapped is not None and kwargs.get("pixel_values_videos") is not None:
+                self._t.encoded = None  # a direct forward: the wrapper runs inside start_request and sets it
             session = start_request(
                 self.model,
                 self.adapter,
@@ -138,8 +146,9 @@ class Run:
                 projected=lambda: self._t.projected,
                 pixels=lambda: self._t.pixels,
                 encoder=lambda: self._t.encoder,
+                encoded=lambda: self._t.encoded,
             )
-            self._t.projected = self._t.pixels = self._t.encoder = None
+            self._t.projected = self._t.pixels = self._t.encoder = self._t.encoded = None
             session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
@@ -214,8 +223,33 @@ class Run:
             _sync(self._device())
             session.timings.llm_prefill_s = time.perf_counter() - session.timings.llm_start
 
+    def _encode_used_frames(self, original: Any) -> Any:
+        """``original`` (the video encoder entry point) encoding only the frames the stages can use."""
+        signature = inspect.signature(original)
+
+        def encode(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            arguments = {
+                **{k: v for k, v in bound.arguments.items() if k != "kwargs"},
+                **bound.arguments.get("kwargs", {}),
+            }
+            frames, per_frame = self.adapter.frame_grid(arguments)
+            keep = self.stages.encoded_frames(frames, per_frame)
+            self._t.encoded = keep
+            if keep is None:
+                return original(*args, **kwargs)
+            output = original(**self.adapter.select_frames(arguments, keep))
+            return self.adapter.expand_frames(output, keep, frames, per_frame)
+
+        return encode
+
     def _install(self) -> None:
         add = self._handles.append
+        if self.stages.vision is not None or self.stages.pre_llm is not None:
+            owner, name = self.adapter.video_encoder()
+            original = getattr(owner, name)
+            setattr(owner, name, self._encode_used_frames(original))
+            self._wrapped = (owner, name)
         add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
         add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
         for module in self.adapter.vision_modules():
@@ -295,6 +329,10 @@ class Run:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._wrapped is not None:
+            owner, name = self._wrapped
+            owner.__dict__.pop(name, None)
+            self._wrapped = None
         self._finish()
         self._t.active = None
         self._t.projected = self._t.pixels = self._t.encoder = None

@@ -203,15 +203,22 @@ def start_request(
     projected: Any = None,
     pixels: Any = None,
     encoder: Any = None,
+    encoded: Any = None,
 ) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
     ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
     vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
-    need them.
+    need them; ``encoded`` returns the frames the tower encoded (None: all).
+
+    Raises
+    ------
+    VidpressError
+        The pre-LLM plan keeps a token of a frame the tower did not encode.
     """
     input_ids, mask, is_video, video_pos = _prompt(model, adapter, kwargs)
     tokens, extra = adapter.encode_video(kwargs)
+    encoded_frames = encoded() if encoded is not None else None
     tokens = dataclasses.replace(tokens, extra=extra)  # a packed block ends with the model's own extra tokens
     _, frames, per_frame, _ = tokens.features.shape
     if video_pos.shape[1] != frames * per_frame + extra.shape[1]:
@@ -224,6 +231,8 @@ def start_request(
         model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, (projected, pixels, encoder)
     )
     plan, overhead = _plan(stages.pre_llm, tokens)
+    if encoded_frames is not None:
+        _check_encoded(plan, encoded_frames, per_frame)
     base = _base(plan, stages.pre_llm, tokens, embeds, input_ids, is_video, video_pos)
     new_positions, offset, mrope_delta, new_mask = _positions(
         model, adapter, stages, kwargs, positions, plan, base, input_ids, mask, video_pos
@@ -237,6 +246,7 @@ def start_request(
         visual=base.visual.gather(1, kept),
         frames=frames,
         tokens_per_frame=per_frame,
+        encoded_frames=frames if encoded_frames is None else len(encoded_frames),
         pos_offset=offset,
         mrope_delta=mrope_delta,
         mask=new_mask,
@@ -255,6 +265,17 @@ def start_request(
         cache=cache if cache is not None else DynamicCache(config=model.config),
     )
     return session
+
+
+def _check_encoded(plan: Selection | PackedTokens, encoded: list[int], per_frame: int) -> None:
+    """Never feed the LLM a token of a frame the tower skipped (it holds zeros)."""
+    used = plan.keep // per_frame if isinstance(plan, Selection) else plan.frame_of[plan.frame_of >= 0]
+    skipped = set(used.unique().tolist()) - set(encoded)
+    if skipped:
+        raise VidpressError(
+            f"the pre-LLM plan keeps tokens of frames {sorted(skipped)[:8]} that the vision stage did not encode; "
+            "the stages disagree on the frames to encode"
+        )
 
 
 def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:

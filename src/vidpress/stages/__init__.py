@@ -7,6 +7,7 @@ touches hooks, caches, masks or positions: the runtime does, from what the stage
 =============  ===========================================  ==============================
 slot           acts on                                      returns
 =============  ===========================================  ==============================
+``vision``     what the vision tower encodes                 the frames to encode
 ``pre_llm``    projected, pooled tokens (B, F, T, D)         Selection over F*T tokens, or a
                                                              PackedTokens block replacing the video
 ``prefill``    LLM layer inputs during prefill               Selection over alive visual tokens
@@ -94,6 +95,19 @@ class Stage:
         return self
 
 
+class VisionStage(Stage):
+    """Decides, before the vision tower runs, what it encodes: frames never encoded cost no vision FLOPs. The
+    token grid the later slots see is unchanged (F frames of T tokens); a frame left out holds zeros, which no
+    later stage may select (the runtime checks)."""
+
+    slot: ClassVar[str] = "vision"
+
+    def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:
+        """The frames (of ``frames``, each ``tokens_per_frame`` tokens as the LLM sees them) the tower encodes, in
+        order; None: all of them."""
+        return None
+
+
 class PreLLMStage(Stage):
     """Acts on projected tokens before the LLM; the plan shortens the prefill sequence. Returns a
     :class:`~vidpress.selection.Selection` over the F*T frame tokens or a :class:`~vidpress.tokens.PackedTokens`
@@ -104,6 +118,11 @@ class PreLLMStage(Stage):
     def kept_count(self, frames: int, tokens_per_frame: int) -> int | None:
         """Visual tokens the stage keeps for a video of ``frames`` x ``tokens_per_frame``, when that is fixed
         before the content is seen (a serving engine sizes the prompt with it); None when the content decides."""
+        return None
+
+    def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:
+        """The only frames the plan can keep tokens of, when that is fixed before the content is seen (uniform
+        frame sampling): the runtime then encodes only these. None: the plan may use any frame."""
         return None
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection | PackedTokens:
@@ -158,6 +177,27 @@ class Stages:
     pre_llm: PreLLMStage | None = None
     prefill: PrefillStage | None = None
     decode: DecodeStage | None = None
+    vision: VisionStage | None = None
+
+    def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:
+        """The frames the vision tower needs to encode: those the vision stage encodes and the pre-LLM stage can
+        use (both declare theirs, None meaning all); None when every frame is needed.
+
+        Raises
+        ------
+        IncompatibleStagesError
+            The two declarations share no frame (nothing would be encoded that the plan could keep).
+        """
+        declared = [s.encoded_frames(frames, tokens_per_frame) for s in (self.vision, self.pre_llm) if s is not None]
+        sets = [set(d) for d in declared if d is not None]
+        if not sets:
+            return None
+        keep = sorted(set.intersection(*sets))
+        if not keep:
+            raise IncompatibleStagesError(
+                f"the vision stage encodes none of the frames the pre-LLM stage keeps ({declared}); change one"
+            )
+        return None if len(keep) == frames else keep
 
     def for_depth(self, num_layers: int) -> Stages:
         """Resolve stages whose layers depend on the LLM's depth (e.g. PyramidDrop's fractions, FastV's
@@ -176,11 +216,14 @@ class Stages:
                 f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
                 f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}"
             )
-        return Stages(*(None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode)))
+        pre, prefill, decode, vision = (
+            None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode, self.vision)
+        )
+        return Stages(pre, prefill, decode, vision)
 
     @property
     def name(self) -> str:
-        parts = [type(s).__name__ for s in (self.pre_llm, self.prefill, self.decode) if s is not None]
+        parts = [type(s).__name__ for s in (self.vision, self.pre_llm, self.prefill, self.decode) if s is not None]
         return "+".join(parts) or "uncompressed"
 
 
@@ -188,7 +231,7 @@ def _slot_of(stage: object) -> str:
     """The slot a bare stage fills, as its base class declares."""
     if not isinstance(stage, Stage):
         raise IncompatibleStagesError(
-            f"{stage!r} is not a stage: subclass vidpress.stages.PreLLMStage, PrefillStage or DecodeStage"
+            f"{stage!r} is not a stage: subclass vidpress.stages.VisionStage, PreLLMStage, PrefillStage or DecodeStage"
         )
     return stage.slot
 

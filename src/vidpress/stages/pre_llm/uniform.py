@@ -73,6 +73,17 @@ class UniformBaseline(PreLLMStage):
     def kept_count(self, frames: int, tokens_per_frame: int) -> int:
         return visual_budget(self.retention, frames * tokens_per_frame)
 
+    def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:
+        """``frames``: the frames it keeps (the runtime encodes only these); the other kinds use every frame."""
+        if self.kind != "frames":
+            return None
+        return self._frames_plan(frames, tokens_per_frame)[0]
+
+    def _frames_plan(self, frames: int, per_frame: int) -> tuple[list[int], list[int]]:
+        """(chosen frames, tokens kept in each): whole frames spread evenly, the remainder from one more."""
+        whole, rest = divmod(visual_budget(self.retention, frames * per_frame), per_frame)
+        return spread(whole + (rest > 0), frames).tolist(), [per_frame] * whole + ([rest] if rest else [])
+
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection:
         batch, frames, per_frame, _ = tokens.features.shape
         n = frames * per_frame
@@ -82,9 +93,7 @@ class UniformBaseline(PreLLMStage):
             keep = torch.stack([torch.randperm(n, generator=generator)[:budget] for _ in range(batch)])
         else:
             if self.kind == "frames":
-                whole, rest = divmod(budget, per_frame)
-                chosen = spread(whole + (rest > 0), frames).tolist()
-                counts = [per_frame] * whole + ([rest] if rest else [])
+                chosen, counts = self._frames_plan(frames, per_frame)
             else:
                 chosen, counts = list(range(frames)), frame_budgets(budget, frames)
             keep = torch.cat([spread(c, per_frame) + f * per_frame for f, c in zip(chosen, counts) if c])
