@@ -12,11 +12,12 @@ from vidpress.errors import BudgetError
 from vidpress.selection import Selection
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.decode.layerwise_trim import LayerwiseTrim
+from vidpress.stages.pre_llm.budget import visual_budget
 from vidpress.stages.pre_llm.event_pooling import EventPooling
 from vidpress.stages.pre_llm.fastvid import FastVID
 from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
-from vidpress.stages.pre_llm.uniform import UniformBaseline, visual_budget
+from vidpress.stages.pre_llm.uniform import UniformBaseline
 from vidpress.stages.pre_llm.visionzip import VisionZip
 from vidpress.stages.prefill.attention_rank import AttentionRank
 from vidpress.tokens import LayerSignals, PackedTokens, StageContext, VisualTokens

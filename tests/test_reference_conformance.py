@@ -368,7 +368,7 @@ def test_fastvid_faithful_selects_and_merges_like_the_reference(scenes, per_fram
 
 
 def test_fastvid_fixed_differs_only_in_budget_and_merging():
-    from vidpress.stages.pre_llm.uniform import frame_budgets
+    from vidpress.stages.pre_llm.budget import frame_budgets
 
     x, attention = _video([3, 5, 8, 1, 9, 6], 49)
     tokens = VisualTokens(x[None], (7, 7), attention=attention[None], keys=x[None])

@@ -74,6 +74,23 @@ def test_uniform_frames_encodes_only_its_frames_and_answers_the_same(family, req
     assert report.vision_flops == pytest.approx(estimate(spec, 8).vision_flops * len(chosen) / frames)
 
 
+def test_generate_still_encodes_the_video_once_before_prefill(tiny, clip_frames):
+    """generate reads the encoder's parameters from its signature: the wrapper keeps them, so the video is still
+    pre-encoded once, as without vidpress."""
+    import inspect
+
+    inputs = build_inputs(tiny.processor, clip_frames[:8], "What happens?")
+    before = inspect.signature(tiny.model.model.get_video_features)
+    seen, hook = tower_rows(tiny)
+    try:
+        with torch.no_grad(), vidpress.apply(tiny.model, vidpress.methods.VisionZip(retention=0.5)):
+            assert inspect.signature(tiny.model.model.get_video_features) == before
+            tiny.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    finally:
+        hook.remove()
+    assert seen == [8]
+
+
 def test_generate_skips_the_frames_too(tiny, clip_frames):
     inputs = build_inputs(tiny.processor, clip_frames[:8], "What happens?")
     seen, hook = tower_rows(tiny)

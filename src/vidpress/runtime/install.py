@@ -9,6 +9,7 @@ instance to encode only the others; removing the method deletes the wrapper.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -227,6 +228,7 @@ class Run:
         """``original`` (the video encoder entry point) encoding only the frames the stages can use."""
         signature = inspect.signature(original)
 
+        @functools.wraps(original)  # generate reads the encoder's parameters from its signature
         def encode(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             arguments = {

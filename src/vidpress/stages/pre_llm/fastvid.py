@@ -43,9 +43,9 @@ from ...errors import BudgetError
 from ...method import StageMethod
 from ...stages import Needs, PreLLMStage
 from ...tokens import PackedTokens, StageContext, VisualTokens
+from .budget import frame_budgets, visual_budget
 from .events import dyseg
 from .merging import density_scores, merge_into_anchors, require_encoder_attention
-from .uniform import frame_budgets, visual_budget
 
 
 def anchor_offsets(length: int, stride: int) -> list[int]:

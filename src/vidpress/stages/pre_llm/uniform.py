@@ -1,8 +1,9 @@
 """Controls at a visual-token budget: uniform frame subsampling, uniform spatial subsampling, random tokens.
 A method that cannot beat these at a retention is not worth its complexity there.
 
-Every pre-LLM stage in vidpress that takes a ``retention`` keeps exactly :func:`visual_budget` tokens, so
-methods compared at the same retention feed the LLM the same number of visual tokens.
+Every pre-LLM stage in vidpress that takes a ``retention`` keeps exactly
+:func:`~vidpress.stages.pre_llm.budget.visual_budget` tokens, so methods compared at the same retention feed the
+LLM the same number of visual tokens.
 """
 
 from __future__ import annotations
@@ -17,30 +18,7 @@ from ...method import StageMethod
 from ...selection import Selection
 from ...stages import Needs, PreLLMStage
 from ...tokens import StageContext, VisualTokens
-
-
-def visual_budget(retention: float, n: int) -> int:
-    """Visual tokens kept of ``n`` at ``retention`` in (0, 1]: ``max(1, round(retention * n))``.
-
-    Raises
-    ------
-    BudgetError
-        ``retention`` outside (0, 1].
-    """
-    if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not 0 < retention <= 1:
-        raise BudgetError(f"retention must be in (0, 1], got {retention!r}; it is the fraction of visual tokens kept")
-    return max(1, round(retention * n))
-
-
-def frame_budgets(budget: int, frames: int) -> list[int]:
-    """Split ``budget`` tokens evenly over ``frames`` frames; the first ``budget % frames`` frames take one more."""
-    base, rest = divmod(budget, frames)
-    return [base + (f < rest) for f in range(frames)]
-
-
-def spread(count: int, n: int) -> torch.Tensor:
-    """``count`` indices spread evenly over ``range(n)`` (centred in equal bins), sorted and unique."""
-    return ((torch.arange(count) + 0.5) * n / count).long().clamp_max(n - 1)
+from .budget import frame_budgets, spread, visual_budget
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from ..._checks import check_mode, check_ratio
 from ...method import StageMethod
 from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
+from .budget import frame_budgets, visual_budget
 from .merging import merge_into_targets, require_encoder_attention
-from .uniform import frame_budgets, visual_budget
 
 
 @dataclass(frozen=True)
