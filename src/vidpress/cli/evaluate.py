@@ -14,7 +14,14 @@ def eval_(
     method: str = typer.Option("none", "--method", "-m", help="Method name (see `vidpress methods`), or none."),
     params: list[str] = typer.Option([], "--set", help="Method hyperparameter NAME=VALUE, repeatable."),
     retention: Optional[float] = typer.Option(None, "--retention", help="Configure the method for this retention."),
-    questions: int = typer.Option(100, "--questions", "-n", min=1, max=560, help="From the 560-question test split."),
+    questions: int = typer.Option(
+        100, "--questions", "-n", min=1, help="From the split (test: 560 questions, needle: 300)."
+    ),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="test: the procedural QA test split; needle: questions only a brief small object answers.",
+    ),
     frames: int = typer.Option(
         12, "--frames", "-f", min=1, help="Frames sampled uniformly per video (the testbed was trained on 12)."
     ),
@@ -22,15 +29,21 @@ def eval_(
         None, "--model", help="Default: testbed once trained, else default. " + MODEL_HELP
     ),
 ) -> None:
-    """Multiple-choice accuracy on the procedural video-QA test split, with accuracy retained vs uncompressed."""
+    """Multiple-choice accuracy on the procedural video-QA test split (or the needle split), with accuracy retained
+    vs uncompressed."""
     import torch
 
     from ..evaluate import evaluate
     from ..methods import METHODS, get_method
     from ..models.loading import load_model
     from ..testbed.saved import testbed_available
-    from ..testbed.scenes import make_split
+    from ..testbed.scenes import make_needle_split, make_split
 
+    sizes = {"test": 560, "needle": 300}
+    if split not in sizes:
+        raise typer.BadParameter(f"--split must be one of {', '.join(sizes)}, got {split!r}")
+    if questions > sizes[split]:
+        raise typer.BadParameter(f"the {split} split has {sizes[split]} questions; ask for at most that many (-n)")
     if retention is not None and (params or method not in METHODS):
         raise typer.BadParameter("--retention configures a named method by itself; drop --set or pick a method")
     chosen = (
@@ -40,7 +53,8 @@ def eval_(
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)
-    samples = make_split("test", 560)[:questions]
+    # the needle sits on frames of the sampled video, so the split is built for the frame count evaluated
+    samples = make_needle_split(300, frames)[:questions] if split == "needle" else make_split("test", 560)[:questions]
     results = [
         evaluate(
             loaded.model,

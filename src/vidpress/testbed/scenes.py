@@ -8,6 +8,12 @@ re-derived and checked. Everything is seeded: the same seed gives the same scene
 Question types: ``scene_count`` (how many scenes), ``color_in_scene`` (the object's colour in scene k),
 ``first`` / ``last`` (which object appeared first / last), ``never`` (which object never appeared),
 ``changed`` (what changed between scene k and k + 1), ``count_in_scene`` (how many objects in scene k).
+
+Needle questions (the ``needle`` split, :func:`make_needle_split`): a small object (:class:`Needle`, about a
+tenth of the frame's side) shows in one or two of the frames the evaluation samples, in one scene, away from the
+scene's objects; only it answers ``needle_object`` (which small object appeared briefly), ``needle_color`` (its
+colour) and ``needle_scene`` (in which scene it appeared). The rest of the video is as redundant as ever, so a
+method that keeps tokens evenly or by what dominates the frame loses it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ MOTIONS = ("static", "left-to-right", "top-to-bottom")
 CHANGES = ("the background", "the object's colour", "the object's shape", "the number of objects")
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 TYPES = ("scene_count", "color_in_scene", "first", "last", "never", "changed", "count_in_scene")
-SPLIT_SALT = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+NEEDLE_TYPES = ("needle_object", "needle_color", "needle_scene")
+SPLIT_SALT = {"train": 0, "validation": 1_000_003, "test": 2_000_029, "needle": 3_000_017}
+#: The needle's radius as a fraction of the frame side (an object of the scenes has 1/10).
+NEEDLE_RADIUS = 1 / 20
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,41 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Needle:
+    """A small object drawn on a few frames of the video only.
+
+    Attributes
+    ----------
+    shape, color : str
+        Its looks (a shape of :data:`SHAPES`, a colour of :data:`COLORS`).
+    frames : tuple[int, ...]
+        The video frames (0-based, over the whole video) it is drawn on: one or two of the frames the evaluation
+        samples, all in one scene.
+    x, y : float
+        Its centre as fractions of the frame side, in a band above or below the scene's objects.
+    """
+
+    shape: str
+    color: str
+    frames: tuple[int, ...]
+    x: float
+    y: float
+
+    @property
+    def object(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
 class Sample:
     video_id: str
     scenes: tuple[Scene, ...]
     question: Question
+    needle: Needle | None = None
 
     def frames(self, size: int = 112, count: int | None = None) -> np.ndarray:
         """Rendered video (F, size, size, 3) uint8; with ``count``, that many frames sampled uniformly."""
-        video = render(self.scenes, size)
+        video = render(self.scenes, size, self.needle)
         return video if count is None else video[self.frame_indices(count)]
 
     def frame_indices(self, count: int) -> np.ndarray:
@@ -237,28 +273,39 @@ def object_centres(scene: Scene, t: int, size: int) -> list[tuple[float, float]]
     ]
 
 
-def render(scenes: tuple[Scene, ...], size: int = 112) -> np.ndarray:
-    """Frames (F, size, size, 3) uint8: each scene's background and objects, moving per its motion."""
-    out, r = [], size // 10
+def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, x: float, y: float, r: float) -> None:
+    box, fill = (x - r, y - r, x + r, y + r), COLORS[color]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+
+
+def render(scenes: tuple[Scene, ...], size: int = 112, needle: Needle | None = None) -> np.ndarray:
+    """Frames (F, size, size, 3) uint8: each scene's background and objects, moving per its motion, and the
+    ``needle`` on its frames."""
+    out, r, index = [], size // 10, 0
     for scene in scenes:
         for t in range(scene.frames):
             image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
             draw = ImageDraw.Draw(image)
             for x, y in object_centres(scene, t, size):
-                box, color = (x - r, y - r, x + r, y + r), COLORS[scene.color]
-                if scene.shape == "circle":
-                    draw.ellipse(box, fill=color)
-                elif scene.shape == "square":
-                    draw.rectangle(box, fill=color)
-                else:
-                    draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=color)
+                _draw(draw, scene.shape, scene.color, x, y, r)
+            if needle is not None and index in needle.frames:
+                _draw(draw, needle.shape, needle.color, needle.x * size, needle.y * size, max(2, size * NEEDLE_RADIUS))
             out.append(np.asarray(image))
+            index += 1
     return np.stack(out)
 
 
 def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
     """``videos`` samples (one question each, question kinds in rotation) of ``split``: train, validation or
-    test, seeded so splits never share a video seed. Same arguments, same samples."""
+    test, seeded so splits never share a video seed. Same arguments, same samples (the needle split has its own
+    generator, :func:`make_needle_split`)."""
+    if split == "needle":
+        return make_needle_split(videos)
     if split not in SPLIT_SALT:
         raise ValueError(f"split must be one of {sorted(SPLIT_SALT)}, got {split!r}")
     rng = np.random.default_rng(seed + SPLIT_SALT[split])
@@ -271,4 +318,72 @@ def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
             if question is not None:
                 break
         samples.append(Sample(f"{split}-{seed}-{i:05d}", scenes, question))
+    return samples
+
+
+def place_needle(scenes: tuple[Scene, ...], frames: int, rng: np.random.Generator) -> tuple[Needle, int]:
+    """A needle on one or two consecutive frames, among the ``frames`` sampled uniformly, of one scene, and that
+    scene's index. Its looks differ from every object of the video; it sits in a band above or below the objects
+    (their centres stay within the middle 40 % of the height). Sampled frames that share a video frame are
+    never used, so each shown frame is one frame of the sampled video."""
+    sampled = frame_indices(scenes, frames)
+    starts = np.cumsum([0] + [s.frames for s in scenes])
+    scene_of = np.searchsorted(starts, sampled, side="right") - 1
+    span = int(rng.integers(1, 3))
+    runs = [
+        i
+        for i in range(frames - span + 1)
+        if len(set(scene_of[i : i + span].tolist())) == 1 and len(set(sampled[i : i + span].tolist())) == span
+    ]
+    first = int(rng.choice(runs))
+    shown = tuple(int(f) for f in sampled[first : first + span])
+    objects = {s.object for s in scenes}
+    looks = [(sh, c) for c in COLORS for sh in SHAPES if f"{c} {sh}" not in objects]
+    shape, color = looks[int(rng.integers(len(looks)))]
+    y = float(rng.choice([rng.uniform(0.08, 0.18), rng.uniform(0.82, 0.92)]))
+    return Needle(shape, color, shown, float(rng.uniform(0.1, 0.9)), y), int(scene_of[first])
+
+
+def needle_answer(kind: str, scenes: tuple[Scene, ...], needle: Needle) -> str:
+    """The correct option text of a needle question, from the scene list and the needle alone."""
+    if kind == "needle_object":
+        return needle.object
+    if kind == "needle_color":
+        return needle.color
+    if kind == "needle_scene":
+        starts = np.cumsum([0] + [s.frames for s in scenes])
+        return ORDINALS[int(np.searchsorted(starts, needle.frames[0], side="right") - 1)]
+    raise ValueError(f"unknown needle question kind {kind!r}; choose one of {NEEDLE_TYPES}")
+
+
+def ask_needle(kind: str, scenes: tuple[Scene, ...], needle: Needle, rng: np.random.Generator) -> Question:
+    """A needle question of ``kind`` with 4 shuffled options (distractors: other small objects never shown,
+    other colours, other scenes)."""
+    correct = needle_answer(kind, scenes, needle)
+    if kind == "needle_object":
+        text = "Which small object appeared briefly in the video?"
+        shown = {s.object for s in scenes} | {needle.object}
+        pool = [f"{c} {sh}" for c in COLORS for sh in SHAPES if f"{c} {sh}" not in shown]
+    elif kind == "needle_color":
+        text = f"What colour was the small {needle.shape} that appeared briefly?"
+        pool = [c for c in COLORS if c != needle.color]
+    else:
+        text = f"In which scene did the small {needle.object} appear?"
+        pool = [o for o in ORDINALS[: max(4, len(scenes))] if o != correct]
+    options = [correct] + [str(o) for o in rng.permutation(pool)[:3]]
+    options = [options[i] for i in rng.permutation(4)]
+    return Question(kind, text, tuple(options), options.index(correct), {"needle": True})
+
+
+def make_needle_split(videos: int = 300, frames: int = 12, seed: int = 0) -> list[Sample]:
+    """The needle split: ``videos`` samples of the test split's kind of video, each with a needle on one or two of
+    its ``frames`` uniformly sampled frames and one needle question (kinds in rotation). Held out: its own seed
+    salt. Same arguments, same samples."""
+    rng = np.random.default_rng(seed + SPLIT_SALT["needle"])
+    samples = []
+    for i in range(videos):
+        scenes = random_video(rng)
+        needle, _ = place_needle(scenes, frames, rng)
+        question = ask_needle(NEEDLE_TYPES[i % len(NEEDLE_TYPES)], scenes, needle, rng)
+        samples.append(Sample(f"needle-{seed}-{i:05d}", scenes, question, needle))
     return samples
