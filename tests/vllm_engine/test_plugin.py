@@ -134,6 +134,7 @@ def transformers_block(model, stage, inputs):
         ("llava_onevision", {"method": "ttm", "k": 0.7}),
         ("qwen2_5_vl", {"method": "visionzip", "retention": 0.25}),
         ("qwen2_5_vl", {"method": "frames", "retention": 0.5}),
+        ("llava_onevision", {"method": "frames", "retention": 0.25}),
     ],
 )
 def test_vllm_keeps_what_the_transformers_path_keeps(checkpoints, clip, family, settings):
@@ -159,6 +160,27 @@ def test_vllm_keeps_what_the_transformers_path_keeps(checkpoints, clip, family, 
         video_start = positions[-3:, 0, start - 1 : start] + 1  # the ids continue from <|vision_start|>
         assert torch.equal(ids.T, kept_ids - video_start)
     assert torch.allclose(block, embeds[start : start + len(block)], atol=1e-4)
+    del llm
+
+
+def test_uniform_frames_encodes_only_its_frames_in_vllm(checkpoints, clip):
+    loaded, path = checkpoints["llava_onevision"]
+    inputs = hf_inputs("llava_onevision", path, clip, loaded)
+    llm = engine(path, {"method": "frames", "retention": 0.25})
+
+    def count_tower_frames(model):
+        seen = []
+        hook = model.vision_tower.register_forward_pre_hook(
+            lambda m, a, k: seen.append((a[0] if a else k["pixel_values"]).shape[0]), with_kwargs=True
+        )
+        try:
+            model.embed_multimodal(pixel_values_videos=inputs["pixel_values_videos"])
+        finally:
+            hook.remove()
+        return seen
+
+    (seen,) = llm.apply_model(count_tower_frames)
+    assert seen == [FRAMES // 4]  # 2 of the 8 frames reach the tower
     del llm
 
 

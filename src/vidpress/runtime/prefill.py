@@ -19,6 +19,7 @@ from transformers import DynamicCache
 from .._checks import check_context
 from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
+from ..stages import check_encoded
 from ..tokens import PackedTokens, VisualTokens
 from .session import Session, per_row_positions
 
@@ -232,7 +233,7 @@ def start_request(
     )
     plan, overhead = _plan(stages.pre_llm, tokens)
     if encoded_frames is not None:
-        _check_encoded(plan, encoded_frames, per_frame)
+        check_encoded(plan, encoded_frames, per_frame)
     base = _base(plan, stages.pre_llm, tokens, embeds, input_ids, is_video, video_pos)
     new_positions, offset, mrope_delta, new_mask = _positions(
         model, adapter, stages, kwargs, positions, plan, base, input_ids, mask, video_pos
@@ -265,17 +266,6 @@ def start_request(
         cache=cache if cache is not None else DynamicCache(config=model.config),
     )
     return session
-
-
-def _check_encoded(plan: Selection | PackedTokens, encoded: list[int], per_frame: int) -> None:
-    """Never feed the LLM a token of a frame the tower skipped (it holds zeros)."""
-    used = plan.keep // per_frame if isinstance(plan, Selection) else plan.frame_of[plan.frame_of >= 0]
-    skipped = set(used.unique().tolist()) - set(encoded)
-    if skipped:
-        raise VidpressError(
-            f"the pre-LLM plan keeps tokens of frames {sorted(skipped)[:8]} that the vision stage did not encode; "
-            "the stages disagree on the frames to encode"
-        )
 
 
 def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:

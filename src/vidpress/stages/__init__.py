@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..errors import IncompatibleStagesError, InvalidParameterError
+from ..errors import IncompatibleStagesError, InvalidParameterError, VidpressError
 from ..selection import Selection
 from ..tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
 
@@ -225,6 +225,26 @@ class Stages:
     def name(self) -> str:
         parts = [type(s).__name__ for s in (self.vision, self.pre_llm, self.prefill, self.decode) if s is not None]
         return "+".join(parts) or "uncompressed"
+
+
+def check_encoded(plan: Selection | PackedTokens, encoded: list[int], tokens_per_frame: int) -> None:
+    """Raise unless ``plan`` keeps tokens of the ``encoded`` frames only (a skipped frame holds zeros).
+
+    Raises
+    ------
+    VidpressError
+        The plan keeps a token of a frame the vision tower did not encode.
+    """
+    if isinstance(plan, Selection):
+        used = plan.keep // tokens_per_frame
+    else:
+        used = plan.frame_of[plan.frame_of >= 0]
+    skipped = set(used.unique().tolist()) - set(encoded)
+    if skipped:
+        raise VidpressError(
+            f"the pre-LLM plan keeps tokens of frames {sorted(skipped)[:8]} that the vision stage did not encode; "
+            "the stages disagree on the frames to encode"
+        )
 
 
 def _slot_of(stage: object) -> str:

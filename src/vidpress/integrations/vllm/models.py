@@ -108,15 +108,26 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
                 ),
                 with_kwargs=True,
             )
+        pixels = inputs["pixel_values_videos"]
+        frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
+        side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
+        per_frame = side * side
+        # frames the plan can never use are not encoded (uniform frame sampling declares them)
+        encoded = [stage.encoded_frames(f, per_frame) for f in frames]
+        if any(e is not None for e in encoded) and not stage.needs.encoder_attention:
+            full = [e if e is not None else list(range(f)) for e, f in zip(encoded, frames)]
+            if isinstance(pixels, Tensor) and len({tuple(e) for e in full}) == 1:
+                pixels = pixels[:, full[0]]
+            else:
+                pixels = [v[e] for v, e in zip(pixels, full)]
+            inputs = {"pixel_values_videos": pixels}  # all vLLM's video path reads
+        else:
+            encoded = [None] * len(frames)
         try:
             videos = super()._process_video_pixels(inputs)
         finally:
             if hook is not None:
                 hook.remove()
-        pixels = inputs["pixel_values_videos"]
-        frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
-        side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
-        per_frame = side * side
         received = keys = None
         if "signals" in captured:
             received, keys = captured["signals"]
@@ -124,6 +135,8 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
         out = []
         for i, (emb, f) in enumerate(zip(videos, frames)):
             emb = emb.reshape(-1, emb.shape[-1])
+            if encoded[i] is not None:
+                emb = _lay_back(emb, encoded[i], f, per_frame)
             tokens = VisualTokens(
                 emb[: f * per_frame].view(1, f, per_frame, -1),
                 (side, side),
@@ -131,7 +144,7 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
                 attention=None if received is None else received[i][None],
                 keys=None if keys is None else keys[i][None],
             )
-            out.append(compress_video(stage, tokens)[0])
+            out.append(compress_video(stage, tokens, encoded=encoded[i])[0])
         return out
 
     def _encoder_signals(self, module: torch.nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,6 +157,15 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             received, keys = received[:, 1:], keys[:, 1:]
         pooled = self.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
         return pooled[..., 0], pooled[..., 1:]
+
+
+def _lay_back(emb: Tensor, encoded: list[int], frames: int, per_frame: int) -> Tensor:
+    """(F'*T + E, D) embeddings of the ``encoded`` frames laid on all ``frames`` (zeros elsewhere), extras last."""
+    full = emb.new_zeros(frames * per_frame + emb.shape[0] - len(encoded) * per_frame, emb.shape[-1])
+    index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in encoded]).to(emb.device)
+    full[index] = emb[: len(encoded) * per_frame]
+    full[frames * per_frame :] = emb[len(encoded) * per_frame :]
+    return full
 
 
 def _qwen_signals(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:

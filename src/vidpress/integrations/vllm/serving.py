@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...errors import InvalidParameterError, UnknownMethodError, VidpressError
 from ...selection import Selection
-from ...stages import PreLLMStage
+from ...stages import PreLLMStage, check_encoded
 from ...stages.pre_llm.temporal_merge import TemporalMerge
 from ...tokens import PackedTokens, VisualTokens
 
@@ -107,7 +107,7 @@ def _build(cls: type, name: str, settings: dict[str, Any]) -> Any:
     return cls(**settings)
 
 
-def compress_video(stage: PreLLMStage, tokens: VisualTokens) -> tuple[Tensor, Tensor]:
+def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """One video's embeddings after ``stage``, in the order they enter the LLM.
 
     Parameters
@@ -117,6 +117,8 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens) -> tuple[Tensor, Te
     tokens : VisualTokens
         ``features`` (1, F, T, D), ``extra`` (1, E, D) the model's own extra tokens (LLaVA-OV's newline; E may be
         0), and what the stage needs (encoder ``attention``/``keys``).
+    encoded : list of int, optional
+        The frames the tower encoded when it skipped some (the others hold zeros): the plan must keep none of them.
 
     Returns
     -------
@@ -129,12 +131,15 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens) -> tuple[Tensor, Te
     Raises
     ------
     VidpressError
-        The stage kept another count than it declared (the prompt would not match the embeddings).
+        The stage kept another count than it declared (the prompt would not match the embeddings), or a token of
+        a frame that was not encoded.
     """
     batch, frames, per_frame, _ = tokens.features.shape
     n = frames * per_frame
     extra = tokens.extra if tokens.extra is not None else tokens.features.new_zeros(batch, 0, tokens.features.shape[-1])
     plan = stage(tokens, None)
+    if encoded is not None:
+        check_encoded(plan, encoded, per_frame)
     if isinstance(plan, PackedTokens):
         kept = plan.features[0]
         source = plan.source[0] if plan.source is not None and stage.positions == "original" else None
