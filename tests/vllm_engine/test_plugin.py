@@ -184,6 +184,29 @@ def test_uniform_frames_encodes_only_its_frames_in_vllm(checkpoints, clip):
     del llm
 
 
+def test_uniform_frames_encodes_only_its_temporal_patches_in_vllm_qwen(checkpoints, clip):
+    loaded, path = checkpoints["qwen2_5_vl"]
+    llm = engine(path, {"method": "frames", "retention": 0.5})
+    (normalizes,) = llm.apply_model(lambda model: type(model.visual.input_norm).__name__ == "FusedMMInputNorm")
+    inputs = hf_inputs("qwen2_5_vl", path, clip, loaded, normalized=not normalizes)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+
+    def count_patch_rows(model):
+        seen = []
+        hook = model.visual.register_forward_pre_hook(
+            lambda m, a, k: seen.append((a[0] if a else k["x"]).shape[0]), with_kwargs=True
+        )
+        try:
+            model.embed_multimodal(**kwargs)
+        finally:
+            hook.remove()
+        return seen
+
+    (seen,) = llm.apply_model(count_patch_rows)
+    assert seen == [inputs["pixel_values_videos"].shape[0] // 2]  # 2 of the 4 temporal patches reach the tower
+    del llm
+
+
 @pytest.mark.parametrize(
     "settings,message",
     [

@@ -266,7 +266,10 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
     def _process_video_input(self, video_input: Any) -> Any:
         stage = self.vidpress.stage
         self._vidpress_signals = None
-        if stage is None or not stage.needs.encoder_attention:
+        self._vidpress_encoded = None
+        if stage is not None and not stage.needs.encoder_attention:
+            return self._encode_used_patches(video_input)
+        if stage is None:
             return super()._process_video_input(video_input)
         if video_input.get("pixel_values_videos") is None:
             raise InvalidParameterError(
@@ -296,6 +299,28 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         reverse = self.visual.prepare_encoder_metadata(grid)["reverse_indices"].to(received.device)
         self._vidpress_signals = (received[reverse], keys[reverse])
         return out
+
+    def _encode_used_patches(self, video_input: Any) -> Any:
+        """vLLM's video path on the temporal patches the stage can use (uniform frame sampling declares them),
+        each video's merged tokens then laid back on its full grid with zeros elsewhere."""
+        stage, grids = self.vidpress.stage, video_input["video_grid_thw"]
+        merge = self.visual.spatial_merge_size
+        t, h, w = (int(x) for x in grids[0])
+        encoded = stage.encoded_frames(t, (h // merge) * (w // merge))
+        pixels = video_input.get("pixel_values_videos")
+        if encoded is None or pixels is None or len({tuple(g.tolist()) for g in grids}) > 1:
+            return super()._process_video_input(video_input)
+        rows, start = [], 0
+        for gt, gh, gw in grids.tolist():
+            rows += [start + f * gh * gw + i for f in encoded for i in range(gh * gw)]
+            start += gt * gh * gw
+        sliced = grids.clone()
+        sliced[:, 0] = len(encoded)
+        kept = {"type": "pixel_values_videos", "video_grid_thw": sliced}
+        kept["pixel_values_videos"] = pixels[torch.tensor(rows, device=pixels.device)]
+        per_frame = (h // merge) * (w // merge)
+        self._vidpress_encoded = encoded
+        return tuple(_lay_back(e, encoded, t, per_frame) for e in super()._process_video_input(kept))
 
     def recompute_mrope_positions(
         self, input_ids: Any, multimodal_embeddings: Sequence[Tensor], mrope_positions: Tensor, num_computed_tokens: int
@@ -336,7 +361,7 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
                 attention=None if signals is None else signals[0][i].view(1, t, h * w),
                 keys=None if signals is None else signals[1][i].view(1, t, h * w, -1),
             )
-            kept, source = compress_video(stage, tokens)
+            kept, source = compress_video(stage, tokens, encoded=getattr(self, "_vidpress_encoded", None))
             positions = compute_mrope_for_media(
                 size,
                 merge,
