@@ -11,9 +11,12 @@ placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built,
   contiguously, as the reference implementations do.
 - Qwen2.5-VL: each kept token carries its original (t, h, w) M-RoPE ids, appended to its embedding and put in
   place by vLLM's ``recompute_mrope_positions`` (the ``SupportsMultiModalPruning`` path EVS uses).
-- Stages that score tokens by the vision encoder's attention (VisionZip, FastVID) get it from vLLM's SigLIP
-  tower through a forward pre-hook on its last attention (recomputed in fp32 from its ``qkv_proj``; vLLM's
-  module is untouched), pooled like the features.
+- Stages that score tokens by the vision encoder's attention (VisionZip, FastVID) get it from the tower through
+  a forward pre-hook on its last attention (SigLIP's ``qkv_proj``; Qwen2.5-VL's last, full-attention ViT block
+  with its rotary embedding), recomputed in fp32 and pooled like the features; vLLM's modules are untouched.
+- A stage that declares the only frames its plan can use (``encoded_frames``: uniform frame sampling) gets only
+  those through the tower (frames; Qwen2.5-VL: temporal patches), laid back on the full grid with zeros
+  elsewhere; a plan keeping a skipped frame raises (:func:`~vidpress.stages.check_encoded`).
 """
 
 from __future__ import annotations
