@@ -31,6 +31,17 @@ def compose(*parts: Method | Stages | Stage) -> Stages:
     return compose_stages(*(part.build() if isinstance(part, Method) else part for part in parts))
 
 
+def check_params(cls: type, label: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`UnknownMethodError`, with the closest valid name, for a key of ``params`` that is not an init
+    field of the dataclass ``cls`` (``label`` names it in the message)."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in params:
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise UnknownMethodError(f"{label} has no parameter {key!r} (valid: {', '.join(names)}){suggestion}")
+
+
 class Method:
     """Base class of every method; subclasses are frozen dataclasses and implement :meth:`build`."""
 
@@ -91,12 +102,7 @@ class Method:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> Method:
         """Build from a mapping; unknown keys raise :class:`UnknownMethodError` with a suggestion."""
-        names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-        for key in params:
-            if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise UnknownMethodError(f"{cls.name} has no parameter {key!r} (valid: {', '.join(names)}){suggestion}")
+        check_params(cls, cls.name, params)
         return cls(**params)  # type: ignore[call-arg]
 
 

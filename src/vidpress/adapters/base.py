@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..specs import LLMDims, ModelSpec
+from ..stages import lay_back
 from ..tokens import VisualTokens
 
 if TYPE_CHECKING:
@@ -167,13 +167,7 @@ class Adapter:
     def expand_frames(self, output: Any, keep: list[int], frames: int, per_frame: int) -> Any:
         """The encoder's ``output`` for the frames ``keep`` laid back on all ``frames``: ``pooler_output`` (B,
         F'*T + E, D) becomes (B, F*T + E, D), zeros where a frame was not encoded, the model's extra tokens last."""
-        pooled = output.pooler_output
-        encoded = len(keep) * per_frame
-        full = pooled.new_zeros(pooled.shape[0], frames * per_frame + pooled.shape[1] - encoded, pooled.shape[2])
-        index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in keep]).to(pooled.device)
-        full[:, index] = pooled[:, :encoded]
-        full[:, frames * per_frame :] = pooled[:, encoded:]
-        output.pooler_output = full
+        output.pooler_output = lay_back(output.pooler_output, keep, frames, per_frame)
         return output
 
     def encode_video(self, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:

@@ -19,12 +19,23 @@ from torch import Tensor, nn
 
 from ..errors import BudgetError, VidpressError
 from ..specs import ModelSpec, VisionDims
+from ..stages import lay_back
 from ..tokens import VisualTokens
 from .base import Adapter
 
 if TYPE_CHECKING:
     from ..models.random import LoadedModel
     from ..processing import OfflineVideoProcessor
+
+
+def temporal_patch_rows(grids: list[list[int]], keep: list[int]) -> list[int]:
+    """Rows of Qwen's flattened patches (videos one after another, each ``t`` temporal patches of ``h*w`` patch
+    rows) that belong to the temporal patches ``keep`` of every video, in order."""
+    rows, start = [], 0
+    for t, h, w in grids:
+        rows += [start + f * h * w + i for f in keep for i in range(h * w)]
+        start += t * h * w
+    return rows
 
 
 class Qwen2_5_VLAdapter(Adapter):
@@ -136,24 +147,14 @@ class Qwen2_5_VLAdapter(Adapter):
     def select_frames(self, arguments: dict[str, Any], keep: list[int]) -> dict[str, Any]:
         """Patch rows of the temporal patches ``keep`` of every video, and their grids with ``t = len(keep)``."""
         pixels, grids = arguments["pixel_values_videos"], arguments["video_grid_thw"]
-        rows, start = [], 0
-        for t, h, w in grids.tolist():
-            per_patch = h * w
-            rows += [start + f * per_patch + i for f in keep for i in range(per_patch)]
-            start += t * per_patch
-        index = torch.tensor(rows, device=pixels.device)
+        index = torch.tensor(temporal_patch_rows(grids.tolist(), keep), device=pixels.device)
         grids = grids.clone()
         grids[:, 0] = len(keep)
         return {**arguments, "pixel_values_videos": pixels[index], "video_grid_thw": grids}
 
     def expand_frames(self, output: Any, keep: list[int], frames: int, per_frame: int) -> Any:
         """Each video's merged tokens (T'*h*w, D) laid back on all ``frames`` temporal patches, zeros elsewhere."""
-        index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in keep])
-        expanded = []
-        for pooled in output.pooler_output:
-            full = pooled.new_zeros(frames * per_frame, pooled.shape[-1])
-            full[index.to(pooled.device)] = pooled
-            expanded.append(full)
+        expanded = [lay_back(pooled, keep, frames, per_frame) for pooled in output.pooler_output]
         output.pooler_output = (
             type(output.pooler_output)(expanded) if isinstance(output.pooler_output, tuple) else expanded
         )

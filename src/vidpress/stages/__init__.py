@@ -21,6 +21,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
+from torch import Tensor
+
 from ..errors import IncompatibleStagesError, InvalidParameterError, VidpressError
 from ..selection import Selection
 from ..tokens import LayerSignals, PackedTokens, StageContext, VisualTokens
@@ -245,6 +248,18 @@ def check_encoded(plan: Selection | PackedTokens, encoded: list[int], tokens_per
             f"the pre-LLM plan keeps tokens of frames {sorted(skipped)[:8]} that the vision stage did not encode; "
             "the stages disagree on the frames to encode"
         )
+
+
+def lay_back(x: Tensor, encoded: list[int], frames: int, tokens_per_frame: int) -> Tensor:
+    """Tokens of the ``encoded`` frames laid back on all ``frames``, on the token axis (second to last):
+    (..., F'*T + E, D) -> (..., F*T + E, D), zeros where a frame was not encoded, the ``E`` extra tokens last."""
+    kept = len(encoded) * tokens_per_frame
+    shape = (*x.shape[:-2], frames * tokens_per_frame + x.shape[-2] - kept, x.shape[-1])
+    full = x.new_zeros(shape)
+    index = torch.cat([torch.arange(f * tokens_per_frame, (f + 1) * tokens_per_frame) for f in encoded])
+    full[..., index.to(x.device), :] = x[..., :kept, :]
+    full[..., frames * tokens_per_frame :, :] = x[..., kept:, :]
+    return full
 
 
 def _slot_of(stage: object) -> str:

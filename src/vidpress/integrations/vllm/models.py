@@ -45,7 +45,9 @@ from vllm.multimodal.processing import PromptReplacement
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ...adapters.encoder_attention import received_attention
+from ...adapters.qwen2_5_vl import temporal_patch_rows
 from ...errors import InvalidParameterError
+from ...stages import lay_back
 from ...tokens import VisualTokens
 from .serving import ServingConfig, compress_video, serving_config
 
@@ -139,7 +141,7 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
         for i, (emb, f) in enumerate(zip(videos, frames)):
             emb = emb.reshape(-1, emb.shape[-1])
             if encoded[i] is not None:
-                emb = _lay_back(emb, encoded[i], f, per_frame)
+                emb = lay_back(emb, encoded[i], f, per_frame)
             tokens = VisualTokens(
                 emb[: f * per_frame].view(1, f, per_frame, -1),
                 (side, side),
@@ -160,15 +162,6 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             received, keys = received[:, 1:], keys[:, 1:]
         pooled = self.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
         return pooled[..., 0], pooled[..., 1:]
-
-
-def _lay_back(emb: Tensor, encoded: list[int], frames: int, per_frame: int) -> Tensor:
-    """(F'*T + E, D) embeddings of the ``encoded`` frames laid on all ``frames`` (zeros elsewhere), extras last."""
-    full = emb.new_zeros(frames * per_frame + emb.shape[0] - len(encoded) * per_frame, emb.shape[-1])
-    index = torch.cat([torch.arange(f * per_frame, (f + 1) * per_frame) for f in encoded]).to(emb.device)
-    full[index] = emb[: len(encoded) * per_frame]
-    full[frames * per_frame :] = emb[len(encoded) * per_frame :]
-    return full
 
 
 def _qwen_signals(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -313,17 +306,14 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         pixels = video_input.get("pixel_values_videos")
         if encoded is None or pixels is None or len({tuple(g.tolist()) for g in grids}) > 1:
             return super()._process_video_input(video_input)
-        rows, start = [], 0
-        for gt, gh, gw in grids.tolist():
-            rows += [start + f * gh * gw + i for f in encoded for i in range(gh * gw)]
-            start += gt * gh * gw
+        rows = temporal_patch_rows(grids.tolist(), encoded)
         sliced = grids.clone()
         sliced[:, 0] = len(encoded)
         kept = {"type": "pixel_values_videos", "video_grid_thw": sliced}
         kept["pixel_values_videos"] = pixels[torch.tensor(rows, device=pixels.device)]
         per_frame = (h // merge) * (w // merge)
         self._vidpress_encoded = encoded
-        return tuple(_lay_back(e, encoded, t, per_frame) for e in super()._process_video_input(kept))
+        return tuple(lay_back(e, encoded, t, per_frame) for e in super()._process_video_input(kept))
 
     def recompute_mrope_positions(
         self, input_ids: Any, multimodal_embeddings: Sequence[Tensor], mrope_positions: Tensor, num_computed_tokens: int

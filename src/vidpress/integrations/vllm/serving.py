@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ...errors import InvalidParameterError, UnknownMethodError, VidpressError
+from ...method import check_params
 from ...selection import Selection
 from ...stages import PreLLMStage, check_encoded
 from ...stages.pre_llm.temporal_merge import TemporalMerge
@@ -77,7 +78,8 @@ def serving_config(config: Any) -> ServingConfig:
     if name in _NOT_SERVABLE:
         raise InvalidParameterError(f"method {name!r} cannot run in vLLM: {_NOT_SERVABLE[name]}")
     if name == "ttm":
-        stage = _build(TemporalMerge, "ttm", settings)
+        check_params(TemporalMerge, "ttm", settings)
+        stage = TemporalMerge(**settings)
     else:
         from ...methods import METHODS
 
@@ -95,16 +97,6 @@ def serving_config(config: Any) -> ServingConfig:
             "vLLM sizes the prompt before it sees the video: use mode='fixed'"
         )
     return ServingConfig(name, stage, settings)
-
-
-def _build(cls: type, name: str, settings: dict[str, Any]) -> Any:
-    import dataclasses
-
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in settings:
-        if key not in names:
-            raise UnknownMethodError(f"{name} has no parameter {key!r} (valid: {', '.join(names)})")
-    return cls(**settings)
 
 
 def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] | None = None) -> tuple[Tensor, Tensor]:
