@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument("-o", "--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    for name in ("requests", "frames", "new_tokens", "kv_budget_tokens", "layers", "hidden", "image_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.image_size % 28:
+        parser.error(f"--image-size must be a multiple of 28 (Qwen2.5-VL's patch merge), got {args.image_size}")
 
     import numpy as np
     import torch
