@@ -22,15 +22,24 @@ import torch
 
 from vidpress.evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option, merge_repeats
 from vidpress.pipeline import build_inputs, chat_prompt
-from vidpress.testbed.scenes import TYPES, Sample, ask, describe
+from vidpress.testbed.scenes import NEEDLE_TYPES, TYPES, Sample, ask, ask_needle, describe
 
 from .align import project, word_targets
 
+#: kinds a needle video is also asked: the object kinds (first, last, never) are left out, as their distractors
+#: may be the needle's looks, which the video does show
+NEEDLE_VIDEO_KINDS = ("scene_count", "color_in_scene", "changed", "count_in_scene")
+
 
 def video_questions(sample: Sample, seed: int = 0) -> list[Sample]:
-    """``sample`` and one more question of every other kind its scenes can pose, seeded by the video id."""
+    """``sample`` and one more question of every other kind its scenes can pose, seeded by the video id (a needle
+    video: every other needle kind and :data:`NEEDLE_VIDEO_KINDS`)."""
     rng = np.random.default_rng([seed, zlib.crc32(sample.video_id.encode())])
-    extra = [ask(kind, sample.scenes, rng) for kind in TYPES if kind != sample.question.kind]
+    if sample.needle is not None:
+        extra = [ask_needle(k, sample.scenes, sample.needle, rng) for k in NEEDLE_TYPES if k != sample.question.kind]
+        extra += [ask(kind, sample.scenes, rng) for kind in NEEDLE_VIDEO_KINDS]
+    else:
+        extra = [ask(kind, sample.scenes, rng) for kind in TYPES if kind != sample.question.kind]
     return [sample] + [replace(sample, question=q) for q in extra if q is not None]
 
 
@@ -66,7 +75,7 @@ def encode(
     out = []
     with torch.no_grad():  # not inference_mode: the features feed a graph that trains the projector
         for sample in samples:
-            truth = describe(sample.scenes, frames if spans else None, changes)
+            truth = describe(sample.scenes, frames if spans else None, changes, sample.needle)
             history = [(CAPTION, truth)] if describe_first else []
             inputs = build_inputs(processor, sample.frames(size, frames), choice_prompt(sample), history)
             ids = inputs["input_ids"][0]  # kept on the CPU, like everything encode returns; batches move later

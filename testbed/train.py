@@ -38,7 +38,7 @@ import torch
 
 from vidpress.evaluate import PROTOCOLS
 from vidpress.testbed.saved import TESTBED_DIR, read_saved, save
-from vidpress.testbed.scenes import TYPES, make_split
+from vidpress.testbed.scenes import NEEDLE_TYPES, TYPES, make_needle_split, make_split
 
 from .align import align
 from .lora import add_lora, lora_factors, merge_lora, set_lora
@@ -80,6 +80,7 @@ def train(
     description_weight: float = 1.0,
     description_spans: bool = False,
     description_changes: bool = False,
+    needles: float = 0.0,
     seconds: float | None = None,
     checkpoint: Path | None = None,
     init: Path | None = None,
@@ -103,7 +104,9 @@ def train(
     twice costs a wrong frame range (the describe protocol's main error). ``description_changes`` trains
     descriptions that name the one attribute that changed from the scene before ("...; changed: the
     background."), so a ``changed`` question reads its answer off the description instead of comparing two
-    sentences (the LM's weak spot even from true descriptions).
+    sentences (the LM's weak spot even from true descriptions). ``needles`` (0-1) is the share of training and
+    validation videos that carry a needle (``needle_train`` / ``needle_validation`` splits, never the held-out
+    ``needle`` split), asked the needle kinds besides the others; their descriptions name the needle.
     ``seconds`` caps the whole run's wall time (encoding included): after 20 steps, and after each validation,
     the step count shrinks to what the latest steps' pace fits, and the cosine schedule follows it; a step that
     ends past the cap is the last. The weights kept are the best validation accuracy's, the LoRA merged; the
@@ -119,7 +122,7 @@ def train(
     ValueError
         ``init`` holds a LoRA of another rank than ``rank``; a batch has no item of the kinds in training
         (``data`` without captions, say, when only captions train); or ``protocol`` is not one of
-        :data:`PROTOCOLS`; or ``description_weight`` is negative.
+        :data:`PROTOCOLS`; ``description_weight`` is negative; or ``needles`` is outside [0, 1].
     """
     from tqdm.auto import tqdm
 
@@ -129,24 +132,33 @@ def train(
         raise ValueError(
             f"description_weight must be >= 0 (1 weighs the description like the answers), got {description_weight}"
         )
+    if not 0 <= needles <= 1:
+        raise ValueError(f"needles is the share of videos with a needle, in [0, 1]; got {needles}")
     describing = protocol == "describe"
     say = log or (lambda _: None)
     torch.manual_seed(seed)
     tokenizer = processor.tokenizer
     started = time.time()
     told = {"describe_first": describing, "spans": description_spans, "changes": description_changes}
+
+    def videos(split: str, count: int) -> list:  # ``needles`` of them with a needle, the two kinds interleaved
+        hidden = round(count * needles)
+        plain = make_split(split, count - hidden, seed)
+        pins = make_needle_split(hidden, frames, seed, f"needle_{split}")
+        return [s for pair in zip(plain, pins) for s in pair] + plain[len(pins) :] + pins[len(plain) :]
+
     train_data, val_data = data or (
         encode(
             model,
             processor,
-            make_split("train", train_videos, seed),
+            videos("train", train_videos),
             frames,
             size,
             seed,
             caption=not describing and (caption or caption_steps > 0),
             **told,
         ),
-        encode(model, processor, make_split("validation", val_videos, seed), frames, size, seed, **told),
+        encode(model, processor, videos("validation", val_videos), frames, size, seed, **told),
     )
     say(
         f"encoded {len(train_data)} + {len(val_data)} videos in {time.time() - started:.0f} s on {hardware_name(model)}"
@@ -203,6 +215,7 @@ def train(
         "description_weight": description_weight,
         "description_spans": description_spans,
         "description_changes": description_changes,
+        "needles": needles,
         "merge_repeats": describing,
         "curriculum": curriculum,
         "device": hardware_name(model),
@@ -257,9 +270,8 @@ def train(
             break
         clock = time.time()
         asked = step - caption_steps  # questions' steps so far (<= 0: the caption phase)
-        kinds = (
-            ("caption",) if asked <= 0 else CURRICULUM[: 1 + (asked - 1) // curriculum] if curriculum else TYPES
-        ) + (("caption",) if caption else ())
+        asking = CURRICULUM[: 1 + (asked - 1) // curriculum] if curriculum else TYPES + NEEDLE_TYPES
+        kinds = (("caption",) if asked <= 0 else asking) + (("caption",) if caption else ())
         chunk = [
             {**v, "questions": [q for q in v["questions"] if q["kind"] in kinds]}
             for v in (train_data[i] for i in order[(step - 1) * batch : step * batch])
@@ -351,6 +363,13 @@ def main(argv: list[str] | None = None) -> None:
         help="describe protocol: a scene that differs from the one before in one attribute names it",
     )
     parser.add_argument(
+        "--needles",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of training and validation videos with a needle (needle_train / needle_validation splits)",
+    )
+    parser.add_argument(
         "--seconds",
         type=float,
         default=None,
@@ -396,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         description_weight=args.description_weight,
         description_spans=args.description_spans,
         description_changes=args.description_changes,
+        needles=args.needles,
         seconds=args.seconds,
         checkpoint=args.out,
         init=args.init,

@@ -710,6 +710,8 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
     assert record["description_changes"] and record["merge_repeats"] and not record["description_spans"]
     with pytest.raises(ValueError, match="protocol"):
         training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, protocol="cot", log=None)
+    with pytest.raises(ValueError, match="needles is the share.*1.5"):
+        training.train(loaded.model, loaded.processor, steps=1, train_videos=2, val_videos=1, needles=1.5, log=None)
     with pytest.raises(ValueError, match="description_weight must be >= 0.*-1"):
         training.train(
             loaded.model,
@@ -721,6 +723,54 @@ def test_training_with_the_describe_protocol_records_it(monkeypatch):
             description_weight=-1.0,
             log=None,
         )
+
+
+def test_training_with_needles_mixes_needle_videos_in_and_validates_on_them(monkeypatch):
+    """--needles 0.5: half the training and validation videos carry a needle (the needle_* salts), their
+    descriptions name it, the needle kinds train and validate beside the others."""
+    from testbed import qa
+    from testbed import train as training
+    from vidpress.models.random import random_model
+    from vidpress.testbed.scenes import NEEDLE_TYPES
+
+    encoded, seen = [], []
+    real_encode, real_loss = training.encode, training.answer_loss
+    monkeypatch.setattr(
+        training,
+        "encode",
+        lambda m, p, samples, *a, **k: encoded.append(samples) or real_encode(m, p, samples, *a, **k),
+    )
+    monkeypatch.setattr(
+        training,
+        "answer_loss",
+        lambda model, videos, weight: (
+            seen.append([q["kind"] for v in videos for q in v["questions"]]) or real_loss(model, videos, weight)
+        ),
+    )
+    loaded = random_model(layers=2, hidden=64, image_size=56, seed=0)
+    record = training.train(
+        loaded.model,
+        loaded.processor,
+        steps=2,
+        train_videos=4,
+        val_videos=2,
+        frames=4,
+        size=56,
+        batch=4,
+        rank=4,
+        eval_every=2,
+        align_steps=0,
+        protocol="describe",
+        needles=0.5,
+        log=None,
+    )
+    train_set, val_set = encoded
+    assert [s.needle is not None for s in train_set] == [False, True, False, True]
+    assert [s.video_id.split("-")[0] for s in val_set] == ["validation", "needle_validation"]
+    assert set(NEEDLE_TYPES) <= set(seen[0]) and record["needles"] == 0.5
+    assert set(NEEDLE_TYPES) <= set(record["history"][-1]["val_accuracy"])
+    truth = qa.encode(loaded.model, loaded.processor, train_set[1:2], 4, 56, describe_first=True)[0]["description"]
+    assert "briefly a small" in loaded.processor.tokenizer.decode(truth)
 
 
 def test_description_spans_name_the_sampled_frames_of_each_scene(tiny):

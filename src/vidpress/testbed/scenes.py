@@ -45,9 +45,18 @@ CHANGES = ("the background", "the object's colour", "the object's shape", "the n
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 TYPES = ("scene_count", "color_in_scene", "first", "last", "never", "changed", "count_in_scene")
 NEEDLE_TYPES = ("needle_object", "needle_color", "needle_scene")
-SPLIT_SALT = {"train": 0, "validation": 1_000_003, "test": 2_000_029, "needle": 3_000_017}
-#: The needle's radius as a fraction of the frame side (an object of the scenes has 1/10).
-NEEDLE_RADIUS = 1 / 20
+SPLIT_SALT = {
+    "train": 0,
+    "validation": 1_000_003,
+    "test": 2_000_029,
+    "needle": 3_000_017,
+    "needle_train": 4_000_037,
+    "needle_validation": 5_000_011,
+}
+NEEDLE_SPLITS = ("needle", "needle_train", "needle_validation")  #: the held-out needle split and training's two
+#: The needle's radius as a fraction of the frame side (an object of the scenes has 1/10): 16 px across at 112 px,
+#: a few of DINOv2's 14 px patches, part of one or two of the 16 pooled visual tokens of its frame.
+NEEDLE_RADIUS = 1 / 14
 
 
 @dataclass(frozen=True)
@@ -133,21 +142,26 @@ def frame_indices(scenes: tuple[Scene, ...], count: int) -> np.ndarray:
     return np.linspace(0, sum(s.frames for s in scenes) - 1, count).round().astype(int)
 
 
-def describe(scenes: tuple[Scene, ...], frames: int | None = None, changes: bool = False) -> str:
+def describe(
+    scenes: tuple[Scene, ...], frames: int | None = None, changes: bool = False, needle: Needle | None = None
+) -> str:
     """The scene list as text ("Scene 1: 2 red circles on a gray background. ..."): the text control's stand-in
     for the video and the testbed's caption target. With ``frames`` (the sampled frame count), each scene also
     says which sampled frames show it, 1-based ("Scene 2 (frames 4-6): ..."), so a description has to place
     every boundary; a scene no sampled frame shows is left out, as the model cannot see it. With ``changes``, a
     scene whose looks differ from the scene before in exactly one attribute names it ("...; changed: the
-    object's colour."), the answer a ``changed`` question about the pair takes."""
+    object's colour."), the answer a ``changed`` question about the pair takes. With ``needle``, the scene it
+    shows in says so ("...; briefly a small yellow triangle."), what every needle question reads off."""
+    starts = np.cumsum([0] + [s.frames for s in scenes])
+    needle_in = None if needle is None else int(np.searchsorted(starts, needle.frames[0], side="right") - 1)
 
     def looks(i: int) -> str:
         changed = answer("changed", scenes, {"scene": i - 1}) if changes and i else None
-        return _looks(scenes[i]) + (f"; changed: {changed}" if changed else "")
+        seen = f"; briefly a small {needle.object}" if needle is not None and i == needle_in else ""
+        return _looks(scenes[i]) + (f"; changed: {changed}" if changed else "") + seen
 
     if frames is None:
         return " ".join(f"Scene {i + 1}: {looks(i)}." for i in range(len(scenes)))
-    starts = np.cumsum([0] + [s.frames for s in scenes])
     shown = np.searchsorted(starts, frame_indices(scenes, frames), side="right") - 1  # scene of each sampled frame
     parts = []
     for i in dict.fromkeys(shown.tolist()):  # scenes in order of appearance
@@ -304,8 +318,8 @@ def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
     """``videos`` samples (one question each, question kinds in rotation) of ``split``: train, validation or
     test, seeded so splits never share a video seed. Same arguments, same samples (the needle split has its own
     generator, :func:`make_needle_split`)."""
-    if split == "needle":
-        return make_needle_split(videos)
+    if split in NEEDLE_SPLITS:
+        return make_needle_split(videos, seed=seed, split=split)
     if split not in SPLIT_SALT:
         raise ValueError(f"split must be one of {sorted(SPLIT_SALT)}, got {split!r}")
     rng = np.random.default_rng(seed + SPLIT_SALT[split])
@@ -329,12 +343,18 @@ def place_needle(scenes: tuple[Scene, ...], frames: int, rng: np.random.Generato
     sampled = frame_indices(scenes, frames)
     starts = np.cumsum([0] + [s.frames for s in scenes])
     scene_of = np.searchsorted(starts, sampled, side="right") - 1
+
+    def runs_of(span: int) -> list[int]:
+        return [
+            i
+            for i in range(frames - span + 1)
+            if len(set(scene_of[i : i + span].tolist())) == 1 and len(set(sampled[i : i + span].tolist())) == span
+        ]
+
     span = int(rng.integers(1, 3))
-    runs = [
-        i
-        for i in range(frames - span + 1)
-        if len(set(scene_of[i : i + span].tolist())) == 1 and len(set(sampled[i : i + span].tolist())) == span
-    ]
+    runs = runs_of(span)
+    if not runs:  # few sampled frames: no scene shows two in a row
+        span, runs = 1, runs_of(1)
     first = int(rng.choice(runs))
     shown = tuple(int(f) for f in sampled[first : first + span])
     objects = {s.object for s in scenes}
@@ -375,15 +395,24 @@ def ask_needle(kind: str, scenes: tuple[Scene, ...], needle: Needle, rng: np.ran
     return Question(kind, text, tuple(options), options.index(correct), {"needle": True})
 
 
-def make_needle_split(videos: int = 300, frames: int = 12, seed: int = 0) -> list[Sample]:
+def make_needle_split(videos: int = 300, frames: int = 12, seed: int = 0, split: str = "needle") -> list[Sample]:
     """The needle split: ``videos`` samples of the test split's kind of video, each with a needle on one or two of
     its ``frames`` uniformly sampled frames and one needle question (kinds in rotation). Held out: its own seed
-    salt. Same arguments, same samples."""
-    rng = np.random.default_rng(seed + SPLIT_SALT["needle"])
+    salt; ``split`` ``"needle_train"`` / ``"needle_validation"`` draw testbed training's needle videos from salts
+    of their own. Same arguments, same samples.
+
+    Raises
+    ------
+    ValueError
+        ``split`` is not one of :data:`NEEDLE_SPLITS`.
+    """
+    if split not in NEEDLE_SPLITS:
+        raise ValueError(f"needle split must be one of {NEEDLE_SPLITS}, got {split!r}")
+    rng = np.random.default_rng(seed + SPLIT_SALT[split])
     samples = []
     for i in range(videos):
         scenes = random_video(rng)
         needle, _ = place_needle(scenes, frames, rng)
         question = ask_needle(NEEDLE_TYPES[i % len(NEEDLE_TYPES)], scenes, needle, rng)
-        samples.append(Sample(f"needle-{seed}-{i:05d}", scenes, question, needle))
+        samples.append(Sample(f"{split}-{seed}-{i:05d}", scenes, question, needle))
     return samples
