@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vidpress.errors import BudgetError
+from vidpress.errors import BudgetError, InvalidParameterError
 from vidpress.selection import Selection
 from vidpress.stages.decode.dynamic_kv import DynamicKV
 from vidpress.stages.decode.layerwise_trim import LayerwiseTrim
@@ -186,6 +186,56 @@ def test_event_pooling_blocks_fit_the_video(frames, side, seed, key_events, key_
 
 @FUZZ
 @given(
+    frames=st.integers(1, 12),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    retention=retentions,
+    seed=st.integers(0, 99),
+    pool=st.sampled_from(["bilinear", "average"]),
+    mode=st.sampled_from(["fixed", "faithful"]),
+)
+def test_event_pooling_fixed_budget_keeps_its_declared_count(frames, h, w, retention, seed, pool, mode):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, frames, h * w, 8, generator=g)
+    tokens = VisualTokens(x, (h, w), extra=torch.randn(1, 1, 8, generator=g), text=torch.randn(1, 3, 8, generator=g))
+    stage = EventPooling(retention=retention, pool=pool, mode=mode)
+    low = stage.budget_strides()[-1]
+    per_low = (math.ceil(h / low) * math.ceil(w / low)) if pool == "bilinear" else (h // low) * (w // low)
+    budget = max(1, round(retention * frames * h * w))
+    if per_low == 0 or frames * per_low > budget:  # refused before any work, naming the fix
+        with pytest.raises((BudgetError, InvalidParameterError), match="raise retention|use pool='bilinear'"):
+            stage.kept_count(frames, h * w, (h, w))
+        return
+    declared = stage.kept_count(frames, h * w, (h, w))
+    packed = stage(tokens)
+    assert packed.num_visual == declared <= budget and packed.extra_tokens == 1
+    check_packed(packed, frames * h * w, h * w, declared)
+    plan = packed.info[0]
+    assert sum(plan.tokens) == declared and sorted(plan.strides) == sorted(stage.allotment(frames, (h, w)))
+
+
+def test_event_pooling_fixed_budget_gives_the_key_frame_of_the_key_event_its_tokens():
+    """Two events (frames 0-2 and 3-5); the question points at frame 4: its event is the key event and it the key
+    frame, so it alone keeps the model's 4 x 4 tokens at a budget that affords one such frame."""
+    a, b = torch.zeros(16), torch.zeros(16)
+    a[0], b[1] = 1.0, 1.0
+    frames = torch.stack([a, a, a, b, b, b]) + 0.01 * torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    frames[4, 2] = 0.5  # frame 4 is the one most like the question
+    text = torch.zeros(1, 1, 16)
+    text[0, 0, 1], text[0, 0, 2] = 1.0, 1.0
+    tokens = VisualTokens(frames[None, :, None].expand(1, 6, 16, 16).clone(), (4, 4), text=text)
+    stage = EventPooling(retention=0.3, mode="faithful", boundaries=1, key_events=1, key_frames=1)
+    # 96 tokens at 30 %: 29, and 1 token a frame at the low stride. By rank, the finest stride that leaves the later
+    # frames 1 each: 16 (16 + 5 <= 29), then 4 (20 + 4 <= 29), 4 (24 + 3 <= 29), then 1, 1, 1: 27 tokens
+    assert stage.kept_count(6, 16) == 27
+    plan = stage(tokens).info[0]
+    assert plan.events == [(0, 2), (3, 5)] and plan.key_events == [1] and 4 in plan.key_frames
+    assert plan.strides[4] == 1 and sorted(plan.strides) == [1, 2, 2, 4, 4, 4]
+    assert plan.tokens == [{1: 16, 2: 4, 4: 1}[s] for s in plan.strides]
+
+
+@FUZZ
+@given(
     n=st.integers(1, 300),
     keep=st.floats(0, 1),
     seed=st.integers(0, 99),
@@ -230,7 +280,13 @@ def test_layerwise_trim_never_grows_a_layer(counts, first):
 
 @pytest.mark.parametrize(
     "stage",
-    [UniformBaseline(retention=1.0), TemporalMerge(k=0.0), VisionZip(retention=1.0), FastVID(retention=1.0)],
+    [
+        UniformBaseline(retention=1.0),
+        TemporalMerge(k=0.0),
+        VisionZip(retention=1.0),
+        FastVID(retention=1.0),
+        EventPooling(retention=1.0),
+    ],
 )
 def test_keep_everything_is_the_identity(stage):
     tokens = visual(9, 3, 0)

@@ -18,7 +18,7 @@ from vidpress.tokens import VisualTokens
 def test_no_entry_or_none_is_the_uncompressed_model():
     assert serving_config({}).stage is None
     assert serving_config({"vidpress": {"method": "none"}}).stage is None
-    assert servable_methods() == ["none", "ttm", "visionzip", "fastvid", "frames", "spatial", "random"]
+    assert servable_methods() == ["none", "ttm", "events", "visionzip", "fastvid", "frames", "spatial", "random"]
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,10 @@ def test_no_entry_or_none_is_the_uncompressed_model():
         ({"method": "ttm", "kk": 0.7}, UnknownMethodError, "no parameter 'kk'"),
         ({"method": "visionzip", "retention": 0}, BudgetError, "retention must be in"),
         ({"method": "dycoke"}, InvalidParameterError, "use method 'ttm'"),
-        ({"method": "metok"}, InvalidParameterError, "content decide"),
+        ({"method": "metok"}, InvalidParameterError, "use method 'events'"),
+        ({"method": "events"}, InvalidParameterError, "needs a retention"),
+        ({"method": "events", "retention": 0.25, "relevance": "siglip"}, InvalidParameterError, "DistinctRelevance"),
+        ({"method": "events", "retention": 0.05}, BudgetError, "raise retention to >= 0.062"),
         ({"method": "fastv"}, InvalidParameterError, "inside the LLM"),
         ({"method": "fastvid", "mode": "faithful"}, InvalidParameterError, "mode='fixed'"),
         ({"retention": 0.25}, InvalidParameterError, 'with a "method"'),
@@ -47,6 +50,11 @@ def test_bad_entries_name_the_value_and_the_fix(entry, error, message):
         ({"method": "frames", "retention": 0.25}, 8, 64, 128),
         ({"method": "visionzip", "retention": 0.25}, 8, 64, 128),
         ({"method": "random", "retention": 0.1}, 8, 64, 51),
+        # METok's events at 25 % on an 8 x 8 grid, strides (1, 2, 4): 64, 16 and 4 tokens a frame; by rank the finest
+        # that leaves the later frames 4 each within 128: 1 key frame, 3 at the middle stride, 4 at the low one
+        ({"method": "events", "retention": 0.25}, 8, 64, 64 + 3 * 16 + 4 * 4),
+        # 10 %: 51 tokens; 8 frames x 4 = 32, then 16 - 4 = 12 more fits once: 16 + 7 * 4
+        ({"method": "events", "retention": 0.1}, 8, 64, 16 + 7 * 4),
         # TTM's count is its own (checked against the reference's in test_reference_conformance.py)
         ({"method": "ttm", "k": 0.7}, 8, 64, TemporalMerge(k=0.7).kept_count(8, 64)),
     ],
@@ -73,7 +81,7 @@ def test_compress_video_keeps_the_declared_count_then_the_extra_tokens(entry, fr
 
 def test_a_stage_that_breaks_its_declared_count_is_caught():
     class Liar(TemporalMerge):
-        def kept_count(self, frames, tokens_per_frame):
+        def kept_count(self, frames, tokens_per_frame, grid=None):
             return 1
 
     tokens = VisualTokens(torch.randn(1, 4, 4, 8), (2, 2))
@@ -83,7 +91,12 @@ def test_a_stage_that_breaks_its_declared_count_is_caught():
 
 @pytest.mark.parametrize(
     "entry",
-    [{"method": "visionzip", "retention": 0.25}, {"method": "ttm", "k": 0.7}, {"method": "random", "retention": 0.3}],
+    [
+        {"method": "visionzip", "retention": 0.25},
+        {"method": "ttm", "k": 0.7},
+        {"method": "random", "retention": 0.3},
+        {"method": "events", "retention": 0.25},
+    ],
 )
 def test_compress_video_equals_what_the_transformers_runtime_feeds_the_llm(tiny, clip_frames, entry):
     """Same model, same video: the block the plugin builds from the tower's embeddings (and encoder attention) is

@@ -35,6 +35,7 @@ METHODS = {
         {"method": "frames", "retention": 0.25},
         {"method": "spatial", "retention": 0.25},
         {"method": "random", "retention": 0.25},
+        {"method": "events", "retention": 0.25},
     ],
     "qwen2_5_vl": [
         {"method": "ttm", "k": 0.7},
@@ -42,6 +43,7 @@ METHODS = {
         {"method": "fastvid", "retention": 0.5},
         {"method": "frames", "retention": 0.25},
         {"method": "random", "retention": 0.25},
+        {"method": "events", "retention": 0.5},
     ],
 }
 
@@ -95,7 +97,8 @@ def test_every_method_cuts_the_placeholders_to_its_declared_count(checkpoints, c
         stage = serving_config({"vidpress": settings}).stage
         llm = engine(path, settings)
         out = run_one(llm, family, loaded, clip)
-        expected = stage.kept_count(temporal, per_frame) + newline
+        side = int(per_frame**0.5)  # square frames here
+        expected = stage.kept_count(temporal, per_frame, (side, side)) + newline
         assert video_placeholders(loaded, out.prompt_token_ids) == expected, settings
         assert len(out.outputs[0].token_ids) == 3, settings  # generation completes (Qwen: M-RoPE recomputed)
         del llm
@@ -135,6 +138,8 @@ def transformers_block(model, stage, inputs):
         ("qwen2_5_vl", {"method": "visionzip", "retention": 0.25}),
         ("qwen2_5_vl", {"method": "frames", "retention": 0.5}),
         ("llava_onevision", {"method": "frames", "retention": 0.25}),
+        ("llava_onevision", {"method": "events", "retention": 0.25}),
+        ("qwen2_5_vl", {"method": "events", "retention": 0.5}),
     ],
 )
 def test_vllm_keeps_what_the_transformers_path_keeps(checkpoints, clip, family, settings):

@@ -40,6 +40,9 @@ class METok(Method):
     relevance : FrameTextRelevance, optional
         Frame-text scorer: default ``EmbeddingRelevance`` (no second model); ``SiglipRelevance(path,
         tokenizer)`` is the reference's second SigLIP, for users with that checkpoint.
+    retention : float, optional
+        Stage 1's fixed-budget form (not in the paper; see EventPooling): at most that share of the visual tokens
+        enter the LLM, a count fixed before the content is seen. None: the paper's content-sized plan.
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -58,6 +61,7 @@ class METok(Method):
     min_event_frames: int = 4
     boundaries: int = 4
     relevance: Any = None
+    retention: float | None = None
 
     def build(self) -> Stages:
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
@@ -72,6 +76,7 @@ class METok(Method):
                 strides=self.strides,
                 pool=self.pool,
                 relevance=self.relevance,
+                retention=self.retention,
             ),
             prefill=AttentionRank(schedule=schedule, query_rows="text"),
             decode=LayerwiseTrim(first_layer=schedule[0][0]),

@@ -118,9 +118,10 @@ class PreLLMStage(Stage):
 
     slot: ClassVar[str] = "pre_llm"
 
-    def kept_count(self, frames: int, tokens_per_frame: int) -> int | None:
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int | None:
         """Visual tokens the stage keeps for a video of ``frames`` x ``tokens_per_frame``, when that is fixed
-        before the content is seen (a serving engine sizes the prompt with it); None when the content decides."""
+        before the content is seen (a serving engine sizes the prompt with it); None when the content decides.
+        ``grid`` is the (h, w) of a frame's tokens, for stages that re-pool it (default: square)."""
         return None
 
     def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:

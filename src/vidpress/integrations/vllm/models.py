@@ -76,7 +76,8 @@ class LlavaOnevisionInfo(LlavaOnevisionProcessingInfo):
                 image_width=image_width, image_height=image_height, num_frames=num_frames
             )
         per_frame = self._get_num_frame_tokens(image_width=image_width, image_height=image_height)
-        return stage.kept_count(num_frames, per_frame) + 1
+        side = math.isqrt(per_frame)  # vLLM's LLaVA-OV frame grid is square
+        return stage.kept_count(num_frames, per_frame, (side, side)) + 1
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -211,7 +212,7 @@ class Qwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
 
         def video_replacement(item_idx: int) -> list[int]:
             t, h, w = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
-            return [video_id] * stage.kept_count(t, (h // merge) * (w // merge))
+            return [video_id] * stage.kept_count(t, (h // merge) * (w // merge), (h // merge, w // merge))
 
         return [u for u in updates if u.modality != "video"] + [
             PromptReplacement(modality="video", target=[video_id], replacement=video_replacement)

@@ -2,7 +2,9 @@
 compression of one video's embeddings with that stage (torch only, so it is tested without vLLM).
 
 A serving engine sizes the prompt before it sees the video, so a stage runs in vLLM only when it declares its
-count from (frames, tokens per frame) alone (:meth:`~vidpress.stages.PreLLMStage.kept_count`).
+count from (frames, tokens per frame) alone (:meth:`~vidpress.stages.PreLLMStage.kept_count`). It also encodes
+(and caches) a video apart from its prompt, so no stage sees the question here: METok's event stage ranks frames
+by how distinct they are (:class:`~vidpress.stages.pre_llm.relevance.DistinctRelevance`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ...errors import InvalidParameterError, UnknownMethodError, VidpressError
 from ...method import check_params
 from ...selection import Selection
 from ...stages import PreLLMStage, check_encoded
+from ...stages.pre_llm.event_pooling import EventPooling
+from ...stages.pre_llm.relevance import DistinctRelevance
 from ...stages.pre_llm.temporal_merge import TemporalMerge
 from ...tokens import PackedTokens, VisualTokens
 
@@ -28,18 +32,23 @@ CONFIG_KEY = "vidpress"
 _NOT_SERVABLE = {
     "dycoke": "DyCoke also prunes the KV cache while decoding, which vLLM's paged cache does not take; use method "
     "'ttm' (DyCoke's pre-LLM token merging, same k and mode)",
-    "metok": "METok's event pooling lets the content decide its token count, and its later stages act inside the "
-    "LLM; vLLM sizes the prompt before it sees the video",
+    "metok": "METok's later stages act inside the LLM and its event pooling lets the content decide its token "
+    "count; use method 'events' (METok's event-aware stage in its fixed-budget form) with a retention",
     "fastv": "FastV drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
     "pdrop": "PyramidDrop drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
 }
+
+
+#: Pre-LLM stages of multi-stage methods, served by themselves: DyCoke's token merging and METok's event-aware
+#: pooling (its fixed-budget form: ``retention`` is required).
+STAGE_ENTRIES = {"ttm": TemporalMerge, "events": EventPooling}
 
 
 def servable_methods() -> list[str]:
     """Method names the plugin accepts."""
     from ...methods import METHODS
 
-    return ["none", "ttm"] + [name for name in METHODS if name not in _NOT_SERVABLE]
+    return ["none", *STAGE_ENTRIES] + [name for name in METHODS if name not in _NOT_SERVABLE]
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,20 @@ def serving_config(config: Any) -> ServingConfig:
         return ServingConfig("none", None, {})
     if name in _NOT_SERVABLE:
         raise InvalidParameterError(f"method {name!r} cannot run in vLLM: {_NOT_SERVABLE[name]}")
-    if name == "ttm":
-        check_params(TemporalMerge, "ttm", settings)
-        stage = TemporalMerge(**settings)
+    if name in STAGE_ENTRIES:
+        check_params(STAGE_ENTRIES[name], name, settings)
+        if name == "events" and settings.get("retention") is None:
+            raise InvalidParameterError(
+                "method 'events' needs a retention (its fixed-budget form), e.g. "
+                '{"method": "events", "retention": 0.25}; vLLM sizes the prompt before it sees the video'
+            )
+        if name == "events" and "relevance" in settings:
+            raise InvalidParameterError(
+                "method 'events' takes no relevance in vLLM: the engine encodes a video apart from its prompt, so "
+                "frames rank by how distinct they are (DistinctRelevance)"
+            )
+        extra = {"relevance": DistinctRelevance()} if name == "events" else {}
+        stage = STAGE_ENTRIES[name](**settings, **extra)
     else:
         from ...methods import METHODS
 
@@ -145,7 +165,7 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
         source = torch.cat([plan.keep[0].cpu(), n + torch.arange(extra.shape[1])])
     else:
         raise VidpressError(f"{type(stage).__name__} returned {type(plan).__name__}, not a Selection or PackedTokens")
-    declared = stage.kept_count(frames, per_frame) + extra.shape[1]
+    declared = stage.kept_count(frames, per_frame, tokens.grid) + extra.shape[1]
     if kept.shape[0] != declared:
         raise VidpressError(
             f"{type(stage).__name__} kept {kept.shape[0]} tokens but declared {declared} for {frames} x {per_frame}; "

@@ -13,6 +13,16 @@ faithful vs fixed (the pooling itself is the same):
   not forced into 5 events) and gives each pooled token the original position ((t, h, w) ids on M-RoPE
   models) of the model token nearest its window's centre.
 
+Fixed-budget form (``retention`` set; METok has none, vidpress adds it for serving engines, which size the prompt
+before they see the video, and for comparisons at a retention): the same events, key events and key frames rank
+the frames (key frames of key events first, then the other key-event frames and the other events' key frames,
+then the rest; by relevance within each), and the frames take, rank by rank, the finest of the (key, middle, low)
+strides that leaves every later frame the low one within ``visual_budget(retention, F*T)``. Which frames get which
+stride follows the content; how many does not, so the count is fixed by (F, T, retention)
+(:meth:`EventPooling.kept_count`). It pools the model's own token grid (METok's patch-grid strides over the 2x2
+pooling every supported family applies: (2, 4, 8) -> (1, 2, 4), so a key frame keeps the model's tokens), needs
+no unpooled capture, and ends with the model's own extra tokens instead of a newline per event.
+
 Frame-text relevance: the reference scores frames with a second full SigLIP model
 (:class:`~vidpress.stages.pre_llm.relevance.SiglipRelevance`); the default here is
 :class:`~vidpress.stages.pre_llm.relevance.EmbeddingRelevance` (no second vision model).
@@ -21,7 +31,7 @@ Frame-text relevance: the reference scores frames with a second full SigLIP mode
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -30,7 +40,8 @@ from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
 from ...stages import Needs, SourcePositions
 from ...tokens import PackedTokens, StageContext, VisualTokens
-from .events import plan_events
+from .budget import visual_budget
+from .events import EventPlan, plan_events
 from .pooling import pool_grid, window_sources
 from .relevance import EmbeddingRelevance
 
@@ -58,16 +69,21 @@ class EventPooling(SourcePositions):
     relevance : FrameTextRelevance, optional
         Frame-text scorer; default :class:`EmbeddingRelevance` (no second model), or the reference's
         :class:`SiglipRelevance` for users with a SigLIP checkpoint.
+    retention : float, optional
+        The fixed-budget form (module docstring): at most ``visual_budget(retention, F*T)`` visual tokens, a
+        count fixed before the content is seen. None (default): METok's own, content-sized plan.
 
-    Input ``tokens.unpooled`` (B, F, h0, w0, D) and ``tokens.text`` (B, R, D); returns a
-    :class:`~vidpress.tokens.PackedTokens` whose ``info`` is the list of per-row EventPlans.
+    Input ``tokens.unpooled`` (B, F, h0, w0, D) (the fixed-budget form: ``tokens.features`` (B, F, T, D) on
+    ``tokens.grid``) and ``tokens.text`` (B, R, D); returns a :class:`~vidpress.tokens.PackedTokens` whose
+    ``info`` is the list of per-row EventPlans (the fixed-budget form's strides are on the model's token grid).
 
     Raises
     ------
     InvalidParameterError
         A stride < 1, an unknown mode or pool.
     BudgetError
-        Batch rows whose videos pack to different lengths.
+        Batch rows whose videos pack to different lengths; ``retention`` outside (0, 1], or below what every
+        frame at the low stride takes.
     """
 
     mode: Literal["faithful", "fixed"] = "fixed"
@@ -79,12 +95,16 @@ class EventPooling(SourcePositions):
     strides: tuple[int, int, int, int] = (2, 4, 4, 8)
     pool: Literal["bilinear", "average"] = "bilinear"
     relevance: Any = None
+    retention: float | None = None
     needs: Needs = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.relevance is None:
             object.__setattr__(self, "relevance", EmbeddingRelevance())
-        object.__setattr__(self, "needs", Needs(unpooled=True, text=True, pixels=self.relevance.needs_pixels))
+        if self.retention is not None:
+            visual_budget(self.retention, 1)
+        unpooled = self.retention is None
+        object.__setattr__(self, "needs", Needs(unpooled=unpooled, text=True, pixels=self.relevance.needs_pixels))
         check_mode(self.mode)
         if len(self.strides) != 4 or any(int(s) != s or s < 1 for s in self.strides):
             raise InvalidParameterError(f"strides must be 4 integers >= 1, got {self.strides}")
@@ -113,7 +133,122 @@ class EventPooling(SourcePositions):
             rounding=math.ceil if self.pool == "bilinear" else math.floor,
         )
 
+    def budget_strides(self) -> tuple[int, int, int]:
+        """The fixed-budget form's (key, middle, low) pooling of the model's token grid: ``strides`` (key event
+        and key frame, key event other, non-key other) over the model's own 2x2 pooling."""
+        return tuple(max(1, self.strides[i] // 2) for i in (0, 1, 3))
+
+    def allotment(self, frames: int, grid: tuple[int, int]) -> list[int]:
+        """The fixed-budget form's stride for the frame at each priority rank (rank 0 first), from (F, grid) and
+        ``retention`` alone: the finest that leaves every later frame the low stride within the budget.
+
+        Raises
+        ------
+        BudgetError
+            Every frame at the low stride already exceeds ``visual_budget(retention, F*h*w)``.
+        InvalidParameterError
+            Average pooling at the low stride leaves no token of the grid.
+        """
+        rounding = math.ceil if self.pool == "bilinear" else math.floor
+        cost = {k: rounding(grid[0] / k) * rounding(grid[1] / k) for k in self.budget_strides()}
+        budget = visual_budget(self.retention, frames * grid[0] * grid[1])
+        fine, middle, low = self.budget_strides()
+        if cost[low] == 0:
+            raise InvalidParameterError(
+                f"average pooling by {low} leaves nothing of a {grid[0]}x{grid[1]} grid; use pool='bilinear' or "
+                "smaller strides"
+            )
+        if frames * cost[low] > budget:
+            least = frames * cost[low] / (frames * grid[0] * grid[1])
+            raise BudgetError(
+                f"METok's fixed-budget form keeps at least {cost[low]} tokens per frame (stride {low} on a "
+                f"{grid[0]}x{grid[1]} grid), {frames * cost[low]} for {frames} frames, over the {budget} of "
+                f"retention {self.retention}; raise retention to >= {least:.3f} or the low stride"
+            )
+        used, out = 0, []
+        for rank in range(frames):
+            later = (frames - 1 - rank) * cost[low]
+            stride = next(k for k in (fine, middle, low) if used + cost[k] + later <= budget)
+            out.append(stride)
+            used += cost[stride]
+        return out
+
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int | None:
+        """The fixed-budget form's visual tokens (at most ``visual_budget(retention, F*T)``); None for METok's
+        own plan, whose events decide. ``grid`` (h, w) of a frame's tokens; default square.
+
+        Raises
+        ------
+        InvalidParameterError
+            No ``grid`` and ``tokens_per_frame`` is not a square, or a ``grid`` of another size.
+        """
+        if self.retention is None:
+            return None
+        if grid is None:
+            side = math.isqrt(tokens_per_frame)
+            if side * side != tokens_per_frame:
+                raise InvalidParameterError(f"{tokens_per_frame} tokens per frame is not a square grid; pass grid")
+            grid = (side, side)
+        if grid[0] * grid[1] != tokens_per_frame:
+            raise InvalidParameterError(f"grid {grid} does not hold {tokens_per_frame} tokens per frame")
+        rounding = math.ceil if self.pool == "bilinear" else math.floor
+        return sum(rounding(grid[0] / k) * rounding(grid[1] / k) for k in self.allotment(frames, grid))
+
+    def _budget_plan(self, tokens: VisualTokens, row: int) -> EventPlan:
+        """Events, key events and key frames as METok plans them, then the strides of the fixed-budget form."""
+        frames = tokens.features[row].mean(1).float()
+        relevance = self.relevance(tokens, row, frames)
+        plan = plan_events(
+            frames,
+            relevance,
+            segmentation="faithful" if self.mode == "faithful" else "adaptive",
+            boundaries=self.boundaries,
+            z=self.z,
+            min_event_frames=self.min_event_frames,
+            key_events=self.key_events,
+            key_frames=self.key_frames,
+            strides=self.strides,
+            grid=tokens.grid,
+        )
+        event_of = [e for e, (a, z) in enumerate(plan.events) for _ in range(a, z + 1)]
+        tier = [
+            (event_of[f] in plan.key_events) + (f in plan.key_frames) for f in range(len(event_of))
+        ]  # 2: key frame of a key event, 1: one of the two, 0: neither
+        order = sorted(range(len(event_of)), key=lambda f: (-tier[f], -plan.relevance[f], f))
+        strides = [0] * len(order)
+        for stride, f in zip(self.allotment(len(order), tokens.grid), order):
+            strides[f] = stride
+        rounding = math.ceil if self.pool == "bilinear" else math.floor
+        counts = [rounding(tokens.grid[0] / k) * rounding(tokens.grid[1] / k) for k in strides]
+        return replace(plan, strides=strides, tokens=counts)
+
+    def _budget_call(self, tokens: VisualTokens) -> PackedTokens:
+        batch, frames, per_frame, dim = tokens.features.shape
+        h, w = tokens.grid
+        rows, plans = [], []
+        for b in range(batch):
+            plan = self._budget_plan(tokens, b)
+            feats, frame_of, events, source = [], [], [], []
+            for e, (a, z) in enumerate(plan.events):
+                for f in range(a, z + 1):
+                    k = plan.strides[f]
+                    feats.append(pool_grid(tokens.features[b, f].view(1, h, w, dim), k, self.pool)[0])
+                    where = window_sources((h, w), k, (h, w), self.pool).to(tokens.features.device)
+                    source.append(where + f * per_frame)
+                    frame_of.append(torch.full_like(where, f))
+                    events.append(torch.full_like(where, e))
+            rows.append((torch.cat(feats), torch.cat(frame_of), torch.cat(events), torch.cat(source)))
+            plans.append(plan)
+        num_events = max(len(p.events) for p in plans)
+        packed = PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra, plans)
+        key = torch.zeros_like(packed.key_events)
+        for b, p in enumerate(plans):
+            key[b, p.key_events] = True
+        return replace(packed, key_events=key)
+
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
+        if self.retention is not None:
+            return self._budget_call(tokens)
         grids = tokens.unpooled
         if grids is None:
             raise VidpressError("EventPooling needs the unpooled grid; install it with vidpress.apply to capture it")

@@ -108,7 +108,7 @@ class FastVID(PreLLMStage, StageMethod):
             check_layer(name, getattr(self, name), minimum=1)
         check_mode(self.mode)
 
-    def kept_count(self, frames: int, tokens_per_frame: int) -> int | None:
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int | None:
         """``visual_budget(r, F*T)`` in fixed mode; None in faithful mode, where the segments decide."""
         return visual_budget(self.retention, frames * tokens_per_frame) if self.mode == "fixed" else None
 

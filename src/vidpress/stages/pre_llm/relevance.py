@@ -1,10 +1,11 @@
-"""METok frame-text relevance r_i (docs/methods.md): one small interface, two scorers.
+"""METok frame-text relevance r_i (docs/methods.md): one small interface, three scorers.
 
 =======================  ==========================================  =====================================
 scorer                   signal                                      cost
 =======================  ==========================================  =====================================
 ``EmbeddingRelevance``   question embedding vs frame's mean feature  negligible (default)
 ``SiglipRelevance``      a second full SigLIP, text vs image         one more vision-tower pass per frame
+``DistinctRelevance``    no question: frame vs the video's mean      negligible (vLLM)
 =======================  ==========================================  =====================================
 """
 
@@ -33,7 +34,8 @@ class FrameTextRelevance(Protocol):
 
 class EmbeddingRelevance:
     """Default relevance, no second vision model: cosine between the mean input embedding of the text after
-    the video (the question, in the VLLM's own embedding space) and each frame's mean projected feature.
+    the video (the question, in the VLLM's own embedding space) and each frame's mean projected feature. With no
+    text after the video, :class:`DistinctRelevance`.
 
     Cost: one (F x D) by (D) product, negligible next to the vision encoder.
     """
@@ -42,9 +44,22 @@ class EmbeddingRelevance:
 
     def __call__(self, tokens: VisualTokens, row: int, frames: Tensor) -> Tensor:
         if tokens.text is None or tokens.text.shape[1] == 0:
-            return torch.zeros(frames.shape[0], device=frames.device)
+            return DistinctRelevance()(tokens, row, frames)
         query = torch.nn.functional.normalize(tokens.text[row].float().mean(0), dim=-1)
         return torch.nn.functional.normalize(frames.float(), dim=-1) @ query
+
+
+class DistinctRelevance:
+    """Question-free relevance: 1 - cosine between each frame's mean projected feature and the video's mean frame,
+    so the most distinctive frames rank first. For where no question reaches the stage: a serving engine encodes
+    (and caches) a video apart from its prompt. Cost: negligible.
+    """
+
+    needs_pixels = False
+
+    def __call__(self, tokens: VisualTokens, row: int, frames: Tensor) -> Tensor:
+        x = torch.nn.functional.normalize(frames.float(), dim=-1)
+        return 1 - x @ torch.nn.functional.normalize(x.mean(0), dim=-1)
 
 
 class SiglipRelevance:

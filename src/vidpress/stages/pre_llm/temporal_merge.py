@@ -109,7 +109,7 @@ class TemporalMerge(PreLLMStage):
     def kept_per_pruned_frame(self, tokens_per_frame: int) -> int:
         return int((1 - self.k) * tokens_per_frame)
 
-    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int:
         """Visual tokens TTM keeps: whole frames plus ``int((1 - K) * T)`` per pruned frame (3,098 for the
         reference at F=32, T=196, K=0.7). Raises InvalidParameterError where the stage would."""
         refs, emitted = ttm_references(frames, self.mode)

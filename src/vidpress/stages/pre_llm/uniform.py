@@ -48,7 +48,7 @@ class UniformBaseline(PreLLMStage):
         if self.kind not in ("frames", "spatial", "random"):
             raise BudgetError(f"kind must be 'frames', 'spatial' or 'random', got {self.kind!r}")
 
-    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int:
         return visual_budget(self.retention, frames * tokens_per_frame)
 
     def encoded_frames(self, frames: int, tokens_per_frame: int) -> list[int] | None:

@@ -71,7 +71,7 @@ class VisionZip(SourcePositions, StageMethod):
         check_ratio("contextual_share", self.contextual_share)
         check_mode(self.mode)
 
-    def kept_count(self, frames: int, tokens_per_frame: int) -> int:
+    def kept_count(self, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int:
         return visual_budget(self.retention, frames * tokens_per_frame)
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
