@@ -1,10 +1,12 @@
 """Accuracy retained per method and retention on the trained testbed (procedural video QA, issue: testbed).
 
     python benchmarks/accuracy.py [-n 200] [--retentions 0.5,0.25,0.15,0.1] [--methods all] [--resume]
+    python benchmarks/accuracy.py --split needle -n 100 --resume   # the needle split (small details)
 
-Every method x retention (``vidpress bench``'s matrix, same cells and skip notes) on the first ``n`` test
-questions, against the uncompressed testbed on the same questions. Each video is rendered and tokenised
-once. Writes benchmarks/results/<device>/accuracy.{csv,json,md} and accuracy_vs_flops.png (accuracy
+Every method x retention (``vidpress bench``'s matrix, same cells and skip notes) on the first ``n`` questions
+of the test split (or the needle split), against the uncompressed testbed on the same questions. Each video is
+rendered and tokenised once. Writes benchmarks/results/<device>/accuracy.{csv,json,md} and
+accuracy_vs_flops.png (``--split needle``: needle_accuracy.* and needle_accuracy_vs_flops.png; accuracy
 retained vs LLM prefill FLOPs, 95 % Wilson intervals as error bars). accuracy.csv/json are rewritten after
 every cell, so an interrupted run keeps what it measured; ``--resume`` keeps those cells (same questions)
 and runs only the others.
@@ -17,11 +19,22 @@ from pathlib import Path
 
 import torch
 
-from vidpress.bench import cell_key, check_writable, device_name, parse_retentions, plan, resumed_rows, write_rows
+from vidpress.bench import (
+    cell_key,
+    check_writable,
+    device_name,
+    parse_retentions,
+    plan,
+    resumed_rows,
+    split_methods,
+    write_rows,
+)
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.loading import load_model
-from vidpress.testbed.scenes import make_split
+from vidpress.testbed.scenes import make_needle_split, make_split
+
+STEMS = {"test": "accuracy", "needle": "needle_accuracy"}  #: each split's result files
 
 
 def main() -> None:
@@ -33,28 +46,35 @@ def main() -> None:
     parser.add_argument("--model", default="testbed", help="testbed (trained), or any --model of the CLI (smoke runs)")
     parser.add_argument("-o", "--out", type=Path, default=Path(__file__).parent / "results" / device_name())
     parser.add_argument("--resume", action="store_true", help="keep the cells already in OUT/accuracy.json")
+    parser.add_argument("--split", choices=list(STEMS), default="test", help="needle: small details (300 questions)")
     args = parser.parse_args()
-    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else args.methods.split(",")
+    stem = STEMS[args.split]
+    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else split_methods(args.methods)
     retentions = parse_retentions(args.retentions)
     plan(methods, retentions)  # unknown methods fail before any work
     check_writable(args.out)
-    done = resumed_rows(args.out, "accuracy") if args.resume else []
+    done = resumed_rows(args.out, stem) if args.resume else []
     if done and {r["questions"] for r in done} != {args.questions}:
         raise SystemExit(
-            f"--resume: {args.out / 'accuracy.json'} was measured on {sorted({r['questions'] for r in done})}"
+            f"--resume: {args.out / (stem + '.json')} was measured on {sorted({r['questions'] for r in done})}"
             f" questions, this run asks {args.questions}; use the same -n or drop --resume"
         )
     torch.set_grad_enabled(False)
     loaded = load_model(args.model)
     cells, notes = plan(methods, retentions, depth=loaded.model.config.text_config.num_hidden_layers)
     measured = {cell_key(r) for r in done}
-    samples = make_split("test", 560)[: args.questions]
+    if args.split == "needle" and not 0 < args.questions <= 300:
+        raise SystemExit(f"the needle split has 300 questions; -n must be 1-300, got {args.questions}")
+    samples = (make_needle_split(300, args.frames) if args.split == "needle" else make_split("test", 560))[
+        : args.questions
+    ]
     protocol = loaded.protocol
     inputs = prepare(loaded.processor, samples, frames=args.frames, protocol=protocol)
     started = time.time()
     meta = {
         "device": device_name(),
         "model": loaded.description,
+        "split": args.split,
         "questions": len(samples),
         "frames": args.frames,
         "protocol": protocol,
@@ -93,7 +113,7 @@ def main() -> None:
             "questions": result.total,
         }
         rows = sorted([*rows, row], key=lambda r: order.index(cell_key(r)))
-        write_rows(rows, notes, {**meta, "partial": True}, args.out, "accuracy")
+        write_rows(rows, notes, {**meta, "partial": True}, args.out, stem)
         print(
             f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
             f"[{low:.1%}, {high:.1%}]  retained {row['accuracy_retained']:6.1%}  "
@@ -105,16 +125,16 @@ def main() -> None:
         meta["resumed_cells"] = len(measured)
     if not loaded.trained:
         print("note: untrained model - accuracy is at or below chance; this run only checks the matrix runs")
-    write(rows, notes, meta, args.out)
+    write(rows, notes, meta, args.out, stem)
 
 
-def write(rows, notes, meta, out: Path) -> None:
+def write(rows, notes, meta, out: Path, stem: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    write_rows(rows, notes, meta, out, "accuracy")
+    write_rows(rows, notes, meta, out, stem)
     lines = [
         "| method | retention | accuracy | 95 % CI | accuracy retained | LLM prefill FLOPs / uncompressed |",
         "|---|---|---|---|---|---|",
@@ -125,8 +145,9 @@ def write(rows, notes, meta, out: Path) -> None:
             f"| {r['method']} | {target} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} "
             f"| {r['accuracy_retained']:.1%} | {r['prefill_flops_ratio']:.3f} |"
         )
-    (out / "accuracy.md").write_text(
-        f"# Accuracy retained on the testbed\n\n```json\n{json.dumps(meta, indent=2)}\n```\n\n"
+    (out / f"{stem}.md").write_text(
+        f"# Accuracy retained on the testbed ({meta.get('split', 'test')} split)\n\n"
+        + f"```json\n{json.dumps(meta, indent=2)}\n```\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "".join(f"- {n}\n" for n in notes)
@@ -154,10 +175,10 @@ def write(rows, notes, meta, out: Path) -> None:
             xlabel="LLM prefill FLOPs / uncompressed",
             ylabel=label,
             xscale="log",
-            title=f"testbed, {meta['questions']} test questions, {meta['frames']} frames",
+            title=f"testbed, {meta['questions']} {meta.get('split', 'test')} questions, {meta['frames']} frames",
         )
     axes[0][0].legend(fontsize=8)
-    fig.savefig(out / "accuracy_vs_flops.png", dpi=110)
+    fig.savefig(out / f"{stem}_vs_flops.png", dpi=110)
     plt.close(fig)
 
 

@@ -275,3 +275,28 @@ def test_short_video_with_every_frame_kept_keeps_one_newline(tiny, inputs):
         tiny.model(**inputs)
     assert len(run.last_session.stage_info[0].events) == 4  # 12 frames, at most 12 // 3 events
     assert run.report.accounting.prefill_visual[0] == 12 * 4 + 1
+
+
+def test_metok_with_settings_runs_at_the_benchmark_retentions():
+    """``metok`` alone is the paper's fixed point; ``metok[coarse=true]`` sweeps the retentions in its fixed-budget
+    form, settings parsed as literals; a malformed entry or an unknown setting is refused before any work."""
+    from vidpress.bench import plan, split_methods
+    from vidpress.errors import InvalidParameterError, UnknownMethodError
+
+    entries = split_methods("visionzip, metok[coarse=true;key_frames=4],metok")
+    assert entries == ["visionzip", "metok[coarse=true;key_frames=4]", "metok"]
+    cells, _ = plan(entries, [0.25, 0.1])
+    assert [(name, r) for name, r, _ in cells] == [
+        ("visionzip", 0.25),
+        ("visionzip", 0.1),
+        ("metok[coarse=true;key_frames=4]", 0.25),
+        ("metok[coarse=true;key_frames=4]", 0.1),
+        ("metok", None),
+    ]
+    method = cells[2][2]
+    assert (method.retention, method.coarse, method.key_frames) == (0.25, True, 4)
+    assert cells[4][2].retention is None
+    with pytest.raises(InvalidParameterError, match="NAME\\[key=value"):
+        plan(["metok[coarse=true"], [0.25])
+    with pytest.raises(UnknownMethodError, match="coarsest"):
+        plan(["metok[coarsest=true]"], [0.25])

@@ -118,3 +118,122 @@ def test_vision_and_pre_llm_declarations_intersect():
     with pytest.raises(IncompatibleStagesError, match="encodes none"):
         compose(FirstFrames(count=1), UniformFrames(retention=0.25)).encoded_frames(8, 16)
     assert Stages(pre_llm=UniformFrames(retention=1.0)).encoded_frames(8, 16) is None  # every frame: no skipping
+
+
+# -- METok coarse-to-fine --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny112():
+    """A random LLaVA-OneVision whose SigLIP sees 8 x 8 patches (112 px): a 4 x 4 token grid per frame."""
+    from vidpress.models.random import random_model
+
+    torch.manual_seed(0)
+    return random_model(layers=2, hidden=64, image_size=112, seed=0)
+
+
+def test_a_low_resolution_pass_gives_the_documented_grid(tiny112, clip_frames):
+    """encode_at: at the tower's own 8 patches it is the model's tokens; CoarseToFine's sides for strides 1, 2, 4
+    of the 4 x 4 grid are 8, 4 and 2 patches (16, 4 and 1 tokens, what pooling by the stride would leave)."""
+    from vidpress.adapters.registry import adapter_for
+    from vidpress.stages.pre_llm.event_pooling import EventPooling
+    from vidpress.stages.vision.coarse_to_fine import CoarseToFine
+
+    adapter = adapter_for(tiny112.model)
+    inputs = build_inputs(tiny112.processor, clip_frames[:4], "What happens?")
+    pixels = inputs["pixel_values_videos"]
+    with torch.no_grad():
+        model = tiny112.model.model.get_video_features(
+            pixels,
+            vision_feature_layer=tiny112.model.config.vision_feature_layer,
+            vision_feature_select_strategy=tiny112.model.config.vision_feature_select_strategy,
+            return_dict=True,
+        ).pooler_output[0, :-1]
+        sides = CoarseToFine(events=EventPooling(retention=0.25)).patch_sides(adapter.patch_side())
+        assert sides == {1: 8, 2: 4, 4: 2}
+        assert torch.allclose(adapter.encode_at(pixels[0], 8).flatten(0, 1), model, atol=1e-5)
+        assert [adapter.encode_at(pixels[0], sides[k]).shape[1] for k in (1, 2, 4)] == [16, 4, 1]
+    # the 384-px LLaVA-OV tower: 27 patches, 14 x 14 tokens; strides 2 and 4 at 14 and 8 patches (7 x 7, 4 x 4)
+    assert CoarseToFine(events=EventPooling(retention=0.25)).patch_sides(27) == {1: 27, 2: 14, 4: 8}
+
+
+def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_it(tiny112, clip_frames):
+    """Tower inputs counted per call: all 8 frames at 28 px (2 patches), then the frames the plan keeps whole at
+    112 px and those at the middle stride at 56 px, as many as the content-free allotment says; the runtime
+    report's vision FLOPs equal the calculator's; the LLM sees the declared count."""
+    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,))
+    stages = method.build()
+    allotment = stages.pre_llm.allotment(8, (4, 4))  # 8 frames of 16 tokens, budget 32
+    assert sorted(allotment) == [1, 2, 2, 2, 4, 4, 4, 4]  # 16 + 4 + 7 = 27, then 4 each while the rest fit 1
+    sizes = []
+    tower = tiny112.model.model.vision_tower
+    hook = tower.register_forward_pre_hook(
+        lambda m, a, k: sizes.append(tuple((a[0] if a else k["pixel_values"]).shape)), with_kwargs=True
+    )
+    inputs = build_inputs(tiny112.processor, clip_frames[:8], "What happens?")
+    try:
+        with torch.no_grad(), vidpress.apply(tiny112.model, method) as run:
+            tiny112.model(**inputs)
+    finally:
+        hook.remove()
+    assert [(n, h) for n, _, h, _ in sizes] == [(8, 28), (1, 112), (3, 56)]
+    report = run.report.accounting
+    assert report.prefill_visual[0] == stages.pre_llm.kept_count(8, 16) == 16 + 3 * 4 + 4 * 1
+    assert report.vision_passes == ((8, 4), (1, 64), (3, 16))
+    spec = spec_from_config(tiny112.model.config)
+    planned = estimate(spec, 8, stages, text_tokens=report.other_tokens - 1)
+    assert planned.vision_flops == report.vision_flops and planned.projector_flops == report.projector_flops
+    assert report.vision_flops < 0.3 * estimate(spec, 8).vision_flops
+
+
+def test_coarse_to_fine_keeping_everything_is_the_uncompressed_model(tiny112, clip_frames):
+    """At retention 1 every frame takes stride 1: the first pass is spent, then every frame is encoded at full
+    resolution and packed as is, so the logits are the uncompressed model's."""
+    from vidpress.stages.pre_llm.event_pooling import EventPooling
+    from vidpress.stages.vision.coarse_to_fine import CoarseToFine
+
+    events = EventPooling(retention=1.0)
+    inputs = build_inputs(tiny112.processor, clip_frames[:6], "What happens?")
+    with torch.no_grad():
+        plain = tiny112.model(**inputs).logits[0, -1]
+        with vidpress.apply(tiny112.model, compose(CoarseToFine(events=events), events)) as run:
+            mine = tiny112.model(**inputs).logits[0, -1]
+    assert torch.allclose(plain, mine, atol=1e-5)
+    assert run.report.accounting.vision_passes == ((6, 4), (6, 64))
+
+
+def test_coarse_to_fine_generates_and_times_both_passes(tiny112, clip_frames):
+    from vidpress.pipeline import ask
+
+    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,))
+    answer = ask(
+        tiny112.model, tiny112.processor, clip_frames[:8], "What happens?", method, max_new_tokens=3, min_new_tokens=3
+    )
+    report = answer.report
+    assert len(answer.tokens) == 3 and report.accounting.vision_passes is not None
+    assert 0 < report.vision_s <= report.ttft_s
+
+
+def test_coarse_to_fine_refuses_what_it_cannot_run(tiny112, tiny_qwen, tiny_next_video, clip_frames):
+    from vidpress.stages.pre_llm.event_pooling import EventPooling
+    from vidpress.stages.pre_llm.visionzip import VisionZip
+    from vidpress.stages.vision.coarse_to_fine import CoarseToFine
+
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="set a retention"):
+        vidpress.methods.METok(coarse=True).build()
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="fixed-budget form"):
+        CoarseToFine(events=EventPooling())
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="pool='bilinear'"):
+        CoarseToFine(events=EventPooling(retention=0.5, pool="average"))
+    events = EventPooling(retention=0.5)
+    with pytest.raises(IncompatibleStagesError, match="must also fill the pre-LLM slot"):
+        vidpress.apply(tiny112.model, compose(CoarseToFine(events=events), VisionZip(retention=0.5)))
+    for other in (tiny_qwen, tiny_next_video):
+        with pytest.raises(IncompatibleStagesError, match="does not encode frames at other resolutions"):
+            vidpress.apply(other.model, compose(CoarseToFine(events=events), events))
+    turn = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}
+    prompt = tiny112.processor.apply_chat_template([turn])
+    two = tiny112.processor(text=[prompt, prompt], videos=[clip_frames[:4], clip_frames[4:8]], return_tensors="pt")
+    with pytest.raises(VidpressError, match="one video at a time"), torch.no_grad():
+        with vidpress.apply(tiny112.model, compose(CoarseToFine(events=events), events)):
+            tiny112.model(**two)

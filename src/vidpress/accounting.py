@@ -44,26 +44,30 @@ def kv_bytes_per_token(llm: LLMDims, dtype_bytes: int = 2) -> int:
     return 2 * llm.kv_heads * llm.head_dim * dtype_bytes
 
 
-def vision_flops(spec: ModelSpec, frames: int) -> float:
-    """Vision-encoder FLOPs for ``frames`` frames (temporal patches): patch embedding plus every encoder layer,
-    windowed layers attending within ``window_tokens``."""
+def vision_flops(spec: ModelSpec, frames: int, patches: int | None = None) -> float:
+    """Vision-encoder FLOPs for ``frames`` frames (temporal patches) of ``patches`` patches each (default the
+    tower's own resolution): patch embedding plus every encoder layer, windowed layers attending within
+    ``window_tokens``."""
     v = spec.vision
-    embed = v.tokens * v.channels * v.temporal_patch * v.patch_size**2 * v.hidden
-    full = layer_flops(v.tokens, v.hidden, v.intermediate)
+    tokens = v.tokens if patches is None else patches + v.tokens - spec.patches  # a CLS token stays
+    embed = tokens * v.channels * v.temporal_patch * v.patch_size**2 * v.hidden
+    full = layer_flops(tokens, v.hidden, v.intermediate)
     if not v.window_tokens:
         return frames * (embed + v.layers * full)
-    windowed = full - 2 * v.tokens * v.tokens * v.hidden + 2 * v.tokens * v.window_tokens * v.hidden
+    windowed = full - 2 * tokens * tokens * v.hidden + 2 * tokens * v.window_tokens * v.hidden
     return frames * (embed + v.full_layers * full + (v.layers - v.full_layers) * windowed)
 
 
-def projector_flops(spec: ModelSpec, frames: int) -> float:
-    """Projector FLOPs over every patch of ``frames`` frames: a two-layer MLP (vision width -> d -> d), or Qwen's
-    merger (``merge**2`` patches concatenated: 4Dv -> 4Dv -> d per token)."""
+def projector_flops(spec: ModelSpec, frames: int, patches: int | None = None) -> float:
+    """Projector FLOPs over every patch of ``frames`` frames of ``patches`` patches (default the tower's own): a
+    two-layer MLP (vision width -> d -> d), or Qwen's merger (``merge**2`` patches concatenated: 4Dv -> 4Dv -> d
+    per token)."""
     d, dv = spec.llm.hidden, spec.vision.hidden
+    patches = spec.patches if patches is None else patches
     if spec.merge > 1:
         wide = spec.merge**2 * dv
-        return frames * spec.patches // spec.merge**2 * (wide * wide + wide * d)
-    return frames * spec.patches * (dv * d + d * d)
+        return frames * patches // spec.merge**2 * (wide * wide + wide * d)
+    return frames * patches * (dv * d + d * d)
 
 
 @dataclass
@@ -82,6 +86,9 @@ class Accounting:
         Non-visual tokens of the prompt (text, template, newline), alive in every layer.
     encoded_frames : int, optional
         Frames (temporal patches) the vision tower encoded, when a stage skipped some; None: all ``frames``.
+    vision_passes : tuple of (frames, patches per frame), optional
+        What the tower encoded when a vision stage chose resolutions per frame (coarse-to-fine); it replaces
+        ``encoded_frames`` in the vision and projector FLOPs.
     """
 
     spec: ModelSpec
@@ -91,6 +98,12 @@ class Accounting:
     stored_visual: list[int]
     other_tokens: int
     encoded_frames: int | None = None
+    vision_passes: tuple[tuple[int, int], ...] | None = None
+
+    def _passes(self) -> tuple[tuple[int, int | None], ...]:
+        if self.vision_passes is not None:
+            return self.vision_passes
+        return ((self.frames if self.encoded_frames is None else self.encoded_frames, None),)
 
     @property
     def visual_in(self) -> int:
@@ -113,12 +126,12 @@ class Accounting:
 
     @property
     def vision_flops(self) -> float:
-        """Vision-encoder FLOPs of the frames it encoded."""
-        return vision_flops(self.spec, self.frames if self.encoded_frames is None else self.encoded_frames)
+        """Vision-encoder FLOPs of the frames it encoded, at the resolutions it encoded them."""
+        return sum(vision_flops(self.spec, frames, patches) for frames, patches in self._passes())
 
     @property
     def projector_flops(self) -> float:
-        return projector_flops(self.spec, self.frames if self.encoded_frames is None else self.encoded_frames)
+        return sum(projector_flops(self.spec, frames, patches) for frames, patches in self._passes())
 
     @property
     def kv_bytes_per_layer(self) -> list[int]:
@@ -160,6 +173,7 @@ class Accounting:
             "prefill_flops": self.prefill_flops,
             "decode_flops_per_token": self.decode_flops_per_token,
             "frames_encoded": self.frames if self.encoded_frames is None else self.encoded_frames,
+            **({"vision_passes": [list(p) for p in self.vision_passes]} if self.vision_passes else {}),
             "vision_flops": self.vision_flops,
             "projector_flops": self.projector_flops,
             "kv_bytes_per_layer": self.kv_bytes_per_layer,
@@ -288,7 +302,11 @@ def estimate(
             plan = stage(LayerSignals(layer=stage.first_layer - 1, scores=scores), StageContext(num_layers=layers))
             decode[layer] = float(plan.num_kept if plan is not None else prefill[layer])
     encoded = stages.encoded_frames(frames, spec.tokens_per_frame) if stages is not None else None
-    return Accounting(spec, frames, prefill, decode, stored, other, None if encoded is None else len(encoded))
+    passes = None
+    if stages is not None and stages.vision is not None and stages.vision.deferred:
+        passes = stages.vision.passes(frames, spec.grid, math.isqrt(spec.patches))
+    encoded = None if encoded is None else len(encoded)
+    return Accounting(spec, frames, prefill, decode, stored, other, encoded, passes)
 
 
 __all__ = [

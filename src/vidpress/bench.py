@@ -11,6 +11,7 @@ from it, so top-1 agreement is exactly whether the first generated tokens agree.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 from dataclasses import dataclass
@@ -86,23 +87,65 @@ def _skipped(name: str, retention: float | None, exc: Exception) -> str:
     return f"{name}{'' if retention is None else f' @ {retention:.0%}'}: skipped ({exc})"
 
 
+def split_methods(text: str) -> list[str]:
+    """``"visionzip,metok[coarse=true;key_frames=4]"`` -> the entries, split at commas outside brackets."""
+    entries, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    return [e.strip() for e in [*entries, current] if e.strip()]
+
+
+def _entry(entry: str) -> tuple[str, dict[str, Any]]:
+    """``"metok[coarse=true;key_frames=4]"`` -> ("metok", {"coarse": True, "key_frames": 4}); values are JSON or
+    Python literals. Raises InvalidParameterError for a malformed entry."""
+    import ast
+
+    name, _, rest = entry.partition("[")
+    if rest and not rest.endswith("]") or not name:
+        raise InvalidParameterError(f"a benchmark method is NAME or NAME[key=value;...], got {entry!r}")
+    settings: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest[:-1].split(";"))):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise InvalidParameterError(f"{entry!r}: settings are key=value, got {item!r}")
+        try:
+            settings[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                settings[key.strip()] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                settings[key.strip()] = raw
+    return name.strip(), settings
+
+
 def plan(
     methods: Sequence[str], retentions: Sequence[float], depth: int | None = None
 ) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
     """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built
-    (with ``depth``, the LLM's layer count, also in-LLM cells that cannot be resolved for that model)."""
+    (with ``depth``, the LLM's layer count, also in-LLM cells that cannot be resolved for that model). A method
+    is a name or ``name[key=value;...]`` (e.g. ``metok[coarse=true]``): its settings, then each retention; a
+    fixed-point method with settings runs at the retentions too when it has a retention knob."""
     cells, notes = [], []
-    for name in methods:
+    for entry in methods:
+        name, settings = _entry(entry)
         if name not in METHODS:
             raise UnknownMethodError(f"unknown method {name!r} for the benchmark; choose from {', '.join(METHODS)}")
-        if name in FIXED_POINT:
+        if name in FIXED_POINT and not settings:
             cells.append((name, None, get_method(name)))
             continue
         for r in retentions:
             try:
-                cells.append((name, r, METHODS[name].at_retention(r)))
+                base = METHODS[name].at_retention(r)
+                cells.append((entry, r, dataclasses.replace(base, **settings) if settings else base))
             except BudgetError as exc:
-                notes.append(_skipped(name, r, exc))
+                notes.append(_skipped(entry, r, exc))
+            except TypeError as exc:
+                raise UnknownMethodError(f"{entry!r}: {exc}") from None
     if depth is None:
         return cells, notes
     kept = []

@@ -87,7 +87,9 @@ class Report:
         ]
         stored = [session.visual_count(layer, stored=True) for layer in layers]
         encoded = session.encoded_frames if session.encoded_frames != session.frames else None
-        accounting = Accounting(spec, session.frames, prefill, decode, stored, session.other_tokens, encoded)
+        accounting = Accounting(
+            spec, session.frames, prefill, decode, stored, session.other_tokens, encoded, session.vision_passes
+        )
         t = session.timings
         return cls(
             method,

@@ -44,6 +44,12 @@ class VisualTokens:
         float32 vision-encoder attention each token receives (VisionZip's dominance score), pooled to the
         frame grid like the features, when a stage's ``Needs.encoder_attention``; ``keys`` (B, F, T, Dk) are
         that layer's head-averaged keys, pooled the same way (VisionZip's merging metric).
+    coarse : dict[int, Tensor], optional
+        Frame tokens the tower encoded at a lower resolution (the vision slot's coarse-to-fine passes), per stride
+        k of the model's token grid: (B, F, ceil(h/k) * ceil(w/k), D), zeros for frames not encoded at it.
+    vision_plan : list, optional
+        Per batch row, the plan the vision slot encoded by (an EventPlan: each frame's stride); ``features`` hold
+        the model's tokens of the stride-1 frames only.
     """
 
     features: Tensor
@@ -57,6 +63,8 @@ class VisualTokens:
     pixels: Tensor | None = None
     attention: Tensor | None = None
     keys: Tensor | None = None
+    coarse: dict[int, Tensor] | None = None
+    vision_plan: list | None = None
 
     @property
     def num_frames(self) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from torch import Tensor, nn
 
+from ..errors import IncompatibleStagesError
 from ..specs import LLMDims, ModelSpec
 from ..stages import lay_back
 from ..tokens import VisualTokens
@@ -173,6 +174,35 @@ class Adapter:
     def encode_video(self, inputs: dict[str, Any]) -> tuple[VisualTokens, Tensor]:
         """Run the vision tower, projector and pooling: (per-frame tokens, extra tokens (B, E, D))."""
         raise NotImplementedError
+
+    # -- encoding at other resolutions (the vision slot's coarse-to-fine) -----------------------------------------
+
+    #: Whether :meth:`encode_at` and :meth:`unencoded_output` exist for this family.
+    encodes_at_any_resolution = False
+
+    def patch_side(self) -> int:
+        """Patches per side of a frame at the tower's own resolution."""
+        vision = self.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    def encode_at(self, pixels: Tensor, side: int) -> Tensor:
+        """Frames (n, C, H, W) resized to ``side`` x ``side`` patches and encoded as the model encodes a frame
+        (tower, feature layer, projector, pooling): (n, T', D) tokens on the pooled grid of that many patches.
+
+        Raises
+        ------
+        IncompatibleStagesError
+            The family cannot encode at another resolution.
+        """
+        raise IncompatibleStagesError(
+            f"{type(self).__name__} does not encode frames at other resolutions; coarse-to-fine vision stages run "
+            "on LLaVA-OneVision"
+        )
+
+    def unencoded_output(self, arguments: dict[str, Any]) -> Any:
+        """The video encoder's output for ``arguments`` with no frame encoded: zeros on every frame, the model's
+        extra tokens last (what the vision slot returns when it defers the encoding to the request)."""
+        raise IncompatibleStagesError(f"{type(self).__name__} cannot defer its video encoding")
 
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """Put back, from the vision tower's last call, inputs ``generate`` consumed before the forward (nothing by

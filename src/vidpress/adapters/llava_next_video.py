@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from ..tokens import VisualTokens
+from .base import Adapter
 from .llava_onevision import LlavaOnevisionAdapter
 
 if TYPE_CHECKING:
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 
 class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
     """The LLaVA-OneVision layout with the pooling before the projector and no newline."""
+
+    encodes_at_any_resolution = False  # pools before its projector: LLaVA-OV's encode_at does not apply
+
+    def encode_at(self, pixels: Tensor, side: int) -> Tensor:
+        return Adapter.encode_at(self, pixels, side)
+
+    def unencoded_output(self, arguments: dict[str, Any]) -> Any:
+        return Adapter.unencoded_output(self, arguments)
 
     model_class_names = ("LlavaNextVideoForConditionalGeneration",)
     model_types = ("llava_next_video",)

@@ -118,6 +118,34 @@ class LlavaOnevisionAdapter(Adapter):
         tokens = features[:, : frames * per_frame].reshape(features.shape[0], frames, per_frame, -1)
         return VisualTokens(tokens, grid), features[:, frames * per_frame :]
 
+    encodes_at_any_resolution = True
+
+    def encode_at(self, pixels: Tensor, side: int) -> Tensor:
+        """Frames (n, C, H, W) bilinearly resized to ``side`` patches a side, through the tower (position
+        embeddings interpolated), the feature layer, the projector and the model's 2x2 bilinear pooling: (n,
+        ceil(side / 2)**2, D). At the tower's own side these are the model's tokens."""
+        inner, config = self.model.model, self.config
+        size = side * config.vision_config.patch_size
+        if pixels.shape[-1] != size or pixels.shape[-2] != size:
+            pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
+        tower = inner.vision_tower
+        extra = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _parameters(tower) else {}
+        hidden = tower(pixels, output_hidden_states=True, **extra).hidden_states[config.vision_feature_layer]
+        if config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        projected = inner.multi_modal_projector(hidden)
+        grid = projected.view(projected.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        pooled = torch.nn.functional.interpolate(grid, size=(math.ceil(side / 2),) * 2, mode="bilinear")
+        return pooled.flatten(2).transpose(1, 2)
+
+    def unencoded_output(self, arguments: dict[str, Any]) -> Any:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        pixels = arguments["pixel_values_videos"]
+        newline = self.model.model.image_newline[None, None].expand(pixels.shape[0], 1, -1)
+        frames, per_frame = self.frame_grid(arguments)
+        return self.expand_frames(BaseModelOutputWithPooling(pooler_output=newline), [], frames, per_frame)
+
     def unpooled_grid(self, projected: Tensor | None, tokens: VisualTokens) -> tuple[Tensor, Any, int]:
         """The projector's output before pooling, (B*F, h0*w0, D) -> (B, F, h0, w0, D); nothing to project after
         pooling (None); the grid is the patch grid (stride 1)."""
@@ -173,3 +201,9 @@ class LlavaOnevisionAdapter(Adapter):
     def pool_patch_grid(self, x: Tensor) -> Tensor:
         """The model's own per-frame pooling of a patch grid (n, h0*w0, C) -> (n, T, C): bilinear 2x2 here."""
         return self.model.model.apply_pooling(x)
+
+
+def _parameters(module: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)

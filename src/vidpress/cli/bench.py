@@ -14,7 +14,9 @@ from .common import MAX_SIDE_HELP, MODEL_HELP, bundled_clip, check_plots, consol
 def bench(
     video: Optional[Path] = typer.Argument(None, help="Video file; default: the bundled NASA clip."),
     question: str = typer.Option("Describe what happens in this video.", "--question", "-q"),
-    methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or all."),
+    methods_: str = typer.Option(
+        "all", "--methods", help="Comma-separated method names, or all; NAME[key=value;...] sets hyperparameters."
+    ),
     retentions: str = typer.Option("0.5,0.25,0.15,0.1", "--retentions", help="Comma-separated retentions."),
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, help="Default 32 (16 with --quick)."),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Default 32 (8 with --quick)."),
@@ -50,6 +52,7 @@ def bench(
         plan,
         resumed_rows,
         run_bench,
+        split_methods,
         write_outputs,
         write_rows,
     )
@@ -60,7 +63,7 @@ def bench(
     new_tokens = new_tokens or (8 if quick else 32)
     from ..methods import METHODS
 
-    chosen = list(METHODS) if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
+    chosen = list(METHODS) if methods_ == "all" else split_methods(methods_)
     levels = [0.25, 0.1] if quick and retentions == "0.5,0.25,0.15,0.1" else parse_retentions(retentions)
     plan(chosen, levels)  # unknown methods fail here, before any work
     check_question(question)

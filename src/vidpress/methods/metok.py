@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from ..errors import InvalidParameterError
 from ..method import Method
 from ..stages import Stages
 from ..stages.decode.layerwise_trim import LayerwiseTrim
 from ..stages.pre_llm.event_pooling import EventPooling
 from ..stages.prefill.attention_rank import AttentionRank
 from ..stages.prefill.schedule import metok_schedule
+from ..stages.vision.coarse_to_fine import CoarseToFine
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class METok(Method):
     retention : float, optional
         Stage 1's fixed-budget form (not in the paper; see EventPooling): at most that share of the visual tokens
         enter the LLM, a count fixed before the content is seen. None: the paper's content-sized plan.
+    coarse : bool
+        Coarse-to-fine vision encoding (needs ``retention``; LLaVA-OneVision): a low-resolution first pass of every
+        frame plans the events, then only the frames kept finer are encoded at their resolution
+        (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`).
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -62,22 +68,30 @@ class METok(Method):
     boundaries: int = 4
     relevance: Any = None
     retention: float | None = None
+    coarse: bool = False
 
     def build(self) -> Stages:
+        if self.coarse and self.retention is None:
+            raise InvalidParameterError(
+                "METok's coarse-to-fine encoding plans with its fixed-budget form: set a retention as well, e.g. "
+                "METok(retention=0.25, coarse=True)"
+            )
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
+        events = EventPooling(
+            mode=self.mode,
+            boundaries=self.boundaries,
+            z=self.z,
+            min_event_frames=self.min_event_frames,
+            key_events=self.key_events,
+            key_frames=self.key_frames,
+            strides=self.strides,
+            pool=self.pool,
+            relevance=self.relevance,
+            retention=self.retention,
+        )
         return Stages(
-            pre_llm=EventPooling(
-                mode=self.mode,
-                boundaries=self.boundaries,
-                z=self.z,
-                min_event_frames=self.min_event_frames,
-                key_events=self.key_events,
-                key_frames=self.key_frames,
-                strides=self.strides,
-                pool=self.pool,
-                relevance=self.relevance,
-                retention=self.retention,
-            ),
+            vision=CoarseToFine(events=events) if self.coarse else None,
+            pre_llm=events,
             prefill=AttentionRank(schedule=schedule, query_rows="text"),
             decode=LayerwiseTrim(first_layer=schedule[0][0]),
         )

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..adapters.registry import adapter_for
-from ..errors import AlreadyAppliedError, VidpressError
+from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
 from ..report import Report
 from ..stages import Stages
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
@@ -53,6 +53,8 @@ class _ThreadState:
     vision_kwargs: dict = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
     encoded: list[int] | None = None  # the frames the tower encoded for the coming request (None: all)
+    deferred: tuple[Any, dict] | None = None  # (video encoder, its arguments) a deferring vision stage left
+    requesting: bool = False  # inside start_request: tower calls there belong to the request being started
 
 
 class Run:
@@ -138,22 +140,28 @@ class Run:
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
             if self._wrapped is not None and kwargs.get("pixel_values_videos") is not None:
                 self._t.encoded = None  # a direct forward: the wrapper runs inside start_request and sets it
-            session = start_request(
-                self.model,
-                self.adapter,
-                self.stages,
-                kwargs,
-                positions,
-                projected=lambda: self._t.projected,
-                pixels=lambda: self._t.pixels,
-                encoder=lambda: self._t.encoder,
-                encoded=lambda: self._t.encoded,
-            )
-            self._t.projected = self._t.pixels = self._t.encoder = self._t.encoded = None
+            vision_before = self._t.vision_s  # encoding inside start_request is timed from ``started``
+            self._t.requesting = True
+            try:
+                session = start_request(
+                    self.model,
+                    self.adapter,
+                    self.stages,
+                    kwargs,
+                    positions,
+                    projected=lambda: self._t.projected,
+                    pixels=lambda: self._t.pixels,
+                    encoder=lambda: self._t.encoder,
+                    encoded=lambda: self._t.encoded,
+                    deferred=lambda: self._t.deferred,
+                )
+            finally:
+                self._t.requesting = False
+            self._t.projected = self._t.pixels = self._t.encoder = self._t.encoded = self._t.deferred = None
             session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
-            session.timings.vision_before_s = self._t.vision_s
+            session.timings.vision_before_s = vision_before
             self._t.active = (weakref.ref(kwargs["cache"]), session)
             self._t.sessions.append(session)
             self._sessions.append(session)
@@ -187,7 +195,7 @@ class Run:
     def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
         if module is self.adapter.vision_modules()[0]:  # the tower's call: e.g. Qwen's grid_thw, which
             self._t.vision_kwargs = kwargs  # generate does not pass on to the forward
-        if self._t.active is not None and self._t.active[1].ctx.step > 0 or self._t.active is None:
+        if not self._t.requesting and (self._t.active is None or self._t.active[1].ctx.step > 0):
             self._finish()  # a new request starts: stop the previous request's memory meter
             self._t.active = None
             self._t.memory = PeakMemory(self._device())
@@ -236,6 +244,9 @@ class Run:
                 **bound.arguments.get("kwargs", {}),
             }
             frames, per_frame = self.adapter.frame_grid(arguments)
+            if self.stages.vision is not None and self.stages.vision.deferred:  # the request encodes, knowing the
+                self._t.deferred, self._t.encoded = (original, arguments), None  # question (runtime/vision.py)
+                return self.adapter.unencoded_output(arguments)
             keep = self.stages.encoded_frames(frames, per_frame)
             self._t.encoded = keep
             if keep is None:
@@ -245,7 +256,22 @@ class Run:
 
         return encode
 
+    def _check_vision(self) -> None:
+        """A deferring vision stage needs a family that encodes at any resolution and its own event stage in the
+        pre-LLM slot (which packs what it encoded)."""
+        vision = self.stages.vision
+        if vision is None or not vision.deferred:
+            return
+        if not self.adapter.encodes_at_any_resolution:
+            self.adapter.encode_at(None, 0)  # raises, naming the family
+        if self.stages.pre_llm is not vision.events:
+            raise IncompatibleStagesError(
+                f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
+                f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"
+            )
+
     def _install(self) -> None:
+        self._check_vision()
         add = self._handles.append
         if self.stages.vision is not None or self.stages.pre_llm is not None:
             owner, name = self.adapter.video_encoder()

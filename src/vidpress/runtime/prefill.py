@@ -22,6 +22,7 @@ from ..selection import Selection
 from ..stages import check_encoded
 from ..tokens import PackedTokens, VisualTokens
 from .session import Session, per_row_positions
+from .vision import encode_deferred
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -205,12 +206,14 @@ def start_request(
     pixels: Any = None,
     encoder: Any = None,
     encoded: Any = None,
+    deferred: Any = None,
 ) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
     ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
     vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
-    need them; ``encoded`` returns the frames the tower encoded (None: all).
+    need them; ``encoded`` returns the frames the tower encoded (None: all); ``deferred`` returns the video
+    encoder and its arguments when a vision stage deferred the encoding to here (:mod:`.vision`).
 
     Raises
     ------
@@ -231,6 +234,10 @@ def start_request(
     tokens = _stage_inputs(
         model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, (projected, pixels, encoder)
     )
+    pending = deferred() if deferred is not None else None
+    passes = None
+    if pending is not None:
+        tokens, passes = encode_deferred(adapter, stages.vision, *pending, tokens)
     plan, overhead = _plan(stages.pre_llm, tokens)
     if encoded_frames is not None:
         check_encoded(plan, encoded_frames, per_frame)
@@ -248,6 +255,7 @@ def start_request(
         frames=frames,
         tokens_per_frame=per_frame,
         encoded_frames=frames if encoded_frames is None else len(encoded_frames),
+        vision_passes=passes,
         pos_offset=offset,
         mrope_delta=mrope_delta,
         mask=new_mask,

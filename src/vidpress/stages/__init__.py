@@ -110,6 +110,12 @@ class VisionStage(Stage):
         order; None: all of them."""
         return None
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the stage decides each frame's resolution from a first pass and the question, so the runtime
+        defers the video's encoding to the request (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`)."""
+        return False
+
 
 class PreLLMStage(Stage):
     """Acts on projected tokens before the LLM; the plan shortens the prefill sequence. Returns a
@@ -257,7 +263,7 @@ def lay_back(x: Tensor, encoded: list[int], frames: int, tokens_per_frame: int) 
     kept = len(encoded) * tokens_per_frame
     shape = (*x.shape[:-2], frames * tokens_per_frame + x.shape[-2] - kept, x.shape[-1])
     full = x.new_zeros(shape)
-    index = torch.cat([torch.arange(f * tokens_per_frame, (f + 1) * tokens_per_frame) for f in encoded])
+    index = torch.tensor([f * tokens_per_frame + t for f in encoded for t in range(tokens_per_frame)], dtype=torch.long)
     full[..., index.to(x.device), :] = x[..., :kept, :]
     full[..., frames * tokens_per_frame :, :] = x[..., kept:, :]
     return full

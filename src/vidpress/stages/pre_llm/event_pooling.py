@@ -194,9 +194,11 @@ class EventPooling(SourcePositions):
         rounding = math.ceil if self.pool == "bilinear" else math.floor
         return sum(rounding(grid[0] / k) * rounding(grid[1] / k) for k in self.allotment(frames, grid))
 
-    def _budget_plan(self, tokens: VisualTokens, row: int) -> EventPlan:
-        """Events, key events and key frames as METok plans them, then the strides of the fixed-budget form."""
-        frames = tokens.features[row].mean(1).float()
+    def budget_plan(self, tokens: VisualTokens, row: int, frames: torch.Tensor | None = None) -> EventPlan:
+        """The fixed-budget plan of batch row ``row``: events, key events and key frames as METok plans them from
+        one embedding per frame, ``frames`` (F, D) (default: the mean of each frame's ``tokens.features``; the
+        vision slot passes a low-resolution first pass's), then each frame's stride on ``tokens.grid``."""
+        frames = tokens.features[row].mean(1).float() if frames is None else frames.float()
         relevance = self.relevance(tokens, row, frames)
         plan = plan_events(
             frames,
@@ -226,13 +228,17 @@ class EventPooling(SourcePositions):
         batch, frames, per_frame, dim = tokens.features.shape
         h, w = tokens.grid
         rows, plans = [], []
+        coarse = tokens.coarse or {}
         for b in range(batch):
-            plan = self._budget_plan(tokens, b)
+            plan = tokens.vision_plan[b] if tokens.vision_plan is not None else self.budget_plan(tokens, b)
             feats, frame_of, events, source = [], [], [], []
             for e, (a, z) in enumerate(plan.events):
                 for f in range(a, z + 1):
                     k = plan.strides[f]
-                    feats.append(pool_grid(tokens.features[b, f].view(1, h, w, dim), k, self.pool)[0])
+                    if k in coarse:  # the tower encoded this frame at the stride's resolution
+                        feats.append(coarse[k][b, f])
+                    else:
+                        feats.append(pool_grid(tokens.features[b, f].view(1, h, w, dim), k, self.pool)[0])
                     where = window_sources((h, w), k, (h, w), self.pool).to(tokens.features.device)
                     source.append(where + f * per_frame)
                     frame_of.append(torch.full_like(where, f))

@@ -1,0 +1,1 @@
+"""Vision-slot stages: what the vision tower encodes, and at what resolution."""

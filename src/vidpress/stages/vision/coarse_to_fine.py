@@ -1,0 +1,96 @@
+"""METok coarse-to-fine: event-aware compression *during* vision encoding (docs/methods.md).
+
+METok's fixed-budget event stage (:class:`~vidpress.stages.pre_llm.event_pooling.EventPooling` with a
+``retention``) gives each frame a stride on the model's token grid: 1 (the model's own tokens), 2 or 4. A frame
+pooled by 4 anyway needs no full-resolution encoding, so the tower runs:
+
+1. a first pass over every frame at the low stride's resolution: the patch grid that the model's 2x2 pooling
+   turns into exactly the low stride's tokens (LLaVA-OV at 384 px: 8 x 8 patches, 112 px, for 4 x 4 tokens);
+   events, key events and key frames come from these tokens and the question, as METok plans them;
+2. the frames the plan keeps at stride 1 at full resolution, and those at stride 2 at the middle resolution.
+
+Frames at the low stride keep their first-pass tokens. Vision FLOPs: every frame at the low resolution plus
+the stride-1 and stride-2 frames at theirs; how many frames take each is fixed by (F, grid, retention)
+(:meth:`CoarseToFine.passes`), so the calculator and the runtime agree. Tokens at a lower resolution are the
+tower's own at that resolution, not a pooling of the full-resolution ones: the accuracy cost is measured, not
+assumed (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from ...errors import InvalidParameterError
+from ...tokens import VisualTokens
+from .. import Needs, VisionStage
+from ..pre_llm.event_pooling import EventPooling
+from ..pre_llm.events import EventPlan
+
+
+@dataclass(frozen=True)
+class CoarseToFine(VisionStage):
+    """Encode each frame at the resolution METok's fixed-budget plan needs (module docstring).
+
+    Parameters
+    ----------
+    events : EventPooling
+        METok's event stage in its fixed-budget form (``retention`` set): the plan that chooses the strides, the
+        same object the pre-LLM slot packs with.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``events`` is not an :class:`EventPooling` with a ``retention``.
+    """
+
+    slot: ClassVar[str] = "vision"
+    events: Any = None
+    needs: Needs = field(default=Needs(text=True), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.events, EventPooling) or self.events.retention is None:
+            raise InvalidParameterError(
+                "CoarseToFine needs METok's event stage in its fixed-budget form, e.g. "
+                f"CoarseToFine(events=EventPooling(retention=0.25)); got {self.events!r}"
+            )
+        if self.events.pool != "bilinear":
+            raise InvalidParameterError(
+                f"CoarseToFine encodes each stride's tokens at the resolution whose 2x2 bilinear pooling gives them; "
+                f"the event stage pools with {self.events.pool!r}: use pool='bilinear'"
+            )
+
+    @property
+    def deferred(self) -> bool:
+        return True
+
+    def plan(self, tokens: VisualTokens, first: Tensor) -> EventPlan:
+        """The plan of a one-video request from its first pass ``first`` (F, T_low, D) and ``tokens`` (the model's
+        grid and the question, ``tokens.text``): each frame's stride (:meth:`EventPooling.budget_plan`)."""
+        return self.events.budget_plan(tokens, 0, first.mean(1))
+
+    def patch_sides(self, side: int) -> dict[int, int]:
+        """Patch-grid side the tower encodes at, per stride of the model's token grid, for a tower whose full
+        resolution is ``side`` x ``side`` patches (pooled 2x2 by the model to ``ceil(side / 2)``): the grid whose
+        pooling gives exactly the stride's tokens (stride 1: ``side`` itself)."""
+        pooled = math.ceil(side / 2)
+        return {k: side if k == 1 else 2 * math.ceil(pooled / k) for k in self.events.budget_strides()}
+
+    def passes(self, frames: int, grid: tuple[int, int], side: int) -> tuple[tuple[int, int], ...]:
+        """What the tower encodes for a video of ``frames`` on the model grid ``grid`` from a ``side``-patch tower,
+        as (frames, patches per frame): all frames at the low stride's resolution (the first pass), then the
+        frames the plan gives the key and the middle stride (content-free counts, :meth:`EventPooling.allotment`)."""
+        allotment = self.events.allotment(frames, grid)
+        return self.encoded({k: allotment.count(k) for k in set(allotment)}, frames, side)
+
+    def encoded(self, counts: dict[int, int], frames: int, side: int) -> tuple[tuple[int, int], ...]:
+        """(frames, patches per frame) of each pass, in the order they run, from the frames per stride ``counts``
+        of a plan: the first pass over all ``frames``, then the key and the middle stride's frames."""
+        sides = self.patch_sides(side)
+        fine, middle, low = self.events.budget_strides()
+        out = [(frames, sides[low] ** 2)]
+        out += [(counts.get(k, 0), sides[k] ** 2) for k in dict.fromkeys((fine, middle)) if k != low]
+        return tuple(p for p in out if p[0])
