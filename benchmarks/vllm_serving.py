@@ -35,16 +35,19 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METHODS = ("visionzip", "fastvid", "frames", "spatial", "random")
+METHODS = ("visionzip", "fastvid", "events", "frames", "spatial", "random")
 RETENTIONS = (0.25, 0.1)
 
 
-def configurations(family: str) -> list[tuple[str, dict | None, float | None]]:
-    """(label, vidpress entry or None, vLLM's video_pruning_rate or None)."""
-    rows = [("uncompressed", None, None), ("ttm k=0.7", {"method": "ttm", "k": 0.7}, None)]
+def configurations(family: str, methods: tuple[str, ...] = ("ttm", *METHODS, "evs")) -> list:
+    """(label, vidpress entry or None, vLLM's video_pruning_rate or None): uncompressed first, then ``methods``
+    ("evs": vLLM's own, Qwen2.5-VL only)."""
+    rows = [("uncompressed", None, None)]
+    if "ttm" in methods:
+        rows.append(("ttm k=0.7", {"method": "ttm", "k": 0.7}, None))
     for r in RETENTIONS:
-        rows += [(f"{m} {r:.0%}", {"method": m, "retention": r}, None) for m in METHODS]
-        if family == "qwen2_5_vl":
+        rows += [(f"{m} {r:.0%}", {"method": m, "retention": r}, None) for m in METHODS if m in methods]
+        if family == "qwen2_5_vl" and "evs" in methods:
             rows.append((f"vLLM EVS {r:.0%}", None, 1 - r))
     return rows
 
@@ -112,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument("-o", "--out", type=Path, default=None)
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated subset of ttm,{','.join(METHODS)},evs (default: all)"
+    )
     args = parser.parse_args(argv)
+    chosen = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ("ttm", *METHODS, "evs")
+    unknown = sorted(set(chosen) - {"ttm", *METHODS, "evs"})
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from ttm,{','.join(METHODS)},evs")
     for name in ("requests", "frames", "new_tokens", "kv_budget_tokens", "layers", "hidden", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             warmup = video_request(family, clip, args.image_size)
             base = None
-            for label, entry, evs in configurations(family):
+            for label, entry, evs in configurations(family, chosen):
                 row = {
                     "family": family,
                     "method": label,

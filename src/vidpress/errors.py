@@ -73,3 +73,8 @@ class AlreadyAppliedError(VidpressError, RuntimeError):
 
 class PromptTooLongError(VidpressError, ValueError):
     """The prompt (text and visual placeholders) plus the tokens to generate exceed the model's positions."""
+
+
+class VidpressWarning(UserWarning):
+    """Work goes on, but part of it is not what the method promises (e.g. a serving request's images, which a
+    video method leaves uncompressed); the message says what and how to avoid it."""

@@ -271,6 +271,30 @@ def test_a_request_without_video_is_untouched(checkpoints):
     del llm
 
 
+def test_images_pass_uncompressed_and_the_plugin_says_so(checkpoints, clip):
+    """A video sent as separate frames (lmms-eval's `vllm` backend) reaches the image path, which vidpress does not
+    compress: the plugin warns once instead of passing it off as compressed."""
+    from PIL import Image
+    from vllm import SamplingParams
+
+    from vidpress.integrations.vllm import models
+
+    loaded, path = checkpoints["llava_onevision"]
+    models._warned_images.clear()
+    from vllm import LLM
+
+    llm = LLM(
+        **engine_args(path, {"method": "visionzip", "retention": 0.25}, limit_mm_per_prompt={"video": 1, "image": 2})
+    )
+    frames = [Image.fromarray(f).resize((loaded.processor.image_size,) * 2) for f in clip[:2]]
+    prompt = "<|im_start|>user\n<image><image>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.warns(vidpress.errors.VidpressWarning, match="images pass uncompressed.*vllm_generate"):
+        models._warned_images.clear()  # start-up profiling may have warned already
+        out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": frames}}, SamplingParams(max_tokens=2))
+    assert len(out[0].outputs[0].token_ids) == 2
+    del llm
+
+
 def test_generate_with_the_transformers_runtime_on_old_transformers_is_refused(checkpoints, clip):
     """vLLM's CPU build pins transformers<5.20, whose decoder takes `past_key_values`: prefill works (the equality
     test above), decoding with the runtime's hooks would be miscounted, so it raises."""

@@ -22,6 +22,7 @@ placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -46,10 +47,28 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ...adapters.encoder_attention import received_attention
 from ...adapters.qwen2_5_vl import temporal_patch_rows
-from ...errors import InvalidParameterError
+from ...errors import InvalidParameterError, VidpressWarning
 from ...stages import lay_back
 from ...tokens import VisualTokens
 from .serving import ServingConfig, compress_video, serving_config
+
+_warned_images: set[str] = set()
+
+
+def _warn_images(serving: ServingConfig, mm_items: Any) -> None:
+    """vidpress compresses videos only: say so once per method when images reach the processor (the engine's
+    start-up profiling may bring dummy ones), as they pass uncompressed (lmms-eval's ``vllm`` backend, for one,
+    sends a video's frames as images)."""
+    images = mm_items.get_count("image", strict=False)
+    if serving.stage is None or not images or serving.method in _warned_images:
+        return
+    _warned_images.add(serving.method)
+    warnings.warn(
+        f"vidpress {serving.method} compresses videos only; images pass uncompressed. A video sent as frames "
+        "(lmms-eval's `vllm` backend does) is not compressed: send it as a video (lmms-eval's `vllm_generate`)",
+        VidpressWarning,
+        stacklevel=2,
+    )
 
 
 def _check_parallel(serving: ServingConfig, vllm_config: Any) -> None:
@@ -80,8 +99,16 @@ class LlavaOnevisionInfo(LlavaOnevisionProcessingInfo):
         return stage.kept_count(num_frames, per_frame, (side, side)) + 1
 
 
+class LlavaOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
+    def _get_prompt_updates(
+        self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
+    ) -> Sequence[Any]:
+        _warn_images(serving_config(self.info.get_hf_config()), mm_items)
+        return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+
+
 @MULTIMODAL_REGISTRY.register_processor(
-    LlavaOnevisionMultiModalProcessor, info=LlavaOnevisionInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
+    LlavaOnevisionProcessor, info=LlavaOnevisionInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
 )
 class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
     """vLLM's ``LlavaOnevisionForConditionalGeneration`` with a vidpress pre-LLM stage on each video.
@@ -204,7 +231,9 @@ class Qwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
     ) -> Sequence[Any]:
         """vLLM's updates, with each video's placeholders cut to the stage's declared count."""
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
-        stage = serving_config(self.info.get_hf_config()).stage
+        serving = serving_config(self.info.get_hf_config())
+        _warn_images(serving, mm_items)
+        stage = serving.stage
         if stage is None:
             return updates
         video_id = self.info.get_tokenizer().get_vocab()[self.info.get_hf_processor().video_token]
