@@ -133,6 +133,11 @@ class EventPooling(SourcePositions):
             rounding=math.ceil if self.pool == "bilinear" else math.floor,
         )
 
+    def _tokens_at(self, stride: int, grid: tuple[int, int]) -> int:
+        """Tokens a (h, w) grid pooled by ``stride`` keeps (bilinear rounds up, average down)."""
+        rounding = math.ceil if self.pool == "bilinear" else math.floor
+        return rounding(grid[0] / stride) * rounding(grid[1] / stride)
+
     def budget_strides(self) -> tuple[int, int, int]:
         """The fixed-budget form's (key, middle, low) pooling of the model's token grid: ``strides`` (key event
         and key frame, key event other, non-key other) over the model's own 2x2 pooling."""
@@ -149,8 +154,7 @@ class EventPooling(SourcePositions):
         InvalidParameterError
             Average pooling at the low stride leaves no token of the grid.
         """
-        rounding = math.ceil if self.pool == "bilinear" else math.floor
-        cost = {k: rounding(grid[0] / k) * rounding(grid[1] / k) for k in self.budget_strides()}
+        cost = {k: self._tokens_at(k, grid) for k in self.budget_strides()}
         budget = visual_budget(self.retention, frames * grid[0] * grid[1])
         fine, middle, low = self.budget_strides()
         if cost[low] == 0:
@@ -191,27 +195,14 @@ class EventPooling(SourcePositions):
             grid = (side, side)
         if grid[0] * grid[1] != tokens_per_frame:
             raise InvalidParameterError(f"grid {grid} does not hold {tokens_per_frame} tokens per frame")
-        rounding = math.ceil if self.pool == "bilinear" else math.floor
-        return sum(rounding(grid[0] / k) * rounding(grid[1] / k) for k in self.allotment(frames, grid))
+        return sum(self._tokens_at(k, grid) for k in self.allotment(frames, grid))
 
     def budget_plan(self, tokens: VisualTokens, row: int, frames: torch.Tensor | None = None) -> EventPlan:
         """The fixed-budget plan of batch row ``row``: events, key events and key frames as METok plans them from
         one embedding per frame, ``frames`` (F, D) (default: the mean of each frame's ``tokens.features``; the
         vision slot passes a low-resolution first pass's), then each frame's stride on ``tokens.grid``."""
         frames = tokens.features[row].mean(1).float() if frames is None else frames.float()
-        relevance = self.relevance(tokens, row, frames)
-        plan = plan_events(
-            frames,
-            relevance,
-            segmentation="faithful" if self.mode == "faithful" else "adaptive",
-            boundaries=self.boundaries,
-            z=self.z,
-            min_event_frames=self.min_event_frames,
-            key_events=self.key_events,
-            key_frames=self.key_frames,
-            strides=self.strides,
-            grid=tokens.grid,
-        )
+        plan = self.plan(tokens, row, frames, tokens.grid)  # its strides are METok's own, replaced below
         event_of = [e for e, (a, z) in enumerate(plan.events) for _ in range(a, z + 1)]
         tier = [
             (event_of[f] in plan.key_events) + (f in plan.key_frames) for f in range(len(event_of))
@@ -220,9 +211,7 @@ class EventPooling(SourcePositions):
         strides = [0] * len(order)
         for stride, f in zip(self.allotment(len(order), tokens.grid), order):
             strides[f] = stride
-        rounding = math.ceil if self.pool == "bilinear" else math.floor
-        counts = [rounding(tokens.grid[0] / k) * rounding(tokens.grid[1] / k) for k in strides]
-        return replace(plan, strides=strides, tokens=counts)
+        return replace(plan, strides=strides, tokens=[self._tokens_at(k, tokens.grid) for k in strides])
 
     def _budget_call(self, tokens: VisualTokens) -> PackedTokens:
         batch, frames, per_frame, dim = tokens.features.shape
