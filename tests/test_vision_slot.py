@@ -157,11 +157,21 @@ def test_a_low_resolution_pass_gives_the_documented_grid(tiny112, clip_frames):
     assert CoarseToFine(events=EventPooling(retention=0.25)).patch_sides(27) == {1: 27, 2: 14, 4: 8}
 
 
-def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_it(tiny112, clip_frames):
-    """Tower inputs counted per call: all 8 frames at 28 px (2 patches), then the frames the plan keeps whole at
-    112 px and those at the middle stride at 56 px, as many as the content-free allotment says; the runtime
-    report's vision FLOPs equal the calculator's; the LLM sees the declared count."""
-    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,))
+@pytest.mark.parametrize(
+    "first_pass,calls,passes,share",
+    [
+        ("low", [(8, 28), (1, 112), (3, 56)], ((8, 4), (1, 64), (3, 16)), 0.3),
+        ("middle", [(8, 56), (1, 112)], ((8, 16), (1, 64)), 0.4),  # the middle frames keep the first pass's tokens
+    ],
+)
+def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_it(
+    tiny112, clip_frames, first_pass, calls, passes, share
+):
+    """Tower inputs counted per call: all 8 frames at the first pass's resolution (28 px: 2 patches, or 56 px),
+    then the frames the plan keeps whole at 112 px and, after a low first pass, those at the middle stride at
+    56 px, as many as the content-free allotment says; the runtime report's vision FLOPs equal the calculator's;
+    the LLM sees the declared count."""
+    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,), first_pass=first_pass)
     stages = method.build()
     allotment = stages.pre_llm.allotment(8, (4, 4))  # 8 frames of 16 tokens, budget 32
     assert sorted(allotment) == [1, 2, 2, 2, 4, 4, 4, 4]  # 16 + 4 + 7 = 27, then 4 each while the rest fit 1
@@ -176,14 +186,14 @@ def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_i
             tiny112.model(**inputs)
     finally:
         hook.remove()
-    assert [(n, h) for n, _, h, _ in sizes] == [(8, 28), (1, 112), (3, 56)]
+    assert [(n, h) for n, _, h, _ in sizes] == calls
     report = run.report.accounting
     assert report.prefill_visual[0] == stages.pre_llm.kept_count(8, 16) == 16 + 3 * 4 + 4 * 1
-    assert report.vision_passes == ((8, 4), (1, 64), (3, 16))
+    assert report.vision_passes == passes
     spec = spec_from_config(tiny112.model.config)
     planned = estimate(spec, 8, stages, text_tokens=report.other_tokens - 1)
     assert planned.vision_flops == report.vision_flops and planned.projector_flops == report.projector_flops
-    assert report.vision_flops < 0.3 * estimate(spec, 8).vision_flops
+    assert report.vision_flops < share * estimate(spec, 8).vision_flops
 
 
 def test_coarse_to_fine_keeping_everything_is_the_uncompressed_model(tiny112, clip_frames):
@@ -223,6 +233,8 @@ def test_coarse_to_fine_refuses_what_it_cannot_run(tiny112, tiny_qwen, tiny_next
         vidpress.methods.METok(coarse=True).build()
     with pytest.raises(vidpress.errors.InvalidParameterError, match="fixed-budget form"):
         CoarseToFine(events=EventPooling())
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="first_pass must be"):
+        CoarseToFine(events=EventPooling(retention=0.5), first_pass="high")
     with pytest.raises(vidpress.errors.InvalidParameterError, match="pool='bilinear'"):
         CoarseToFine(events=EventPooling(retention=0.5, pool="average"))
     events = EventPooling(retention=0.5)

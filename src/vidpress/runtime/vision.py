@@ -7,11 +7,13 @@ The runtime's wrapper of the video encoder returns an unencoded output when the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import VidpressError
+from ..stages.pre_llm.pooling import pool_grid
 from ..tokens import VisualTokens
 
 if TYPE_CHECKING:
@@ -21,9 +23,9 @@ if TYPE_CHECKING:
 def encode_deferred(
     adapter: Adapter, vision: Any, original: Any, arguments: dict[str, Any], tokens: VisualTokens
 ) -> tuple[VisualTokens, tuple[tuple[int, int], ...]]:
-    """Encode a video the vision stage deferred: every frame at the low stride's resolution, the plan from those
-    tokens and ``tokens.text``, then the stride-1 frames through the model's own encoder (``original`` on
-    ``arguments``) and the middle-stride frames at their resolution.
+    """Encode a video the vision stage deferred: every frame at the first pass's resolution (the low or the middle
+    stride's), the plan from those tokens and ``tokens.text``, then the stride-1 frames through the model's own
+    encoder (``original`` on ``arguments``) and, after a low first pass, the middle-stride frames at theirs.
 
     Returns
     -------
@@ -45,15 +47,20 @@ def encode_deferred(
     side = adapter.patch_side()
     sides = vision.patch_sides(side)
     fine, middle, low = vision.events.budget_strides()
-    first = adapter.encode_at(pixels[0], sides[low])  # (F, T_low, D)
+    stride = vision.first_stride()
+    first = adapter.encode_at(pixels[0], sides[stride])  # (F, T_first, D)
     plan = vision.plan(tokens, first)
-    full = [f for f in range(frames) if plan.strides[f] == fine and fine != low]
-    mid = [f for f in range(frames) if plan.strides[f] == middle and middle not in (fine, low)]
+    full = [f for f in range(frames) if plan.strides[f] == fine and fine < stride]
+    mid = [f for f in range(frames) if plan.strides[f] == middle and fine < middle < stride]
     features = torch.zeros_like(tokens.features)
     if full:
         out = adapter.expand_frames(original(**adapter.select_frames(arguments, full)), full, frames, features.shape[2])
         features = adapter.encode_video({"mm_encoder_outputs": {"video": out}})[0].features.to(features.dtype)
-    coarse = {low: first[None].to(features.dtype)}
+    coarse = {stride: first[None].to(features.dtype)}
+    if low > stride:  # the low-stride frames pool the first pass's grid
+        grid = math.isqrt(first.shape[1])
+        pooled = pool_grid(first.view(frames, grid, grid, -1), low // stride, "bilinear")
+        coarse[low] = pooled[None].to(features.dtype)
     if mid:
         encoded = adapter.encode_at(pixels[0, mid], sides[middle])
         coarse[middle] = encoded.new_zeros(1, frames, *encoded.shape[1:]).to(features.dtype)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -40,6 +40,11 @@ class CoarseToFine(VisionStage):
     events : EventPooling
         METok's event stage in its fixed-budget form (``retention`` set): the plan that chooses the strides, the
         same object the pre-LLM slot packs with.
+    first_pass : {"low", "middle"}
+        The first pass's resolution: the low stride's (cheapest: the low-stride frames keep the tower's own tokens
+        at that resolution), or the middle stride's (the middle-stride frames keep its tokens and the low-stride
+        frames pool them 2x2, closer to the full-resolution tokens a small tower was trained on; 4x the first
+        pass's cost).
 
     Raises
     ------
@@ -49,6 +54,7 @@ class CoarseToFine(VisionStage):
 
     slot: ClassVar[str] = "vision"
     events: Any = None
+    first_pass: Literal["low", "middle"] = "low"
     needs: Needs = field(default=Needs(text=True), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +63,8 @@ class CoarseToFine(VisionStage):
                 "CoarseToFine needs METok's event stage in its fixed-budget form, e.g. "
                 f"CoarseToFine(events=EventPooling(retention=0.25)); got {self.events!r}"
             )
+        if self.first_pass not in ("low", "middle"):
+            raise InvalidParameterError(f"first_pass must be 'low' or 'middle', got {self.first_pass!r}")
         if self.events.pool != "bilinear":
             raise InvalidParameterError(
                 f"CoarseToFine encodes each stride's tokens at the resolution whose 2x2 bilinear pooling gives them; "
@@ -86,11 +94,16 @@ class CoarseToFine(VisionStage):
         allotment = self.events.allotment(frames, grid)
         return self.encoded({k: allotment.count(k) for k in set(allotment)}, frames, side)
 
+    def first_stride(self) -> int:
+        """The stride whose resolution the first pass encodes every frame at."""
+        _, middle, low = self.events.budget_strides()
+        return middle if self.first_pass == "middle" else low
+
     def encoded(self, counts: dict[int, int], frames: int, side: int) -> tuple[tuple[int, int], ...]:
         """(frames, patches per frame) of each pass, in the order they run, from the frames per stride ``counts``
-        of a plan: the first pass over all ``frames``, then the key and the middle stride's frames."""
+        of a plan: the first pass over all ``frames``, then the strides finer than it."""
         sides = self.patch_sides(side)
-        fine, middle, low = self.events.budget_strides()
-        out = [(frames, sides[low] ** 2)]
-        out += [(counts.get(k, 0), sides[k] ** 2) for k in dict.fromkeys((fine, middle)) if k != low]
+        first = self.first_stride()
+        out = [(frames, sides[first] ** 2)]
+        out += [(counts.get(k, 0), sides[k] ** 2) for k in dict.fromkeys(self.events.budget_strides()) if k < first]
         return tuple(p for p in out if p[0])
