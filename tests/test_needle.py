@@ -114,3 +114,16 @@ def test_a_needle_video_is_asked_every_needle_kind_and_no_object_kind():
         for s in asked:
             if s.question.kind in NEEDLE_TYPES:
                 assert s.question.options[s.question.answer] == needle_answer(s.question.kind, s.scenes, s.needle)
+
+
+def test_merging_keeps_a_change_with_the_first_scene_and_drops_one_told_on_a_repeat():
+    """A scene told twice with a change note on the repeat: the repeat is the model's error, so its note goes; the
+    committed testbed's answers depend on it (its card's subset is re-scored exactly)."""
+    from vidpress.evaluate import merge_repeats
+
+    said = "Scene 1 (frames 1-3): 2 red circles on a gray background. Scene 2 (frames 4-5): 2 red circles on a gray "
+    said += "background; changed: the background. Scene 3 (frames 6-12): 1 white square on a navy background."
+    assert merge_repeats(said) == (
+        "Scene 1 (frames 1-5): 2 red circles on a gray background. "
+        "Scene 2 (frames 6-12): 1 white square on a navy background."
+    )

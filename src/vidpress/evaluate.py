@@ -49,9 +49,9 @@ def merge_repeats(description: str) -> str:
     change (5 of the
     560 test videos have two neighbouring scenes that differ only in motion, which merging then undercounts).
     Scenes compare by their looks alone: a "; changed: ..." note (``describe(..., changes=True)``) stays with the
-    first scene of a run, where the change is, and a note told on a later scene of the run (a needle,
-    ``describe(..., needle=...)``) is added to it once. Text after the last whole scene sentence (a description cut at
-    the length cap) is kept, its scene renumbered."""
+    first scene of a run, where the change is (one told on a repeat is dropped), and a needle told on a later
+    scene of the run (``describe(..., needle=...)``) is added to it once. Text after the last whole scene sentence
+    (a description cut at the length cap) is kept, its scene renumbered."""
     scenes, at = [], 0
     for found in _SCENE.finditer(description):
         if found.start() != at:
@@ -59,8 +59,8 @@ def merge_repeats(description: str) -> str:
         first, last, looks = found.groups()
         if scenes and scenes[-1][2].split(";")[0] == looks.split(";")[0]:  # the looks, without any "; ..." note
             scenes[-1][1] = last or first
-            for note in looks.split(";")[1:]:  # a note told on a repeat (a needle) stays, once
-                if note not in scenes[-1][2].split(";")[1:]:
+            for note in looks.split(";")[1:]:  # a needle told on a repeat stays, once; a change stays with the first
+                if note.strip().startswith("briefly") and note not in scenes[-1][2].split(";")[1:]:
                     scenes[-1][2] += ";" + note
         else:
             scenes.append([first, last or first, looks])
