@@ -103,7 +103,7 @@ def split_methods(text: str) -> list[str]:
 def _entry(entry: str) -> tuple[str, dict[str, Any]]:
     """``"metok[coarse=true;key_frames=4]"`` -> ("metok", {"coarse": True, "key_frames": 4}); values are JSON or
     Python literals. Raises InvalidParameterError for a malformed entry."""
-    import ast
+    from .method import parse_value
 
     name, _, rest = entry.partition("[")
     if rest and not rest.endswith("]") or not name:
@@ -113,13 +113,7 @@ def _entry(entry: str) -> tuple[str, dict[str, Any]]:
         key, eq, raw = item.partition("=")
         if not eq:
             raise InvalidParameterError(f"{entry!r}: settings are key=value, got {item!r}")
-        try:
-            settings[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            try:
-                settings[key.strip()] = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                settings[key.strip()] = raw
+        settings[key.strip()] = parse_value(raw)
     return name.strip(), settings
 
 

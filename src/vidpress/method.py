@@ -113,3 +113,18 @@ class StageMethod(Method):
 
     def build(self) -> Stages:
         return Stages(**{self.slot: self})  # type: ignore[attr-defined]
+
+
+def parse_value(raw: str) -> Any:
+    """A hyperparameter's value from text: JSON or a Python literal (numbers, true/false, lists, tuples), else
+    the text itself (``"(3,10,19)"`` -> ``(3, 10, 19)``, ``"faithful"`` -> ``"faithful"``)."""
+    import ast
+    import json
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw

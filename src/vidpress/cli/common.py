@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,18 +57,12 @@ def check_plots(out: Path) -> None:
 def parse_set(values: list[str]) -> dict[str, Any]:
     """``["k=0.7", "mode=faithful", "layers=(3,10,19)"]`` -> ``{"k": 0.7, "mode": "faithful", "layers": (3, 10, 19)}``:
     JSON or Python literals (numbers, true/false, lists, tuples) are parsed, anything else stays a string."""
-    import ast
+    from ..method import parse_value
 
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item:
             raise typer.BadParameter(f"--set takes NAME=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            try:
-                out[key.strip()] = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                out[key.strip()] = raw
+        out[key.strip()] = parse_value(raw)
     return out
