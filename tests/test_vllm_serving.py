@@ -33,6 +33,7 @@ def test_no_entry_or_none_is_the_uncompressed_model():
         ({"method": "events", "retention": 0.25, "relevance": "siglip"}, InvalidParameterError, "DistinctRelevance"),
         ({"method": "events", "retention": 0.05}, BudgetError, "raise retention to >= 0.062"),
         ({"method": "fastv"}, InvalidParameterError, "inside the LLM"),
+        ({"method": "tome"}, InvalidParameterError, "inside the vision tower"),
         ({"method": "fastvid", "mode": "faithful"}, InvalidParameterError, "mode='fixed'"),
         ({"retention": 0.25}, InvalidParameterError, 'with a "method"'),
         ("visionzip", InvalidParameterError, 'with a "method"'),

@@ -44,13 +44,23 @@ def kv_bytes_per_token(llm: LLMDims, dtype_bytes: int = 2) -> int:
     return 2 * llm.kv_heads * llm.head_dim * dtype_bytes
 
 
-def vision_flops(spec: ModelSpec, frames: int, patches: int | None = None) -> float:
+def vision_flops(
+    spec: ModelSpec, frames: int, patches: int | None = None, merges: tuple[int, ...] | None = None
+) -> float:
     """Vision-encoder FLOPs for ``frames`` frames (temporal patches) of ``patches`` patches each (default the
     tower's own resolution): patch embedding plus every encoder layer, windowed layers attending within
-    ``window_tokens``."""
+    ``window_tokens``. ``merges``: tokens merged in each layer between its attention and its MLP (ToMe), so the
+    layer's attention runs on the tokens it receives and its MLP on those left."""
     v = spec.vision
     tokens = v.tokens if patches is None else patches + v.tokens - spec.patches  # a CLS token stays
     embed = tokens * v.channels * v.temporal_patch * v.patch_size**2 * v.hidden
+    if merges:
+        total = embed
+        for layer in range(v.layers):
+            r = merges[layer] if layer < len(merges) else 0
+            total += layer_flops(tokens, v.hidden, 0) + 2 * (tokens - r) * v.hidden * v.intermediate
+            tokens -= r
+        return frames * total
     full = layer_flops(tokens, v.hidden, v.intermediate)
     if not v.window_tokens:
         return frames * (embed + v.layers * full)
@@ -89,6 +99,10 @@ class Accounting:
     vision_passes : tuple of (frames, patches per frame), optional
         What the tower encoded when a vision stage chose resolutions per frame (coarse-to-fine); it replaces
         ``encoded_frames`` in the vision and projector FLOPs.
+    vision_merges : tuple of int, optional
+        Tokens the tower merged in each of its layers (ToMe), per frame.
+    projected_tokens : int, optional
+        Tokens per frame through the projector when not every patch is (ToMe's merged tokens).
     """
 
     spec: ModelSpec
@@ -99,6 +113,8 @@ class Accounting:
     other_tokens: int
     encoded_frames: int | None = None
     vision_passes: tuple[tuple[int, int], ...] | None = None
+    vision_merges: tuple[int, ...] | None = None
+    projected_tokens: int | None = None
 
     def _passes(self) -> tuple[tuple[int, int | None], ...]:
         if self.vision_passes is not None:
@@ -127,11 +143,13 @@ class Accounting:
     @property
     def vision_flops(self) -> float:
         """Vision-encoder FLOPs of the frames it encoded, at the resolutions it encoded them."""
-        return sum(vision_flops(self.spec, frames, patches) for frames, patches in self._passes())
+        return sum(vision_flops(self.spec, frames, patches, self.vision_merges) for frames, patches in self._passes())
 
     @property
     def projector_flops(self) -> float:
-        return sum(projector_flops(self.spec, frames, patches) for frames, patches in self._passes())
+        return sum(
+            projector_flops(self.spec, frames, self.projected_tokens or patches) for frames, patches in self._passes()
+        )
 
     @property
     def kv_bytes_per_layer(self) -> list[int]:
@@ -174,6 +192,7 @@ class Accounting:
             "decode_flops_per_token": self.decode_flops_per_token,
             "frames_encoded": self.frames if self.encoded_frames is None else self.encoded_frames,
             **({"vision_passes": [list(p) for p in self.vision_passes]} if self.vision_passes else {}),
+            **({"vision_merges": list(self.vision_merges)} if self.vision_merges else {}),
             "vision_flops": self.vision_flops,
             "projector_flops": self.projector_flops,
             "kv_bytes_per_layer": self.kv_bytes_per_layer,
@@ -272,6 +291,8 @@ def estimate(
         if not 0 < retention <= 1:
             raise BudgetError(f"retention must be in (0, 1], got {retention}")
         kept = round(retention * n)
+    elif stages is not None and stages.vision is not None and stages.vision.merges and not stages.vision.grid:
+        kept = frames * stages.vision.tokens_left(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
     elif stages is not None and stages.pre_llm is not None:
         kept, event_of, key, extra = _dry_pre_llm(spec, frames, stages.pre_llm, events, generator)
         other = text_tokens + extra
@@ -306,7 +327,17 @@ def estimate(
     if stages is not None and stages.vision is not None and stages.vision.deferred:
         passes = stages.vision.passes(frames, spec.grid, math.isqrt(spec.patches))
     encoded = None if encoded is None else len(encoded)
-    return Accounting(spec, frames, prefill, decode, stored, other, encoded, passes)
+    merges, projected = tower_merging(spec, stages.vision if stages is not None else None)
+    return Accounting(spec, frames, prefill, decode, stored, other, encoded, passes, merges, projected)
+
+
+def tower_merging(spec: ModelSpec, vision: Any) -> tuple[tuple[int, ...] | None, int | None]:
+    """(tokens merged per tower layer, tokens per frame through the projector) of a merging vision stage (ToMe) on
+    ``spec``; (None, None) for any other. Without ``grid`` the projector sees the merged tokens only."""
+    if vision is None or not vision.merges:
+        return None, None
+    merges = vision.schedule(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
+    return merges, None if vision.grid else spec.patches - sum(merges)
 
 
 __all__ = [

@@ -88,7 +88,16 @@ class Report:
         stored = [session.visual_count(layer, stored=True) for layer in layers]
         encoded = session.encoded_frames if session.encoded_frames != session.frames else None
         accounting = Accounting(
-            spec, session.frames, prefill, decode, stored, session.other_tokens, encoded, session.vision_passes
+            spec,
+            session.frames,
+            prefill,
+            decode,
+            stored,
+            session.other_tokens,
+            encoded,
+            session.vision_passes,
+            session.vision_merges,
+            session.projected_tokens,
         )
         t = session.timings
         return cls(

@@ -24,7 +24,8 @@ class VisionDims:
     """Vision tower sizes; ``tokens`` is the encoder sequence per frame (patches plus any CLS).
 
     ``window_tokens`` > 0: all but ``full_layers`` layers attend within windows of that many tokens
-    (Qwen2.5-VL); ``temporal_patch`` frames share one patch embedding (Qwen: 2).
+    (Qwen2.5-VL); ``temporal_patch`` frames share one patch embedding (Qwen: 2). ``feature_depth``: the layers up
+    to the one whose output the projector reads (0: all), the layers a merging vision stage (ToMe) merges in.
     """
 
     hidden: int
@@ -36,6 +37,11 @@ class VisionDims:
     window_tokens: int = 0
     full_layers: int = 0
     temporal_patch: int = 1
+    feature_depth: int = 0
+
+    @property
+    def used_layers(self) -> int:
+        return self.feature_depth or self.layers
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ PRESETS: dict[str, ModelSpec] = {
     "longva-7b": ModelSpec(
         "longva-7b",
         LLMDims(3584, 18944, 28, 28, 4, 128),
-        VisionDims(1024, 4096, 24, 577, 14),
+        VisionDims(1024, 4096, 24, 577, 14, feature_depth=23),
         144,
         (12, 12),
         576,

@@ -50,6 +50,9 @@ class VisualTokens:
     vision_plan : list, optional
         Per batch row, the plan the vision slot encoded by (an EventPlan: each frame's stride); ``features`` hold
         the model's tokens of the stride-1 frames only.
+    merged : Tensor, shape (B, F, K, D), optional
+        The tower's merged tokens per frame, projected (ToMe in the vision slot); ``merged_groups`` (B, F, P) gives
+        the merged token each of a frame's P patches ended in.
     """
 
     features: Tensor
@@ -65,6 +68,8 @@ class VisualTokens:
     keys: Tensor | None = None
     coarse: dict[int, Tensor] | None = None
     vision_plan: list | None = None
+    merged: Tensor | None = None
+    merged_groups: Tensor | None = None
 
     @property
     def num_frames(self) -> int:

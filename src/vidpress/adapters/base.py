@@ -11,6 +11,7 @@ families.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from torch import Tensor, nn
@@ -23,6 +24,20 @@ from ..tokens import VisualTokens
 if TYPE_CHECKING:
     from ..models.random import LoadedModel
     from ..processing import OfflineVideoProcessor
+
+
+@dataclass(frozen=True)
+class TowerBlock:
+    """The modules of one vision encoder layer that ToMe's hooks act on (SigLIP, CLIP, DINOv2 alike): the layer,
+    its attention (takes ``attention_mask``), the keys projection, the MLP branch's input norm and its last module
+    (the MLP, or DINOv2's layer scale), and the attention heads."""
+
+    layer: nn.Module
+    attention: nn.Module
+    keys: nn.Module
+    mlp_in: nn.Module
+    mlp_out: nn.Module
+    heads: int
 
 
 class Adapter:
@@ -203,6 +218,24 @@ class Adapter:
         """The video encoder's output for ``arguments`` with no frame encoded: zeros on every frame, the model's
         extra tokens last (what the vision slot returns when it defers the encoding to the request)."""
         raise IncompatibleStagesError(f"{type(self).__name__} cannot defer its video encoding")
+
+    # -- merging inside the tower (ToMe) ------------------------------------------------------------------------
+
+    #: Whether :meth:`tower_blocks` and the merged-token path exist for this family.
+    merges_in_tower = False
+
+    def tower_blocks(self) -> list[TowerBlock]:
+        """The vision encoder layers' modules ToMe's hooks act on.
+
+        Raises
+        ------
+        IncompatibleStagesError
+            The family's tower is not a SigLIP/CLIP/DINOv2 encoder.
+        """
+        raise IncompatibleStagesError(
+            f"{type(self).__name__}'s vision tower is not a SigLIP/CLIP/DINOv2 encoder; ToMe in the tower runs on "
+            "LLaVA-OneVision and LLaVA-NeXT-Video"
+        )
 
     def restore_inputs(self, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]) -> None:
         """Put back, from the vision tower's last call, inputs ``generate`` consumed before the forward (nothing by

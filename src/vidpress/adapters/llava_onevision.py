@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import VidpressError
+from ..errors import IncompatibleStagesError, VidpressError
 from ..specs import ModelSpec, VisionDims
 from ..tokens import VisualTokens
-from .base import Adapter
+from .base import Adapter, TowerBlock
 from .encoder_attention import check_signals, encoder_signals
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class LlavaOnevisionAdapter(Adapter):
             vision["num_hidden_layers"],
             side * side + cls_token,
             vision["patch_size"],
+            feature_depth=_feature_depth(config.get("vision_feature_layer", -1), vision["num_hidden_layers"])
+            % vision["num_hidden_layers"],  # 0: every layer
         )
         pooled = cls.pooled_side(config, side)
         return ModelSpec(
@@ -124,19 +126,89 @@ class LlavaOnevisionAdapter(Adapter):
         """Frames (n, C, H, W) bilinearly resized to ``side`` patches a side, through the tower (position
         embeddings interpolated), the feature layer, the projector and the model's 2x2 bilinear pooling: (n,
         ceil(side / 2)**2, D). At the tower's own side these are the model's tokens."""
-        inner, config = self.model.model, self.config
-        size = side * config.vision_config.patch_size
+        size = side * self.config.vision_config.patch_size
         if pixels.shape[-1] != size or pixels.shape[-2] != size:
             pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
-        tower = inner.vision_tower
-        extra = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _parameters(tower) else {}
-        hidden = tower(pixels, output_hidden_states=True, **extra).hidden_states[config.vision_feature_layer]
-        if config.vision_feature_select_strategy == "default":
+        hidden = self.tower_features(pixels)
+        if self.config.vision_feature_select_strategy == "default":
             hidden = hidden[:, 1:]
-        projected = inner.multi_modal_projector(hidden)
+        projected = self.model.model.multi_modal_projector(hidden)
         grid = projected.view(projected.shape[0], side, side, -1).permute(0, 3, 1, 2)
         pooled = torch.nn.functional.interpolate(grid, size=(math.ceil(side / 2),) * 2, mode="bilinear")
         return pooled.flatten(2).transpose(1, 2)
+
+    def tower_features(self, pixels: Tensor) -> Tensor:
+        """Frames (n, C, H, W) through the tower (position embeddings interpolated to their size): the feature
+        layer's hidden states (n, tokens, Dv), CLS included."""
+        tower = self.model.model.vision_tower
+        extra = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _parameters(tower) else {}
+        return tower(pixels, output_hidden_states=True, **extra).hidden_states[self.config.vision_feature_layer]
+
+    # -- merging inside the tower (ToMe) ------------------------------------------------------------------------
+
+    merges_in_tower = True
+
+    def tower_blocks(self) -> list[TowerBlock]:
+        """The encoder layers' modules the merging hooks act on (SigLIP, CLIP and DINOv2 layers).
+
+        Raises
+        ------
+        IncompatibleStagesError
+            A tower whose layers are not laid out as those, or an attention implementation that takes no additive
+            mask (proportional attention needs one).
+        """
+        tower = self.model.model.vision_tower
+        attn = getattr(tower.config, "_attn_implementation", None) or "eager"
+        if attn not in ("eager", "sdpa"):
+            raise IncompatibleStagesError(
+                f"ToMe's proportional attention adds log(size) to the vision tower's attention logits, which the "
+                f"{attn!r} implementation cannot take; load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        layers = next((m for name, m in tower.named_modules() if name.endswith("encoder.layers")), None)
+        layers = (
+            layers
+            if layers is not None
+            else next((m for name, m in tower.named_modules() if name.endswith("encoder.layer")), None)
+        )
+        blocks = []
+        for layer in layers if layers is not None else ():
+            attention = getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
+            mlp_in = getattr(layer, "layer_norm2", None) or getattr(layer, "norm2", None)
+            mlp_out = getattr(layer, "layer_scale2", None) or getattr(layer, "mlp", None)
+            if attention is None or mlp_in is None or mlp_out is None or not hasattr(attention, "k_proj"):
+                blocks = []
+                break
+            heads = getattr(attention, "num_heads", None) or attention.config.num_attention_heads
+            blocks.append(TowerBlock(layer, attention, attention.k_proj, mlp_in, mlp_out, heads))
+        if not blocks:
+            raise IncompatibleStagesError(
+                f"{type(tower).__name__}'s layers are not SigLIP/CLIP/DINOv2 encoder layers; ToMe runs on those towers"
+            )
+        return blocks
+
+    def tower_has_cls(self) -> bool:
+        """Whether the encoder sequence starts with a CLS token (CLIP, DINOv2), which ToMe never merges."""
+        return self.config.vision_config.model_type in ("clip_vision_model", "dinov2")
+
+    def feature_depth(self) -> int:
+        """Encoder layers up to the one whose output the projector reads (``vision_feature_layer``).
+
+        Raises
+        ------
+        IncompatibleStagesError
+            Several feature layers (they would hold different merged tokens).
+        """
+        layer, total = self.config.vision_feature_layer, self.config.vision_config.num_hidden_layers
+        if not isinstance(layer, int):
+            raise IncompatibleStagesError(
+                f"vision_feature_layer={layer!r} reads several encoder layers; ToMe needs one feature layer"
+            )
+        return _feature_depth(layer, total)
+
+    def project_merged(self, hidden: Tensor) -> Tensor:
+        """The feature layer's merged tokens (n, K, Dv), CLS dropped, through the projector without the spatial
+        pooling: (n, K, D)."""
+        return self.model.model.multi_modal_projector(hidden)
 
     def unencoded_output(self, arguments: dict[str, Any]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -201,6 +273,11 @@ class LlavaOnevisionAdapter(Adapter):
     def pool_patch_grid(self, x: Tensor) -> Tensor:
         """The model's own per-frame pooling of a patch grid (n, h0*w0, C) -> (n, T, C): bilinear 2x2 here."""
         return self.model.model.apply_pooling(x)
+
+
+def _feature_depth(layer: Any, layers: int) -> int:
+    """Encoder layers up to the feature layer (hidden states count the embeddings first); 0: all of them."""
+    return layer % (layers + 1) if isinstance(layer, int) else 0
 
 
 def _parameters(module: nn.Module) -> set[str]:

@@ -82,6 +82,7 @@ def flops(
         "decode FLOPs/token",
         "KV cache",
         "visual KV read/step",
+        "vision FLOPs",
     ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for label, acc in rows:
@@ -94,11 +95,13 @@ def flops(
             human_flops(acc.decode_flops_per_token),
             human_bytes(acc.kv_bytes),
             human_bytes(acc.attended_visual_kv_bytes),
+            f"{human_flops(acc.vision_flops + acc.projector_flops)} "
+            f"({(acc.vision_flops + acc.projector_flops) / (base.vision_flops + base.projector_flops):.2f})",
         )
     console.print(table)
     console.print(
-        f"vision encoder + projector: {human_flops(base.vision_flops + base.projector_flops)} "
-        "(unchanged by pre-LLM methods; counted apart from the LLM)"
+        "vision FLOPs: encoder + projector, counted apart from the LLM; only vision-slot methods and frames never "
+        "encoded change them"
     )
     for note in notes:
         console.print(f"[yellow]{note}[/]")

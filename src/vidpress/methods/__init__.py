@@ -19,10 +19,22 @@ from ..stages.pre_llm.visionzip import VisionZip
 from ..stages.prefill.peers import FastV, PyramidDrop
 from .dycoke import DyCoke
 from .metok import METok
+from .tome import ToMe
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (DyCoke, METok, FastV, PyramidDrop, VisionZip, FastVID, UniformFrames, UniformSpatial, RandomTokens)
+    for cls in (
+        DyCoke,
+        METok,
+        ToMe,
+        FastV,
+        PyramidDrop,
+        VisionZip,
+        FastVID,
+        UniformFrames,
+        UniformSpatial,
+        RandomTokens,
+    )
 }
 
 
@@ -72,6 +84,7 @@ __all__ = [
     "METok",
     "PyramidDrop",
     "RandomTokens",
+    "ToMe",
     "UniformFrames",
     "UniformSpatial",
     "VisionZip",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, tri
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Session
+from .tome import TowerMerge, register, unmerge
 
 
 def _sync(device: torch.device) -> None:
@@ -55,6 +57,8 @@ class _ThreadState:
     encoded: list[int] | None = None  # the frames the tower encoded for the coming request (None: all)
     deferred: tuple[Any, dict] | None = None  # (video encoder, its arguments) a deferring vision stage left
     requesting: bool = False  # inside start_request: tower calls there belong to the request being started
+    merging: TowerMerge | None = None  # a merging vision stage's state during its tower call
+    merged: dict | None = None  # what that call left for the request (merged tokens, merges per layer)
 
 
 class Run:
@@ -154,10 +158,12 @@ class Run:
                     encoder=lambda: self._t.encoder,
                     encoded=lambda: self._t.encoded,
                     deferred=lambda: self._t.deferred,
+                    merged=lambda: self._t.merged,
                 )
             finally:
                 self._t.requesting = False
             self._t.projected = self._t.pixels = self._t.encoder = self._t.encoded = self._t.deferred = None
+            self._t.merged = None
             session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
@@ -214,7 +220,11 @@ class Run:
 
     def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
-        self._t.encoder = self.adapter.encoder_signals(module, args, kwargs, self._t.vision_kwargs)
+        received, keys = self.adapter.encoder_signals(module, args, kwargs, self._t.vision_kwargs)
+        merging = self._t.merging
+        if merging is not None and merging.groups:  # ToMe with grid: each patch takes its merged token's signals
+            received, keys = unmerge(received[..., None], merging.groups[-1])[..., 0], unmerge(keys, merging.groups[-1])
+        self._t.encoder = received, keys
         _sync(self._device())
         elapsed = time.perf_counter() - started
         self._t.encoder_s += elapsed  # method overhead, not vision encoding
@@ -244,6 +254,8 @@ class Run:
                 **bound.arguments.get("kwargs", {}),
             }
             frames, per_frame = self.adapter.frame_grid(arguments)
+            if self.stages.vision is not None and self.stages.vision.merges:
+                return self._merge_in_tower(original, arguments, frames, per_frame)
             if self.stages.vision is not None and self.stages.vision.deferred:  # the request encodes, knowing the
                 self._t.deferred, self._t.encoded = (original, arguments), None  # question (runtime/vision.py)
                 return self.adapter.unencoded_output(arguments)
@@ -256,10 +268,53 @@ class Run:
 
         return encode
 
+    def _merge_in_tower(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
+        """Encode with the tower merging tokens (ToMe): with ``grid`` the model's own encoder runs (its hidden
+        states mapped back onto the patches by the hooks); without, the feature layer's merged tokens go through
+        the projector alone and wait for the pre-LLM slot's :class:`~vidpress.stages.vision.tome.MergedBlock`."""
+        vision, adapter = self.stages.vision, self.adapter
+        side, depth = adapter.patch_side(), adapter.feature_depth()
+        state = TowerMerge(
+            vision.schedule(side * side, depth, per_frame), adapter.tower_has_cls(), vision.proportional, vision.grid
+        )
+        self._t.merging = state
+        try:
+            if vision.grid:
+                keep = self.stages.encoded_frames(frames, per_frame)
+                self._t.encoded = keep
+                if keep is None:
+                    output = original(**arguments)
+                else:
+                    output = adapter.expand_frames(
+                        original(**adapter.select_frames(arguments, keep)), keep, frames, per_frame
+                    )
+            else:
+                pixels = arguments["pixel_values_videos"]
+                hidden = adapter.tower_features(pixels.flatten(0, 1))
+                groups = state.groups[depth]
+                if adapter.tower_has_cls():
+                    hidden, groups = hidden[:, 1:], groups[:, 1:] - 1
+                merged = adapter.project_merged(hidden)
+                output = adapter.unencoded_output(arguments)
+        finally:
+            self._t.merging = None
+        self._t.merged = {"merges": tuple(state.done[:depth])}
+        if not vision.grid:
+            shape = pixels.shape[:2]
+            self._t.merged.update(
+                tokens=merged.view(*shape, *merged.shape[1:]),
+                groups=groups.reshape(*shape, -1),
+                projected=merged.shape[1],
+            )
+        return output
+
     def _check_vision(self) -> None:
         """A deferring vision stage needs a family that encodes at any resolution and its own event stage in the
-        pre-LLM slot (which packs what it encoded)."""
+        pre-LLM slot (which packs what it encoded); a merging one without ``grid`` needs the pre-LLM slot to pack
+        its merged tokens, and with ``grid`` leaves that slot to any stage."""
         vision = self.stages.vision
+        if vision is not None and vision.merges:
+            self._check_merging(vision)
         if vision is None or not vision.deferred:
             return
         if not self.adapter.encodes_at_any_resolution:
@@ -269,6 +324,31 @@ class Run:
                 f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
                 f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"
             )
+
+    def _check_merging(self, vision: Any) -> None:
+        from ..stages.vision.tome import MergedBlock
+
+        self.adapter.tower_blocks()  # raises for towers ToMe does not run on
+        self.adapter.feature_depth()
+        packs = isinstance(self.stages.pre_llm, MergedBlock)
+        if vision.grid and packs:
+            raise IncompatibleStagesError(
+                "TokenMerging(grid=True) maps the merged tokens back onto the model's grid, so there is no merged "
+                "block for MergedBlock to pack; drop MergedBlock or set grid=False"
+            )
+        if not vision.grid and not packs:
+            raise IncompatibleStagesError(
+                f"TokenMerging(grid=False) hands the LLM the tower's merged tokens, which have no (F, T) layout for "
+                f"{type(self.stages.pre_llm).__name__}; pair it with MergedBlock (vidpress.ToMe does), or set "
+                "grid=True to map them back onto the model's grid for any pre-LLM stage"
+            )
+        if not vision.grid and not self.adapter.encodes_at_any_resolution:
+            raise IncompatibleStagesError(
+                f"{type(self.adapter).__name__}'s model pools its features before the projector, so merged tokens "
+                "cannot skip its pooling; use ToMe with grid=True there"
+            )
+        side = self.adapter.patch_side()
+        vision.tokens_left(side * side, self.adapter.feature_depth(), math.prod(self.adapter.grid()))
 
     def _install(self) -> None:
         self._check_vision()
@@ -283,6 +363,9 @@ class Run:
         for module in self.adapter.vision_modules():
             add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
             add(module.register_forward_hook(self._vision_post))
+        if self.stages.vision is not None and self.stages.vision.merges:
+            tower = self.adapter.vision_modules()[0]
+            register(self.adapter.tower_blocks(), tower, lambda: self._t.merging, add)
         pre = self.stages.pre_llm
         capture = self.adapter.unpooled_capture() if pre is not None and pre.needs.unpooled else None
         if capture is not None:

@@ -207,13 +207,15 @@ def start_request(
     encoder: Any = None,
     encoded: Any = None,
     deferred: Any = None,
+    merged: Any = None,
 ) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
     ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
     vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
     need them; ``encoded`` returns the frames the tower encoded (None: all); ``deferred`` returns the video
-    encoder and its arguments when a vision stage deferred the encoding to here (:mod:`.vision`).
+    encoder and its arguments when a vision stage deferred the encoding to here (:mod:`.vision`); ``merged``
+    returns what a merging vision stage (ToMe) left: its merged tokens and the tokens merged per tower layer.
 
     Raises
     ------
@@ -234,6 +236,9 @@ def start_request(
     tokens = _stage_inputs(
         model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, (projected, pixels, encoder)
     )
+    merging = merged() if merged is not None else None
+    if merging is not None and "tokens" in merging:
+        tokens = dataclasses.replace(tokens, merged=merging["tokens"], merged_groups=merging["groups"])
     pending = deferred() if deferred is not None else None
     passes = None
     if pending is not None:
@@ -256,6 +261,8 @@ def start_request(
         tokens_per_frame=per_frame,
         encoded_frames=frames if encoded_frames is None else len(encoded_frames),
         vision_passes=passes,
+        vision_merges=None if merging is None else merging["merges"],
+        projected_tokens=None if merging is None else merging.get("projected"),
         pos_offset=offset,
         mrope_delta=mrope_delta,
         mask=new_mask,

@@ -70,6 +70,8 @@ class Session:
     tokens_per_frame: int
     encoded_frames: int = 0  # frames the vision tower encoded (fewer than ``frames`` when some were skipped)
     vision_passes: tuple[tuple[int, int], ...] | None = None  # (frames, patches per frame) at other resolutions
+    vision_merges: tuple[int, ...] | None = None  # tokens the tower merged per layer (ToMe)
+    projected_tokens: int | None = None  # tokens per frame through the projector, when not every patch
     pos_offset: Tensor | None = None
     mrope_delta: Tensor | None = None  # (B, 1): M-RoPE id of the first generated token minus its logical index
     mask: Tensor | None = None  # (B, S0) attention mask of the base layout

@@ -116,6 +116,12 @@ class VisionStage(Stage):
         defers the video's encoding to the request (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`)."""
         return False
 
+    @property
+    def merges(self) -> bool:
+        """Whether the stage merges tokens inside the tower's layers, so the runtime installs the merging hooks
+        (:class:`~vidpress.stages.vision.tome.TokenMerging`)."""
+        return False
+
 
 class PreLLMStage(Stage):
     """Acts on projected tokens before the LLM; the plan shortens the prefill sequence. Returns a

@@ -36,6 +36,8 @@ _NOT_SERVABLE = {
     "count; use method 'events' (METok's event-aware stage in its fixed-budget form) with a retention",
     "fastv": "FastV drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
     "pdrop": "PyramidDrop drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
+    "tome": "ToMe merges tokens inside the vision tower's layers, and the plugin acts on what vLLM's tower returns; "
+    "use method 'visionzip' or 'frames' in vLLM",
 }
 
 
