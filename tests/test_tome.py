@@ -10,7 +10,7 @@ import torch
 import vidpress
 from vidpress.accounting import estimate, spec_from_config
 from vidpress.errors import BudgetError, IncompatibleStagesError, InvalidParameterError
-from vidpress.models.random import LoadedModel, _llava_config, _processor, byte_tokenizer, random_model
+from vidpress.models.random import random_model
 from vidpress.pipeline import build_inputs
 from vidpress.runtime.tome import TowerMerge
 from vidpress.stages.vision.tome import (
@@ -86,41 +86,9 @@ def test_parameters_are_checked():
         TokenMerging(retention=1.5)
 
 
-def tiny_dinov2(image_size: int = 112) -> LoadedModel:
-    """A random LLaVA-OneVision with a 3-layer DINOv2 tower (CLS token, layer scales), 8x8 patches."""
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    tokenizer = byte_tokenizer()
-    text = dict(
-        model_type="qwen2",
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-    )
-    vision = dict(
-        model_type="dinov2",
-        hidden_size=32,
-        mlp_ratio=2,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=14,
-        layerscale_value=0.5,
-    )
-    torch.manual_seed(0)
-    config = _llava_config(text, vision, tokenizer)
-    config._attn_implementation = "sdpa"
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    return LoadedModel(model, _processor(tokenizer, image_size, 14), "tiny DINOv2 LLaVA-OV", trained=False)
-
-
 @pytest.fixture(scope="module")
 def dinov2():
-    return tiny_dinov2()
+    return random_model(layers=2, hidden=64, image_size=112, tower="dinov2")
 
 
 @pytest.fixture(scope="module")

@@ -89,9 +89,15 @@ def byte_tokenizer(extra_specials: tuple[str, ...] = ()) -> Any:
 
 
 def random_model(
-    layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
+    layers: int = 4,
+    hidden: int = 64,
+    image_size: int = 56,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    tower: str = "siglip",
 ) -> LoadedModel:
-    """A small random-weight LLaVA-OneVision (Qwen2 LM, SigLIP tower) with a byte-level tokenizer.
+    """A small random-weight LLaVA-OneVision (Qwen2 LM, 2-layer SigLIP tower; ``tower="dinov2"``: a 3-layer DINOv2
+    tower with its CLS token and layer scales, as the default model's) with a byte-level tokenizer.
 
     ``image_size`` 56 with patch 14 gives a 4x4 patch grid, pooled to 2x2 = 4 tokens per frame; 224 gives 64.
     """
@@ -99,23 +105,23 @@ def random_model(
 
     tokenizer = byte_tokenizer()
     text = _qwen2_text(tokenizer, layers, hidden)
-    vision = dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=14,
-    )
+    names = {"siglip": "SigLIP", "dinov2": "DINOv2"}
+    if tower not in names:
+        raise ValueError(f"tower must be one of {sorted(names)}, got {tower!r}")
+    if tower == "dinov2":
+        vision = dict(model_type="dinov2", mlp_ratio=2, num_hidden_layers=3, layerscale_value=0.5)
+    else:
+        vision = dict(model_type="siglip_vision_model", intermediate_size=64, num_hidden_layers=2)
+    vision.update(hidden_size=32, num_attention_heads=2, image_size=image_size, patch_size=14)
     torch.manual_seed(seed)
     config = _llava_config(text, vision, tokenizer)
     config._attn_implementation = attn_implementation
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    mean, std = ([0.5] * 3, [0.5] * 3) if tower == "siglip" else (IMAGENET_MEAN, IMAGENET_STD)
     return LoadedModel(
         model,
-        _processor(tokenizer, image_size, 14, [0.5] * 3, [0.5] * 3),
-        f"random-weight LLaVA-OneVision ({layers}-layer Qwen2 LM, hidden {hidden}; SigLIP tower)",
+        _processor(tokenizer, image_size, 14, mean, std),
+        f"random-weight LLaVA-OneVision ({layers}-layer Qwen2 LM, hidden {hidden}; {names[tower]} tower)",
         trained=False,
     )
 
