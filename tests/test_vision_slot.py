@@ -158,20 +158,21 @@ def test_a_low_resolution_pass_gives_the_documented_grid(tiny112, clip_frames):
 
 
 @pytest.mark.parametrize(
-    "first_pass,calls,passes,share",
+    "first_pass,refine,calls,passes,share",
     [
-        ("low", [(8, 28), (1, 112), (3, 56)], ((8, 4), (1, 64), (3, 16)), 0.3),
-        ("middle", [(8, 56), (1, 112)], ((8, 16), (1, 64)), 0.4),  # the middle frames keep the first pass's tokens
+        ("low", "strides", [(8, 28), (1, 112), (3, 56)], ((8, 4), (1, 64), (3, 16)), 0.3),
+        ("middle", "strides", [(8, 56), (1, 112)], ((8, 16), (1, 64)), 0.4),  # the middle frames keep the first pass's
+        ("low", "full", [(8, 28), (4, 112)], ((8, 4), (4, 64)), 0.6),  # the key and middle frames at full resolution
     ],
 )
 def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_it(
-    tiny112, clip_frames, first_pass, calls, passes, share
+    tiny112, clip_frames, first_pass, refine, calls, passes, share
 ):
     """Tower inputs counted per call: all 8 frames at the first pass's resolution (28 px: 2 patches, or 56 px),
     then the frames the plan keeps whole at 112 px and, after a low first pass, those at the middle stride at
     56 px, as many as the content-free allotment says; the runtime report's vision FLOPs equal the calculator's;
     the LLM sees the declared count."""
-    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,), first_pass=first_pass)
+    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,), first_pass=first_pass, refine=refine)
     stages = method.build()
     allotment = stages.pre_llm.allotment(8, (4, 4))  # 8 frames of 16 tokens, budget 32
     assert sorted(allotment) == [1, 2, 2, 2, 4, 4, 4, 4]  # 16 + 4 + 7 = 27, then 4 each while the rest fit 1

@@ -49,7 +49,7 @@ class METok(Method):
         Coarse-to-fine vision encoding (needs ``retention``; LLaVA-OneVision): a low-resolution first pass of every
         frame plans the events, then only the frames kept finer are encoded at their resolution
         (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`). ``first_pass`` ("low" or "middle") is
-        the first pass's resolution.
+        the first pass's resolution; ``refine="full"`` encodes the middle-stride frames at full resolution too.
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -71,6 +71,7 @@ class METok(Method):
     retention: float | None = None
     coarse: bool = False
     first_pass: Literal["low", "middle"] = "low"
+    refine: Literal["strides", "full"] = "strides"
 
     def build(self) -> Stages:
         if self.coarse and self.retention is None:
@@ -92,7 +93,7 @@ class METok(Method):
             retention=self.retention,
         )
         return Stages(
-            vision=CoarseToFine(events=events, first_pass=self.first_pass) if self.coarse else None,
+            vision=CoarseToFine(events=events, first_pass=self.first_pass, refine=self.refine) if self.coarse else None,
             pre_llm=events,
             prefill=AttentionRank(schedule=schedule, query_rows="text"),
             decode=LayerwiseTrim(first_layer=schedule[0][0]),

@@ -52,16 +52,24 @@ def encode_deferred(
     plan = vision.plan(tokens, first)
     full = [f for f in range(frames) if plan.strides[f] == fine and fine < stride]
     mid = [f for f in range(frames) if plan.strides[f] == middle and fine < middle < stride]
+    refined = full + (mid if vision.refine == "full" else [])
     features = torch.zeros_like(tokens.features)
-    if full:
-        out = adapter.expand_frames(original(**adapter.select_frames(arguments, full)), full, frames, features.shape[2])
+    if refined:
+        keep = sorted(refined)
+        out = adapter.expand_frames(original(**adapter.select_frames(arguments, keep)), keep, frames, features.shape[2])
         features = adapter.encode_video({"mm_encoder_outputs": {"video": out}})[0].features.to(features.dtype)
     coarse = {stride: first[None].to(features.dtype)}
+    if mid and vision.refine == "full":  # the model's tokens of those frames, pooled as stage 1 pools them
+        h, w = tokens.grid
+        pooled = pool_grid(features[0, mid].view(len(mid), h, w, -1), middle, "bilinear")
+        coarse[middle] = pooled.new_zeros(1, frames, *pooled.shape[1:])
+        coarse[middle][0, mid] = pooled
+        features[0, mid] = 0
     if low > stride:  # the low-stride frames pool the first pass's grid
         grid = math.isqrt(first.shape[1])
         pooled = pool_grid(first.view(frames, grid, grid, -1), low // stride, "bilinear")
         coarse[low] = pooled[None].to(features.dtype)
-    if mid:
+    if mid and vision.refine == "strides":
         encoded = adapter.encode_at(pixels[0, mid], sides[middle])
         coarse[middle] = encoded.new_zeros(1, frames, *encoded.shape[1:]).to(features.dtype)
         coarse[middle][0, mid] = encoded.to(features.dtype)
