@@ -41,8 +41,15 @@ def main() -> None:
     for family, build in FAMILIES.items():
         loaded = build()
         rows = run_cells(
-            loaded.model, loaded.processor, frames, "Describe what happens in this video.", cells, new_tokens=16
+            loaded.model,
+            loaded.processor,
+            frames,
+            "Describe what happens in this video.",
+            cells,
+            new_tokens=16,
+            notes=(family_notes := []),
         )
+        notes += [f"{family}: {n}" for n in family_notes]
         results[family] = {"model": loaded.description, "rows": rows}
         sections.append(f"## {family}\n\n{loaded.description}\n\n{markdown(rows)}\n")
         print(sections[-1])

@@ -269,3 +269,19 @@ def test_refusals(siglip, tiny_next_video, tiny_qwen):
     eager = random_model(layers=2, hidden=64, image_size=112, attn_implementation="eager")
     with vidpress.apply(eager.model, vidpress.ToMe(r=4, grid=True)):
         pass
+
+
+def test_bench_skips_a_cell_the_model_refuses_with_a_note(tiny, clip_frames):
+    """The tiny model's 2-layer tower cannot merge 16 patches down to 1 (at most half per layer): the benchmark
+    notes the cell and goes on, instead of stopping the matrix."""
+    from vidpress.bench import run_cells
+
+    notes = []
+    cells = [("tome", 0.25, vidpress.ToMe.at_retention(0.25)), ("frames", 0.25, vidpress.UniformFrames(retention=0.25))]
+    rows = run_cells(
+        tiny.model, tiny.processor, clip_frames[:4], "What?", cells, new_tokens=1, progress=False, notes=notes
+    )
+    assert [r["method"] for r in rows] == ["uncompressed", "frames"]
+    assert len(notes) == 1 and notes[0].startswith("tome @ 25%: skipped") and "no fewer than 4 of 16" in notes[0]
+    with pytest.raises(BudgetError):
+        run_cells(tiny.model, tiny.processor, clip_frames[:4], "What?", cells[:1], new_tokens=1, progress=False)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import BudgetError, InvalidParameterError, UnknownMethodError
+from .errors import BudgetError, IncompatibleStagesError, InvalidParameterError, UnknownMethodError
 from .methods import METHODS, get_method
 from .pipeline import Answer, ask
 from .report import ratios
@@ -249,6 +249,7 @@ def run_bench(
         progress=progress,
         repeats=repeats,
         on_row=report,
+        notes=notes,
     )
     return ordered(kept + rows), notes
 
@@ -278,8 +279,11 @@ def run_cells(
     progress: bool = True,
     repeats: int = 1,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each.
+    A cell the model refuses at ``apply`` (a budget its layers cannot meet, a tower a vision stage does not run on)
+    is skipped with a line in ``notes``, when given; without ``notes`` the error propagates.
     With ``repeats`` > 1 every run (the reference too) is repeated and its timings are the medians
     (:func:`median_report`); the answer, tokens and accounting are the first repeat's (greedy: all alike).
     Every row carries ``run``, when this process started, since ratios are to that run's uncompressed row;
@@ -327,7 +331,14 @@ def run_cells(
 
     add("uncompressed", 1.0, base)
     for name, r, method in tqdm(cells, desc="benchmark", unit="run", disable=not progress):
-        add(name, r, run(method, name))
+        try:
+            answer = run(method, name)
+        except (BudgetError, IncompatibleStagesError) as exc:  # refused at apply, before any encoding
+            if notes is None:
+                raise
+            notes.append(_skipped(name, r, exc))
+            continue
+        add(name, r, answer)
     return rows
 
 
