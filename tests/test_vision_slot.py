@@ -163,6 +163,7 @@ def test_a_low_resolution_pass_gives_the_documented_grid(tiny112, clip_frames):
         ("low", "strides", [(8, 28), (1, 112), (3, 56)], ((8, 4), (1, 64), (3, 16)), 0.3),
         ("middle", "strides", [(8, 56), (1, 112)], ((8, 16), (1, 64)), 0.4),  # the middle frames keep the first pass's
         ("low", "full", [(8, 28), (4, 112)], ((8, 4), (4, 64)), 0.6),  # the key and middle frames at full resolution
+        ("low", "all", [(8, 28), (8, 112)], ((8, 4), (8, 64)), 1.1),  # every frame: the first pass only plans
     ],
 )
 def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_it(

@@ -49,7 +49,8 @@ class METok(Method):
         Coarse-to-fine vision encoding (needs ``retention``; LLaVA-OneVision): a low-resolution first pass of every
         frame plans the events, then only the frames kept finer are encoded at their resolution
         (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`). ``first_pass`` ("low" or "middle") is
-        the first pass's resolution; ``refine="full"`` encodes the middle-stride frames at full resolution too.
+        the first pass's resolution; ``refine`` ("strides", "full", "all") which frames the second pass encodes at full
+        resolution (see CoarseToFine).
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -71,7 +72,7 @@ class METok(Method):
     retention: float | None = None
     coarse: bool = False
     first_pass: Literal["low", "middle"] = "low"
-    refine: Literal["strides", "full"] = "strides"
+    refine: Literal["strides", "full", "all"] = "strides"
 
     def build(self) -> Stages:
         if self.coarse and self.retention is None:

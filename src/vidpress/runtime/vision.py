@@ -52,20 +52,22 @@ def encode_deferred(
     plan = vision.plan(tokens, first)
     full = [f for f in range(frames) if plan.strides[f] == fine and fine < stride]
     mid = [f for f in range(frames) if plan.strides[f] == middle and fine < middle < stride]
-    refined = full + (mid if vision.refine == "full" else [])
+    refined = {"strides": full, "full": full + mid, "all": list(range(frames))}[vision.refine]
+    from_model = {"strides": (), "full": (middle,) if mid else (), "all": (middle, low)}[vision.refine]
     features = torch.zeros_like(tokens.features)
     if refined:
         keep = sorted(refined)
         out = adapter.expand_frames(original(**adapter.select_frames(arguments, keep)), keep, frames, features.shape[2])
         features = adapter.encode_video({"mm_encoder_outputs": {"video": out}})[0].features.to(features.dtype)
     coarse = {stride: first[None].to(features.dtype)}
-    if mid and vision.refine == "full":  # the model's tokens of those frames, pooled as stage 1 pools them
-        h, w = tokens.grid
-        pooled = pool_grid(features[0, mid].view(len(mid), h, w, -1), middle, "bilinear")
-        coarse[middle] = pooled.new_zeros(1, frames, *pooled.shape[1:])
-        coarse[middle][0, mid] = pooled
-        features[0, mid] = 0
-    if low > stride:  # the low-stride frames pool the first pass's grid
+    h, w = tokens.grid
+    for k in from_model:  # the model's tokens of the frames at stride k, pooled as stage 1 pools them
+        at = [f for f in range(frames) if plan.strides[f] == k]
+        pooled = pool_grid(features[0].view(frames, h, w, -1), k, "bilinear")
+        coarse[k] = torch.zeros_like(pooled)[None]
+        coarse[k][0, at] = pooled[at]
+    features[0, [f for f in range(frames) if plan.strides[f] != fine]] = 0  # stride-1 frames' tokens only
+    if low > stride and low not in from_model:  # the low-stride frames pool the first pass's grid
         grid = math.isqrt(first.shape[1])
         pooled = pool_grid(first.view(frames, grid, grid, -1), low // stride, "bilinear")
         coarse[low] = pooled[None].to(features.dtype)

@@ -45,10 +45,12 @@ class CoarseToFine(VisionStage):
         at that resolution), or the middle stride's (the middle-stride frames keep its tokens and the low-stride
         frames pool them 2x2, closer to the full-resolution tokens a small tower was trained on; 4x the first
         pass's cost).
-    refine : {"strides", "full"}
+    refine : {"strides", "full", "all"}
         After a low first pass, the middle-stride frames at the middle stride's resolution (``strides``, cheapest),
         or at full resolution with the key frames, pooled 2x2 on the model's grid (``full``: those frames get
         exactly the tokens METok's stage 1 gives them; only the low-stride frames keep low-resolution tokens).
+        ``all``: every frame at full resolution, pooled by its stride; the first pass only plans (no vision
+        savings: it isolates what planning from the first pass costs).
 
     Raises
     ------
@@ -59,7 +61,7 @@ class CoarseToFine(VisionStage):
     slot: ClassVar[str] = "vision"
     events: Any = None
     first_pass: Literal["low", "middle"] = "low"
-    refine: Literal["strides", "full"] = "strides"
+    refine: Literal["strides", "full", "all"] = "strides"
     needs: Needs = field(default=Needs(text=True), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,8 +72,8 @@ class CoarseToFine(VisionStage):
             )
         if self.first_pass not in ("low", "middle"):
             raise InvalidParameterError(f"first_pass must be 'low' or 'middle', got {self.first_pass!r}")
-        if self.refine not in ("strides", "full"):
-            raise InvalidParameterError(f"refine must be 'strides' or 'full', got {self.refine!r}")
+        if self.refine not in ("strides", "full", "all"):
+            raise InvalidParameterError(f"refine must be 'strides', 'full' or 'all', got {self.refine!r}")
         if self.events.pool != "bilinear":
             raise InvalidParameterError(
                 f"CoarseToFine encodes each stride's tokens at the resolution whose 2x2 bilinear pooling gives them; "
@@ -113,7 +115,9 @@ class CoarseToFine(VisionStage):
         first = self.first_stride()
         finer = [k for k in dict.fromkeys(self.events.budget_strides()) if k < first]
         out = [(frames, sides[first] ** 2)]
-        if self.refine == "full":
+        if self.refine == "all":
+            out.append((frames, side**2))
+        elif self.refine == "full":
             out.append((sum(counts.get(k, 0) for k in finer), side**2))
         else:
             out += [(counts.get(k, 0), sides[k] ** 2) for k in finer]
