@@ -318,7 +318,10 @@ class Run:
         if vision is None or not vision.deferred:
             return
         if not self.adapter.encodes_at_any_resolution:
-            self.adapter.encode_at(None, 0)  # raises, naming the family
+            raise IncompatibleStagesError(
+                f"{type(self.adapter).__name__} does not encode frames at other resolutions; coarse-to-fine vision "
+                "stages run on LLaVA-OneVision"
+            )
         if self.stages.pre_llm is not vision.events:
             raise IncompatibleStagesError(
                 f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
