@@ -221,9 +221,6 @@ class Adapter:
 
     # -- merging inside the tower (ToMe) ------------------------------------------------------------------------
 
-    #: Whether :meth:`tower_blocks` and the merged-token path exist for this family.
-    merges_in_tower = False
-
     def tower_blocks(self) -> list[TowerBlock]:
         """The vision encoder layers' modules ToMe's hooks act on.
 

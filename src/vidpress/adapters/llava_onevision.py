@@ -146,8 +146,6 @@ class LlavaOnevisionAdapter(Adapter):
 
     # -- merging inside the tower (ToMe) ------------------------------------------------------------------------
 
-    merges_in_tower = True
-
     def tower_blocks(self) -> list[TowerBlock]:
         """The encoder layers' modules the merging hooks act on (SigLIP, CLIP and DINOv2 layers).
 
@@ -164,11 +162,9 @@ class LlavaOnevisionAdapter(Adapter):
                 f"ToMe's proportional attention adds log(size) to the vision tower's attention logits, which the "
                 f"{attn!r} implementation cannot take; load the model with attn_implementation='sdpa' or 'eager'"
             )
-        layers = next((m for name, m in tower.named_modules() if name.endswith("encoder.layers")), None)
-        layers = (
-            layers
-            if layers is not None
-            else next((m for name, m in tower.named_modules() if name.endswith("encoder.layer")), None)
+        # SigLIP and CLIP keep their layers in ``encoder.layers``, DINOv2 in ``encoder.layer``
+        layers = next(
+            (m for name, m in tower.named_modules() if name.endswith(("encoder.layers", "encoder.layer"))), None
         )
         blocks = []
         for layer in layers if layers is not None else ():

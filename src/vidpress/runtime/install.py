@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import threading
 import time
 import weakref
@@ -24,11 +23,12 @@ from ..adapters.registry import adapter_for
 from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
 from ..report import Report
 from ..stages import Stages
+from ..stages.vision.tome import unmerge
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Session
-from .tome import TowerMerge, register, unmerge
+from .tome import TowerMerge, check_merging, register
 
 
 def _sync(device: torch.device) -> None:
@@ -259,14 +259,18 @@ class Run:
             if self.stages.vision is not None and self.stages.vision.deferred:  # the request encodes, knowing the
                 self._t.deferred, self._t.encoded = (original, arguments), None  # question (runtime/vision.py)
                 return self.adapter.unencoded_output(arguments)
-            keep = self.stages.encoded_frames(frames, per_frame)
-            self._t.encoded = keep
-            if keep is None:
-                return original(*args, **kwargs)
-            output = original(**self.adapter.select_frames(arguments, keep))
-            return self.adapter.expand_frames(output, keep, frames, per_frame)
+            return self._encode_frames(original, arguments, frames, per_frame)
 
         return encode
+
+    def _encode_frames(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
+        """``original`` on the frames the stages can use (all when they declare none), laid back on all frames."""
+        keep = self.stages.encoded_frames(frames, per_frame)
+        self._t.encoded = keep
+        if keep is None:
+            return original(**arguments)
+        output = original(**self.adapter.select_frames(arguments, keep))
+        return self.adapter.expand_frames(output, keep, frames, per_frame)
 
     def _merge_in_tower(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
         """Encode with the tower merging tokens (ToMe): with ``grid`` the model's own encoder runs (its hidden
@@ -280,14 +284,7 @@ class Run:
         self._t.merging = state
         try:
             if vision.grid:
-                keep = self.stages.encoded_frames(frames, per_frame)
-                self._t.encoded = keep
-                if keep is None:
-                    output = original(**arguments)
-                else:
-                    output = adapter.expand_frames(
-                        original(**adapter.select_frames(arguments, keep)), keep, frames, per_frame
-                    )
+                output = self._encode_frames(original, arguments, frames, per_frame)
             else:
                 pixels = arguments["pixel_values_videos"]
                 hidden = adapter.tower_features(pixels.flatten(0, 1))
@@ -314,7 +311,7 @@ class Run:
         its merged tokens, and with ``grid`` leaves that slot to any stage."""
         vision = self.stages.vision
         if vision is not None and vision.merges:
-            self._check_merging(vision)
+            check_merging(self.adapter, self.stages)
         if vision is None or not vision.deferred:
             return
         if not self.adapter.encodes_at_any_resolution:
@@ -327,31 +324,6 @@ class Run:
                 f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
                 f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"
             )
-
-    def _check_merging(self, vision: Any) -> None:
-        from ..stages.vision.tome import MergedBlock
-
-        self.adapter.tower_blocks()  # raises for towers ToMe does not run on
-        self.adapter.feature_depth()
-        packs = isinstance(self.stages.pre_llm, MergedBlock)
-        if vision.grid and packs:
-            raise IncompatibleStagesError(
-                "TokenMerging(grid=True) maps the merged tokens back onto the model's grid, so there is no merged "
-                "block for MergedBlock to pack; drop MergedBlock or set grid=False"
-            )
-        if not vision.grid and not packs:
-            raise IncompatibleStagesError(
-                f"TokenMerging(grid=False) hands the LLM the tower's merged tokens, which have no (F, T) layout for "
-                f"{type(self.stages.pre_llm).__name__}; pair it with MergedBlock (vidpress.ToMe does), or set "
-                "grid=True to map them back onto the model's grid for any pre-LLM stage"
-            )
-        if not vision.grid and not self.adapter.encodes_at_any_resolution:
-            raise IncompatibleStagesError(
-                f"{type(self.adapter).__name__}'s model pools its features before the projector, so merged tokens "
-                "cannot skip its pooling; use ToMe with grid=True there"
-            )
-        side = self.adapter.patch_side()
-        vision.tokens_left(side * side, self.adapter.feature_depth(), math.prod(self.adapter.grid()))
 
     def _install(self) -> None:
         self._check_vision()

@@ -15,14 +15,17 @@ per thread, and every hook passes through when there is none.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ..adapters.base import TowerBlock
-from ..stages.vision.tome import Matching, bipartite_soft_matching, merge_weighted
+from ..adapters.base import Adapter, TowerBlock
+from ..errors import IncompatibleStagesError
+from ..stages import Stages
+from ..stages.vision.tome import Matching, MergedBlock, bipartite_soft_matching, merge_weighted, unmerge
 
 
 @dataclass
@@ -59,6 +62,41 @@ class TowerMerge:
 
     def r(self, layer: int) -> int:
         return self.schedule[layer] if layer < len(self.schedule) else 0
+
+
+def check_merging(adapter: Adapter, stages: Stages) -> None:
+    """Refuse, before any encoding, a merging vision stage the model or the other stages cannot take.
+
+    Raises
+    ------
+    IncompatibleStagesError
+        A tower ToMe does not run on, several feature layers, ``grid`` beside :class:`MergedBlock`, no ``grid`` beside
+        another pre-LLM stage or on a family that pools before its projector.
+    BudgetError
+        A schedule leaving more tokens per frame than the model's, or one its layers cannot reach.
+    """
+    vision = stages.vision
+    adapter.tower_blocks()  # raises for towers ToMe does not run on
+    depth = adapter.feature_depth()
+    packs = isinstance(stages.pre_llm, MergedBlock)
+    if vision.grid and packs:
+        raise IncompatibleStagesError(
+            "TokenMerging(grid=True) maps the merged tokens back onto the model's grid, so there is no merged "
+            "block for MergedBlock to pack; drop MergedBlock or set grid=False"
+        )
+    if not vision.grid and not packs:
+        raise IncompatibleStagesError(
+            f"TokenMerging(grid=False) hands the LLM the tower's merged tokens, which have no (F, T) layout for "
+            f"{type(stages.pre_llm).__name__}; pair it with MergedBlock (vidpress.ToMe does), or set "
+            "grid=True to map them back onto the model's grid for any pre-LLM stage"
+        )
+    if not vision.grid and not adapter.encodes_at_any_resolution:
+        raise IncompatibleStagesError(
+            f"{type(adapter).__name__}'s model pools its features before the projector, so merged tokens "
+            "cannot skip its pooling; use ToMe with grid=True there"
+        )
+    side = adapter.patch_side()
+    vision.tokens_left(side * side, depth, math.prod(adapter.grid()))
 
 
 def register(blocks: list[TowerBlock], tower: Any, state: Callable[[], TowerMerge | None], add: Callable) -> None:
@@ -168,8 +206,3 @@ def _finish(state: Callable[[], TowerMerge | None]) -> Callable:
         return output
 
     return hook
-
-
-def unmerge(hidden: Tensor, groups: Tensor) -> Tensor:
-    """Merged tokens (n, t', c) laid back on the input tokens (n, t, c) by ``groups`` (n, t)."""
-    return hidden.gather(1, groups[..., None].expand(-1, -1, hidden.shape[-1]))

@@ -87,7 +87,13 @@ class Matching:
 
     def unmerge(self, y: Tensor) -> Tensor:
         """(n, tokens - r, c) -> (n, tokens, c): every input token takes its output token's value."""
-        return y.gather(1, self.groups()[..., None].expand(-1, -1, y.shape[-1]))
+        return unmerge(y, self.groups())
+
+
+def unmerge(merged: Tensor, groups: Tensor) -> Tensor:
+    """Merged tokens (n, t', c) laid back on the tokens they came from (n, t, c) by ``groups`` (n, t): the merged
+    token each one ended in (:meth:`Matching.groups`, composed over layers)."""
+    return merged.gather(1, groups[..., None].expand(-1, -1, merged.shape[-1]))
 
 
 def bipartite_soft_matching(metric: Tensor, r: int, protected: bool = False) -> Matching | None:
