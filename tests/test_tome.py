@@ -84,6 +84,10 @@ def test_parameters_are_checked():
         TokenMerging(r=-1)
     with pytest.raises(BudgetError, match="retention"):
         TokenMerging(retention=1.5)
+    with pytest.raises(InvalidParameterError, match="grid must be true or false"):
+        TokenMerging(r=4, grid="yes")
+    with pytest.raises(InvalidParameterError, match="mode must be"):
+        vidpress.ToMe(r=4, grid=True, mode="faithfull")
 
 
 @pytest.fixture(scope="module")

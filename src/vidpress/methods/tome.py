@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from .._checks import check_mode
 from ..method import Method
 from ..stages import Stages
 from ..stages.vision.tome import MergedBlock, TokenMerging
@@ -40,6 +41,7 @@ class ToMe(Method):
     proportional: bool = True
 
     def build(self) -> Stages:
+        check_mode(self.mode)  # also with grid, where no MergedBlock would check it
         retention = 0.25 if self.retention is None and self.r is None else self.retention
         vision = TokenMerging(retention=retention, r=self.r, grid=self.grid, proportional=self.proportional)
         return Stages(vision=vision, pre_llm=None if self.grid else MergedBlock(mode=self.mode))

@@ -195,7 +195,7 @@ class TokenMerging(VisionStage):
     Raises
     ------
     InvalidParameterError
-        Neither or both of ``retention`` and ``r``; a negative ``r``.
+        Neither or both of ``retention`` and ``r``; a negative ``r``; ``grid`` or ``proportional`` not a bool.
     BudgetError
         ``retention`` outside (0, 1].
     """
@@ -215,6 +215,9 @@ class TokenMerging(VisionStage):
             )
         if self.retention is not None:
             visual_budget(self.retention, 1)
+        for name in ("grid", "proportional"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameterError(f"ToMe's {name} must be true or false, got {getattr(self, name)!r}")
         rs = (self.r,) if isinstance(self.r, int) else tuple(self.r or ())
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in rs):
             raise InvalidParameterError(f"ToMe's r must be integers >= 0, got {self.r!r}")
