@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import vidpress
-from vidpress.accounting import estimate, spec_from_config
+from vidpress.accounting import estimate, spec_from_config, vision_flops
 from vidpress.errors import IncompatibleStagesError, VidpressError
 from vidpress.methods import UniformFrames, UniformSpatial
 from vidpress.pipeline import build_inputs
 from vidpress.stages import Stages, VisionStage, compose
+from vidpress.stages.vision.tome import TokenMerging
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,73 @@ def test_coarse_to_fine_encodes_each_frame_at_its_plans_resolution_and_reports_i
     assert report.vision_flops < share * estimate(spec, 8).vision_flops
 
 
+def test_a_tome_first_pass_encodes_every_frame_merged_then_the_key_frames_whole(tiny112, clip_frames):
+    """first_pass="tome": one call with all 8 frames at 112 px whose tower layers merge 64 -> 32 -> 16 tokens
+    (first_retention 1: the 16 tokens the model keeps per frame), then the key frame at 112 px unmerged (the MLPs
+    see all 64); the middle- and low-stride frames take no pass of their own. The report lists the merged pass
+    with its merges and equals the calculator."""
+    from vidpress.adapters.registry import adapter_for
+
+    method = vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,), first_pass="tome", first_retention=1.0)
+    stages = method.build()
+    assert stages.vision.first_pass_merging == TokenMerging(retention=1.0, grid=True)
+    sizes, mlp = [], []
+    tower = tiny112.model.model.vision_tower
+    hooks = [
+        tower.register_forward_pre_hook(
+            lambda m, a, k: sizes.append(tuple((a[0] if a else k["pixel_values"]).shape)), with_kwargs=True
+        ),
+        *(
+            block.mlp_out.register_forward_pre_hook(lambda m, a: mlp.append(tuple(a[0].shape[:2])))
+            for block in adapter_for(tiny112.model).tower_blocks()
+        ),
+    ]
+    inputs = build_inputs(tiny112.processor, clip_frames[:8], "What happens?")
+    try:
+        with torch.no_grad(), vidpress.apply(tiny112.model, method) as run:
+            tiny112.model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [(n, h) for n, _, h, _ in sizes] == [(8, 112), (1, 112)]
+    assert mlp == [(8, 32), (8, 16), (1, 64), (1, 64)]  # ToMe merges between attention and MLP
+    report = run.report.accounting
+    assert report.vision_passes == ((8, 64, (32, 16)), (1, 64))
+    assert report.prefill_visual[0] == stages.pre_llm.kept_count(8, 16)
+    spec = spec_from_config(tiny112.model.config)
+    planned = estimate(spec, 8, stages, text_tokens=report.other_tokens - 1)
+    assert planned.vision_passes == report.vision_passes
+    assert planned.vision_flops == report.vision_flops and planned.projector_flops == report.projector_flops
+    whole = estimate(spec, 8).vision_flops
+    merged = vision_flops(spec, 8, 64, (32, 16))
+    assert (
+        report.vision_flops == merged + vision_flops(spec, 1) and merged < 0.8 * whole
+    )  # 64 then 32 tokens attend, 32 then 16 through the MLPs
+
+
+def test_a_first_pass_merging_nothing_gives_the_model_tokens_every_stride_pools(tiny112, clip_frames):
+    """With a ToMe first pass that merges nothing, the first pass is the model's own tokens, so pooling its grid
+    for the middle- and low-stride frames (refine="strides") gives the logits of re-encoding every frame with the
+    model (refine="all") under the same plan."""
+    from vidpress.stages.pre_llm.event_pooling import EventPooling
+    from vidpress.stages.vision.coarse_to_fine import CoarseToFine
+
+    class Unmerged(CoarseToFine):
+        @property
+        def first_pass_merging(self):
+            return TokenMerging(r=0, grid=True)
+
+    events = EventPooling(retention=0.25)
+    inputs = build_inputs(tiny112.processor, clip_frames[:8], "What happens?")
+    logits = []
+    with torch.no_grad():
+        for refine in ("strides", "all"):
+            with vidpress.apply(tiny112.model, compose(Unmerged(events, "tome", refine), events)) as run:
+                logits.append(tiny112.model(**inputs).logits[0, -1])
+            assert run.report.accounting.vision_passes[0] == (8, 64, (0, 0))
+    assert torch.allclose(*logits, atol=1e-4)
+
+
 def test_coarse_to_fine_keeping_everything_is_the_uncompressed_model(tiny112, clip_frames):
     """At retention 1 every frame takes stride 1: the first pass is spent, then every frame is encoded at full
     resolution and packed as is, so the logits are the uncompressed model's."""
@@ -237,6 +305,16 @@ def test_coarse_to_fine_refuses_what_it_cannot_run(tiny112, tiny_qwen, tiny_next
         CoarseToFine(events=EventPooling())
     with pytest.raises(vidpress.errors.InvalidParameterError, match="first_pass must be"):
         CoarseToFine(events=EventPooling(retention=0.5), first_pass="high")
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="set first_pass='tome'"):
+        CoarseToFine(events=EventPooling(retention=0.5), first_retention=0.25)
+    with pytest.raises(vidpress.errors.InvalidParameterError, match="first_pass, first_retention set coarse-to-fine"):
+        vidpress.methods.METok(retention=0.25, first_pass="tome", first_retention=0.25).build()
+    with pytest.raises(vidpress.errors.BudgetError, match="retention"):
+        CoarseToFine(events=EventPooling(retention=0.5), first_pass="tome", first_retention=1.5)
+    with pytest.raises(vidpress.errors.BudgetError, match="no fewer than"):  # 64 -> 1 token in 2 layers
+        vidpress.apply(
+            tiny112.model, vidpress.methods.METok(retention=0.25, coarse=True, layers=(1,), first_pass="tome")
+        )
     with pytest.raises(vidpress.errors.InvalidParameterError, match="pool='bilinear'"):
         CoarseToFine(events=EventPooling(retention=0.5, pool="average"))
     events = EventPooling(retention=0.5)

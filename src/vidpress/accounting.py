@@ -96,9 +96,10 @@ class Accounting:
         Non-visual tokens of the prompt (text, template, newline), alive in every layer.
     encoded_frames : int, optional
         Frames (temporal patches) the vision tower encoded, when a stage skipped some; None: all ``frames``.
-    vision_passes : tuple of (frames, patches per frame), optional
+    vision_passes : tuple of (frames, patches per frame[, tokens merged per layer]), optional
         What the tower encoded when a vision stage chose resolutions per frame (coarse-to-fine); it replaces
-        ``encoded_frames`` in the vision and projector FLOPs.
+        ``encoded_frames`` in the vision and projector FLOPs. A pass with merges ran the tower merging (a ToMe
+        first pass).
     vision_merges : tuple of int, optional
         Tokens the tower merged in each of its layers (ToMe), per frame.
     projected_tokens : int, optional
@@ -112,14 +113,15 @@ class Accounting:
     stored_visual: list[int]
     other_tokens: int
     encoded_frames: int | None = None
-    vision_passes: tuple[tuple[int, int], ...] | None = None
+    vision_passes: tuple[tuple, ...] | None = None
     vision_merges: tuple[int, ...] | None = None
     projected_tokens: int | None = None
 
-    def _passes(self) -> tuple[tuple[int, int | None], ...]:
-        if self.vision_passes is not None:
-            return self.vision_passes
-        return ((self.frames if self.encoded_frames is None else self.encoded_frames, None),)
+    def _passes(self) -> list[tuple[int, int | None, tuple[int, ...] | None]]:
+        """(frames, patches per frame, tokens merged per layer) of each tower pass."""
+        if self.vision_passes is None:
+            return [(self.frames if self.encoded_frames is None else self.encoded_frames, None, self.vision_merges)]
+        return [(f, patches, merges[0] if merges else self.vision_merges) for f, patches, *merges in self.vision_passes]
 
     @property
     def visual_in(self) -> int:
@@ -143,12 +145,13 @@ class Accounting:
     @property
     def vision_flops(self) -> float:
         """Vision-encoder FLOPs of the frames it encoded, at the resolutions it encoded them."""
-        return sum(vision_flops(self.spec, frames, patches, self.vision_merges) for frames, patches in self._passes())
+        return sum(vision_flops(self.spec, frames, patches, merges) for frames, patches, merges in self._passes())
 
     @property
     def projector_flops(self) -> float:
         return sum(
-            projector_flops(self.spec, frames, self.projected_tokens or patches) for frames, patches in self._passes()
+            projector_flops(self.spec, frames, self.projected_tokens or patches)
+            for frames, patches, _m in self._passes()
         )
 
     @property
@@ -325,7 +328,9 @@ def estimate(
     encoded = stages.encoded_frames(frames, spec.tokens_per_frame) if stages is not None else None
     passes = None
     if stages is not None and stages.vision is not None and stages.vision.deferred:
-        passes = stages.vision.passes(frames, spec.grid, math.isqrt(spec.patches))
+        merge = stages.vision.first_pass_merging
+        merged = None if merge is None else merge.schedule(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
+        passes = stages.vision.passes(frames, spec.grid, math.isqrt(spec.patches), merged)
     encoded = None if encoded is None else len(encoded)
     merges, projected = tower_merging(spec, stages.vision if stages is not None else None)
     return Accounting(spec, frames, prefill, decode, stored, other, encoded, passes, merges, projected)

@@ -49,8 +49,9 @@ class METok(Method):
         Coarse-to-fine vision encoding (needs ``retention``; LLaVA-OneVision): a low-resolution first pass of every
         frame plans the events, then only the frames kept finer are encoded at their resolution
         (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`). ``first_pass`` ("low" or "middle") is
-        the first pass's resolution; ``refine`` ("strides", "full", "all") which frames the second pass encodes at full
-        resolution (see CoarseToFine).
+        the first pass's resolution, or "tome": full resolution with the tower merging to ``first_retention``;
+        ``refine`` ("strides", "full", "all") which frames the second pass encodes at full resolution (see
+        CoarseToFine).
 
     ``METok(mode="faithful", boundaries=0, strides=(2, 2, 2, 2), schedule=((3, 1.0, 1.0),))`` keeps every
     token of a LLaVA-OV video and reproduces the uncompressed model.
@@ -71,14 +72,21 @@ class METok(Method):
     relevance: Any = None
     retention: float | None = None
     coarse: bool = False
-    first_pass: Literal["low", "middle"] = "low"
+    first_pass: Literal["low", "middle", "tome"] = "low"
     refine: Literal["strides", "full", "all"] = "strides"
+    first_retention: float | None = None
 
     def build(self) -> Stages:
         if self.coarse and self.retention is None:
             raise InvalidParameterError(
                 "METok's coarse-to-fine encoding plans with its fixed-budget form: set a retention as well, e.g. "
                 "METok(retention=0.25, coarse=True)"
+            )
+        changed = {"first_pass": "low", "refine": "strides", "first_retention": None}
+        changed = [k for k, default in changed.items() if getattr(self, k) != default]
+        if changed and not self.coarse:
+            raise InvalidParameterError(
+                f"METok's {', '.join(changed)} set coarse-to-fine encoding, which is off: add coarse=True or drop them"
             )
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
         events = EventPooling(
@@ -94,7 +102,7 @@ class METok(Method):
             retention=self.retention,
         )
         return Stages(
-            vision=CoarseToFine(events=events, first_pass=self.first_pass, refine=self.refine) if self.coarse else None,
+            vision=CoarseToFine(events, self.first_pass, self.refine, self.first_retention) if self.coarse else None,
             pre_llm=events,
             prefill=AttentionRank(schedule=schedule, query_rows="text"),
             decode=LayerwiseTrim(first_layer=schedule[0][0]),

@@ -9,13 +9,14 @@ instance to encode only the others; removing the method deletes the wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -28,7 +29,7 @@ from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, tri
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Session
-from .tome import TowerMerge, check_merging, register
+from .tome import TowerMerge, check_merging, check_tower, register
 
 
 def _sync(device: torch.device) -> None:
@@ -55,7 +56,7 @@ class _ThreadState:
     vision_kwargs: dict = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
     encoded: list[int] | None = None  # the frames the tower encoded for the coming request (None: all)
-    deferred: tuple[Any, dict] | None = None  # (video encoder, its arguments) a deferring vision stage left
+    deferred: tuple[Any, dict, Any] | None = None  # (video encoder, its arguments, merged call) a deferring stage left
     requesting: bool = False  # inside start_request: tower calls there belong to the request being started
     merging: TowerMerge | None = None  # a merging vision stage's state during its tower call
     merged: dict | None = None  # what that call left for the request (merged tokens, merges per layer)
@@ -257,7 +258,9 @@ class Run:
             if self.stages.vision is not None and self.stages.vision.merges:
                 return self._merge_in_tower(original, arguments, frames, per_frame)
             if self.stages.vision is not None and self.stages.vision.deferred:  # the request encodes, knowing the
-                self._t.deferred, self._t.encoded = (original, arguments), None  # question (runtime/vision.py)
+                merge = self.stages.vision.first_pass_merging  # question (runtime/vision.py)
+                merged = None if merge is None else functools.partial(self._merged_call, merge, per_frame)
+                self._t.deferred, self._t.encoded = (original, arguments, merged), None
                 return self.adapter.unencoded_output(arguments)
             return self._encode_frames(original, arguments, frames, per_frame)
 
@@ -272,17 +275,30 @@ class Run:
         output = original(**self.adapter.select_frames(arguments, keep))
         return self.adapter.expand_frames(output, keep, frames, per_frame)
 
+    @contextlib.contextmanager
+    def _merging(self, merge: Any, per_frame: int) -> Iterator[TowerMerge]:
+        """The tower merges tokens under ``merge`` (a TokenMerging) in this thread's calls inside."""
+        side, depth = self.adapter.patch_side(), self.adapter.feature_depth()
+        schedule = merge.schedule(side * side, depth, per_frame)
+        self._t.merging = TowerMerge(schedule, self.adapter.tower_has_cls(), merge.proportional, merge.grid)
+        try:
+            yield self._t.merging
+        finally:
+            self._t.merging = None
+
+    def _merged_call(self, merge: Any, per_frame: int, call: Callable[[], Any]) -> tuple[Any, tuple[int, ...]]:
+        """``call()`` with the tower merging under ``merge``: its output and the tokens merged per layer."""
+        with self._merging(merge, per_frame) as state:
+            output = call()
+        return output, tuple(state.done[: self.adapter.feature_depth()])
+
     def _merge_in_tower(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
         """Encode with the tower merging tokens (ToMe): with ``grid`` the model's own encoder runs (its hidden
         states mapped back onto the patches by the hooks); without, the feature layer's merged tokens go through
         the projector alone and wait for the pre-LLM slot's :class:`~vidpress.stages.vision.tome.MergedBlock`."""
         vision, adapter = self.stages.vision, self.adapter
-        side, depth = adapter.patch_side(), adapter.feature_depth()
-        state = TowerMerge(
-            vision.schedule(side * side, depth, per_frame), adapter.tower_has_cls(), vision.proportional, vision.grid
-        )
-        self._t.merging = state
-        try:
+        depth = adapter.feature_depth()
+        with self._merging(vision, per_frame) as state:
             if vision.grid:
                 output = self._encode_frames(original, arguments, frames, per_frame)
             else:
@@ -293,8 +309,6 @@ class Run:
                     hidden, groups = hidden[:, 1:], groups[:, 1:] - 1
                 merged = adapter.project_merged(hidden)
                 output = adapter.unencoded_output(arguments)
-        finally:
-            self._t.merging = None
         self._t.merged = {"merges": tuple(state.done[:depth])}
         if not vision.grid:
             shape = pixels.shape[:2]
@@ -314,6 +328,8 @@ class Run:
             check_merging(self.adapter, self.stages)
         if vision is None or not vision.deferred:
             return
+        if vision.first_pass_merging is not None:
+            check_tower(self.adapter, vision.first_pass_merging)
         if not self.adapter.encodes_at_any_resolution:
             raise IncompatibleStagesError(
                 f"{type(self.adapter).__name__} does not encode frames at other resolutions; coarse-to-fine vision "
@@ -338,7 +354,8 @@ class Run:
         for module in self.adapter.vision_modules():
             add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
             add(module.register_forward_hook(self._vision_post))
-        if self.stages.vision is not None and self.stages.vision.merges:
+        vision = self.stages.vision
+        if vision is not None and (vision.merges or vision.first_pass_merging is not None):
             tower = self.adapter.vision_modules()[0]
             register(self.adapter.tower_blocks(), tower, lambda: self._t.merging, add)
         pre = self.stages.pre_llm

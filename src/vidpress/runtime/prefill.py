@@ -214,7 +214,8 @@ def start_request(
     ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
     vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
     need them; ``encoded`` returns the frames the tower encoded (None: all); ``deferred`` returns the video
-    encoder and its arguments when a vision stage deferred the encoding to here (:mod:`.vision`); ``merged``
+    encoder, its arguments and the call that merges in the tower for a ToMe first pass (or None) when a vision
+    stage deferred the encoding to here (:mod:`.vision`); ``merged``
     returns what a merging vision stage (ToMe) left: its merged tokens and the tokens merged per tower layer.
 
     Raises
@@ -242,7 +243,8 @@ def start_request(
     pending = deferred() if deferred is not None else None
     passes = None
     if pending is not None:
-        tokens, passes = encode_deferred(adapter, stages.vision, *pending, tokens)
+        original, arguments, merged_call = pending
+        tokens, passes = encode_deferred(adapter, stages.vision, original, arguments, tokens, merged_call)
     plan, overhead = _plan(stages.pre_llm, tokens)
     if encoded_frames is not None:
         check_encoded(plan, encoded_frames, per_frame)

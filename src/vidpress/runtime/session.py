@@ -69,7 +69,7 @@ class Session:
     frames: int
     tokens_per_frame: int
     encoded_frames: int = 0  # frames the vision tower encoded (fewer than ``frames`` when some were skipped)
-    vision_passes: tuple[tuple[int, int], ...] | None = None  # (frames, patches per frame) at other resolutions
+    vision_passes: tuple[tuple, ...] | None = None  # (frames, patches per frame[, merges]) of each tower pass
     vision_merges: tuple[int, ...] | None = None  # tokens the tower merged per layer (ToMe)
     projected_tokens: int | None = None  # tokens per frame through the projector, when not every patch
     pos_offset: Tensor | None = None

@@ -76,8 +76,7 @@ def check_merging(adapter: Adapter, stages: Stages) -> None:
         A schedule leaving more tokens per frame than the model's, or one its layers cannot reach.
     """
     vision = stages.vision
-    adapter.tower_blocks()  # raises for towers ToMe does not run on
-    depth = adapter.feature_depth()
+    adapter.tower_blocks()  # the tower's refusal first: it names what runs ToMe
     packs = isinstance(stages.pre_llm, MergedBlock)
     if vision.grid and packs:
         raise IncompatibleStagesError(
@@ -95,8 +94,16 @@ def check_merging(adapter: Adapter, stages: Stages) -> None:
             f"{type(adapter).__name__}'s model pools its features before the projector, so merged tokens "
             "cannot skip its pooling; use ToMe with grid=True there"
         )
+    check_tower(adapter, vision)
+
+
+def check_tower(adapter: Adapter, merge: Any) -> None:
+    """Refuse a merging (``merge``, a TokenMerging) the model's tower cannot run: a tower ToMe does not run on, a
+    schedule leaving more tokens per frame than the model's without ``grid``, or one its layers cannot reach
+    (IncompatibleStagesError, BudgetError)."""
+    adapter.tower_blocks()  # raises for towers ToMe does not run on
     side = adapter.patch_side()
-    vision.tokens_left(side * side, depth, math.prod(adapter.grid()))
+    merge.tokens_left(side * side, adapter.feature_depth(), math.prod(adapter.grid()))
 
 
 def register(blocks: list[TowerBlock], tower: Any, state: Callable[[], TowerMerge | None], add: Callable) -> None:

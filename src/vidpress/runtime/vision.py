@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch import Tensor
 
 from ..errors import VidpressError
 from ..stages.pre_llm.pooling import pool_grid
@@ -21,18 +22,27 @@ if TYPE_CHECKING:
 
 
 def encode_deferred(
-    adapter: Adapter, vision: Any, original: Any, arguments: dict[str, Any], tokens: VisualTokens
-) -> tuple[VisualTokens, tuple[tuple[int, int], ...]]:
-    """Encode a video the vision stage deferred: every frame at the first pass's resolution (the low or the middle
-    stride's), the plan from those tokens and ``tokens.text``, then the stride-1 frames through the model's own
-    encoder (``original`` on ``arguments``) and, after a low first pass, the middle-stride frames at theirs.
+    adapter: Adapter,
+    vision: Any,
+    original: Any,
+    arguments: dict[str, Any],
+    tokens: VisualTokens,
+    merged: Callable[[Callable[[], Tensor]], tuple[Tensor, tuple[int, ...]]] | None = None,
+) -> tuple[VisualTokens, tuple[tuple, ...]]:
+    """Encode a video the vision stage deferred: every frame in the first pass (at the low or the middle stride's
+    resolution, or at full resolution with the tower merging), the plan from those tokens and ``tokens.text``,
+    then the frames whose tokens come from the model (:meth:`CoarseToFine.sources`) through its own encoder
+    (``original`` on ``arguments``) and, after a low first pass, the middle-stride frames at theirs.
+
+    ``merged`` runs a tower call under the first pass's merging (:attr:`CoarseToFine.first_pass_merging`) and
+    returns its output with the tokens merged per layer; the runtime passes it when the stage merges.
 
     Returns
     -------
     tokens : VisualTokens
         ``tokens`` with ``features`` (the stride-1 frames' model tokens, zeros elsewhere), ``coarse`` ({stride:
         (1, F, T_k, D)}) and ``vision_plan`` ([EventPlan]).
-    passes : tuple of (frames, patches per frame)
+    passes : tuple of (frames, patches per frame[, merges per layer])
         What the tower encoded, for the accounting.
 
     Raises
@@ -46,35 +56,40 @@ def encode_deferred(
         raise VidpressError(f"coarse-to-fine encoding plans one video at a time; run the {batch} videos one by one")
     side = adapter.patch_side()
     sides = vision.patch_sides(side)
-    fine, middle, low = vision.events.budget_strides()
+    fine, middle, _ = vision.events.budget_strides()
     stride = vision.first_stride()
-    first = adapter.encode_at(pixels[0], sides[stride])  # (F, T_first, D)
+    merges = None
+    if vision.first_pass_merging is not None:
+        first, merges = merged(lambda: adapter.encode_at(pixels[0], side))
+    else:
+        first = adapter.encode_at(pixels[0], sides[stride])  # (F, T_first, D)
     plan = vision.plan(tokens, first)
-    full = [f for f in range(frames) if plan.strides[f] == fine and fine < stride]
-    mid = [f for f in range(frames) if plan.strides[f] == middle and fine < middle < stride]
-    refined = {"strides": full, "full": full + mid, "all": list(range(frames))}[vision.refine]
-    from_model = {"strides": (), "full": (middle,) if mid else (), "all": (middle, low)}[vision.refine]
+    sources = vision.sources()
+    at = {k: [f for f in range(frames) if plan.strides[f] == k] for k in sources}
     features = torch.zeros_like(tokens.features)
+    refined = sorted(f for k, source in sources.items() if source == "model" for f in at[k])
     if refined:
-        keep = sorted(refined)
-        out = adapter.expand_frames(original(**adapter.select_frames(arguments, keep)), keep, frames, features.shape[2])
+        out = adapter.expand_frames(
+            original(**adapter.select_frames(arguments, refined)), refined, frames, features.shape[2]
+        )
         features = adapter.encode_video({"mm_encoder_outputs": {"video": out}})[0].features.to(features.dtype)
-    coarse = {stride: first[None].to(features.dtype)}
     h, w = tokens.grid
-    for k in from_model:  # the model's tokens of the frames at stride k, pooled as stage 1 pools them
-        at = [f for f in range(frames) if plan.strides[f] == k]
-        pooled = pool_grid(features[0].view(frames, h, w, -1), k, "bilinear")
-        coarse[k] = torch.zeros_like(pooled)[None]
-        coarse[k][0, at] = pooled[at]
+    grids = {"model": (features[0], (h, w), 1), "first": (first, (math.isqrt(first.shape[1]),) * 2, stride)}
+    coarse = {}
+    for k, source in sources.items():
+        if k == fine:
+            continue
+        if source == "own":
+            if not at[k]:
+                continue
+            encoded = adapter.encode_at(pixels[0, at[k]], sides[k])
+            pooled = encoded.new_zeros(frames, *encoded.shape[1:])
+            pooled[at[k]] = encoded
+        else:
+            grid, (gh, gw), scale = grids[source]
+            pooled = pool_grid(grid.reshape(frames, gh, gw, -1), k // scale, "bilinear")
+        coarse[k] = pooled[None].to(features.dtype)
     features[0, [f for f in range(frames) if plan.strides[f] != fine]] = 0  # stride-1 frames' tokens only
-    if low > stride and low not in from_model:  # the low-stride frames pool the first pass's grid
-        grid = math.isqrt(first.shape[1])
-        pooled = pool_grid(first.view(frames, grid, grid, -1), low // stride, "bilinear")
-        coarse[low] = pooled[None].to(features.dtype)
-    if mid and vision.refine == "strides":
-        encoded = adapter.encode_at(pixels[0, mid], sides[middle])
-        coarse[middle] = encoded.new_zeros(1, frames, *encoded.shape[1:]).to(features.dtype)
-        coarse[middle][0, mid] = encoded.to(features.dtype)
-    passes = vision.encoded({fine: len(full), middle: len(mid)}, frames, side)
+    passes = vision.encoded({k: len(v) for k, v in at.items()}, frames, side, merges)
     tokens = dataclasses.replace(tokens, features=features, coarse=coarse, vision_plan=[plan])
     return tokens, passes

@@ -122,6 +122,12 @@ class VisionStage(Stage):
         (:class:`~vidpress.stages.vision.tome.TokenMerging`)."""
         return False
 
+    @property
+    def first_pass_merging(self) -> Any:
+        """The TokenMerging a deferring stage's first pass runs the tower under (the runtime installs the merging
+        hooks for it); None: an unmerged first pass, or none."""
+        return None
+
 
 class PreLLMStage(Stage):
     """Acts on projected tokens before the LLM; the plan shortens the prefill sequence. Returns a

@@ -14,6 +14,12 @@ the stride-1 and stride-2 frames at theirs; how many frames take each is fixed b
 (:meth:`CoarseToFine.passes`), so the calculator and the runtime agree. Tokens at a lower resolution are the
 tower's own at that resolution, not a pooling of the full-resolution ones: the accuracy cost is measured, not
 assumed (docs/benchmarks.md).
+
+``first_pass="tome"`` makes the first pass full resolution under ToMe instead (:class:`TokenMerging` with
+``grid``: every patch takes its merged token's features, the model's projector and pooling run unchanged): a
+small tower trained at one resolution reads its own resolution only, and the low-stride frames' few tokens are
+close to a pooling of its full-resolution ones when they are the means ToMe's size-weighted merges keep. The
+stride-1 frames are then encoded again without merging, and the other strides pool the first pass's grid.
 """
 
 from __future__ import annotations
@@ -27,8 +33,15 @@ from torch import Tensor
 from ...errors import InvalidParameterError
 from ...tokens import VisualTokens
 from .. import Needs, VisionStage
+from ..pre_llm.budget import visual_budget
 from ..pre_llm.event_pooling import EventPooling
 from ..pre_llm.events import EventPlan
+from .tome import TokenMerging
+
+#: Where the frames at a stride take their tokens from: the model's own encoder at full resolution pooled by the
+#: stride (``model``), the first pass's grid pooled to the stride (``first``), or a pass at the stride's own
+#: resolution (``own``).
+Source = Literal["model", "first", "own"]
 
 
 @dataclass(frozen=True)
@@ -40,28 +53,39 @@ class CoarseToFine(VisionStage):
     events : EventPooling
         METok's event stage in its fixed-budget form (``retention`` set): the plan that chooses the strides, the
         same object the pre-LLM slot packs with.
-    first_pass : {"low", "middle"}
+    first_pass : {"low", "middle", "tome"}
         The first pass's resolution: the low stride's (cheapest: the low-stride frames keep the tower's own tokens
         at that resolution), or the middle stride's (the middle-stride frames keep its tokens and the low-stride
         frames pool them 2x2, closer to the full-resolution tokens a small tower was trained on; 4x the first
-        pass's cost).
+        pass's cost); or ``tome``: full resolution with the tower merging tokens (:attr:`first_pass_merging`),
+        the middle- and low-stride frames pooling its grid.
     refine : {"strides", "full", "all"}
-        After a low first pass, the middle-stride frames at the middle stride's resolution (``strides``, cheapest),
-        or at full resolution with the key frames, pooled 2x2 on the model's grid (``full``: those frames get
-        exactly the tokens METok's stage 1 gives them; only the low-stride frames keep low-resolution tokens).
-        ``all``: every frame at full resolution, pooled by its stride; the first pass only plans (no vision
-        savings: it isolates what planning from the first pass costs).
+        ``strides`` (cheapest): the middle-stride frames at the middle stride's resolution after a low first pass,
+        or pooled from the first pass's grid after the others. ``full``: the middle-stride frames at full
+        resolution with the key frames, pooled 2x2 on the model's grid (exactly the tokens METok's stage 1 gives
+        them; only the low-stride frames keep first-pass tokens). ``all``: every frame at full resolution, pooled
+        by its stride; the first pass only plans (no vision savings: it isolates what planning from the first pass
+        costs).
+    first_retention : float, optional
+        ``first_pass="tome"``: tokens per frame the tower leaves at its feature layer, as a share of the model's
+        tokens per frame (:attr:`TokenMerging.retention`). Default ``1 / middle**2``: as many as the middle
+        stride keeps, so its frames' pooled tokens stay distinct (merging further collapses each frame towards one
+        token, which the testbed's LLM misreads: docs/benchmarks.md).
 
     Raises
     ------
     InvalidParameterError
-        ``events`` is not an :class:`EventPooling` with a ``retention``.
+        ``events`` is not an :class:`EventPooling` with a ``retention``; an unknown ``first_pass`` or
+        ``refine``; ``first_retention`` without ``first_pass="tome"``.
+    BudgetError
+        ``first_retention`` outside (0, 1].
     """
 
     slot: ClassVar[str] = "vision"
     events: Any = None
-    first_pass: Literal["low", "middle"] = "low"
+    first_pass: Literal["low", "middle", "tome"] = "low"
     refine: Literal["strides", "full", "all"] = "strides"
+    first_retention: float | None = None
     needs: Needs = field(default=Needs(text=True), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,8 +94,15 @@ class CoarseToFine(VisionStage):
                 "CoarseToFine needs METok's event stage in its fixed-budget form, e.g. "
                 f"CoarseToFine(events=EventPooling(retention=0.25)); got {self.events!r}"
             )
-        if self.first_pass not in ("low", "middle"):
-            raise InvalidParameterError(f"first_pass must be 'low' or 'middle', got {self.first_pass!r}")
+        if self.first_pass not in ("low", "middle", "tome"):
+            raise InvalidParameterError(f"first_pass must be 'low', 'middle' or 'tome', got {self.first_pass!r}")
+        if self.first_retention is not None:
+            if self.first_pass != "tome":
+                raise InvalidParameterError(
+                    f"first_retention sets the merging of a ToMe first pass; got first_pass={self.first_pass!r}: "
+                    "set first_pass='tome' or drop first_retention"
+                )
+            visual_budget(self.first_retention, 1)
         if self.refine not in ("strides", "full", "all"):
             raise InvalidParameterError(f"refine must be 'strides', 'full' or 'all', got {self.refine!r}")
         if self.events.pool != "bilinear":
@@ -89,6 +120,14 @@ class CoarseToFine(VisionStage):
         grid and the question, ``tokens.text``): each frame's stride (:meth:`EventPooling.budget_plan`)."""
         return self.events.budget_plan(tokens, 0, first.mean(1))
 
+    @property
+    def first_pass_merging(self) -> TokenMerging | None:
+        """The merging the first pass runs the tower under (``first_pass="tome"``), mapped back onto the grid."""
+        if self.first_pass != "tome":
+            return None
+        middle = self.events.budget_strides()[1]
+        return TokenMerging(retention=self.first_retention or 1 / middle**2, grid=True)
+
     def patch_sides(self, side: int) -> dict[int, int]:
         """Patch-grid side the tower encodes at, per stride of the model's token grid, for a tower whose full
         resolution is ``side`` x ``side`` patches (pooled 2x2 by the model to ``ceil(side / 2)``): the grid whose
@@ -96,29 +135,45 @@ class CoarseToFine(VisionStage):
         pooled = math.ceil(side / 2)
         return {k: side if k == 1 else 2 * math.ceil(pooled / k) for k in self.events.budget_strides()}
 
-    def passes(self, frames: int, grid: tuple[int, int], side: int) -> tuple[tuple[int, int], ...]:
+    def passes(
+        self, frames: int, grid: tuple[int, int], side: int, merges: tuple[int, ...] | None = None
+    ) -> tuple[tuple, ...]:
         """What the tower encodes for a video of ``frames`` on the model grid ``grid`` from a ``side``-patch tower,
-        as (frames, patches per frame): all frames at the low stride's resolution (the first pass), then the
-        frames the plan gives the key and the middle stride (content-free counts, :meth:`EventPooling.allotment`)."""
+        as (frames, patches per frame[, tokens merged per layer]): all frames in the first pass (``merges``: its
+        tower merging, a ToMe first pass), then the frames the plan encodes again (content-free counts,
+        :meth:`EventPooling.allotment`)."""
         allotment = self.events.allotment(frames, grid)
-        return self.encoded({k: allotment.count(k) for k in set(allotment)}, frames, side)
+        return self.encoded({k: allotment.count(k) for k in set(allotment)}, frames, side, merges)
 
     def first_stride(self) -> int:
-        """The stride whose resolution the first pass encodes every frame at."""
-        _, middle, low = self.events.budget_strides()
-        return middle if self.first_pass == "middle" else low
+        """The stride whose resolution the first pass encodes every frame at (a ToMe first pass: 1, merged)."""
+        fine, middle, low = self.events.budget_strides()
+        return {"low": low, "middle": middle, "tome": fine}[self.first_pass]
 
-    def encoded(self, counts: dict[int, int], frames: int, side: int) -> tuple[tuple[int, int], ...]:
-        """(frames, patches per frame) of each pass, in the order they run, from the frames per stride ``counts``
-        of a plan: the first pass over all ``frames``, then the strides finer than it."""
-        sides = self.patch_sides(side)
+    def sources(self) -> dict[int, Source]:
+        """Where each stride's frames take their tokens from (:data:`Source`): the key frames always from the
+        model's own encoder; the others per ``refine`` and the first pass."""
+        fine, middle, low = self.events.budget_strides()
         first = self.first_stride()
-        finer = [k for k in dict.fromkeys(self.events.budget_strides()) if k < first]
-        out = [(frames, sides[first] ** 2)]
+        out: dict[int, Source] = {fine: "model"}
         if self.refine == "all":
-            out.append((frames, side**2))
+            out.update({middle: "model", low: "model"})
         elif self.refine == "full":
-            out.append((sum(counts.get(k, 0) for k in finer), side**2))
+            out.update({middle: "model", low: "first"})
         else:
-            out += [(counts.get(k, 0), sides[k] ** 2) for k in finer]
-        return tuple(p for p in out if p[0])
+            out.update({middle: "own" if middle < first else "first", low: "first"})
+        out[fine] = "model"  # strides may coincide: the key frames' tokens are the model's
+        return out
+
+    def encoded(
+        self, counts: dict[int, int], frames: int, side: int, merges: tuple[int, ...] | None = None
+    ) -> tuple[tuple, ...]:
+        """(frames, patches per frame[, merges]) of each pass, in the order they run, from the frames per stride
+        ``counts`` of a plan: the first pass over all ``frames`` (with ``merges`` when it merges), the model's
+        own encoder on the frames it refines, then a pass at the middle stride's resolution."""
+        sides = self.patch_sides(side)
+        sources = self.sources()
+        first = (frames, sides[self.first_stride()] ** 2) + ((merges,) if merges else ())
+        model = sum(counts.get(k, 0) for k, s in sources.items() if s == "model")
+        own = [(counts.get(k, 0), sides[k] ** 2) for k, s in sources.items() if s == "own"]
+        return tuple(p for p in (first, (model, side**2), *own) if p[0])
