@@ -2,21 +2,17 @@
 
 Nothing on the model is replaced or mutated: the attention implementation, the classes and the cache type
 stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the ``with`` block). The one
-wrapper: when the stages declare frames the plan can never use (``Stages.encoded_frames``), the family's video
-encoder entry point (``get_video_features``, which ``generate`` and ``forward`` both call) is wrapped on the
-instance to encode only the others; removing the method deletes the wrapper.
+wrapper: when a vision or pre-LLM stage is installed, the family's video encoder entry point is wrapped on the
+instance (:mod:`.encoder`: frame skipping, ToMe, deferred encoding); removing the method deletes the wrapper.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -25,6 +21,7 @@ from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
 from ..report import Report
 from ..stages import Stages
 from ..stages.vision.tome import unmerge
+from .encoder import VideoEncoder
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
@@ -243,82 +240,6 @@ class Run:
             _sync(self._device())
             session.timings.llm_prefill_s = time.perf_counter() - session.timings.llm_start
 
-    def _encode_used_frames(self, original: Any) -> Any:
-        """``original`` (the video encoder entry point) encoding only the frames the stages can use."""
-        signature = inspect.signature(original)
-
-        @functools.wraps(original)  # generate reads the encoder's parameters from its signature
-        def encode(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
-            arguments = {
-                **{k: v for k, v in bound.arguments.items() if k != "kwargs"},
-                **bound.arguments.get("kwargs", {}),
-            }
-            frames, per_frame = self.adapter.frame_grid(arguments)
-            if self.stages.vision is not None and self.stages.vision.merges:
-                return self._merge_in_tower(original, arguments, frames, per_frame)
-            if self.stages.vision is not None and self.stages.vision.deferred:  # the request encodes, knowing the
-                merge = self.stages.vision.first_pass_merging  # question (runtime/vision.py)
-                merged = None if merge is None else functools.partial(self._merged_call, merge, per_frame)
-                self._t.deferred, self._t.encoded = (original, arguments, merged), None
-                return self.adapter.unencoded_output(arguments)
-            return self._encode_frames(original, arguments, frames, per_frame)
-
-        return encode
-
-    def _encode_frames(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
-        """``original`` on the frames the stages can use (all when they declare none), laid back on all frames."""
-        keep = self.stages.encoded_frames(frames, per_frame)
-        self._t.encoded = keep
-        if keep is None:
-            return original(**arguments)
-        output = original(**self.adapter.select_frames(arguments, keep))
-        return self.adapter.expand_frames(output, keep, frames, per_frame)
-
-    @contextlib.contextmanager
-    def _merging(self, merge: Any, per_frame: int) -> Iterator[TowerMerge]:
-        """The tower merges tokens under ``merge`` (a TokenMerging) in this thread's calls inside."""
-        side, depth = self.adapter.patch_side(), self.adapter.feature_depth()
-        schedule = merge.schedule(side * side, depth, per_frame)
-        self._t.merging = TowerMerge(schedule, self.adapter.tower_has_cls(), merge.proportional, merge.grid)
-        try:
-            yield self._t.merging
-        finally:
-            self._t.merging = None
-
-    def _merged_call(self, merge: Any, per_frame: int, call: Callable[[], Any]) -> tuple[Any, tuple[int, ...]]:
-        """``call()`` with the tower merging under ``merge``: its output and the tokens merged per layer."""
-        with self._merging(merge, per_frame) as state:
-            output = call()
-        return output, tuple(state.done[: self.adapter.feature_depth()])
-
-    def _merge_in_tower(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
-        """Encode with the tower merging tokens (ToMe): with ``grid`` the model's own encoder runs (its hidden
-        states mapped back onto the patches by the hooks); without, the feature layer's merged tokens go through
-        the projector alone and wait for the pre-LLM slot's :class:`~vidpress.stages.vision.tome.MergedBlock`."""
-        vision, adapter = self.stages.vision, self.adapter
-        depth = adapter.feature_depth()
-        with self._merging(vision, per_frame) as state:
-            if vision.grid:
-                output = self._encode_frames(original, arguments, frames, per_frame)
-            else:
-                pixels = arguments["pixel_values_videos"]
-                hidden = adapter.tower_features(pixels.flatten(0, 1))
-                groups = state.groups[depth]
-                if adapter.tower_has_cls():
-                    hidden, groups = hidden[:, 1:], groups[:, 1:] - 1
-                merged = adapter.project_merged(hidden)
-                output = adapter.unencoded_output(arguments)
-        self._t.merged = {"merges": tuple(state.done[:depth])}
-        if not vision.grid:
-            shape = pixels.shape[:2]
-            self._t.merged.update(
-                tokens=merged.view(*shape, *merged.shape[1:]),
-                groups=groups.reshape(*shape, -1),
-                projected=merged.shape[1],
-            )
-        return output
-
     def _check_vision(self) -> None:
         """A deferring vision stage needs a family that encodes at any resolution and its own event stage in the
         pre-LLM slot (which packs what it encoded); a merging one without ``grid`` needs the pre-LLM slot to pack
@@ -347,7 +268,7 @@ class Run:
         if self.stages.vision is not None or self.stages.pre_llm is not None:
             owner, name = self.adapter.video_encoder()
             original = getattr(owner, name)
-            setattr(owner, name, self._encode_used_frames(original))
+            setattr(owner, name, VideoEncoder(self.adapter, self.stages, lambda: self._t).wrap(original))
             self._wrapped = (owner, name)
         add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
         add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
