@@ -1,4 +1,4 @@
-"""Accuracy retained per method and retention on the trained testbed (procedural video QA, issue: testbed).
+"""Accuracy retained per method and retention on the trained testbed (procedural video QA, docs/evaluation.md).
 
     python benchmarks/accuracy.py [-n 200] [--retentions 0.5,0.25,0.15,0.1] [--methods all] [--resume]
     python benchmarks/accuracy.py --split needle -n 100 --resume   # the needle split (small details)

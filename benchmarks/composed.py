@@ -39,7 +39,7 @@ def main() -> None:
         "ttm k=0.7 + fastv r=0.5 + dynamic-kv": compose(TemporalMerge(k=0.7), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
         "metok stage 1 + fastv r=0.5": compose(EventPooling(), FastV(k=2, r=0.5)),
         "metok stage 1 + fastv r=0.5 + dynamic-kv": compose(EventPooling(), FastV(k=2, r=0.5), DynamicKV(l=3, p=0.5)),
-        # the peers issue's example: FastVID's pre-LLM stage (its segments act as METok's events), METok's
+        # a three-paper composition: FastVID's pre-LLM stage (its segments act as METok's events), METok's
         # per-event prefill pruning at two of its layers, DyCoke's decode pruning after the last drop
         "fastvid 50% + metok prefill (3, 10) + dynamic-kv": compose(
             FastVID(retention=0.5),
