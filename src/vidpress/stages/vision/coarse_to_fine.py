@@ -16,10 +16,10 @@ tower's own at that resolution, not a pooling of the full-resolution ones: the a
 assumed (docs/benchmarks.md).
 
 ``first_pass="tome"`` makes the first pass full resolution under ToMe instead (:class:`TokenMerging` with
-``grid``: every patch takes its merged token's features, the model's projector and pooling run unchanged): a
-small tower trained at one resolution reads its own resolution only, and the low-stride frames' few tokens are
-close to a pooling of its full-resolution ones when they are the means ToMe's size-weighted merges keep. The
-stride-1 frames are then encoded again without merging, and the other strides pool the first pass's grid.
+``grid``: every patch takes its merged token's features, the model's projector and pooling run unchanged). The
+tower then only sees its own resolution, the one a small tower trained at one resolution reads well; the
+stride-1 frames are encoded again without merging, and the other strides pool the first pass's grid as stage 1
+pools the model's. Its accuracy against the low-resolution passes is measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
