@@ -214,6 +214,50 @@ def test_event_pooling_fixed_budget_keeps_its_declared_count(frames, h, w, reten
     assert sum(plan.tokens) == declared and sorted(plan.strides) == sorted(stage.allotment(frames, (h, w)))
 
 
+@FUZZ
+@given(
+    frames=st.integers(1, 48),
+    retention=st.floats(0.07, 1.0),
+    first_pass=st.sampled_from(["low", "middle", "tome"]),
+    preset=st.sampled_from(["llava-ov-7b", "longva-7b"]),  # 27 and 24 patches a side
+)
+def test_coarse_to_fine_passes_cover_the_video_and_refining_more_never_costs_less(
+    frames, retention, first_pass, preset
+):
+    """Whatever the plan: the first pass encodes every frame (a ToMe first pass at full resolution, with its
+    merges), the second encodes each frame at most once, and refine "strides" <= "full" <= "all" in vision
+    FLOPs (each encodes a superset of the frames at full resolution)."""
+    from vidpress.accounting import estimate, resolve_spec
+    from vidpress.stages import compose
+    from vidpress.stages.vision.coarse_to_fine import CoarseToFine
+
+    spec = resolve_spec(preset)
+    side = math.isqrt(spec.patches)
+    events = EventPooling(retention=retention)
+    try:
+        events.allotment(frames, spec.grid)
+    except BudgetError:  # refused before any work (tested above)
+        return
+    flops = []
+    for refine in ("strides", "full", "all"):
+        vision = CoarseToFine(events, first_pass, refine)
+        planned = estimate(spec, frames, compose(vision, events))
+        passes = planned.vision_passes
+        assert passes[0][0] == frames and sum(n for n, *_ in passes[1:]) <= frames
+        assert all(patches <= side * side for _, patches, *_ in passes)
+        if first_pass == "tome":
+            merge = vision.first_pass_merging
+            assert passes[0] == (
+                frames,
+                side * side,
+                merge.schedule(spec.patches, spec.vision.used_layers, spec.tokens_per_frame),
+            )
+        if refine == "all":
+            assert passes[1] == (frames, side * side)
+        flops.append(planned.vision_flops)
+    assert flops[0] <= flops[1] <= flops[2]
+
+
 def test_event_pooling_fixed_budget_gives_the_key_frame_of_the_key_event_its_tokens():
     """Two events (frames 0-2 and 3-5); the question points at frame 4: its event is the key event and it the key
     frame, so it alone keeps the model's 4 x 4 tokens at a budget that affords one such frame."""
