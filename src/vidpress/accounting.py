@@ -151,7 +151,7 @@ class Accounting:
     def projector_flops(self) -> float:
         return sum(
             projector_flops(self.spec, frames, self.projected_tokens or patches)
-            for frames, patches, _m in self._passes()
+            for frames, patches, _ in self._passes()
         )
 
     @property
