@@ -82,8 +82,8 @@ class METok(Method):
                 "METok's coarse-to-fine encoding plans with its fixed-budget form: set a retention as well, e.g. "
                 "METok(retention=0.25, coarse=True)"
             )
-        changed = {"first_pass": "low", "refine": "strides", "first_retention": None}
-        changed = [k for k, default in changed.items() if getattr(self, k) != default]
+        defaults = {"first_pass": "low", "refine": "strides", "first_retention": None}
+        changed = [k for k, default in defaults.items() if getattr(self, k) != default]
         if changed and not self.coarse:
             raise InvalidParameterError(
                 f"METok's {', '.join(changed)} set coarse-to-fine encoding, which is off: add coarse=True or drop them"

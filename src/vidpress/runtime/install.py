@@ -242,15 +242,14 @@ class Run:
 
     def _check_vision(self) -> None:
         """A deferring vision stage needs a family that encodes at any resolution and its own event stage in the
-        pre-LLM slot (which packs what it encoded); a merging one without ``grid`` needs the pre-LLM slot to pack
-        its merged tokens, and with ``grid`` leaves that slot to any stage."""
+        pre-LLM slot (which packs what it encoded), and with a ToMe first pass a tower that merges; a merging one
+        without ``grid`` needs the pre-LLM slot to pack its merged tokens, and with ``grid`` leaves that slot to any
+        stage."""
         vision = self.stages.vision
         if vision is not None and vision.merges:
             check_merging(self.adapter, self.stages)
         if vision is None or not vision.deferred:
             return
-        if vision.first_pass_merging is not None:
-            check_tower(self.adapter, vision.first_pass_merging)
         if not self.adapter.encodes_at_any_resolution:
             raise IncompatibleStagesError(
                 f"{type(self.adapter).__name__} does not encode frames at other resolutions; coarse-to-fine vision "
@@ -261,6 +260,8 @@ class Run:
                 f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
                 f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"
             )
+        if vision.first_pass_merging is not None:  # after the family's refusal, which names what runs it
+            check_tower(self.adapter, vision.first_pass_merging)
 
     def _install(self) -> None:
         self._check_vision()
