@@ -19,16 +19,8 @@ from pathlib import Path
 
 import torch
 
-from vidpress.bench import (
-    cell_key,
-    check_writable,
-    device_name,
-    parse_retentions,
-    plan,
-    resumed_rows,
-    split_methods,
-    write_rows,
-)
+from vidpress.bench import cell_key, device_name, parse_retentions, plan, split_methods
+from vidpress.bench_files import check_writable, resumed_rows, write_rows
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.loading import load_model

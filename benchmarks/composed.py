@@ -14,7 +14,8 @@ import torch
 from common import DEFAULT_VIDEO
 
 import vidpress
-from vidpress.bench import device_name, markdown, run_cells
+from vidpress.bench import device_name, run_cells
+from vidpress.bench_files import markdown
 from vidpress.method import compose
 from vidpress.methods import FastV
 from vidpress.models.loading import load_model

@@ -17,7 +17,8 @@ import torch
 from common import DEFAULT_VIDEO
 
 import vidpress
-from vidpress.bench import COLUMNS, device_name, markdown, plan, run_cells
+from vidpress.bench import device_name, plan, run_cells
+from vidpress.bench_files import COLUMNS, markdown
 from vidpress.methods import METHODS
 from vidpress.models.random import random_llava_next_video, random_model, random_qwen2_5_vl
 

@@ -233,7 +233,8 @@ def test_median_report_takes_median_timings_and_keeps_accounting():
 
 
 def test_bench_writes_each_cell_as_it_comes_and_resumes(tiny, clip_frames, tmp_path):
-    from vidpress.bench import cell_key, resumed_rows, run_bench, write_rows
+    from vidpress.bench import cell_key, run_bench
+    from vidpress.bench_files import resumed_rows, write_rows
 
     def interrupted(rows):
         write_rows(rows, [], {}, tmp_path, "bench")

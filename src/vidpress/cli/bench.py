@@ -44,18 +44,8 @@ def bench(
 
     import torch
 
-    from ..bench import (
-        best_by_retention,
-        check_writable,
-        device_name,
-        parse_retentions,
-        plan,
-        resumed_rows,
-        run_bench,
-        split_methods,
-        write_outputs,
-        write_rows,
-    )
+    from ..bench import device_name, parse_retentions, plan, run_bench, split_methods
+    from ..bench_files import best_by_retention, check_writable, resumed_rows, write_outputs, write_rows
     from ..models.loading import load_model
     from ..pipeline import check_question
 
