@@ -28,19 +28,24 @@ def joined(assign: Tensor, values: Tensor, count: int) -> tuple[Tensor, Tensor]:
 
 
 def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) -> tuple[Tensor, Tensor]:
-    """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (n, D), every other token
-    joined to its most similar target by cosine of ``metric`` (n, Dk). Returns (count, D) and the targets'
-    row indices (count,)."""
+    """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (..., n, D), every other token
+    joined to its most similar target by cosine of ``metric`` (..., n, Dk), over any leading (frame) dimensions.
+    Returns (..., count, D) and the targets' row indices (count,), the same in every frame."""
     metric = torch.nn.functional.normalize(metric.float(), dim=-1)
-    step = max(1, x.shape[0] // count)
-    targets = torch.arange(0, x.shape[0], step, device=x.device)[:count]
-    others = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    n = x.shape[-2]
+    step = max(1, n // count)
+    targets = torch.arange(0, n, step, device=x.device)[:count]
+    others = torch.ones(n, dtype=torch.bool, device=x.device)
     others[targets] = False
-    assign = (metric[others] @ metric[targets].T).argmax(-1)
-    sums, counts = joined(assign, x[others], count)
-    if faithful:
-        return (x[targets].float() + sums / counts.clamp(min=1)).to(x.dtype), targets
-    return ((x[targets].float() + sums) / (counts + 1)).to(x.dtype), targets
+    assign = (metric[..., others, :] @ metric[..., targets, :].transpose(-1, -2)).argmax(-1)  # (..., n - count)
+    lead = assign.shape[:-1]
+    # one group per (frame, target): offset each frame's assignments past the previous frames' targets
+    offsets = torch.arange(assign[..., 0].numel(), device=x.device).view(*lead, 1) * count
+    sums, counts = joined((assign + offsets).flatten(), x[..., others, :].flatten(0, -2), offsets.numel() * count)
+    sums, counts = sums.view(*lead, count, -1), counts.view(*lead, count, 1)
+    base = x[..., targets, :].float()
+    merged = base + sums / counts.clamp(min=1) if faithful else (base + sums) / (counts + 1)
+    return merged.to(x.dtype), targets
 
 
 def density_scores(x: Tensor, knn: int) -> Tensor:

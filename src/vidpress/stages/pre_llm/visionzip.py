@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
+from torch import Tensor
 
 from ..._checks import check_mode, check_ratio
 from ...method import StageMethod
@@ -81,30 +82,43 @@ class VisionZip(SourcePositions, StageMethod):
         rows = []
         for b in range(batch):
             parts, sources = [], []
-            for f, budget in enumerate(budgets):
+            # frame_budgets gives the first frames one token more: at most two runs of frames, each one budget
+            for budget in sorted(set(budgets), reverse=True):
+                chosen = [f for f, n in enumerate(budgets) if n == budget]
                 if budget == 0:
                     continue
-                contextual = min(round(budget * self.contextual_share), per_frame - budget)
-                x = tokens.features[b, f]
-                dominant = tokens.attention[b, f].topk(budget - contextual).indices.sort().values
-                feats, source = [x[dominant]], [dominant]
-                if contextual:
-                    rest = torch.ones(per_frame, dtype=torch.bool, device=x.device)
-                    rest[dominant] = False
-                    merged, targets = merge_into_targets(
-                        x[rest], tokens.keys[b, f][rest], contextual, self.mode == "faithful"
-                    )
-                    feats.append(merged)
-                    source.append(rest.nonzero().flatten()[targets])
-                feats, source = torch.cat(feats), torch.cat(source)
-                if self.mode == "fixed":
-                    order = source.argsort()
-                    feats, source = feats[order], source[order]
-                parts.append(feats)
-                sources.append(source + f * per_frame)
+                feats, source = self._frames(tokens, b, chosen, budget)
+                parts.append(feats.flatten(0, 1))
+                sources.append((source + torch.tensor(chosen, device=source.device)[:, None] * per_frame).flatten())
             source = torch.cat(sources)
             rows.append((torch.cat(parts), source // per_frame, torch.zeros_like(source), source))
         return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+
+    def _frames(self, tokens: VisualTokens, b: int, chosen: list[int], budget: int) -> tuple[Tensor, Tensor]:
+        """Dominant then contextual tokens of the ``chosen`` frames of batch row ``b``, all with ``budget``
+        tokens, in the order of ``mode``: (G, budget, D) and their sources within each frame (G, budget)."""
+        per_frame = tokens.features.shape[2]
+        contextual = min(round(budget * self.contextual_share), per_frame - budget)
+        x = tokens.features[b, chosen]  # (G, T, D)
+        dominant = tokens.attention[b, chosen].topk(budget - contextual, dim=-1).indices.sort(-1).values
+        feats, source = [x.gather(1, dominant[..., None].expand(-1, -1, x.shape[-1]))], [dominant]
+        if contextual:
+            rest = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            rest.scatter_(1, dominant, False)
+            rest = rest.nonzero()[:, 1].view(len(chosen), -1)  # (G, T - dominant), in token order
+            merged, targets = merge_into_targets(
+                x.gather(1, rest[..., None].expand(-1, -1, x.shape[-1])),
+                tokens.keys[b, chosen].gather(1, rest[..., None].expand(-1, -1, tokens.keys.shape[-1])),
+                contextual,
+                self.mode == "faithful",
+            )
+            feats.append(merged)
+            source.append(rest[:, targets])
+        feats, source = torch.cat(feats, 1), torch.cat(source, 1)
+        if self.mode == "fixed":
+            source, order = source.sort(-1)
+            feats = feats.gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
+        return feats, source
 
 
 VisionZipStage = VisionZip  # the stage's earlier name
