@@ -124,3 +124,125 @@ def test_compress_video_equals_what_the_transformers_runtime_feeds_the_llm(tiny,
     start = int((inputs["input_ids"][0] == tiny.model.config.video_token_id).nonzero()[0])
     assert torch.allclose(seen["embeds"][0, start : start + len(block)], block, atol=1e-6)
     assert seen["embeds"].shape[1] == inputs["input_ids"].shape[1] - (8 * 4 + 1) + len(block)
+
+
+@pytest.mark.parametrize(
+    "raw,value",
+    [("0.25", 0.25), ("1", 1), (0.25, 0.25)],
+)
+def test_numbers_given_as_json_strings_are_parsed(raw, value):
+    serving = serving_config({"vidpress": {"method": "visionzip", "retention": raw}})
+    assert serving.stage.retention == value and serving.settings == {"retention": value}
+
+
+@pytest.mark.parametrize(
+    "raw,error,message",
+    [
+        ("a quarter", BudgetError, "retention must be in \\(0, 1\\], got 'a quarter'"),
+        ("1.5", BudgetError, "got 1.5"),
+        ("true", BudgetError, "got True"),
+    ],
+)
+def test_strings_that_are_not_a_valid_number_are_refused_with_the_value(raw, error, message):
+    with pytest.raises(error, match=message):
+        serving_config({"vidpress": {"method": "visionzip", "retention": raw}})
+
+
+def test_text_settings_stay_text():
+    assert serving_config({"vidpress": {"method": "ttm", "k": "0.7", "mode": "fixed"}}).stage.mode == "fixed"
+
+
+def engine_config(entry=None, architecture="LlavaOnevisionForConditionalGeneration", pruning=None, tp=1):
+    """The parts of a vLLM config the plugin's start-up check reads."""
+    from types import SimpleNamespace
+
+    hf = SimpleNamespace(architectures=[architecture], **({"vidpress": entry} if entry else {}))
+    model = SimpleNamespace(hf_config=hf, multimodal_config=SimpleNamespace(video_pruning_rate=pruning))
+    return SimpleNamespace(model_config=model, parallel_config=SimpleNamespace(tensor_parallel_size=tp))
+
+
+QWEN = "Qwen2_5_VLForConditionalGeneration"
+
+
+@pytest.mark.parametrize(
+    "config,error,message",
+    [
+        (engine_config({"method": "frames"}, pruning=0.75), InvalidParameterError, "EVS.*choose one"),
+        (engine_config({"method": "frames"}, QWEN, pruning=0.75), InvalidParameterError, "EVS.*choose one"),
+        (engine_config({"method": "visionzip"}, tp=2), InvalidParameterError, "tensor_parallel_size=2"),
+        (
+            engine_config({"method": "visionzip", "mode": "faithful"}, QWEN),
+            InvalidParameterError,
+            "M-RoPE.*mode='fixed'",
+        ),
+        (
+            engine_config({"method": "frames"}, "Qwen3VLForConditionalGeneration"),
+            vidpress.errors.UnsupportedModelError,
+            "Qwen3VLForConditionalGeneration, which the vidpress plugin does not serve",
+        ),
+        (engine_config({"method": "visionzp"}), UnknownMethodError, "did you mean 'visionzip'"),
+    ],
+)
+def test_the_start_up_check_refuses_what_the_engine_cannot_run(config, error, message):
+    from vidpress.integrations.vllm.serving import check_engine
+
+    with pytest.raises(error, match=message):
+        check_engine(config)
+
+
+def test_the_start_up_check_passes_what_it_can_run():
+    from vidpress.integrations.vllm.serving import check_engine
+
+    assert check_engine(engine_config()).stage is None  # no entry: vLLM's model, EVS or not
+    assert check_engine(engine_config(pruning=0.5, architecture="Qwen3VLForConditionalGeneration")).stage is None
+    assert check_engine(engine_config({"method": "visionzip", "mode": "faithful"})).method == "visionzip"
+    assert check_engine(engine_config({"method": "frames"}, tp=4)).method == "frames"  # no encoder attention
+
+
+def test_the_start_up_line_states_the_declared_placeholders():
+    from types import SimpleNamespace
+
+    from vidpress.integrations.vllm.serving import describe
+
+    llava = SimpleNamespace(model_type="llava_onevision", vision_config=SimpleNamespace(image_size=384, patch_size=14))
+    # 27 patches a side, pooled 2x2 to 14: 196 per frame; 32 frames + the newline = 6,273; 25 % of 6,272 = 1,568
+    line = describe(serving_config({"vidpress": {"method": "frames", "retention": 0.25}}), llava, 32)
+    assert "frames(retention=0.25)" in line and "a video of 32 frames takes 1,569 of its 6,273 placeholders" in line
+    qwen = SimpleNamespace(
+        model_type="qwen2_5_vl",
+        vision_config=SimpleNamespace(patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    )
+    # 448 px: 16 x 16 merged tokens per 2-frame patch; 16 patches = 4,096; ttm's own count for them
+    ttm = serving_config({"vidpress": {"method": "ttm", "k": 0.7}})
+    kept = ttm.stage.kept_count(16, 256)
+    line = describe(ttm, qwen, 32)
+    assert f"32 frames at 448x448 px takes {kept:,} of its 4,096 placeholders" in line
+
+
+def test_observed_requests_feed_the_counters_and_profiling_is_left_out():
+    pytest.importorskip("prometheus_client")
+    from vidpress.integrations.vllm import observe
+
+    def value(name):
+        return observe.counter(name).labels("probe")._value.get()
+
+    before = {name: value(name) for name in observe.METRICS}
+    with observe.profiling():
+        observe.record("probe", [(513, 129)], images=2)
+    assert {name: value(name) for name in observe.METRICS} == before
+    observe._warned_images.discard("probe")
+    with pytest.warns(vidpress.VidpressWarning, match="images pass uncompressed"):
+        observe.record("probe", [(513, 129), (None, 65)], images=1)
+    assert value("videos") - before["videos"] == 2
+    assert value("video_tokens_kept") - before["video_tokens_kept"] == 129 + 65
+    assert value("video_tokens_in") - before["video_tokens_in"] == 513  # the unknown one is not guessed
+    assert value("video_tokens_saved") - before["video_tokens_saved"] == 513 - 129
+    assert value("images_uncompressed") - before["images_uncompressed"] == 1
+
+
+def test_full_counts_remember_the_latest_videos():
+    from vidpress.integrations.vllm.observe import FullCounts
+
+    counts = FullCounts(size=2)
+    counts.remember("a", 1), counts.remember("b", 2), counts.remember("a", 1), counts.remember("c", 3)
+    assert (counts.get("a"), counts.get("b"), counts.get("c")) == (1, None, 3)

