@@ -2,8 +2,6 @@
 plan, and the engine serves the next request; on Qwen2.5-VL every kept token of every video has the M-RoPE
 position the uncompressed prompt gives it."""
 
-import math
-
 import pytest
 
 pytest.importorskip("vllm")
@@ -11,7 +9,11 @@ pytest.importorskip("vllm")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vidpress.integrations.vllm.checkpoints import engine_args, video_request  # noqa: E402
+from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
+    declared_placeholders,
+    engine_args,
+    video_request,
+)
 from vidpress.integrations.vllm.serving import servable_methods, serving_config  # noqa: E402
 
 RETENTION = {"llava_onevision": 0.25, "qwen2_5_vl": 0.5}
@@ -63,19 +65,6 @@ def shapes(family, clip, size):
     return out
 
 
-def declared(family, stage, frames, size):
-    """Video placeholders a ``frames``-frame video takes in the prompt: the stage's count per the family's grid
-    (Qwen2.5-VL: 2-frame temporal patches of 2x2-merged patches; LLaVA-OV: 2x2-pooled patches, plus the newline)."""
-    side = size // 14
-    if family == "qwen2_5_vl":
-        t, per_frame, extra = math.ceil(frames / 2), (side // 2) ** 2, 0
-    else:
-        t, per_frame, extra = frames, math.ceil(side / 2) ** 2, 1
-    grid = math.isqrt(per_frame)
-    count = t * per_frame if stage is None else stage.kept_count(t, per_frame, (grid, grid))
-    return count + extra
-
-
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
 def test_every_request_shape_is_answered_and_the_engine_lives(checkpoints, clip, family):
     from vllm import LLM, SamplingParams
@@ -91,9 +80,11 @@ def test_every_request_shape_is_answered_and_the_engine_lives(checkpoints, clip,
         for name, request, frames in shapes(family, clip, size):
             out = llm.generate(request, params, use_tqdm=False)[0]
             placeholders = sum(1 for t in out.prompt_token_ids if t == video_id)
-            assert placeholders == sum(declared(family, stage, f, size) for f in frames), (method, name)
+            assert placeholders == sum(declared_placeholders(family, stage, f, size) for f in frames), (method, name)
             assert len(out.outputs[0].token_ids) == 2, (method, name)
-        assert len(llm.generate(plain, params, use_tqdm=False)[0].outputs[0].token_ids) == 2, method
+        out = llm.generate(plain, params, use_tqdm=False)[0]  # and the engine serves the next request
+        assert sum(1 for t in out.prompt_token_ids if t == video_id) == declared_placeholders(family, stage, 8, size)
+        assert len(out.outputs[0].token_ids) == 2, method
         del llm
 
 

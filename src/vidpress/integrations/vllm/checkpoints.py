@@ -8,6 +8,7 @@ vLLM's SigLIP expects ``vision_tower.vision_model.*`` and no head, so those name
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,16 @@ def video_grid(family: str, frames: int, size: int) -> tuple[int, int]:
     if family == "qwen2_5_vl":
         return -(-frames // 2), (side // 2) ** 2
     return frames, (-(-side // 2)) ** 2
+
+
+def declared_placeholders(family: str, stage: Any, frames: int, size: int) -> int:
+    """Video placeholders a ``frames``-frame, ``size``-pixel video takes in the family's prompt: ``stage``'s declared
+    count on the family's grid (:func:`video_grid`; all of it when ``stage`` is None), plus LLaVA-OneVision's
+    newline."""
+    temporal, per_frame = video_grid(family, frames, size)
+    side = math.isqrt(per_frame)
+    count = temporal * per_frame if stage is None else stage.kept_count(temporal, per_frame, (side, side))
+    return count + (family == "llava_onevision")
 
 
 def engine_args(directory: str | Path, entry: dict | None = None, **extra: Any) -> dict:
