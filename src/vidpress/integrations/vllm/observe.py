@@ -1,5 +1,5 @@
 """What the vLLM plugin tells an operator about each request: Prometheus counters on the API server's ``/metrics``,
-a debug line per request, and a warning when images reach a compressed engine.
+a log line per request (the first at INFO, the rest at DEBUG), and a warning when images reach a compressed engine.
 
 Counted where vLLM builds each request's prompt (the API server process), from the placeholders the prompt really
 holds; vLLM's start-up profiling runs the same processor on dummy inputs, which are never counted.
@@ -29,6 +29,7 @@ from ...errors import VidpressWarning
 _profiling = threading.local()
 _counters: dict[str, Any] = {}
 _warned_images: set[str] = set()
+_logged: set[str] = set()
 
 METRICS = {
     "videos": "Videos compressed by vidpress",
@@ -90,7 +91,11 @@ def record(method: str, videos: Sequence[tuple[int | None, int]], images: int, l
             counter("video_tokens_in").labels(method).inc(full)
             counter("video_tokens_saved").labels(method).inc(full - kept)
     if videos and log is not None:
-        log.debug("vidpress %s: video placeholders %s", method, ", ".join(f"{f} -> {k}" for f, k in videos))
+        # the first request of a method at INFO, so any run's log shows the compressed counts; the rest at DEBUG
+        level = log.debug if method in _logged else log.info
+        _logged.add(method)
+        counts = ", ".join(f"{'?' if f is None else f} -> {k}" for f, k in videos)
+        level("vidpress %s: a request's video placeholders, uncompressed -> kept: %s", method, counts)
     if images:
         counter("images_uncompressed").labels(method).inc(images)
         if method not in _warned_images:
