@@ -231,7 +231,7 @@ def test_observed_requests_feed_the_counters_and_profiling_is_left_out():
         observe.record("probe", [(513, 129)], images=2)
     assert {name: value(name) for name in observe.METRICS} == before
     observe._warned_images.discard("probe")
-    with pytest.warns(vidpress.VidpressWarning, match="images pass uncompressed"):
+    with pytest.warns(vidpress.errors.VidpressWarning, match="images pass uncompressed"):
         observe.record("probe", [(513, 129), (None, 65)], images=1)
     assert value("videos") - before["videos"] == 2
     assert value("video_tokens_kept") - before["video_tokens_kept"] == 129 + 65
@@ -246,3 +246,42 @@ def test_full_counts_remember_the_latest_videos():
     counts = FullCounts(size=2)
     counts.remember("a", 1), counts.remember("b", 2), counts.remember("a", 1), counts.remember("c", 3)
     assert (counts.get("a"), counts.get("b"), counts.get("c")) == (1, None, 3)
+
+
+def test_a_request_may_pick_its_own_method_checked_as_the_servers_is():
+    from vidpress.integrations.vllm.serving import request_config
+
+    server = serving_config({"vidpress": {"method": "frames", "retention": 0.25}})
+    assert request_config(server, None, "llava_onevision") is server
+    own = request_config(server, {"method": "spatial", "retention": "0.5"}, "qwen2_5_vl")
+    assert own.method == "spatial" and own.stage.kept_count(4, 16) == 32
+    assert request_config(server, {"method": "none"}, "llava_onevision").stage is None
+    refusals = [
+        (serving_config({}), {"method": "frames"}, "runs no vidpress method"),
+        (server, {"method": "visionzp"}, "refused: unknown method 'visionzp'.*did you mean 'visionzip'"),
+        (server, {"method": "fastv"}, "inside the LLM"),
+        (server, {"method": "visionzip"}, "reads the vision encoder's attention.*not started for"),
+        (server, "frames", 'with a "method"'),
+        (server, {"method": "random", "seed": 10**300}, "over 256 bytes"),
+    ]
+    for base, raw, message in refusals:
+        with pytest.raises(InvalidParameterError, match=message):  # a ValueError: vLLM answers 400
+            request_config(base, raw, "llava_onevision")
+    attention_server = serving_config({"vidpress": {"method": "visionzip"}})
+    assert request_config(attention_server, {"method": "fastvid"}, "llava_onevision").method == "fastvid"
+    with pytest.raises(InvalidParameterError, match="M-RoPE"):
+        request_config(attention_server, {"method": "visionzip", "mode": "faithful"}, "qwen2_5_vl")
+
+
+def test_each_video_carries_its_requests_method_to_the_model():
+    from vidpress.integrations.vllm.serving import encode_entry, entry_stages, request_config
+
+    server = serving_config({"vidpress": {"method": "frames", "retention": 0.25}})
+    own = request_config(server, {"method": "random", "retention": 0.5}, "llava_onevision")
+    field = torch.cat([encode_entry(own, 2), encode_entry(None, 1), encode_entry(own, 1)])
+    assert field.shape == (4, 256) and field.dtype == torch.uint8
+    stages = entry_stages(field, server, 4)
+    assert stages[0] is stages[1] is stages[3] and stages[2] is server.stage  # one stage per distinct entry
+    assert stages[0].kind == "random" and stages[0].retention == 0.5
+    assert entry_stages(list(field), server, 4) == stages  # the field as vLLM may hand it: a list of rows
+    assert entry_stages(None, server, 3) == [server.stage] * 3

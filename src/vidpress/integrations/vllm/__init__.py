@@ -8,10 +8,12 @@ through vLLM's ``vllm.general_plugins`` entry point. The method is set per serve
 
     LLM(model=..., hf_overrides={"vidpress": {"method": "ttm", "k": 0.7}})
 
-An unknown method or a bad hyperparameter fails at engine start-up. Without the entry, the model classes are
-vLLM's own. Methods: ``ttm`` (DyCoke's token merging), ``visionzip``, ``fastvid`` (fixed mode), ``frames``,
-``spatial``, ``random``; see docs/vllm.md for what each family supports and what prefill- and decode-time
-methods would take.
+A bad entry is refused where vLLM builds its configuration, before any engine core starts (one line under the
+API server). A request may pick its own method through vLLM's ``mm_processor_kwargs`` (``{"vidpress": {...}}``).
+Without the entry, the model classes are vLLM's own. Methods: ``ttm`` (DyCoke's token merging), ``events``
+(METok's event stage, fixed budget), ``visionzip``, ``fastvid`` (fixed mode), ``frames``, ``spatial``,
+``random``; see docs/vllm.md for what each family supports, what an operator sees, and what prefill- and
+decode-time methods would take.
 """
 
 from __future__ import annotations

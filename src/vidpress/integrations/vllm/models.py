@@ -2,17 +2,18 @@
 
 They subclass vLLM's own LLaVA-OneVision and Qwen2.5-VL under the same architecture names (registered by
 :func:`vidpress.integrations.vllm.register`), so a checkpoint loads exactly as in vLLM; with no ``vidpress`` entry
-in the model config they are vLLM's classes unchanged. The prompt gets the stage's declared count of video
-placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built, before the video is seen, and
-``embed_multimodal`` returns exactly that many embeddings per video (:func:`~.serving.compress_video`).
+in the model config they are vLLM's classes. Their processors (:mod:`.processors`) give each video the declared
+count of placeholders of its method (the server's or the request's) when the prompt is built, before the video is
+seen, and ``embed_multimodal`` returns exactly that many embeddings per video (:func:`~.serving.compress_video`).
 
 - LLaVA-OneVision: frame tokens after vLLM's own projector and 2x2 pooling, then the newline. Positions are the
   compressed prompt's own (vLLM numbers the sequence it is given), i.e. the kept tokens are renumbered
   contiguously, as the reference implementations do.
 - Qwen2.5-VL: each kept token carries its original (t, h, w) M-RoPE ids, appended to its embedding and put in
-  place by vLLM's ``recompute_mrope_positions`` (the ``SupportsMultiModalPruning`` path EVS uses).
+  place by vLLM's ``recompute_mrope_positions`` (the ``SupportsMultiModalPruning`` path EVS uses); the prompt's
+  first positions are laid out by each item's placeholder count.
 - Stages that score tokens by the vision encoder's attention (VisionZip, FastVID) get it from the tower through
-  a forward pre-hook on its last attention (SigLIP's ``qkv_proj``; Qwen2.5-VL's last, full-attention ViT block
+  hooks on its last attention (SigLIP's fused ``qkv_proj`` output; Qwen2.5-VL's last, full-attention ViT block
   with its rotary embedding), recomputed in fp32 and pooled like the features; vLLM's modules are untouched.
 - A stage that declares the only frames its plan can use (``encoded_frames``: uniform frame sampling) gets only
   those through the tower (frames; Qwen2.5-VL: temporal patches), laid back on the full grid with zeros
@@ -22,7 +23,7 @@ placeholders (:meth:`~vidpress.stages.PreLLMStage.kept_count`) when it is built,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,17 +31,14 @@ from torch import Tensor
 from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionDummyInputsBuilder,
     LlavaOnevisionForConditionalGeneration,
-    LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
 )
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLMultiModalProcessor,
     Qwen2_5_VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.processing import PromptReplacement
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ...adapters.encoder_attention import received_attention
@@ -48,78 +46,34 @@ from ...adapters.qwen2_5_vl import temporal_patch_rows
 from ...errors import InvalidParameterError
 from ...stages import lay_back
 from ...tokens import VisualTokens
-from . import observe
-from .serving import check_engine, compress_video, serving_config
+from .processors import LlavaOnevisionProcessor, Qwen2_5_VLProcessor
+from .serving import ENTRY_FIELD, check_engine, compress_video, entry_stages
 
 
-class _Observed:
-    """Processor mixin: counts each real request's video placeholders before and after compression, and the
-    images that pass uncompressed (:mod:`.observe`); vLLM's dummy profiling inputs are left out."""
+class _Entries:
+    """Model mixin: each video's method comes with it, in the entry field its processor adds
+    (:data:`~.serving.ENTRY_FIELD`: the request's own method, else the server's)."""
 
-    _full_counts: observe.FullCounts | None = None
+    _entries: Any = None
 
-    def get_dummy_mm_inputs(self, *args: Any, **kwargs: Any) -> Any:
-        with observe.profiling():
-            return super().get_dummy_mm_inputs(*args, **kwargs)  # type: ignore[misc]
+    def embed_multimodal(self, **kwargs: Any) -> Any:
+        self._entries = kwargs.pop(ENTRY_FIELD, None)
+        try:
+            return super().embed_multimodal(**kwargs)  # type: ignore[misc]
+        finally:
+            self._entries = None
 
-    def apply(self, inputs: Any, timing_ctx: Any) -> Any:
-        result = super().apply(inputs, timing_ctx)  # type: ignore[misc]
-        serving = serving_config(self.info.get_hf_config())  # type: ignore[attr-defined]
-        if serving.stage is not None:
-            placeholders = result["mm_placeholders"]
-            observe.record(serving.method, self._video_counts(result), len(placeholders.get("image", [])), log=_log())
-        return result
-
-    def _video_counts(self, result: Any) -> list[tuple[int | None, int]]:
-        """(uncompressed placeholders, placeholders in the prompt) of each video; a video from vLLM's processor
-        cache comes without its data, so its uncompressed count is the one remembered by its hash."""
-        if self._full_counts is None:
-            self._full_counts = observe.FullCounts()
-        items, hashes = result["mm_kwargs"].get("video", []), result["mm_hashes"].get("video", [])
-        counts = []
-        for i, placeholder in enumerate(result["mm_placeholders"].get("video", [])):
-            item, key = items[i] if i < len(items) else None, hashes[i] if i < len(hashes) else str(i)
-            full = self._full_counts.get(key) if item is None else self._full_counts.remember(key, self._full(item))
-            counts.append((full, placeholder.length))
-        return counts
-
-    def _full(self, item: Any) -> int:
-        raise NotImplementedError
-
-
-def _log() -> Any:
-    from . import server_log
-
-    return server_log()
+    def _video_stages(self, videos: int) -> list[Any]:
+        return entry_stages(self._entries, self.vidpress, videos)  # type: ignore[attr-defined]
 
 
 # -- LLaVA-OneVision ---------------------------------------------------------------------------------------------
 
 
-class LlavaOnevisionInfo(LlavaOnevisionProcessingInfo):
-    def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int) -> int:
-        """The stage's declared count plus the newline; vLLM's own count without a stage."""
-        stage = serving_config(self.get_hf_config()).stage
-        if stage is None:
-            return super().get_num_video_tokens(
-                image_width=image_width, image_height=image_height, num_frames=num_frames
-            )
-        per_frame = self._get_num_frame_tokens(image_width=image_width, image_height=image_height)
-        side = math.isqrt(per_frame)  # vLLM's LLaVA-OV frame grid is square
-        return stage.kept_count(num_frames, per_frame, (side, side)) + 1
-
-
-class LlavaOnevisionProcessor(_Observed, LlavaOnevisionMultiModalProcessor):
-    def _full(self, item: Any) -> int:
-        """vLLM's own count for the item's frames: frames x pooled tokens per frame, plus the newline."""
-        frames, _, height, width = item["pixel_values_videos"].data.shape
-        return frames * self.info._get_num_frame_tokens(image_width=width, image_height=height) + 1
-
-
 @MULTIMODAL_REGISTRY.register_processor(
-    LlavaOnevisionProcessor, info=LlavaOnevisionInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
+    LlavaOnevisionProcessor, info=LlavaOnevisionProcessingInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
 )
-class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
+class LlavaOnevision(_Entries, LlavaOnevisionForConditionalGeneration):
     """vLLM's ``LlavaOnevisionForConditionalGeneration`` with a vidpress pre-LLM stage on each video.
 
     Raises (at engine start-up; the API server has refused the same already, in one line)
@@ -137,26 +91,27 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
         return [m for m in self.vision_tower.modules() if hasattr(m, "qkv_proj")][-1]
 
     def _process_video_pixels(self, inputs: Any) -> Sequence[Tensor]:
-        stage = self.vidpress.stage
-        if stage is None:
+        pixels = inputs["pixel_values_videos"]
+        frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
+        stages = self._video_stages(len(frames))
+        if all(stage is None for stage in stages):
             # vLLM's own path returns (1, N, D) per video when a batch's videos differ in length, which its runner
             # refuses (the engine dies); each video as (N, D) is what it takes
             return [video.reshape(-1, video.shape[-1]) for video in super()._process_video_pixels(inputs)]
+        attention = any(stage is not None and stage.needs.encoder_attention for stage in stages)
         captured: dict[str, tuple[Tensor, Tensor]] = {}
         hook = None
-        if stage.needs.encoder_attention:
+        if attention:
             # the fused projection's output, so queries and keys are not projected a second time
-            attention = self._encoder_attention_module()
-            hook = attention.qkv_proj.register_forward_hook(
-                lambda module, args, out: captured.update(signals=self._encoder_signals(attention, out[0]))
+            module = self._encoder_attention_module()
+            hook = module.qkv_proj.register_forward_hook(
+                lambda _, args, out: captured.update(signals=self._encoder_signals(module, out[0]))
             )
-        pixels = inputs["pixel_values_videos"]
-        frames = [len(v) for v in pixels] if not isinstance(pixels, Tensor) else [pixels.shape[1]] * pixels.shape[0]
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
         per_frame = side * side
         # frames the plan can never use are not encoded (uniform frame sampling declares them)
-        encoded = [stage.encoded_frames(f, per_frame) for f in frames]
-        if any(e is not None for e in encoded) and not stage.needs.encoder_attention:
+        encoded = [None if s is None else s.encoded_frames(f, per_frame) for s, f in zip(stages, frames)]
+        if any(e is not None for e in encoded) and not attention:
             full = [e if e is not None else list(range(f)) for e, f in zip(encoded, frames)]
             if isinstance(pixels, Tensor) and len({tuple(e) for e in full}) == 1:
                 pixels = pixels[:, full[0]]
@@ -175,8 +130,11 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             received, keys = captured["signals"]
             received, keys = received.split(frames), keys.split(frames)
         out = []
-        for i, (emb, f) in enumerate(zip(videos, frames)):
+        for i, (emb, f, stage) in enumerate(zip(videos, frames, stages)):
             emb = emb.reshape(-1, emb.shape[-1])
+            if stage is None:  # a request that asked for its videos uncompressed
+                out.append(emb)
+                continue
             if encoded[i] is not None:
                 emb = lay_back(emb, encoded[i], f, per_frame)
             tokens = VisualTokens(
@@ -240,35 +198,10 @@ def _split_qk(qkv: Tensor) -> tuple[Tensor, Tensor]:
 # -- Qwen2.5-VL --------------------------------------------------------------------------------------------------
 
 
-class Qwen2_5_VLProcessor(_Observed, Qwen2_5_VLMultiModalProcessor):
-    def _full(self, item: Any) -> int:
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        return int(item["video_grid_thw"].data.prod()) // (merge * merge)
-
-    def _get_prompt_updates(
-        self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
-    ) -> Sequence[Any]:
-        """vLLM's updates, with each video's placeholders cut to the stage's declared count."""
-        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
-        stage = serving_config(self.info.get_hf_config()).stage
-        if stage is None:
-            return updates
-        video_id = self.info.get_tokenizer().get_vocab()[self.info.get_hf_processor().video_token]
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
-
-        def video_replacement(item_idx: int) -> list[int]:
-            t, h, w = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
-            return [video_id] * stage.kept_count(t, (h // merge) * (w // merge), (h // merge, w // merge))
-
-        return [u for u in updates if u.modality != "video"] + [
-            PromptReplacement(modality="video", target=[video_id], replacement=video_replacement)
-        ]
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
+class Qwen2_5_VL(_Entries, Qwen2_5_VLForConditionalGeneration):
     """vLLM's ``Qwen2_5_VLForConditionalGeneration`` with a vidpress pre-LLM stage on each video; kept tokens keep
     their (t, h, w) M-RoPE ids.
 
@@ -294,17 +227,14 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         vllm_config.model_config.multimodal_config.video_pruning_rate = 0.5
 
     def _process_video_input(self, video_input: Any) -> Any:
-        stage = self.vidpress.stage
         self._vidpress_signals = None
         self._vidpress_encoded = None
-        if stage is not None and not stage.needs.encoder_attention:
-            return self._encode_used_patches(video_input)
-        if stage is None:
+        stages = self._video_stages(len(video_input["video_grid_thw"]))
+        self._vidpress_stages = stages
+        if self.vidpress.stage is None:
             return super()._process_video_input(video_input)
-        if video_input.get("pixel_values_videos") is None:
-            raise InvalidParameterError(
-                f"{self.vidpress.method} needs the vision encoder's attention; pass video frames, not embeddings"
-            )
+        if not any(stage is not None and stage.needs.encoder_attention for stage in stages):
+            return self._encode_used_patches(video_input, stages)
         captured: dict[str, Any] = {}
         hooks = [
             self.visual.register_forward_pre_hook(
@@ -330,15 +260,17 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         self._vidpress_signals = (received[reverse], keys[reverse])
         return out
 
-    def _encode_used_patches(self, video_input: Any) -> Any:
-        """vLLM's video path on the temporal patches the stage can use (uniform frame sampling declares them),
-        each video's merged tokens then laid back on its full grid with zeros elsewhere."""
-        stage, grids = self.vidpress.stage, video_input["video_grid_thw"]
+    def _encode_used_patches(self, video_input: Any, stages: list[Any]) -> Any:
+        """vLLM's video path on the temporal patches the stage can use (uniform frame sampling declares them), when
+        every video of the batch has that stage and one grid; each video's merged tokens then laid back on its full
+        grid with zeros elsewhere."""
+        grids, stage = video_input["video_grid_thw"], stages[0]
         merge = self.visual.spatial_merge_size
         t, h, w = (int(x) for x in grids[0])
-        encoded = stage.encoded_frames(t, (h // merge) * (w // merge))
+        encoded = None if stage is None else stage.encoded_frames(t, (h // merge) * (w // merge))
         pixels = video_input.get("pixel_values_videos")
-        if encoded is None or pixels is None or len({tuple(g.tolist()) for g in grids}) > 1:
+        same = len({id(s) for s in stages}) == 1 and len({tuple(g.tolist()) for g in grids}) == 1
+        if encoded is None or pixels is None or not same:
             return super()._process_video_input(video_input)
         rows = temporal_patch_rows(grids.tolist(), encoded)
         sliced = grids.clone()
@@ -392,8 +324,7 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
     def _postprocess_video_embeds_evs(self, video_embeds_split: Sequence[Tensor], video_input: Any) -> tuple:
         """Each video through the stage, with the kept tokens' (t, h, w) ids and the grid width appended as 4
         channels (vLLM's layout for pruned media)."""
-        stage = self.vidpress.stage
-        if stage is None:  # vLLM's own pruning (EVS, --video-pruning-rate), untouched
+        if self.vidpress.stage is None:  # vLLM's own pruning (EVS, --video-pruning-rate), untouched
             return super()._postprocess_video_embeds_evs(video_embeds_split, video_input)
         merge = self.visual.spatial_merge_size
         seconds = video_input.get("second_per_grid_ts")
@@ -405,8 +336,8 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         if signals is not None:
             signals = tuple(x.split([len(e) for e in video_embeds_split]) for x in signals)
         out = []
-        for i, (emb, size, second) in enumerate(
-            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), seconds.long())
+        for i, (emb, size, second, stage) in enumerate(
+            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), seconds.long(), self._vidpress_stages)
         ):
             t, h, w = size[0], size[1] // merge, size[2] // merge
             tokens = VisualTokens(
@@ -416,7 +347,10 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
                 attention=None if signals is None else signals[0][i].view(1, t, h * w),
                 keys=None if signals is None else signals[1][i].view(1, t, h * w, -1),
             )
-            kept, source = compress_video(stage, tokens, encoded=getattr(self, "_vidpress_encoded", None))
+            if stage is None:  # a request that asked for its videos uncompressed: every token at its own ids
+                kept, source = emb, torch.arange(len(emb))
+            else:
+                kept, source = compress_video(stage, tokens, encoded=self._vidpress_encoded)
             positions = compute_mrope_for_media(
                 size,
                 merge,

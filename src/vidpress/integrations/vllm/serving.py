@@ -10,6 +10,8 @@ by how distinct they are (:class:`~vidpress.stages.pre_llm.relevance.DistinctRel
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,3 +262,77 @@ def describe(serving: ServingConfig, hf_config: Any, frames: int) -> str:
         f"vidpress: {serving.method}({settings}) compresses each video before the LLM: a video of {shape} takes "
         f"{kept:,} of its {full:,} placeholders ({kept / full:.1%}); images pass uncompressed"
     )
+
+
+#: A request's own method, in vLLM's per-request ``mm_processor_kwargs`` (``{"vidpress": {"method": ...}}``); the
+#: processor carries it to the model in the per-video field :data:`ENTRY_FIELD` of :data:`ENTRY_BYTES` bytes.
+REQUEST_KEY = "vidpress"
+ENTRY_FIELD = "vidpress_entry"
+ENTRY_BYTES = 256
+
+
+def request_config(server: ServingConfig, raw: Any, family: str) -> ServingConfig:
+    """The method one request asks for in its ``mm_processor_kwargs``, checked as the server's entry is; ``raw``
+    None is the server's own. ``{"method": "none"}`` leaves that request's videos uncompressed.
+
+    A request may choose any servable method on a server started with a vidpress method, but a method that
+    reads the encoder's attention only where the server's own does (its tensor parallelism was checked for it).
+
+    Raises
+    ------
+    InvalidParameterError
+        A ValueError, which vLLM answers with HTTP 400: the server runs no vidpress method, or the request's entry
+        is refused (the reason of :func:`serving_config`, or M-RoPE's on Qwen2.5-VL), or is longer than
+        :data:`ENTRY_BYTES` bytes of JSON.
+    """
+    if raw is None:
+        return server
+    if server.stage is None:
+        raise InvalidParameterError(
+            'this server runs no vidpress method, so a request\'s own "vidpress" entry cannot apply: start the '
+            "server with --hf-overrides '{\"vidpress\": {...}}'"
+        )
+    try:
+        serving = serving_config({CONFIG_KEY: raw})
+    except VidpressError as error:
+        raise InvalidParameterError(f'the request\'s "vidpress" entry is refused: {error}') from None
+    stage = serving.stage
+    if stage is not None and stage.needs.encoder_attention and not server.stage.needs.encoder_attention:
+        raise InvalidParameterError(
+            f"{serving.method} reads the vision encoder's attention, which this server ({server.method}) was not "
+            "started for: start it with such a method (visionzip, fastvid) to take these per request"
+        )
+    if family == "qwen2_5_vl" and stage is not None and stage.positions != "original":
+        raise InvalidParameterError(f"{serving.method} renumbers its tokens; M-RoPE needs their ids: use mode='fixed'")
+    if len(entry_json(serving)) > ENTRY_BYTES:
+        raise InvalidParameterError(f'the request\'s "vidpress" entry is over {ENTRY_BYTES} bytes of JSON: {raw!r}')
+    return serving
+
+
+def entry_json(serving: ServingConfig) -> bytes:
+    """The canonical JSON of a method and its settings (sorted keys)."""
+    return json.dumps({"method": serving.method, **serving.settings}, sort_keys=True).encode()
+
+
+def encode_entry(serving: ServingConfig | None, videos: int) -> Tensor:
+    """The :data:`ENTRY_FIELD` of ``videos`` videos that take ``serving``: (videos, ENTRY_BYTES) uint8, its JSON then
+    zeros; all zeros (None) stands for the server's own method."""
+    row = torch.zeros(ENTRY_BYTES, dtype=torch.uint8)
+    if serving is not None:
+        data = entry_json(serving)
+        row[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return row.expand(videos, -1).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _entry_stage(data: bytes) -> PreLLMStage | None:
+    return serving_config({CONFIG_KEY: json.loads(data)}).stage
+
+
+def entry_stages(field: Any, server: ServingConfig, videos: int) -> list[PreLLMStage | None]:
+    """Each video's stage from the :data:`ENTRY_FIELD` rows the model receives (a tensor or a list of rows; None:
+    the server's for all), built once per distinct entry."""
+    if field is None:
+        return [server.stage] * videos
+    rows = [bytes(row.to(torch.uint8).tolist()).rstrip(b"\0") for row in field]
+    return [_entry_stage(row) if row else server.stage for row in rows]
