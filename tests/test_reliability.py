@@ -188,6 +188,7 @@ def test_base_weights_are_named_never_searched_for(monkeypatch, tmp_path):
     from vidpress.models.default import find_weights
 
     monkeypatch.delenv("VIDPRESS_WEIGHTS", raising=False)
+    monkeypatch.setenv("VIDPRESS_CACHE", str(tmp_path / "cache"))  # `vidpress weights` has filled no cache here
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # ../shared may sit right beside this checkout
     assert find_weights() is None
     monkeypatch.setenv("VIDPRESS_WEIGHTS", str(tmp_path))  # a folder without them

