@@ -81,6 +81,8 @@ def test_run_metok_compare_on_a_real_video():
             "metok",
             "--set",
             "layers=[1,2]",
+            "--set",
+            "key_frames=2",  # 3 key events of 6 key frames would make every one of 12 frames a key frame: no cut
             "--compare",
             "--max-new-tokens",
             "4",
@@ -304,3 +306,33 @@ def test_run_warms_up_before_the_measured_request(monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert calls == [("uncompressed", 2), ("metok", 3)]  # one-time allocations land in the warm-up, not in METok's peak
+
+
+BUILT_IN = ["random", "random-llava-next-video", "random-qwen2.5-vl", "fallback", "default", "testbed"]
+# a method that cannot run on a family at all, with the reason the command gives
+CANNOT = {("tome", "random-qwen2.5-vl"): "not a SigLIP/CLIP/DINOv2 encoder"}
+
+
+@pytest.mark.parametrize("model", BUILT_IN)
+def test_every_method_runs_at_its_defaults_on_every_built_in_model(model, monkeypatch, tmp_path):
+    """`vidpress run --method M` on each built-in model: METok's reference layers move into a 4-layer LLM, ToMe
+    maps its tokens back onto LLaVA-NeXT-Video's grid, the random towers are deep enough for ToMe's default."""
+    from conftest import SHARED
+
+    from vidpress.methods import METHODS
+
+    if model in ("default", "testbed") and not (SHARED / "weights").is_dir():
+        pytest.skip("needs ../shared/data/weights")
+    if model == "fallback":  # the default model where no weights are found
+        monkeypatch.delenv("VIDPRESS_WEIGHTS", raising=False)
+        monkeypatch.setenv("VIDPRESS_CACHE", str(tmp_path))
+    frames = "4" if model in ("default", "testbed") else "8"
+    for method in METHODS:
+        args = ["run", "--model", model.replace("fallback", "default"), "--method", method, "-f", frames]
+        result = runner.invoke(app, [*args, "--max-new-tokens", "2", "--json"])
+        if (method, model) in CANNOT:
+            assert CANNOT[method, model] in str(result.exception), (method, result.output)
+            continue
+        assert result.exit_code == 0, (method, result.output, result.exception)
+        (run,) = json.loads(result.stdout)["runs"]
+        assert run["visual_tokens_llm"] <= run["visual_tokens_in"] + 1, method  # METok's newline may count

@@ -300,3 +300,22 @@ def test_metok_with_settings_runs_at_the_benchmark_retentions():
         plan(["metok[coarse=true"], [0.25])
     with pytest.raises(UnknownMethodError, match="coarsest"):
         plan(["metok[coarsest=true]"], [0.25])
+
+
+def test_the_reference_layers_move_to_the_same_fractions_of_a_shallow_llms_depth():
+    """METok's (3, 10, 19) were chosen for a 28-layer LLM: kept as they are where they fit (20 layers and more),
+    else at the same fractions, distinct and past layer 0; stage 3 trims from the first of them."""
+    from vidpress.stages.prefill.schedule import fit_layers
+
+    assert fit_layers([3, 10, 19], 30, 28) == [3, 10, 19]
+    assert fit_layers([3, 10, 19], 20, 28) == [3, 10, 19]
+    assert fit_layers([3, 10, 19], 12, 28) == [1, 4, 8]  # round(1.29), round(4.29), round(8.14)
+    assert fit_layers([3, 10, 19], 4, 28) == [1, 2, 3]  # 0.43 -> 1, 1.43 -> 1 -> 2 (past 1), 2.71 -> 3
+    with pytest.raises(vidpress.BudgetError, match="3 pruning layers do not fit an LLM of 3 layers"):
+        fit_layers([3, 10, 19], 3, 28)
+    stages = vidpress.METok().build().for_depth(4)
+    assert stages.prefill.layers == (1, 2, 3) and stages.decode.first_layer == 1
+    deep = vidpress.METok().build().for_depth(30)
+    assert deep.prefill.layers == (3, 10, 19) and deep.decode.first_layer == 3
+    with pytest.raises(vidpress.BudgetError, match="do not fit an LLM of 4 layers"):
+        vidpress.METok(layers=(3, 10, 20)).build().for_depth(4)  # a user's own layers are taken as given

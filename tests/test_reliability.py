@@ -77,7 +77,7 @@ def test_nested_apply_is_refused_and_the_outer_run_still_works(tiny, inputs):
     [
         ("dycoke", {"l": 100}, "starts at layer 100 but the LLM has 4 layers"),
         ("dycoke", {"l": 4}, "starts at layer 4"),
-        ("metok", {"layers": (3, 10, 19)}, "do not fit an LLM of 4 layers"),
+        ("metok", {"layers": (3, 10, 20)}, "do not fit an LLM of 4 layers"),  # not the reference: not moved
     ],
 )
 def test_parameters_the_model_would_ignore_are_refused_at_apply(tiny, method, params, match):

@@ -45,10 +45,11 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
 
     @classmethod
     def build_random(cls, layers: int = 4, hidden: int = 128, image_size: int | None = None) -> LoadedModel:
-        """A random LLaVA-NeXT-Video (LongVA's layout): Qwen2 LM, CLIP tower at 336 px by default."""
+        """A random LLaVA-NeXT-Video (LongVA's layout): Qwen2 LM, 6-layer CLIP tower at 336 px by default (its feature
+        layer, the penultimate, deep enough for ToMe's default: 576 patches halve to 36 per frame, a quarter of 144)."""
         from ..models.random import random_llava_next_video
 
-        return random_llava_next_video(layers=layers, hidden=hidden, image_size=image_size or 336)
+        return random_llava_next_video(layers=layers, hidden=hidden, image_size=image_size or 336, tower_layers=6)
 
     def grid(self) -> tuple[int, int]:
         vision = self.config.vision_config

@@ -86,10 +86,11 @@ class LlavaOnevisionAdapter(Adapter):
 
     @classmethod
     def build_random(cls, layers: int = 4, hidden: int = 128, image_size: int | None = None) -> LoadedModel:
-        """A random LLaVA-OneVision: Qwen2 LM, SigLIP tower at 224 px by default."""
+        """A random LLaVA-OneVision: Qwen2 LM, 4-layer SigLIP tower at 224 px by default (deep enough for ToMe's
+        default: 256 patches halve to 16 per frame, a quarter of the model's 64)."""
         from ..models.random import random_model
 
-        return random_model(layers=layers, hidden=hidden, image_size=image_size or 224)
+        return random_model(layers=layers, hidden=hidden, image_size=image_size or 224, tower_layers=4)
 
     def grid(self) -> tuple[int, int]:
         vision = self.config.vision_config

@@ -42,6 +42,19 @@ def load_clip(path: Path, frames: int, max_side: int, progress: bool = False) ->
     return clip, [str(w.message) for w in caught if issubclass(w.category, VideoWarning)]
 
 
+def for_model(method: Any, name: str, settings: dict[str, Any], model: Any, notes: list[str]) -> Any:
+    """``method`` as the commands run it on ``model`` when a default of it cannot run there, with a note saying so:
+    ToMe maps its merged tokens back onto the model's grid (``grid=True``) on a model that pools before its
+    projector (LLaVA-NeXT-Video), unless ``grid`` was set."""
+    from ..adapters.registry import adapter_for
+    from ..methods import get_method
+
+    if name == "tome" and "grid" not in settings and not adapter_for(model).encodes_at_any_resolution:
+        notes.append("ToMe runs with grid=True: this model pools its features before its projector")
+        return get_method(name, **settings, grid=True)
+    return method
+
+
 def check_plots(out: Path) -> None:
     """Fail before any work when a PNG cannot be written to ``out``: matplotlib missing, or no such folder."""
     import importlib.util

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import MAX_SIDE_HELP, MODEL_HELP, bundled_clip, console, load_clip, parse_set
+from .common import MAX_SIDE_HELP, MODEL_HELP, bundled_clip, console, for_model, load_clip, parse_set
 
 
 def run(
@@ -30,12 +30,14 @@ def run(
     from ..pipeline import ask, check_question
     from ..report import compare_table, ratios
 
-    chosen = get_method(method, **parse_set(params))
+    settings = parse_set(params)
+    chosen = get_method(method, **settings)
     check_question(question)
     path = video or bundled_clip()
     clip, notes = load_clip(path, frames, max_side, progress=not as_json)
     with console.status("loading model", spinner="dots") if not as_json else contextlib.nullcontext():
         loaded = load_model(model)
+    chosen = for_model(chosen, method, settings, loaded.model, notes)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
 
     def answer(method: Any, label: str | None = None) -> Any:

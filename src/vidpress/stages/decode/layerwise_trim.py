@@ -23,9 +23,9 @@ class LayerwiseTrim(DecodeStage):
 
     Parameters
     ----------
-    first_layer : int
-        First trimmed layer; METok uses its first pruning layer (reference: 3), so layers 0-2 keep the full
-        stage-1 visual KV.
+    first_layer : int, optional
+        First trimmed layer; None (METok's): the prefill stage's first pruning layer (reference: 3, so layers 0-2
+        keep the full stage-1 visual KV), resolved with the composition for the LLM's depth.
 
     Raises
     ------
@@ -33,11 +33,11 @@ class LayerwiseTrim(DecodeStage):
         ``first_layer`` < 0.
     """
 
-    first_layer: int = 3
+    first_layer: int | None = 3
     needs: Needs = field(default=Needs(trim_after_prefill=True), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.first_layer < 0:
+        if self.first_layer is not None and self.first_layer < 0:
             raise InvalidParameterError(f"first_layer must be >= 0, got {self.first_layer}")
 
     def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection | None:

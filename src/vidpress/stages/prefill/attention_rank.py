@@ -31,7 +31,7 @@ from ...errors import BudgetError, InvalidParameterError
 from ...selection import Selection
 from ...stages import Needs, PrefillStage
 from ...tokens import LayerSignals, StageContext
-from .schedule import METOK_SCHEDULE, keep_count, solve_keep
+from .schedule import METOK_SCHEDULE, fit_layers, keep_count, solve_keep
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class AttentionRank(PrefillStage):
     positions : {"original", "contiguous"}
         ``contiguous`` renumbers the sequence 0..n-1 after every drop and shifts decoding positions to match
         (PyramidDrop's reference); refused on M-RoPE models.
+    depth : int, optional
+        The LLM depth the integer layers were chosen for: on an LLM too shallow for them they move to the same
+        fractions of its depth (:func:`~.schedule.fit_layers`; METok's defaults). None: such an LLM is refused.
 
     Raises
     ------
@@ -75,6 +78,7 @@ class AttentionRank(PrefillStage):
     count_rule: Literal["ceil", "round", "floor_input"] = "ceil"
     score_layer: Literal["previous", "own"] = "previous"
     positions: Literal["original", "contiguous"] = "original"
+    depth: int | None = None
     needs: Needs = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +123,8 @@ class AttentionRank(PrefillStage):
             A layer beyond the model's depth, or an unreachable retention.
         """
         layers = [max(1, round(v * num_layers)) if isinstance(v, float) else v for v in self.layers]
+        if self.depth is not None:
+            layers = fit_layers(layers, num_layers, self.depth)
         if layers[-1] >= num_layers or len(set(layers)) < len(layers):
             raise BudgetError(
                 f"pruning layers {layers} do not fit an LLM of {num_layers} layers; choose layers "

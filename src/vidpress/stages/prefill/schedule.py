@@ -12,6 +12,34 @@ from ...errors import BudgetError
 METOK_SCHEDULE = ((3, 0.76, 0.38), (10, 0.76, 0.0), (19, 0.0, 0.0))
 
 
+#: METok's reference pruning layers and the depth of the LLM they were chosen for (LLaVA-OV-7B's Qwen2-7B).
+METOK_LAYERS, METOK_DEPTH = (3, 10, 19), 28
+
+
+def fit_layers(layers: list[int], num_layers: int, depth: int) -> list[int]:
+    """``layers`` chosen for a ``depth``-layer LLM, on one of ``num_layers``: as they are when the last one fits,
+    else at the same fractions of the depth, each at least 1 and past the one before ((3, 10, 19) of 28 on 4
+    layers: (1, 2, 3)).
+
+    Raises
+    ------
+    BudgetError
+        The LLM has fewer layers than the schedule has steps (plus layer 0).
+    """
+    if layers[-1] < num_layers:
+        return list(layers)
+    if len(layers) >= num_layers:
+        raise BudgetError(
+            f"{len(layers)} pruning layers do not fit an LLM of {num_layers} layers (layer 0 is never pruned); "
+            f"choose at most {num_layers - 1} layers"
+        )
+    fitted: list[int] = []
+    for i, layer in enumerate(layers):
+        room = num_layers - (len(layers) - i)  # leave one layer for each later step
+        fitted.append(min(room, max(round(layer * num_layers / depth), fitted[-1] + 1 if fitted else 1)))
+    return fitted
+
+
 def metok_schedule(layers: tuple[int, ...] = (3, 10, 19), rho: float = 0.76) -> tuple[tuple[int, float, float], ...]:
     """The reference per-event rule for any number of pruning layers (>= 1)."""
     out = []
