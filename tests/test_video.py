@@ -159,3 +159,62 @@ def test_corrupted_files_raise_a_video_error_or_decode(small_videos, tmp_path, k
     except vidpress.VideoError:
         return
     assert 1 <= len(video) <= frames and video.frames.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def ten_minutes(tmp_path_factory):
+    """A 10-minute 64 x 64 clip at 25 fps (15,000 frames), each frame a different grey."""
+    path = tmp_path_factory.mktemp("long") / "ten_minutes.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(600 * 25):
+            picture = np.full((64, 64, 3), i % 256, np.uint8)
+            picture[:32, :, 1] = (i // 256) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def peak_rss_mib(*args):
+    """Peak resident memory of a fresh Python running ``args`` (MiB), and what it printed."""
+    import subprocess
+    import sys
+
+    code = "import resource, sys; exec(sys.argv[1]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split()
+    return int(lines[-1]) / 1024, lines[:-1]
+
+
+def test_decoding_holds_the_sampled_frames_not_the_decoders(ten_minutes):
+    """15,000 distinct frames (176 MiB as RGB) asked for as 100,000: the peak stays within twice the frames plus what
+    decoding 2 frames takes (holding the decoder's own frames until the end peaks at 5.1 GB)."""
+    load = "from vidpress.io.video import load_video as f; v = f(sys.argv[2], int(sys.argv[3])); print(v.frames.nbytes)"
+    base, _ = peak_rss_mib(load, str(ten_minutes), "2")
+    peak, (nbytes,) = peak_rss_mib(load, str(ten_minutes), "100000")
+    assert int(nbytes) == 15000 * 64 * 64 * 3
+    assert peak - base < 2 * int(nbytes) / 2**20 + 64, (peak, base)
+
+
+def test_a_frame_count_past_the_models_positions_is_refused_before_decoding(ten_minutes):
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys\n"
+        "from vidpress.cli import main\n"
+        "sys.argv = ['vidpress', 'run', sys.argv[1], '--frames', '100000', '--model', 'random']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n"
+        "    print(exit.code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(ten_minutes)], capture_output=True, text=True, timeout=300)
+    status, peak = done.stdout.split()[-2:]
+    assert status == "2" and int(peak) / 2**20 < 2.0, (done.stdout, done.stderr[-1000:])
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()][-1:]
+    assert line.startswith("error: 15001 frames take") and "at most 62 frames fit" in line

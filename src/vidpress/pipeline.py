@@ -10,7 +10,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from ._checks import check_context
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, PromptTooLongError
 from .method import Method
 from .methods import apply
 from .report import Report
@@ -72,6 +72,32 @@ def check_question(question: str) -> str:
             f"the question is not valid UTF-8 text ({question[exc.start]!r} at position {exc.start}); pass UTF-8 text"
         ) from None
     return question
+
+
+def check_frames(model: Any, processor: Any, frames: int, question: str, new_tokens: int) -> None:
+    """Refuse, before any frame is decoded, ``frames`` frames whose video placeholders, with the prompt around
+    ``question`` and ``new_tokens`` to generate, exceed the LLM's positions. Only processors that count a video's
+    placeholders from its frame count (vidpress's offline ones: ``tokens_per_video``) are checked here; the
+    others are checked once the prompt is built.
+
+    Raises
+    ------
+    PromptTooLongError
+        The prompt would not fit; the message says how many frames would.
+    """
+    count = getattr(processor, "tokens_per_video", None)
+    config = getattr(model.config, "text_config", model.config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if count is None or limit is None:
+        return
+    ids = processor.tokenizer(chat_prompt(processor, check_question(question)))["input_ids"]
+    text = len(ids) - sum(1 for t in ids if t == processor.tokenizer.convert_tokens_to_ids(processor.video_token))
+    if text + count(frames) + new_tokens > limit:
+        fit = max((f for f in range(1, frames) if text + count(f) + new_tokens <= limit), default=0)
+        raise PromptTooLongError(
+            f"{frames} frames take {count(frames)} visual placeholders; with the {text} tokens of the prompt and "
+            f"{new_tokens} to generate that is past the model's {limit} positions: at most {fit} frames fit"
+        )
 
 
 def build_inputs(processor: Any, frames: np.ndarray, question: str, history: Sequence[tuple[str, str]] = ()) -> Any:

@@ -48,7 +48,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, (VidpressError, OSError, ValueError, LookupError)):
-            err.print(f"[bold red]error[/]: {exc}", highlight=False)
+            err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)  # one line, however long
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)

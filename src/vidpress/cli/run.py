@@ -25,18 +25,22 @@ def run(
     max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
 ) -> None:
     """Answer QUESTION about VIDEO with METHOD applied; print the answer and what it cost."""
+    from .._checks import check_context
+    from ..io.video import count_frames
     from ..methods import get_method
     from ..models.loading import load_model
-    from ..pipeline import ask, check_question
+    from ..pipeline import ask, build_inputs, check_frames, check_question
     from ..report import compare_table, ratios
 
     settings = parse_set(params)
     chosen = get_method(method, **settings)
     check_question(question)
     path = video or bundled_clip()
-    clip, notes = load_clip(path, frames, max_side, progress=not as_json)
+    planned = count_frames(path, frames)  # nothing decoded yet: a request that cannot fit is refused first
     with console.status("loading model", spinner="dots") if not as_json else contextlib.nullcontext():
         loaded = load_model(model)
+    check_frames(loaded.model, loaded.processor, planned, question, max_new_tokens)
+    clip, notes = load_clip(path, frames, max_side, progress=not as_json)
     chosen = for_model(chosen, method, settings, loaded.model, notes)
     force = 0 if loaded.trained else max_new_tokens  # an untrained model may stop at once: measure decoding anyway
 
@@ -53,6 +57,10 @@ def run(
             label=label,
         )
 
+    # the prompt with the tokens this run generates, before the shorter warm-up checks it with its own 2
+    check_context(
+        loaded.model, build_inputs(loaded.processor, clip.frames, question)["input_ids"].shape[1], max_new_tokens
+    )
     # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
     ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
     results = [answer(get_method("none"), "uncompressed")] if compare else []

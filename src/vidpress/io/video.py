@@ -152,6 +152,62 @@ def _frame_time(frame, start: float) -> float:
     return float(frame.time) - start if frame.time is not None else math.nan
 
 
+def _check_sampling(num_frames: int | None, fps: float | None) -> None:
+    if fps is not None:
+        if not fps > 0:
+            raise InvalidFrameCountError(f"fps must be > 0, got {fps}; e.g. fps=1 samples one frame per second")
+    elif num_frames is None or int(num_frames) != num_frames or num_frames < 1:
+        raise InvalidFrameCountError(f"num_frames must be an integer >= 1, got {num_frames!r}; e.g. num_frames=32")
+
+
+def _sampling(path: Path, container, stream, num_frames: int | None, fps: float | None) -> tuple:
+    """(duration s, frame rate, start s, target times, distinct frames at most, a reopened container or None) of
+    sampling ``stream``: the duration is what its packets hold (a decoding pass when none carries a timestamp, after
+    which the container is reopened), with a warning when the header claims otherwise."""
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    claimed = _duration(container, stream)
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    duration, reopened = _stream_end(path, claimed, rate), None
+    if math.isnan(duration):  # no packet timestamps: one decoding pass to measure it
+        duration = max((_frame_time(f, start) for f in container.decode(stream)), default=math.nan)
+        if math.isnan(duration):
+            raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
+        container.close()
+        reopened = _open(path)
+    if math.isfinite(claimed) and abs(claimed - duration) > max(1.0, 0.1 * duration):
+        warnings.warn(
+            f"{path}: the header says {claimed:.1f} s but the stream holds {duration:.1f} s; "
+            "sampling what the stream holds",
+            VideoWarning,
+            stacklevel=3,
+        )
+    targets = _targets(duration, rate, num_frames, fps)
+    distinct = min(len(targets), math.ceil(duration * rate) + 1) if rate else len(targets)
+    return duration, rate, start, targets, distinct, reopened
+
+
+def count_frames(path: str | Path, num_frames: int | None = 32, *, fps: float | None = None) -> int:
+    """The frames :func:`load_video` would return at most for this request, from packet timestamps alone (nothing
+    decoded): the requested count, or fewer when the stream holds fewer distinct frames. Lets a caller refuse a
+    request before any frame is decoded.
+
+    Raises
+    ------
+    VideoNotFoundError, NotAVideoError, NoVideoStreamError, NoFramesError, InvalidFrameCountError
+        As :func:`load_video`.
+    """
+    _check_sampling(num_frames, fps)
+    path = Path(path)
+    container = _open(path)
+    try:
+        *_, distinct, reopened = _sampling(path, container, container.streams.video[0], num_frames, fps)
+        if reopened is not None:
+            reopened.close()
+        return distinct
+    finally:
+        container.close()
+
+
 def load_video(
     path: str | Path,
     num_frames: int | None = 32,
@@ -192,43 +248,23 @@ def load_video(
     """
     import av
 
-    if fps is not None:
-        if not fps > 0:
-            raise InvalidFrameCountError(f"fps must be > 0, got {fps}; e.g. fps=1 samples one frame per second")
-    elif num_frames is None or int(num_frames) != num_frames or num_frames < 1:
-        raise InvalidFrameCountError(f"num_frames must be an integer >= 1, got {num_frames!r}; e.g. num_frames=32")
+    _check_sampling(num_frames, fps)
     path = Path(path)
     container = _open(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = float(stream.average_rate) if stream.average_rate else 0.0
-        claimed = _duration(container, stream)
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        duration = _stream_end(path, claimed, rate)
-        if math.isnan(duration):  # no packet timestamps: one decoding pass to measure it
-            duration = max((_frame_time(f, start) for f in container.decode(stream)), default=math.nan)
-            if math.isnan(duration):
-                raise NoFramesError(path, f"{path} has a video stream but no decodable frame; the file may be corrupt")
-            container.close()  # decode again from the start
-            container = _open(path)
+        duration, rate, start, targets, distinct, reopened = _sampling(path, container, stream, num_frames, fps)
+        if reopened is not None:  # the duration took a decoding pass: decode again from the start
+            container = reopened
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-        if math.isfinite(claimed) and abs(claimed - duration) > max(1.0, 0.1 * duration):
-            warnings.warn(
-                f"{path}: the header says {claimed:.1f} s but the stream holds {duration:.1f} s; "
-                "sampling what the stream holds",
-                VideoWarning,
-                stacklevel=2,
-            )
-        targets = _targets(duration, rate, num_frames, fps)
         codec = stream.codec_context
         if codec is None:  # a damaged header can leave the stream without a decoder
             raise NotAVideoError(
                 path, f"{path}: its video stream has no decodable codec; the file is corrupt: re-encode it"
             )
         width, height = _output_size(codec.width or 1, codec.height or 1, max_side)
-        distinct = min(len(targets), math.ceil(duration * rate) + 1) if rate else len(targets)
         needed, available = distinct * width * height * 3, _available_memory()
         if needed > MEMORY_SHARE * available:
             raise InvalidFrameCountError(
@@ -238,9 +274,12 @@ def load_video(
         seek = duration > SEEK_AFTER_S and rate and len(targets) < 0.05 * duration * rate
         from tqdm.auto import tqdm
 
+        def rgb(frame):
+            return _to_rgb(frame, max_side)
+
         with tqdm(total=len(targets), desc="decoding frames", unit="frame", disable=not progress, leave=False) as bar:
             pick = _seek_frames if seek else _stream_frames
-            picked = pick(container, stream, targets, start, bar.update)
+            picked = pick(container, stream, targets, start, rgb, bar.update)
     except av.error.FFmpegError as exc:
         raise NotAVideoError(
             path, f"decoding {path} failed ({exc}); the file is corrupt or truncated: re-encode it"
@@ -259,7 +298,7 @@ def load_video(
             VideoWarning,
             stacklevel=2,
         )
-    frames = np.stack([_to_rgb(frame, max_side) for frame, _ in unique])
+    frames = np.stack([frame for frame, _ in unique])
     return Video(frames, np.array([t for _, t in unique]), duration, str(path), requested)
 
 
@@ -270,42 +309,56 @@ def _to_rgb(frame, max_side: int | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def _stream_frames(container, stream, targets: np.ndarray, start: float, tick=lambda n: None) -> list:
-    """One decoding pass; for each target keep the decoded frame nearest in time."""
-    picked, previous, j = [], None, 0
+def _stream_frames(container, stream, targets: np.ndarray, start: float, rgb, tick=lambda n: None) -> list:
+    """One decoding pass; for each target keep the decoded frame nearest in time, as ``rgb`` makes it the moment it is
+    picked (so only RGB arrays are held, not the decoder's frames)."""
+    picked, previous, j = [], None, 0  # previous: [frame, time, its RGB array once picked]
     for frame in container.decode(stream):
-        t = _frame_time(frame, start)
-        while j < len(targets) and t >= targets[j]:
-            if previous is not None and abs(previous[1] - targets[j]) < abs(t - targets[j]):
-                picked.append(previous)
-            else:
-                picked.append((frame, t))
+        current = [frame, _frame_time(frame, start), None]
+        while j < len(targets) and current[1] >= targets[j]:
+            near = (
+                previous
+                if previous is not None and abs(previous[1] - targets[j]) < abs(current[1] - targets[j])
+                else current
+            )
+            picked.append(_held(near, rgb))
             j += 1
             tick(1)
         if j == len(targets):
             break
-        previous = (frame, t)
+        previous = current
     while previous is not None and j < len(targets):  # targets past the last frame time: the last frame
-        picked.append(previous)
+        picked.append(_held(previous, rgb))
         j += 1
     return picked
 
 
-def _seek_frames(container, stream, targets: np.ndarray, start: float, tick=lambda n: None) -> list:
-    """Seek to the keyframe before each target and decode forward to it."""
+def _held(entry: list, rgb) -> tuple:
+    """(RGB array, time) of a decoded ``[frame, time, rgb or None]``, converted once."""
+    if entry[2] is None:
+        entry[2] = rgb(entry[0])
+    return entry[2], entry[1]
+
+
+def _seek_frames(container, stream, targets: np.ndarray, start: float, rgb, tick=lambda n: None) -> list:
+    """Seek to the keyframe before each target and decode forward to it; the picked frame as ``rgb`` makes it."""
     picked = []
     for target in targets:
         container.seek(int((target + start) / stream.time_base), stream=stream, backward=True)
         previous = None
         for frame in container.decode(stream):
-            t = _frame_time(frame, start)
-            if t >= target:
-                near = previous if previous is not None and abs(previous[1] - target) < abs(t - target) else (frame, t)
-                picked.append(near)
+            current = [frame, _frame_time(frame, start), None]
+            if current[1] >= target:
+                near = (
+                    previous
+                    if previous is not None and abs(previous[1] - target) < abs(current[1] - target)
+                    else current
+                )
+                picked.append(_held(near, rgb))
                 tick(1)
                 break
-            previous = (frame, t)
+            previous = current
         else:
             if previous is not None:
-                picked.append(previous)
+                picked.append(_held(previous, rgb))
     return picked
