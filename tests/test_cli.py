@@ -336,3 +336,37 @@ def test_every_method_runs_at_its_defaults_on_every_built_in_model(model, monkey
         assert result.exit_code == 0, (method, result.output, result.exception)
         (run,) = json.loads(result.stdout)["runs"]
         assert run["visual_tokens_llm"] <= run["visual_tokens_in"] + 1, method  # METok's newline may count
+
+
+def test_methods_lists_each_summary_whole():
+    from vidpress.cli.methods import summary
+    from vidpress.methods import METHODS
+
+    for name, cls in METHODS.items():
+        text = summary(cls.__doc__)
+        assert text.endswith(".") and len(text) > 20, (name, text)
+    assert (
+        summary("One line that goes on\n    to a second. Then more.\n\nParameters")
+        == "One line that goes on to a second."
+    )
+
+
+def test_a_bench_row_entering_with_more_than_uncompressed_says_why(tmp_path):
+    """METok on 8 frames keeps every frame whole (3 key events of 6 key frames cover them) and its newline is a visual
+    token of its budget: 513 of 512. The bench says so rather than leave an entry above 1 unexplained."""
+    args = ["bench", "--model", "random", "--methods", "metok,pdrop", "-f", "8", "--new-tokens", "2"]
+    result = runner.invoke(app, [*args, "--retentions", "0.25", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "metok: enters the LLM with 513 visual tokens, more than uncompressed" in " ".join(result.output.split())
+    assert "│ pdrop" in result.output  # PyramidDrop's row is there at 25 %
+
+
+def test_a_generation_that_stops_at_its_first_token_reports_no_decoding_step(tiny, clip_frames):
+    from vidpress.methods import get_method
+    from vidpress.pipeline import ask
+    from vidpress.report import NO_STEP
+
+    answer = ask(tiny.model, tiny.processor, clip_frames[:4], "What?", get_method("dycoke"), max_new_tokens=1)
+    assert answer.report.decode_steps == 0
+    rows = dict(answer.report.rows())
+    assert rows["decode"] == NO_STEP and rows["mean visual KV attended per layer, decode"] == NO_STEP

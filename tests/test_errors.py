@@ -48,11 +48,16 @@ def test_cli_bad_inputs_fail_before_work_with_one_line(tmp_path):
     cases = [
         (["run", "--model", "random", "-q", b"caf\xe9 \xff?"], b"not valid UTF-8"),  # bytes from a Latin-1 shell
         (["events", "--model", "random", "--out", str(tmp_path / "missing" / "e.png")], b"does not exist"),
-        (["run", "--model", "random", "--frames", "4", "-q", "why? " * 20000], b"positions"),
+        (["run", "--model", "random", "--frames", "4", "-q", "why? " * 20000], b"and 32 to generate that is past"),
+        (["run", "--model", "random", "-q", " \t "], b"the question is empty"),
+        (["events", "--model", "random", "--out", str(tmp_path)], b"it is a folder"),
+        (["events", "--model", "random", "--out", "/proc/events.png"], b"cannot write /proc/events.png"),
     ]
     for args, message in cases:
         proc = _cli(*args)
         assert proc.returncode == 2 and b"Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-500:]
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(b"WARNING")]
+        assert len(lines) == 1, lines  # one line, however long the message
 
 
 def test_prompt_past_the_models_positions_is_refused_before_generating(tiny, clip_frames):

@@ -280,6 +280,14 @@ def run_cells(
 
     def add(name: str, r: float | None, answer: Answer) -> None:
         rows.append({**BenchRow(name, r, answer).as_dict(base), "run": started})
+        row = rows[-1]
+        if notes is not None and row["retention"] > 1:  # METok on a short clip: every frame whole, its newline
+            notes.append(
+                f"{name}: enters the LLM with {row['visual_tokens_llm']} visual tokens, more than uncompressed, as it "
+                "kept every frame whole here and its own newlines count as visual tokens (they take part of its "
+                f"budget); its saving is inside the LLM: {row['mean_alive_retention']:.1%} of the visual tokens "
+                "alive per layer"
+            )
         if on_row is not None:
             on_row(rows)
 

@@ -63,8 +63,11 @@ def chat_prompt(processor: Any, question: str, history: Sequence[tuple[str, str]
 
 
 def check_question(question: str) -> str:
-    """``question`` if it is encodable text. Raises InvalidParameterError naming the first bad character
-    (e.g. undecodable bytes from the command line), before any model work."""
+    """``question`` if it is encodable text with something to ask. Raises InvalidParameterError naming the first bad
+    character (e.g. undecodable bytes from the command line), or an empty or blank question, before any model
+    work."""
+    if not question.strip():
+        raise InvalidParameterError(f"the question is empty ({question!r}); ask something about the video")
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -40,6 +40,10 @@ def human_flops(n: float) -> str:
     return f"{n:.0f} FLOPs"
 
 
+#: What the decode rows say when generation stopped at its first token (nothing was decoded to measure).
+NO_STEP = "no decoding step: generation stopped at its first token (min_new_tokens makes it decode)"
+
+
 def _events_of(session: Any) -> dict[str, Any] | None:
     info = session.stage_info
     first = info[0] if isinstance(info, list) and info else None
@@ -136,13 +140,13 @@ class Report:
         return json.dumps(self.as_dict(), indent=2)
 
     def rows(self) -> list[tuple[str, str]]:
-        a = self.accounting
+        a, steps = self.accounting, self.decode_steps
         layers = len(a.prefill_visual)
         return [
             ("visual tokens in", f"{a.visual_in} ({a.frames} frames x {a.spec.tokens_per_frame})"),
             ("visual tokens entering the LLM", f"{a.prefill_visual[0]} ({a.retention:.1%})"),
             ("mean visual tokens alive per layer, prefill", f"{sum(a.prefill_visual) / layers:.1f}"),
-            ("mean visual KV attended per layer, decode", f"{sum(a.decode_visual) / layers:.1f}"),
+            ("mean visual KV attended per layer, decode", f"{sum(a.decode_visual) / layers:.1f}" if steps else NO_STEP),
             ("LLM prefill FLOPs", human_flops(a.prefill_flops)),
             ("vision encoder + projector FLOPs", human_flops(a.vision_flops + a.projector_flops)),
             ("decode FLOPs per token", human_flops(a.decode_flops_per_token)),
@@ -152,7 +156,7 @@ class Report:
             ("  vision encoder", f"{self.vision_s * 1e3:.1f} ms"),
             ("  LLM prefill", f"{self.llm_prefill_s * 1e3:.1f} ms"),
             ("  vidpress overhead (prefill)", f"{self.overhead_s * 1e3:.1f} ms"),
-            ("decode", f"{self.decode_tokens_per_s:.1f} tok/s over {self.decode_steps} steps"),
+            ("decode", f"{self.decode_tokens_per_s:.1f} tok/s over {steps} steps" if steps else NO_STEP),
             ("  vidpress overhead (decode, total)", f"{self.decode_overhead_s * 1e3:.1f} ms"),
             ("peak memory", human_bytes(self.peak_memory_bytes)),
         ]

@@ -56,7 +56,8 @@ def for_model(method: Any, name: str, settings: dict[str, Any], model: Any, note
 
 
 def check_plots(out: Path) -> None:
-    """Fail before any work when a PNG cannot be written to ``out``: matplotlib missing, or no such folder."""
+    """Fail before any work when a PNG cannot be written to ``out``: matplotlib missing, no such folder, a folder in
+    its place, or no permission to write it (a file is created there and removed again)."""
     import importlib.util
 
     from ..errors import VidpressError
@@ -65,6 +66,16 @@ def check_plots(out: Path) -> None:
         raise VidpressError("drawing needs matplotlib: pip install 'vidpress[plots]'")
     if not out.parent.is_dir():
         raise OSError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --out")
+    if out.is_dir():
+        raise OSError(f"cannot write {out}: it is a folder; give a file name such as {out / 'events.png'}")
+    existed = out.exists()
+    try:
+        with open(out, "ab"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
+    if not existed:
+        out.unlink()
 
 
 def parse_set(values: list[str]) -> dict[str, Any]:

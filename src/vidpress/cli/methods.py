@@ -19,5 +19,13 @@ def methods() -> None:
     table.add_column("summary")
     for name, cls in METHODS.items():
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.init)
-        table.add_row(name, fields, (cls.__doc__ or "").strip().splitlines()[0])
+        table.add_row(name, fields, summary(cls.__doc__ or ""))
     console.print(table)
+
+
+def summary(doc: str) -> str:
+    """A docstring's first sentence, whole: its first paragraph joined up to the first full stop that ends a
+    sentence (the first line alone may stop mid-sentence)."""
+    paragraph = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    end = next((i + 1 for i, c in enumerate(paragraph) if c == "." and paragraph[i + 1 : i + 2] in (" ", "")), None)
+    return paragraph[:end] if end else paragraph
