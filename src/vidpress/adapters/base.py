@@ -169,6 +169,17 @@ class Adapter:
         (transformers' ``get_video_features``): the runtime wraps it to encode only the frames a plan can use."""
         return self.model.model, "get_video_features"
 
+    def grid(self) -> tuple[int, int]:
+        """(h, w) visual tokens per frame as the LLM sees them, at the model's own frame resolution.
+
+        Raises
+        ------
+        NotImplementedError
+            A family whose grid follows each video's resolution (Qwen2.5-VL: :meth:`frame_grid` reads it from the
+            encoder's arguments).
+        """
+        raise NotImplementedError(f"{type(self).__name__}'s frame grid follows each video; see frame_grid")
+
     def frame_grid(self, arguments: dict[str, Any]) -> tuple[int, int]:
         """(frames as the LLM sees them, tokens per frame) of the video encoder's ``arguments``."""
         pixels = arguments["pixel_values_videos"]
@@ -227,9 +238,29 @@ class Adapter:
         Raises
         ------
         IncompatibleStagesError
-            The family's tower is not a SigLIP/CLIP/DINOv2 encoder.
+            The family's tower is not a SigLIP/CLIP/DINOv2 encoder (this default, and the methods below).
         """
-        raise IncompatibleStagesError(
+        raise self._no_tower_merging()
+
+    def tower_has_cls(self) -> bool:
+        """Whether the encoder sequence starts with a CLS token, which ToMe never merges."""
+        raise self._no_tower_merging()
+
+    def feature_depth(self) -> int:
+        """Encoder layers up to the one whose output the projector reads."""
+        raise self._no_tower_merging()
+
+    def tower_features(self, pixels: Tensor) -> Tensor:
+        """Frames (n, C, H, W) through the tower: the feature layer's hidden states (n, tokens, Dv), CLS included."""
+        raise self._no_tower_merging()
+
+    def project_merged(self, hidden: Tensor) -> Tensor:
+        """The feature layer's merged tokens (n, K, Dv), CLS dropped, through the projector without the model's
+        spatial pooling: (n, K, D)."""
+        raise self._no_tower_merging()
+
+    def _no_tower_merging(self) -> IncompatibleStagesError:
+        return IncompatibleStagesError(
             f"{type(self).__name__}'s vision tower is not a SigLIP/CLIP/DINOv2 encoder; ToMe in the tower runs on "
             "LLaVA-OneVision and LLaVA-NeXT-Video"
         )

@@ -15,23 +15,15 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from ..tokens import VisualTokens
-from .base import Adapter
-from .llava_onevision import LlavaOnevisionAdapter
+from .llava_tower import LlavaTowerAdapter
 
 if TYPE_CHECKING:
     from ..models.random import LoadedModel
 
 
-class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
-    """The LLaVA-OneVision layout with the pooling before the projector and no newline."""
-
-    encodes_at_any_resolution = False  # pools before its projector: LLaVA-OV's encode_at does not apply
-
-    def encode_at(self, pixels: Tensor, side: int) -> Tensor:
-        return Adapter.encode_at(self, pixels, side)
-
-    def unencoded_output(self, arguments: dict[str, Any]) -> Any:
-        return Adapter.unencoded_output(self, arguments)
+class LlavaNextVideoAdapter(LlavaTowerAdapter):
+    """A LLaVA tower with the pooling before the projector and no newline (it encodes at its own resolution only:
+    the pooling runs on the encoder grid)."""
 
     model_class_names = ("LlavaNextVideoForConditionalGeneration",)
     model_types = ("llava_next_video",)

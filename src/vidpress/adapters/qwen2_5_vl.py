@@ -102,7 +102,8 @@ class Qwen2_5_VLAdapter(Adapter):
     def vision_modules(self) -> tuple[nn.Module, ...]:
         return (self.model.model.visual,)
 
-    def grid(self, grid_thw: Tensor) -> tuple[int, int]:
+    def merged_grid(self, grid_thw: Tensor) -> tuple[int, int]:
+        """(h, w) merged tokens per temporal patch of a video's ``grid_thw`` (t, h, w) patches."""
         merge = self.config.vision_config.spatial_merge_size
         return int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
 
@@ -120,7 +121,7 @@ class Qwen2_5_VLAdapter(Adapter):
         out = self.video_outputs(inputs)
         if len({tuple(g.tolist()) for g in grids}) > 1:
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
-        h, w = self.grid(grids[0])
+        h, w = self.merged_grid(grids[0])
         per_video = out.pooler_output  # one (T*h*w, D) block per video
         tokens = torch.stack(list(per_video)).view(len(per_video), -1, h * w, per_video[0].shape[-1])
         return VisualTokens(tokens, (h, w)), tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
@@ -141,7 +142,7 @@ class Qwen2_5_VLAdapter(Adapter):
         grids = arguments["video_grid_thw"]
         if len({tuple(g.tolist()) for g in grids}) > 1:
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
-        h, w = self.grid(grids[0])
+        h, w = self.merged_grid(grids[0])
         return int(grids[0][0]), h * w
 
     def select_frames(self, arguments: dict[str, Any], keep: list[int]) -> dict[str, Any]:
