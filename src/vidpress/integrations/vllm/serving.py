@@ -30,29 +30,40 @@ from ...tokens import PackedTokens, VisualTokens
 #: The key of the server's configuration in the model's config (``--hf-overrides '{"vidpress": {...}}'``).
 CONFIG_KEY = "vidpress"
 
-# Methods whose stages also act inside the LLM or while decoding: what to use in vLLM instead.
-_NOT_SERVABLE = {
-    "dycoke": "DyCoke also prunes the KV cache while decoding, which vLLM's paged cache does not take; use method "
-    "'ttm' (DyCoke's pre-LLM token merging, same k and mode)",
-    "metok": "METok's later stages act inside the LLM and its event pooling lets the content decide its token "
-    "count; use method 'events' (METok's event-aware stage in its fixed-budget form) with a retention",
-    "fastv": "FastV drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
-    "pdrop": "PyramidDrop drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
-    "tome": "ToMe merges tokens inside the vision tower's layers, and the plugin acts on what vLLM's tower returns; "
-    "use method 'visionzip' or 'frames' in vLLM",
-}
-
-
 #: Pre-LLM stages of multi-stage methods, served by themselves: DyCoke's token merging and METok's event-aware
 #: pooling (its fixed-budget form: ``retention`` is required).
 STAGE_ENTRIES = {"ttm": TemporalMerge, "events": EventPooling}
 
 
-def servable_methods() -> list[str]:
-    """Method names the plugin accepts."""
+#: Why a stage in each slot but the pre-LLM one cannot run in vLLM.
+_SLOT_REASONS = {
+    "vision": "acts inside the vision tower, and the plugin acts on what vLLM's tower returns",
+    "prefill": "drops tokens inside the LLM during prefill, which vLLM's paged KV cache does not take",
+    "decode": "prunes the KV cache while decoding, which vLLM's paged cache does not take",
+}
+
+
+def unservable(name: str) -> str | None:
+    """Why the registered method ``name`` cannot run in vLLM, derived from the slots its default build fills
+    (anything but the pre-LLM one), with the servable entry of its pre-LLM stage when there is one; None when it
+    only fills the pre-LLM slot."""
     from ...methods import METHODS
 
-    return ["none", *STAGE_ENTRIES] + [name for name in METHODS if name not in _NOT_SERVABLE]
+    stages = METHODS[name]().build()
+    slots = [(slot, stage) for slot in _SLOT_REASONS if (stage := getattr(stages, slot)) is not None]
+    if not slots:
+        return None
+    reason = "; ".join(f"its {type(stage).__name__} {_SLOT_REASONS[slot]}" for slot, stage in slots)
+    alone = [entry for entry, cls in STAGE_ENTRIES.items() if isinstance(stages.pre_llm, cls)]
+    return reason + (f"; use method {alone[0]!r} (its pre-LLM stage alone)" if alone else "")
+
+
+def servable_methods() -> list[str]:
+    """Method names the plugin accepts: ``none``, the pre-LLM stages served by themselves, and every registered
+    method that fills the pre-LLM slot alone."""
+    from ...methods import METHODS
+
+    return ["none", *STAGE_ENTRIES] + [name for name in METHODS if unservable(name) is None]
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,11 @@ def serving_config(config: Any) -> ServingConfig:
     settings.pop("method")
     if name in ("none", "uncompressed") and not settings:
         return ServingConfig("none", None, {})
-    if name in _NOT_SERVABLE:
-        raise InvalidParameterError(f"method {name!r} cannot run in vLLM: {_NOT_SERVABLE[name]}")
+    from ...methods import METHODS
+
+    reason = unservable(name) if isinstance(name, str) and name in METHODS else None
+    if reason is not None:
+        raise InvalidParameterError(f"method {name!r} cannot run in vLLM: {reason}")
     if name in STAGE_ENTRIES:
         check_params(STAGE_ENTRIES[name], name, settings)
         if name == "events" and settings.get("retention") is None:
@@ -107,8 +121,6 @@ def serving_config(config: Any) -> ServingConfig:
         extra = {"relevance": DistinctRelevance()} if name == "events" else {}
         stage = STAGE_ENTRIES[name](**settings, **extra)
     else:
-        from ...methods import METHODS
-
         if name not in METHODS:
             hint = difflib.get_close_matches(str(name), servable_methods(), n=1)
             raise UnknownMethodError(
