@@ -1,5 +1,5 @@
-"""In-LLM attention-rank peers, each a method that is one prefill stage: FastV (Chen et al., ECCV 2024) and
-PyramidDrop (Xing et al., CVPR 2025).
+"""In-LLM attention-rank peers, each a method that builds one prefill stage (an :class:`AttentionRank` with the
+reference's settings): FastV (Chen et al., ECCV 2024) and PyramidDrop (Xing et al., CVPR 2025).
 
 Both drop visual tokens during prefill by the attention the last token pays them (docs/methods.md); the
 pruned set then stays fixed for decoding. Scores come from a separate fp32 row, so SDPA stays in place
@@ -12,40 +12,29 @@ modeling_llama.py`` at ``d165972`` (the block at layer K); PyramidDrop, Cooperx5
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..._checks import check_mode
-from ...method import StageMethod
+from ..._checks import check_layer, check_mode
+from ...method import Method
+from ...stages import Stages
 from .attention_rank import AttentionRank
 
 
-def _preset(stage: AttentionRank, **settings: object) -> None:
-    """Set an AttentionRank preset's derived fields from its own hyperparameters, then validate them."""
-    for name, value in settings.items():
-        object.__setattr__(stage, name, value)
-    AttentionRank.__post_init__(stage)
-    StageMethod.__post_init__(stage)  # lists from the CLI or JSON to tuples
-
-
-_DERIVED = dict(init=False, repr=False, compare=False)
-
-
 @dataclass(frozen=True)
-class FastV(AttentionRank, StageMethod):
+class FastV(Method):
     """FastV: after layer K, keep the top ``round(N * (1 - R))`` of the N visual tokens by last-token attention.
 
     As in the reference: scores are layer K - 1's attention of the last prompt token (head mean), the count is
     Python's ``round`` (halves to even: 1,548 of 3,097 at R=0.5), kept tokens keep their original positions.
-    The object is the prefill stage (an :class:`AttentionRank` with those settings); install it with
-    ``vidpress.apply(model, FastV())``.
+    Builds one prefill stage, an :class:`AttentionRank` with those settings.
 
     Parameters
     ----------
     k : int
         FastV's K, the first layer that sees the pruned sequence (scores come from layer K - 1); default 2.
     r : float
-        FastV's R, the fraction of visual tokens dropped at layer K, in [0, 1); default 0.5.
+        FastV's R, the fraction of visual tokens dropped at layer K, in [0, 1]; default 0.5.
     retention : float, optional
         Instead of R: the mean fraction of visual tokens alive per LLM layer, in (0, 1] (R is solved for the
         model's depth; below K / layers it is unreachable and raises BudgetError).
@@ -64,24 +53,23 @@ class FastV(AttentionRank, StageMethod):
     k: int = 2
     r: float = 0.5
     retention: float | None = None
-    schedule: tuple = field(default=(), **_DERIVED)
-    query_rows: Literal["text", "last"] = field(default="last", **_DERIVED)
-    count_rule: Literal["ceil", "round", "floor_input"] = field(default="round", **_DERIVED)
-    score_layer: Literal["previous", "own"] = field(default="previous", **_DERIVED)
-    positions: Literal["original", "contiguous"] = field(default="original", **_DERIVED)
 
-    def __post_init__(self) -> None:
+    def build(self) -> Stages:
+        check_layer("k (FastV's K)", self.k, minimum=1)
         keep = 1.0 - self.r
-        _preset(self, schedule=((self.k, keep, keep),))
+        stage = AttentionRank(
+            schedule=((self.k, keep, keep),), query_rows="last", count_rule="round", retention=self.retention
+        )
+        return Stages(prefill=stage)
 
 
 @dataclass(frozen=True)
-class PyramidDrop(AttentionRank, StageMethod):
+class PyramidDrop(Method):
     """PyramidDrop: at each of its layers l_s, keep ``int(N * lambda^s)`` of the N visual tokens entering the LLM.
 
     As in the reference, layer l_s ranks the visual tokens with its *own* attention (its input norm, q and k
-    applied to its input) of the last prompt token, averaged over heads. The object is the prefill stage (an
-    :class:`AttentionRank` with those settings); install it with ``vidpress.apply(model, PyramidDrop())``.
+    applied to its input) of the last prompt token, averaged over heads. Builds one prefill stage, an
+    :class:`AttentionRank` with those settings.
 
     Parameters
     ----------
@@ -110,17 +98,15 @@ class PyramidDrop(AttentionRank, StageMethod):
     lam: float = 0.5
     retention: float | None = None
     mode: Literal["faithful", "fixed"] = "fixed"
-    schedule: tuple = field(default=(), **_DERIVED)
-    query_rows: Literal["text", "last"] = field(default="last", **_DERIVED)
-    count_rule: Literal["ceil", "round", "floor_input"] = field(default="floor_input", **_DERIVED)
-    score_layer: Literal["previous", "own"] = field(default="own", **_DERIVED)
-    positions: Literal["original", "contiguous"] = field(default="original", **_DERIVED)
 
-    def __post_init__(self) -> None:
+    def build(self) -> Stages:
         check_mode(self.mode)
-        layers = tuple(self.layers)
-        _preset(
-            self,
-            schedule=tuple((layer, self.lam, self.lam) for layer in layers),
+        stage = AttentionRank(
+            schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
+            query_rows="last",
+            count_rule="floor_input",
+            score_layer="own",
             positions="contiguous" if self.mode == "faithful" else "original",
+            retention=self.retention,
         )
+        return Stages(prefill=stage)
