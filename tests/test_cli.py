@@ -308,7 +308,13 @@ def test_run_warms_up_before_the_measured_request(monkeypatch):
     assert calls == [("uncompressed", 2), ("metok", 3)]  # one-time allocations land in the warm-up, not in METok's peak
 
 
-BUILT_IN = ["random", "random-llava-next-video", "random-qwen2.5-vl", "fallback", "default", "testbed"]
+def built_in_models():
+    from vidpress.adapters.registry import random_builds
+
+    return [*random_builds(), "fallback", "default", "testbed"]  # each family's random build, then the default ones
+
+
+BUILT_IN = built_in_models()
 # a method that cannot run on a family at all, with the reason the command gives
 CANNOT = {("tome", "random-qwen2.5-vl"): "not a SigLIP/CLIP/DINOv2 encoder"}
 

@@ -74,6 +74,18 @@ class Method:
         return install(model, self.build(), name=self.label)
 
     @classmethod
+    def keep_everything(cls) -> Method:
+        """This method configured to keep every visual token, on an LLM of at least 4 layers: the uncompressed
+        model's logits and greedy tokens, exactly (the test suite runs it on every family).
+
+        Raises
+        ------
+        NotImplementedError
+            A method that has not declared it (every registered method must).
+        """
+        raise NotImplementedError(f"{cls.__name__} declares no keep_everything configuration")
+
+    @classmethod
     def at_retention(cls, retention: float) -> Method:
         """This method configured for ``retention``, the common knob (fraction of visual tokens entering the
         LLM for pre-LLM methods, mean fraction alive per layer for in-LLM ones).
@@ -113,6 +125,13 @@ class StageMethod(Method):
 
     def build(self) -> Stages:
         return Stages(**{self.slot: self})  # type: ignore[attr-defined]
+
+    @classmethod
+    def keep_everything(cls) -> Method:
+        """``retention=1.0`` where the stage has one (every token kept unchanged)."""
+        if "retention" not in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+            return super().keep_everything()
+        return cls(retention=1.0)  # type: ignore[call-arg]
 
 
 def parse_value(raw: str) -> Any:

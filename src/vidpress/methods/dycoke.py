@@ -45,6 +45,10 @@ class DyCoke(Method):
     tau: float = 0.9
     mode: Literal["faithful", "fixed"] = "fixed"
 
+    @classmethod
+    def keep_everything(cls) -> DyCoke:
+        return cls(k=0, p=0)
+
     def build(self) -> Stages:
         return Stages(
             pre_llm=TemporalMerge(k=self.k, mode=self.mode),

@@ -78,6 +78,12 @@ class METok(Method):
     refine: Literal["strides", "full", "all"] = "strides"
     first_retention: float | None = None
 
+    @classmethod
+    def keep_everything(cls) -> METok:
+        """One event (z=100 finds no boundary), every frame at the model's own tokens (stride 2 on the patch grid),
+        two pruning steps keeping everything."""
+        return cls(z=100.0, strides=(2, 2, 2, 2), schedule=((1, 1.0, 1.0), (3, 1.0, 1.0)))
+
     def build(self) -> Stages:
         if self.coarse and self.retention is None:
             raise InvalidParameterError(

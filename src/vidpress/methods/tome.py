@@ -40,6 +40,12 @@ class ToMe(Method):
     mode: Literal["faithful", "fixed"] = "fixed"
     proportional: bool = True
 
+    @classmethod
+    def keep_everything(cls) -> ToMe:
+        """Nothing merged, the tokens mapped back onto the model's grid: its own pooling and count, on every family
+        ToMe runs on (without ``grid`` the unpooled tokens outnumber a pooling model's placeholders)."""
+        return cls(r=0, grid=True)
+
     def build(self) -> Stages:
         check_mode(self.mode)  # also with grid, where no MergedBlock would check it
         retention = 0.25 if self.retention is None and self.r is None else self.retention

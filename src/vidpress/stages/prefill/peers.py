@@ -54,6 +54,10 @@ class FastV(Method):
     r: float = 0.5
     retention: float | None = None
 
+    @classmethod
+    def keep_everything(cls) -> FastV:
+        return cls(k=1, r=0.0)
+
     def build(self) -> Stages:
         check_layer("k (FastV's K)", self.k, minimum=1)
         keep = 1.0 - self.r
@@ -98,6 +102,10 @@ class PyramidDrop(Method):
     lam: float = 0.5
     retention: float | None = None
     mode: Literal["faithful", "fixed"] = "fixed"
+
+    @classmethod
+    def keep_everything(cls) -> PyramidDrop:
+        return cls(layers=(1, 2, 3), lam=1.0)
 
     def build(self) -> Stages:
         check_mode(self.mode)
