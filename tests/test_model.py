@@ -36,7 +36,7 @@ def test_hooks_are_removed(tiny, inputs):
     before = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
     with torch.no_grad():
         base = model(**inputs).logits
-        with vidpress.DyCoke()(model):
+        with vidpress.DyCoke().apply(model):
             model(**inputs)
         assert torch.equal(model(**inputs).logits, base)
     assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == before
@@ -89,7 +89,11 @@ class Recording(DecodeStage):
     """A decode stage that records DynamicKV's selections."""
 
     def __init__(self, inner):
-        self.inner, self.needs, self.first_layer, self.selections = inner, inner.needs, inner.first_layer, []
+        self.inner, self.needs, self.selections = inner, inner.needs, []
+
+    @property
+    def first_layer(self):
+        return self.inner.first_layer
 
     def __call__(self, signals, ctx):
         plan = self.inner(signals, ctx)

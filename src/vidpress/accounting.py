@@ -55,7 +55,7 @@ def vision_flops(
     tokens = v.tokens if patches is None else patches + v.tokens - spec.patches  # a CLS token stays
     embed = tokens * v.channels * v.temporal_patch * v.patch_size**2 * v.hidden
     if merges:
-        total = embed
+        total: float = embed
         for layer in range(v.layers):
             r = merges[layer] if layer < len(merges) else 0
             total += layer_flops(tokens, v.hidden, 0) + 2 * (tokens - r) * v.hidden * v.intermediate

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 
 from .bench_files import RATIOS
-from .errors import BudgetError, IncompatibleStagesError, InvalidParameterError, UnknownMethodError
+from .errors import BudgetError, IncompatibleStagesError, InvalidParameterError, UnknownMethodError, VidpressError
+from .method import Method
 from .methods import METHODS, get_method
 from .pipeline import Answer, ask
 from .report import ratios
@@ -36,6 +37,8 @@ class BenchRow:
 
     def as_dict(self, base: Answer) -> dict[str, Any]:
         a, b = self.answer.report, base.report
+        if base.first_logits is None or self.answer.first_logits is None:
+            raise VidpressError("the benchmark compares first-token scores; ask() returns them with the answer")
         p = torch.log_softmax(base.first_logits, -1)
         q = torch.log_softmax(self.answer.first_logits, -1)
         allowed = torch.isfinite(p) & torch.isfinite(q)  # tokens the forced decoding excluded in both count 0
@@ -105,23 +108,24 @@ def _entry(entry: str) -> tuple[str, dict[str, Any]]:
 
 def plan(
     methods: Sequence[str], retentions: Sequence[float], depth: int | None = None
-) -> tuple[list[tuple[str, float | None, Any]], list[str]]:
+) -> tuple[list[tuple[str, float | None, Method]], list[str]]:
     """The matrix: (method, retention, configured method) cells, and notes for cells that cannot be built
     (with ``depth``, the LLM's layer count, also in-LLM cells that cannot be resolved for that model). A method
     is a name or ``name[key=value;...]`` (e.g. ``metok[coarse=true]``): its settings, then each retention; a
     fixed-point method with settings runs at the retentions too when it has a retention knob."""
-    cells, notes = [], []
+    cells: list[tuple[str, float | None, Method]] = []
+    notes: list[str] = []
     for entry in methods:
         name, settings = _entry(entry)
         if name not in METHODS:
             raise UnknownMethodError(f"unknown method {name!r} for the benchmark; choose from {', '.join(METHODS)}")
         if name in FIXED_POINT and not settings:
-            cells.append((name, None, get_method(name)))
+            cells.append((name, None, METHODS[name]()))
             continue
         for r in retentions:
             try:
                 base = METHODS[name].at_retention(r)
-                cells.append((entry, r, dataclasses.replace(base, **settings) if settings else base))
+                cells.append((entry, r, dataclasses.replace(cast(Any, base), **settings) if settings else base))
             except BudgetError as exc:
                 notes.append(_skipped(entry, r, exc))
             except TypeError as exc:

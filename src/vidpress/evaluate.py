@@ -52,7 +52,8 @@ def merge_repeats(description: str) -> str:
     first scene of a run, where the change is (one told on a repeat is dropped), and a needle told on a later
     scene of the run (``describe(..., needle=...)``) is added to it once. Text after the last whole scene sentence
     (a description cut at the length cap) is kept, its scene renumbered."""
-    scenes, at = [], 0
+    scenes: list[list[str]] = []  # [first scene number, last scene number, looks]
+    at = 0
     for found in _SCENE.finditer(description):
         if found.start() != at:
             break

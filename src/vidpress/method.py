@@ -1,6 +1,6 @@
 """Methods: frozen dataclasses of hyperparameters that build a :class:`~vidpress.stages.Stages` composition.
 
-``with method(model) as run:`` (or ``with vidpress.apply(model, method):``, :func:`vidpress.methods.apply`)
+``with vidpress.apply(model, method) as run:`` (:func:`vidpress.methods.apply`; or ``with method.apply(model)``)
 installs the runtime's hooks on a loaded transformers model and always removes them; ``run.report`` holds
 the accounting of the latest request.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, cast
 
 from .errors import UnknownMethodError
 from .stages import Stage, Stages
@@ -67,8 +67,9 @@ class Method:
         """Other configurations a table should show beside this one (the other mode), as (label, method)."""
         return []
 
-    def __call__(self, model: Any) -> Run:
-        """Install on ``model``; use as ``with method(model) as run:``."""
+    def apply(self, model: Any) -> Run:
+        """Install on ``model``: ``with method.apply(model) as run:``, the same as ``vidpress.apply(model, method)``.
+        (Calling a method is reserved for stages: a single-stage method called on tokens runs its stage.)"""
         from .runtime.install import install
 
         return install(model, self.build(), name=self.label)
@@ -115,7 +116,7 @@ class Method:
     def from_dict(cls, params: Mapping[str, Any]) -> Method:
         """Build from a mapping; unknown keys raise :class:`UnknownMethodError` with a suggestion."""
         check_params(cls, cls.name, params)
-        return cls(**params)  # type: ignore[call-arg]
+        return cls(**params)
 
 
 class StageMethod(Method):
@@ -124,7 +125,7 @@ class StageMethod(Method):
     ``vidpress.apply(model, method)``. Adding such a method is one stage class plus one line in ``METHODS``."""
 
     def build(self) -> Stages:
-        return Stages(**{self.slot: self})  # type: ignore[attr-defined]
+        return compose_stages(cast(Stage, self))  # a StageMethod's concrete classes are stages
 
     @classmethod
     def keep_everything(cls) -> Method:

@@ -47,7 +47,7 @@ NO_STEP = "no decoding step: generation stopped at its first token (min_new_toke
 def _events_of(session: Any) -> dict[str, Any] | None:
     info = session.stage_info
     first = info[0] if isinstance(info, list) and info else None
-    return first.as_dict() if hasattr(first, "as_dict") else None
+    return first.as_dict() if first is not None and hasattr(first, "as_dict") else None
 
 
 @dataclass

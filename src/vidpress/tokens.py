@@ -198,7 +198,7 @@ class PackedTokens:
         feats, frame_of, events, sources = [], [], [], []
         for b, (x, f, e, src) in enumerate(rows):
             tail = e[-1:] if len(e) else e.new_zeros(1)
-            feats.append(x if not n_extra else torch.cat([x, extra[b].to(x.dtype)]))
+            feats.append(x if extra is None or not n_extra else torch.cat([x, extra[b].to(x.dtype)]))
             frame_of.append(torch.cat([f, f.new_full((n_extra,), -1)]))
             events.append(torch.cat([e, tail.expand(n_extra)]))
             sources.append(torch.cat([src, n + torch.arange(n_extra, device=src.device)]))

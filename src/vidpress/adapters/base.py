@@ -54,8 +54,9 @@ class Adapter:
     random_name: ClassVar[str]
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.config = model.config
+        # a transformers model: each family reaches its own submodules and config fields by name
+        self.model: Any = model
+        self.config: Any = model.config
 
     # -- the family without a model ----------------------------------------------------------------------------
 
@@ -94,11 +95,11 @@ class Adapter:
 
     # -- the LLM -----------------------------------------------------------------------------------------------
 
-    def language_model(self) -> nn.Module:
+    def language_model(self) -> Any:
         """The decoder stack (``LlamaModel``/``Qwen2Model``) whose forward runs the LLM."""
         return self.model.model.language_model
 
-    def decoder_layers(self) -> Sequence[nn.Module]:
+    def decoder_layers(self) -> Sequence[Any]:
         """The LLM's decoder layers, in order; each has a ``self_attn`` module."""
         return self.language_model().layers
 
@@ -106,20 +107,20 @@ class Adapter:
         """The placeholder id marking visual-token positions in ``input_ids``."""
         return self.config.video_token_id
 
-    def query_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def query_states(self, attention: Any, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary-embedded queries (B, H, R, head_dim) of ``hidden`` (B, R, D) for one attention module."""
         return self._projected_states(attention, hidden, cos, sin, "q")
 
-    def key_states(self, attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def key_states(self, attention: Any, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary-embedded keys (B, H_kv, n, head_dim) of ``hidden`` (B, n, D), as the layer would cache them."""
         return self._projected_states(attention, hidden, cos, sin, "k")
 
-    def attention_input(self, layer: nn.Module, hidden: Tensor) -> tuple[nn.Module, Tensor]:
+    def attention_input(self, layer: Any, hidden: Tensor) -> tuple[Any, Tensor]:
         """A decoder layer's attention module and what it receives from the layer input ``hidden`` (its norm)."""
         return layer.self_attn, layer.input_layernorm(hidden)
 
     @staticmethod
-    def _projected_states(attention: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, which: str) -> Tensor:
+    def _projected_states(attention: Any, hidden: Tensor, cos: Tensor, sin: Tensor, which: str) -> Tensor:
         shape = (*hidden.shape[:-1], -1, attention.head_dim)
         states = getattr(attention, f"{which}_proj")(hidden).view(shape).transpose(1, 2)
         norm = getattr(attention, f"{which}_norm", None)
@@ -290,7 +291,7 @@ class Adapter:
         return False
 
     def encoder_signals(
-        self, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+        self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys from one call of :meth:`encoder_attention`'s module."""
         raise NotImplementedError

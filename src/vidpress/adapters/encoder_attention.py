@@ -7,10 +7,10 @@ time, so at most ``chunk * heads * P * P`` floats exist at once.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import VidpressError
 
@@ -24,7 +24,7 @@ def check_signals(received: Tensor, rows: int) -> None:
         )
 
 
-def encoder_signals(attention: nn.Module, hidden: Tensor, cls_row: bool, chunk: int = 8) -> tuple[Tensor, Tensor]:
+def encoder_signals(attention: Any, hidden: Tensor, cls_row: bool, chunk: int = 8) -> tuple[Tensor, Tensor]:
     """Attention received and head-averaged keys of one vision attention module.
 
     Parameters

@@ -128,7 +128,7 @@ class LlavaTowerAdapter(Adapter):
         layers = next(
             (m for name, m in tower.named_modules() if name.endswith(("encoder.layers", "encoder.layer"))), None
         )
-        blocks = []
+        blocks: list[TowerBlock] = []
         for layer in layers if layers is not None else ():
             attention = getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
             mlp_in = getattr(layer, "layer_norm2", None) or getattr(layer, "norm2", None)
@@ -188,7 +188,7 @@ class LlavaTowerAdapter(Adapter):
         return modules[layer if layer < 0 else layer - 1]
 
     def encoder_signals(
-        self, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+        self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received (B*F, P) and head-averaged keys (B*F, P, Dk) of ``module``'s call with ``args``/
         ``kwargs`` (see :func:`~vidpress.adapters.encoder_attention.encoder_signals`)."""

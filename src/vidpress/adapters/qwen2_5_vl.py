@@ -204,7 +204,7 @@ class Qwen2_5_VLAdapter(Adapter):
         return self.model.model.visual.blocks[-1].attn
 
     def encoder_signals(
-        self, module: nn.Module, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
+        self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
         in temporal order: fp32 softmax(q k^T) with the vision RoPE, within each attention segment

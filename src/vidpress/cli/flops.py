@@ -31,21 +31,22 @@ def flops(
     from ..method import Method
     from ..methods import get_method
     from ..report import human_bytes, human_flops
+    from ..stages import Stages
 
     spec = resolve_spec(model)
     chosen = get_method(method, **parse_set(params))
     method_ = chosen if isinstance(chosen, Method) else None
-    stages = chosen.build() if method_ is not None else chosen
+    stages = chosen if isinstance(chosen, Stages) else chosen.build()
     rows = [
         ("uncompressed", estimate(spec, frames, None, text_tokens=text_tokens)),
         (
-            chosen.label if method_ is not None else "uncompressed",
+            method_.label if method_ is not None else "uncompressed",
             estimate(spec, frames, stages, text_tokens=text_tokens, retention=retention, events=n_events),
         ),
     ]
     ideal = method_.idealised_retention() if method_ is not None else None
     notes = []
-    if ideal is not None and retention is None:
+    if method_ is not None and ideal is not None and retention is None:
         for label, variant in method_.reference_variants():
             try:  # a reference variant may not run where the chosen mode does (faithful TTM at <= 4 frames)
                 rows.append((label, estimate(spec, frames, variant.build(), text_tokens=text_tokens, events=n_events)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, cast
 
 from rich.table import Table
 
@@ -18,7 +19,7 @@ def methods() -> None:
     table.add_column("hyperparameters (defaults)")
     table.add_column("summary")
     for name, cls in METHODS.items():
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.init)
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cast(Any, cls)) if f.init)
         table.add_row(name, fields, summary(cls.__doc__ or ""))
     console.print(table)
 

@@ -145,6 +145,8 @@ def _targets(duration: float, fps_native: float, num_frames: int | None, fps: fl
     last = max(duration - 1.0 / fps_native, 0.0) if fps_native else duration
     if fps is not None:
         return np.arange(0.0, max(duration, 1e-9), 1.0 / fps)
+    if num_frames is None:
+        raise InvalidFrameCountError("sampling needs a frame count or a frame rate")
     return np.linspace(0.0, last, num_frames)
 
 

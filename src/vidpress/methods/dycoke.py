@@ -77,9 +77,9 @@ class DyCoke(Method):
         """The paper's TTM retention (1 + 3(1 - K)) / 4, e.g. 47.5 % at K=0.7 (code counts differ slightly)."""
         return (1 + 3 * (1 - self.k)) / 4
 
-    def reference_variants(self) -> list[tuple[str, DyCoke]]:
+    def reference_variants(self) -> list[tuple[str, Method]]:
         """The other mode, so tables show the fixed and the faithful (reference-code) counts side by side."""
-        other = "faithful" if self.mode == "fixed" else "fixed"
+        other: Literal["faithful", "fixed"] = "faithful" if self.mode == "fixed" else "fixed"
         return [
             (f"dycoke {other}" + (" (reference code count)" if other == "faithful" else ""), replace(self, mode=other))
         ]

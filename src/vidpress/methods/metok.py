@@ -114,5 +114,5 @@ class METok(Method):
             vision=CoarseToFine(events, self.first_pass, self.refine, self.first_retention) if self.coarse else None,
             pre_llm=events,
             prefill=AttentionRank(schedule=schedule, query_rows="text", depth=METOK_DEPTH if reference else None),
-            decode=LayerwiseTrim(first_layer=None),
+            decode=LayerwiseTrim(follows_prefill=True),
         )

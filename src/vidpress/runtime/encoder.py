@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
+from ..stages import TowerMerging
 from .tome import TowerMerge
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class VideoEncoder:
         """Encode with the tower merging tokens (ToMe): with ``grid`` the model's own encoder runs (its hidden
         states mapped back onto the patches by the hooks); without, the feature layer's merged tokens go through
         the projector alone and wait for the pre-LLM slot's :class:`~vidpress.stages.vision.tome.MergedBlock`."""
-        vision, adapter = self.stages.vision, self.adapter
+        vision, adapter = cast(TowerMerging, self.stages.vision), self.adapter  # a stage that declares ``merges``
         depth = adapter.feature_depth()
         with self.merging(vision, per_frame) as merged:
             if vision.grid:
@@ -96,7 +97,7 @@ class VideoEncoder:
                     hidden, groups = hidden[:, 1:], groups[:, 1:] - 1
                 tokens = adapter.project_merged(hidden)
                 output = adapter.unencoded_output(arguments)
-        left = {"merges": tuple(merged.done[:depth])}
+        left: dict[str, Any] = {"merges": tuple(merged.done[:depth])}
         if not vision.grid:
             shape = pixels.shape[:2]
             left.update(

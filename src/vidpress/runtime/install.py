@@ -12,14 +12,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..adapters.registry import adapter_for
 from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
 from ..report import Report
-from ..stages import Stages
+from ..stages import DeferredEncoding, Stages
 from ..stages.vision.tome import unmerge
 from .encoder import VideoEncoder
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
@@ -169,10 +169,10 @@ class Run:
             self._t.active = (weakref.ref(kwargs["cache"]), session)
             self._t.sessions.append(session)
             self._sessions.append(session)
-        elif (session := self.session_of(cache)) is not None:
-            decode_inputs(session, kwargs)
+        elif (decoding := self.session_of(cache)) is not None:
+            decode_inputs(decoding, kwargs)
             _sync(self._device())
-            session.timings.step_start = time.perf_counter()
+            decoding.timings.step_start = time.perf_counter()
         return args, kwargs
 
     def _model_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
@@ -255,7 +255,7 @@ class Run:
                 f"{type(self.adapter).__name__} does not encode frames at other resolutions; coarse-to-fine vision "
                 "stages run on LLaVA-OneVision"
             )
-        if self.stages.pre_llm is not vision.events:
+        if self.stages.pre_llm is not cast(DeferredEncoding, vision).events:
             raise IncompatibleStagesError(
                 f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
                 f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..errors import IncompatibleStagesError
+from ..errors import IncompatibleStagesError, VidpressError
 from ..selection import Selection
 from ..tokens import LayerSignals
 from .prefill import default_positions
@@ -55,6 +55,8 @@ class ViewCache:
 def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
     """Positions (R,) of the query rows scored at ``layer``."""
     stage = session.stages.decode if decoding else session.stages.prefill
+    if stage is None:
+        raise VidpressError(f"layer {layer} is scored with no stage of this request to use the scores")
     if decoding or stage.needs.query_rows == "last":
         return torch.tensor([length - 1])
     visual = session.visual_at(layer)
@@ -65,7 +67,7 @@ def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
 def layer_positions(session: Session, index: Tensor, kwargs: dict, rotary: Any, hidden: Tensor) -> dict:
     """Rotary embeddings, position ids and 4-D mask of the base-layout entries ``index`` (B, n) for one layer's
     call: gathered from the base layout's, or numbered 0..n-1 afresh when drops renumber contiguously."""
-    out = {}
+    out: dict[str, Any] = {}
     index = index.to(hidden.device)
     if session.renumber:
         mask = None if session.mask is None else session.mask.to(index.device).gather(1, index)
@@ -144,8 +146,9 @@ def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
             session.timed(start)
         elif layer > 0 and session.layouts[layer - 1] is not None:
             session.layouts[layer] = session.layouts[layer - 1]
-        if session.layouts[layer] is not None:
-            kwargs.update(layer_positions(session, session.layouts[layer], kwargs, rotary, hidden))
+        layout = session.layouts[layer]
+        if layout is not None:
+            kwargs.update(layer_positions(session, layout, kwargs, rotary, hidden))
         return (hidden, *args[1:]), kwargs
 
     return hook
@@ -191,7 +194,7 @@ def attention_post_hook(session_of, layer: int):
         cache = kwargs.get("cache")
         cache = getattr(cache, "_cache", cache)
         session: Session | None = session_of(cache)
-        if session is None or layer not in session.queries:
+        if cache is None or session is None or layer not in session.queries:
             return
         start = time.perf_counter()
         query = session.queries.pop(layer)
@@ -230,13 +233,12 @@ def trim_cache(session: Session, cache: Any, first_layer: int) -> None:
 
 def _select_view(session: Session, layer: int, scores: Tensor) -> None:
     stage = session.stages.decode
+    if stage is None:
+        raise VidpressError(f"layer {layer} is scored while decoding with no decode stage to use the scores")
     # Cache layouts are fixed once prefill ends, so checking them at the first decoding step is enough.
     for later in range(stage.first_layer, session.num_layers) if session.ctx.step == 1 else ():
-        if session.stored[later] is not session.stored[layer] and not (
-            session.stored[later] is not None
-            and session.stored[layer] is not None
-            and torch.equal(session.stored[later], session.stored[layer])
-        ):
+        here, there = session.stored[layer], session.stored[later]
+        if there is not here and not (there is not None and here is not None and torch.equal(there, here)):
             raise IncompatibleStagesError(
                 f"{type(stage).__name__} selects at layer {layer} but layer {later} holds a different set of "
                 "visual tokens (a prefill stage dropped tokens in between); use a decode stage whose first layer "

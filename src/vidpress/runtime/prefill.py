@@ -86,12 +86,14 @@ def _stage_inputs(
         raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
     attention = keys = None
     if pre.needs.encoder_attention:
-        if encoder is None or encoder() is None:
+        signals = None if encoder is None else encoder()
+        if signals is None:
             raise VidpressError(
                 f"{type(pre).__name__} needs the vision encoder's attention for this video; "
                 "run the model with the method installed (vidpress.apply)"
             )
-        attention, keys = adapter.pool_encoder_signals(*encoder(), batch, frames)
+        received, encoder_keys = signals
+        attention, keys = adapter.pool_encoder_signals(received, encoder_keys, batch, frames)
     after = int(video_pos[:, -1].max()) + 1
     return dataclasses.replace(
         tokens,
@@ -143,7 +145,8 @@ def _base(
         visual = torch.zeros_like(is_video).scatter_(1, kept_video[:, : plan.num_visual], True)
         events = torch.full_like(input_ids, -1).scatter_(1, kept_video, plan.events.to(input_ids.device))
     else:
-        block = torch.cat([tokens.features.flatten(1, 2), tokens.extra], dim=1).to(embeds.dtype)
+        extra = tokens.features[:, 0, :0] if tokens.extra is None else tokens.extra  # (B, 0, D): no extra tokens
+        block = torch.cat([tokens.features.flatten(1, 2), extra], dim=1).to(embeds.dtype)
         embeds = embeds.masked_scatter(is_video[..., None], block)
         kept_video = torch.cat([video_pos.gather(1, plan.keep.to(video_pos.device)), video_pos[:, n_frame_tokens:]], 1)
         visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
@@ -270,7 +273,7 @@ def start_request(
         mask=new_mask,
         renumber=stages.prefill is not None and stages.prefill.positions == "contiguous",
     )
-    if base.events is not None:
+    if base.events is not None and isinstance(plan, PackedTokens):  # events come with a packed block
         session.events, session.key_events, session.stage_info = base.events.gather(1, kept), plan.key_events, plan.info
     session.timings.overhead_s = overhead
     session.other_tokens = int(kept.shape[1] - session.visual[0].sum())

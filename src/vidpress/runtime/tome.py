@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor
 
 from ..adapters.base import Adapter, TowerBlock
-from ..errors import IncompatibleStagesError
-from ..stages import Stages
+from ..errors import IncompatibleStagesError, VidpressError
+from ..stages import Stages, TowerMerging
 from ..stages.vision.tome import Matching, MergedBlock, bipartite_soft_matching, merge_weighted, unmerge
 
 
@@ -75,7 +75,7 @@ def check_merging(adapter: Adapter, stages: Stages) -> None:
     BudgetError
         A schedule leaving more tokens per frame than the model's, or one its layers cannot reach.
     """
-    vision = stages.vision
+    vision = cast(TowerMerging, stages.vision)  # called for a stage that declares ``merges``
     adapter.tower_blocks()  # the tower's refusal first: it names what runs ToMe
     packs = isinstance(stages.pre_llm, MergedBlock)
     if vision.grid and packs:
@@ -161,6 +161,8 @@ def _merge_input(state: Callable[[], TowerMerge | None], layer: int) -> Callable
             merge.groups.append(torch.arange(t, device=args[0].device).expand(n, t))
         merge.matching = None
         if merge.r(layer) > 0:
+            if merge.metric is None:
+                raise VidpressError(f"ToMe's keys for encoder layer {layer} were not captured before it merges")
             merge.matching = bipartite_soft_matching(merge.metric, merge.r(layer), merge.protected)
         if merge.matching is None:
             return None

@@ -60,6 +60,8 @@ def encode_deferred(
     stride = vision.first_stride()
     merges = None
     if vision.first_pass_merging is not None:
+        if merged is None:
+            raise VidpressError("a merged first pass runs under the runtime's tower merging: use vidpress.apply")
         first, merges = merged(lambda: adapter.encode_at(pixels[0], side))
     else:
         first = adapter.encode_at(pixels[0], sides[stride])  # (F, T_first, D)

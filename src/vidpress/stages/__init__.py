@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, Self, cast
 
 import torch
 from torch import Tensor
@@ -93,7 +93,7 @@ class Stage:
         (the 1-D references' behaviour; refused on M-RoPE models)."""
         return "original"
 
-    def for_depth(self, num_layers: int) -> Stage:
+    def for_depth(self, num_layers: int) -> Self:
         """This stage for an LLM of ``num_layers`` layers (layer fractions and budgets resolved)."""
         return self
 
@@ -123,10 +123,64 @@ class VisionStage(Stage):
         return False
 
     @property
-    def first_pass_merging(self) -> Any:
-        """The TokenMerging a deferring stage's first pass runs the tower under (the runtime installs the merging
-        hooks for it); None: an unmerged first pass, or none."""
+    def first_pass_merging(self) -> TowerMerging | None:
+        """The merging a deferring stage's first pass runs the tower under (the runtime installs the merging hooks
+        for it); None: an unmerged first pass, or none."""
         return None
+
+
+class TowerMerging(Protocol):
+    """What a vision stage that merges inside the tower (``merges``, or a first pass's ``first_pass_merging``)
+    declares to the runtime and the calculator (:class:`~vidpress.stages.vision.tome.TokenMerging`)."""
+
+    @property
+    def grid(self) -> bool:
+        """Whether the merged tokens are mapped back onto the patch grid (the model's own count)."""
+        ...
+
+    @property
+    def proportional(self) -> bool:
+        """ToMe's proportional attention."""
+        ...
+
+    def schedule(self, patches: int, layers: int, tokens_per_frame: int) -> tuple[int, ...]:
+        """Tokens merged at each encoder layer up to the feature layer."""
+        ...
+
+    def tokens_left(self, patches: int, layers: int, tokens_per_frame: int) -> int:
+        """Tokens per frame left at the feature layer."""
+        ...
+
+
+class DeferredEncoding(Protocol):
+    """What a vision stage that defers the video's encoding to the request (``deferred``) declares to the runtime
+    and the calculator (:class:`~vidpress.stages.vision.coarse_to_fine.CoarseToFine`)."""
+
+    @property
+    def events(self) -> Any:
+        """The event stage that plans (EventPooling), which also fills the pre-LLM slot."""
+        ...
+
+    @property
+    def first_pass_merging(self) -> TowerMerging | None: ...
+
+    def plan(self, tokens: VisualTokens, first: Tensor) -> Any:
+        """The per-frame strides of a request from its first pass."""
+        ...
+
+    def patch_sides(self, side: int) -> dict[int, int]: ...
+
+    def first_stride(self) -> int: ...
+
+    def sources(self) -> dict[int, str]: ...
+
+    def encoded(
+        self, counts: dict[int, int], frames: int, side: int, merges: tuple[int, ...] | None = None
+    ) -> tuple[tuple, ...]: ...
+
+    def passes(
+        self, frames: int, grid: tuple[int, int], side: int, merges: tuple[int, ...] | None = None
+    ) -> tuple[tuple, ...]: ...
 
 
 class PreLLMStage(Stage):
@@ -156,7 +210,11 @@ class PrefillStage(Stage):
     drop layer itself when ``needs.scores_at_drop``)."""
 
     slot: ClassVar[str] = "prefill"
-    layers: tuple[int, ...]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers at whose input it drops, increasing (resolved for the LLM's depth by :meth:`for_depth`)."""
+        raise NotImplementedError
 
     def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection | None:
         raise NotImplementedError
@@ -170,7 +228,17 @@ class DecodeStage(Stage):
     """
 
     slot: ClassVar[str] = "decode"
-    first_layer: int
+
+    @property
+    def first_layer(self) -> int:
+        """The first layer it acts on."""
+        raise NotImplementedError
+
+    @property
+    def follows_prefill(self) -> bool:
+        """Whether its first layer is the prefill stage's first drop layer, whatever the LLM's depth makes it
+        (:meth:`Stages.for_depth` sets it)."""
+        return False
 
     def trim_counts(self, per_layer: list[int]) -> list[int]:
         """Visual KV entries each layer stores after prefill, from the prefill counts (unchanged by default)."""
@@ -234,27 +302,46 @@ class Stages:
         """
         decode = self.decode
         prefill = None if self.prefill is None else self.prefill.for_depth(num_layers)
-        if decode is not None and decode.first_layer is None:  # follows the prefill stage's first drop
+        if decode is not None and decode.follows_prefill:
             if prefill is None:
                 raise IncompatibleStagesError(
                     f"{type(decode).__name__} starts at the prefill stage's first pruning layer, and there is no "
                     "prefill stage: give it a first_layer"
                 )
-            decode = dataclasses.replace(decode, first_layer=prefill.layers[0])
+            decode = dataclasses.replace(cast(Any, decode), first_layer=prefill.layers[0])  # a dataclass stage
         if decode is not None and not 0 <= decode.first_layer < num_layers:
             raise InvalidParameterError(
                 f"{type(decode).__name__} starts at layer {decode.first_layer} but the LLM has {num_layers} layers "
                 f"(0..{num_layers - 1}): it would never act; choose a first layer (DyCoke's L) below {num_layers}"
             )
-        pre, decode, vision = (
-            None if s is None else s.for_depth(num_layers) for s in (self.pre_llm, decode, self.vision)
+        return Stages(
+            None if self.pre_llm is None else self.pre_llm.for_depth(num_layers),
+            prefill,
+            None if decode is None else decode.for_depth(num_layers),
+            None if self.vision is None else self.vision.for_depth(num_layers),
         )
-        return Stages(pre, prefill, decode, vision)
 
     @property
     def name(self) -> str:
         parts = [type(s).__name__ for s in (self.vision, self.pre_llm, self.prefill, self.decode) if s is not None]
         return "+".join(parts) or "uncompressed"
+
+
+def declared_count(stage: PreLLMStage, frames: int, tokens_per_frame: int, grid: tuple[int, int] | None = None) -> int:
+    """``stage``'s :meth:`~PreLLMStage.kept_count`, which a caller sizing a prompt before the content needs.
+
+    Raises
+    ------
+    InvalidParameterError
+        The stage lets the content decide its count.
+    """
+    count = stage.kept_count(frames, tokens_per_frame, grid)
+    if count is None:
+        raise InvalidParameterError(
+            f"{type(stage).__name__} decides its token count from the content; a prompt sized before the video is "
+            "seen needs a stage that declares it (e.g. mode='fixed')"
+        )
+    return count
 
 
 def check_encoded(plan: Selection | PackedTokens, encoded: list[int], tokens_per_frame: int) -> None:

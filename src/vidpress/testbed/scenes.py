@@ -163,7 +163,7 @@ def describe(
     if frames is None:
         return " ".join(f"Scene {i + 1}: {looks(i)}." for i in range(len(scenes)))
     shown = np.searchsorted(starts, frame_indices(scenes, frames), side="right") - 1  # scene of each sampled frame
-    parts = []
+    parts: list[str] = []
     for i in dict.fromkeys(shown.tolist()):  # scenes in order of appearance
         first, last = np.flatnonzero(shown == i)[[0, -1]] + 1
         span = f"frame {first}" if first == last else f"frames {first}-{last}"
@@ -208,7 +208,7 @@ def random_video(rng: np.random.Generator) -> tuple[Scene, ...]:
     return tuple(scenes)
 
 
-def answer(kind: str, scenes: tuple[Scene, ...], params: dict[str, Any]) -> str:
+def answer(kind: str, scenes: tuple[Scene, ...], params: dict[str, Any]) -> str | None:
     """The correct option text of a question of ``kind`` about ``scenes`` (None when the question is ill-posed)."""
     objects = [s.object for s in scenes]
     if kind == "scene_count":
@@ -269,6 +269,8 @@ def ask(kind: str, scenes: tuple[Scene, ...], rng: np.random.Generator) -> Quest
     else:
         raise ValueError(f"unknown question kind {kind!r}; choose one of {TYPES}")
     correct = answer(kind, scenes, params)
+    if correct is None:  # the callers above only ask what the scenes can answer
+        raise ValueError(f"a {kind!r} question about these scenes has no single answer")
     wrong = [o for o in pool if o != correct]
     options = [correct] + [str(o) for o in rng.permutation(wrong)[:3]]
     options = [options[i] for i in rng.permutation(4)]
@@ -331,6 +333,8 @@ def make_split(split: str, videos: int, seed: int = 0) -> list[Sample]:
             question = ask(kind, scenes, rng)
             if question is not None:
                 break
+        if question is None:  # every kind is tried; "which was shown first" always fits
+            raise ValueError(f"no question kind fits video {i} of {split} (seed {seed})")
         samples.append(Sample(f"{split}-{seed}-{i:05d}", scenes, question))
     return samples
 

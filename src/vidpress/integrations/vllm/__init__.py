@@ -70,7 +70,7 @@ def _check_at_start_up() -> None:
             log.info(describe(serving, config.model_config.hf_config, media.get("video", {}).get("num_frames", 32)))
         return config
 
-    create_and_check._vidpress = True
+    setattr(create_and_check, "_vidpress", True)  # noqa: B010  # a mark on the function, read above
     EngineArgs.create_engine_config = create_and_check
 
 
@@ -95,7 +95,7 @@ def _cpu_runner_declares_pruning() -> None:
             and mm_config.is_multimodal_pruning_enabled()
         )
 
-    load_and_declare._vidpress = True
+    setattr(load_and_declare, "_vidpress", True)  # noqa: B010
     CPUModelRunner.load_model = load_and_declare
 
 

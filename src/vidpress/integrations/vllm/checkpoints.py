@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...models.random import CHAT_TEMPLATE, QWEN_TEMPLATE, LoadedModel, random_model, random_qwen2_5_vl
+from ...stages import declared_count
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 
@@ -94,7 +95,7 @@ def video_request(family: str, frames: Any, size: int, fps: float = 2.0) -> dict
     import numpy as np
     from PIL import Image
 
-    frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
     video: Any = frames
     if family == "qwen2_5_vl":
         n = len(frames)
@@ -118,7 +119,7 @@ def declared_placeholders(family: str, stage: Any, frames: int, size: int) -> in
     newline."""
     temporal, per_frame = video_grid(family, frames, size)
     side = math.isqrt(per_frame)
-    count = temporal * per_frame if stage is None else stage.kept_count(temporal, per_frame, (side, side))
+    count = temporal * per_frame if stage is None else declared_count(stage, temporal, per_frame, (side, side))
     return count + (family == "llava_onevision")
 
 

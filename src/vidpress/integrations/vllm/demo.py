@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import vidpress
     from vidpress.cli import bundled_clip
 
+    from ...stages import declared_count
     from .checkpoints import FAMILIES, engine_args, random_checkpoint, save_for_vllm, video_grid, video_request
     from .serving import serving_config
 
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.method not in ("ttm",) and "retention" not in entry:
         entry["retention"] = args.retention
     stage = serving_config({"vidpress": entry}).stage  # fails here, before any engine, on a bad entry
+    if stage is None:
+        parser.error(f"--method {args.method}: the demo compares a method with vLLM's own model; name one")
     clip = vidpress.load_video(bundled_clip(), args.frames).frames
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             request = video_request(family, clip, loaded.processor.image_size)
             temporal, per_frame = video_grid(family, len(clip), loaded.processor.image_size)
             newline = 1 if family == "llava_onevision" else 0
-            row = {"family": family, "method": entry, "declared": stage.kept_count(temporal, per_frame) + newline}
+            declared = declared_count(stage, temporal, per_frame) + newline
+            row: dict[str, Any] = {"family": family, "method": entry, "declared": declared}
             for label, settings in (("uncompressed", None), ("compressed", entry)):
                 llm = LLM(**engine_args(path, settings))
                 out = llm.generate(request, SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)[0]

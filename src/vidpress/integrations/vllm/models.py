@@ -86,7 +86,7 @@ class LlavaOnevision(_Entries, LlavaOnevisionForConditionalGeneration):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.vidpress = check_engine(vllm_config)
 
-    def _encoder_attention_module(self) -> torch.nn.Module:
+    def _encoder_attention_module(self) -> Any:
         """The tower's last attention: vLLM builds the tower only up to the feature layer the projector reads."""
         return [m for m in self.vision_tower.modules() if hasattr(m, "qkv_proj")][-1]
 
@@ -135,8 +135,9 @@ class LlavaOnevision(_Entries, LlavaOnevisionForConditionalGeneration):
             if stage is None:  # a request that asked for its videos uncompressed
                 out.append(emb)
                 continue
-            if encoded[i] is not None:
-                emb = lay_back(emb, encoded[i], f, per_frame)
+            frames_encoded = encoded[i]
+            if frames_encoded is not None:
+                emb = lay_back(emb, frames_encoded, f, per_frame)
             tokens = VisualTokens(
                 emb[: f * per_frame].view(1, f, per_frame, -1),
                 (side, side),
@@ -147,7 +148,7 @@ class LlavaOnevision(_Entries, LlavaOnevisionForConditionalGeneration):
             out.append(compress_video(stage, tokens, encoded=encoded[i])[0])
         return out
 
-    def _encoder_signals(self, module: torch.nn.Module, qkv: Tensor) -> tuple[Tensor, Tensor]:
+    def _encoder_signals(self, module: Any, qkv: Tensor) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys of the tower's last attention from its fused projection's
         output ``qkv`` (n, P, 3 * H * head_dim), pooled with the model's own 2x2 pooling: (n, T) and
         (n, T, head_dim)."""
@@ -159,7 +160,7 @@ class LlavaOnevision(_Entries, LlavaOnevisionForConditionalGeneration):
         return pooled[..., 0], pooled[..., 1:]
 
 
-def _qwen_signals(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def _qwen_signals(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
     """Attention received (s,) and head-averaged keys (s, head_dim) of one call of vLLM's Qwen2.5 vision
     attention, in its (window-permuted) token order: fp32 softmax(q k^T * scale) with its rotary embedding, within
     each ``cu_seqlens`` segment, averaged over heads and query rows."""

@@ -25,6 +25,7 @@ from vllm.multimodal.parse import VideoEmbeddingItems
 from vllm.multimodal.processing import PromptReplacement
 
 from ...errors import InvalidParameterError
+from ...stages import declared_count
 from . import observe
 from .serving import (
     ENTRY_FIELD,
@@ -60,7 +61,7 @@ class VidpressProcessor:
                 "server: send the frames"
             )
         side = math.isqrt(per_frame)
-        return serving.stage.kept_count(temporal, per_frame, (side, side))
+        return declared_count(serving.stage, temporal, per_frame, (side, side))
 
     def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]) -> Any:
         """vLLM's processing without the request's ``vidpress`` key, then that entry as each video's field."""

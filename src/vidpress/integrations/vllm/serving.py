@@ -21,7 +21,7 @@ from torch import Tensor
 from ...errors import InvalidParameterError, UnknownMethodError, UnsupportedModelError, VidpressError
 from ...method import check_params, parse_value
 from ...selection import Selection
-from ...stages import PreLLMStage, check_encoded
+from ...stages import PreLLMStage, check_encoded, declared_count
 from ...stages.pre_llm.event_pooling import EventPooling
 from ...stages.pre_llm.relevance import DistinctRelevance
 from ...stages.pre_llm.temporal_merge import TemporalMerge
@@ -183,7 +183,7 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
         source = torch.cat([plan.keep[0].cpu(), n + torch.arange(extra.shape[1])])
     else:
         raise VidpressError(f"{type(stage).__name__} returned {type(plan).__name__}, not a Selection or PackedTokens")
-    declared = stage.kept_count(frames, per_frame, tokens.grid) + extra.shape[1]
+    declared = declared_count(stage, frames, per_frame, tokens.grid) + extra.shape[1]
     if kept.shape[0] != declared:
         raise VidpressError(
             f"{type(stage).__name__} kept {kept.shape[0]} tokens but declared {declared} for {frames} x {per_frame}; "
@@ -268,7 +268,7 @@ def describe(serving: ServingConfig, hf_config: Any, frames: int) -> str:
         temporal, extra, shape = frames, 1, f"{frames} frames"
     per_frame = side * side
     full = temporal * per_frame + extra
-    kept = stage.kept_count(temporal, per_frame, (side, side)) + extra
+    kept = declared_count(stage, temporal, per_frame, (side, side)) + extra
     settings = ", ".join(f"{k}={v!r}" for k, v in serving.settings.items())
     return (
         f"vidpress: {serving.method}({settings}) compresses each video before the LLM: a video of {shape} takes "

@@ -23,9 +23,12 @@ class LayerwiseTrim(DecodeStage):
 
     Parameters
     ----------
-    first_layer : int, optional
-        First trimmed layer; None (METok's): the prefill stage's first pruning layer (reference: 3, so layers 0-2
-        keep the full stage-1 visual KV), resolved with the composition for the LLM's depth.
+    first_layer : int
+        First trimmed layer (METok's reference: its first pruning layer, 3, so layers 0-2 keep the full stage-1
+        visual KV).
+    follows_prefill : bool
+        Take the prefill stage's first pruning layer instead, whatever the LLM's depth makes it (METok's), resolved
+        with the composition (:meth:`~vidpress.stages.Stages.for_depth`).
 
     Raises
     ------
@@ -33,11 +36,12 @@ class LayerwiseTrim(DecodeStage):
         ``first_layer`` < 0.
     """
 
-    first_layer: int | None = 3
+    first_layer: int = 3
+    follows_prefill: bool = False
     needs: Needs = field(default=Needs(trim_after_prefill=True), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.first_layer is not None and self.first_layer < 0:
+        if self.first_layer < 0:
             raise InvalidParameterError(f"first_layer must be >= 0, got {self.first_layer}")
 
     def __call__(self, signals: LayerSignals, ctx: StageContext | None = None) -> Selection | None:

@@ -118,7 +118,8 @@ class EventPooling(SourcePositions):
         the patch grid; on an unpooled grid already merged by ``tokens.unpooled_stride`` (Qwen's 2x2 merger)
         they are divided by it."""
         relevance = self.relevance(tokens, row, frames)
-        strides = tuple(max(1, s // tokens.unpooled_stride) for s in self.strides)
+        a, b, c, d = (max(1, s // tokens.unpooled_stride) for s in self.strides)
+        strides = (a, b, c, d)
         return plan_events(
             frames,
             relevance,
@@ -141,7 +142,8 @@ class EventPooling(SourcePositions):
     def budget_strides(self) -> tuple[int, int, int]:
         """The fixed-budget form's (key, middle, low) pooling of the model's token grid: ``strides`` (key event
         and key frame, key event other, non-key other) over the model's own 2x2 pooling."""
-        return tuple(max(1, self.strides[i] // 2) for i in (0, 1, 3))
+        key, middle, low = (max(1, self.strides[i] // 2) for i in (0, 1, 3))
+        return key, middle, low
 
     def allotment(self, frames: int, grid: tuple[int, int]) -> list[int]:
         """The fixed-budget form's stride for the frame at each priority rank (rank 0 first), from (F, grid) and
@@ -154,6 +156,8 @@ class EventPooling(SourcePositions):
         InvalidParameterError
             Average pooling at the low stride leaves no token of the grid.
         """
+        if self.retention is None:
+            raise InvalidParameterError("the fixed-budget form needs a retention, e.g. EventPooling(retention=0.25)")
         cost = {k: self._tokens_at(k, grid) for k in self.budget_strides()}
         budget = visual_budget(self.retention, frames * grid[0] * grid[1])
         fine, middle, low = self.budget_strides()
@@ -253,7 +257,8 @@ class EventPooling(SourcePositions):
         per_frame = tokens.tokens_per_frame
         room = frames * per_frame + (0 if tokens.extra is None else tokens.extra.shape[1])
         for b in range(batch):
-            plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), tuple(grids.shape[2:4]))
+            side = (grids.shape[2], grids.shape[3])
+            plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), side)
             pooled = {
                 s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
                 for s in set(plan.strides)
@@ -267,10 +272,10 @@ class EventPooling(SourcePositions):
                     taken[s] += 1
                     events += [e] * feats[-1].shape[0]
                     frame_of += [f] * feats[-1].shape[0]
-                    source += (window_sources(grids.shape[2:4], s, tokens.grid, self.pool) + f * per_frame).tolist()
-                newlines = tokens.extra is not None and tokens.extra.shape[1]  # one after each event, if they fit
-                if newlines and (e == len(plan.events) - 1 or sum(plan.tokens) + len(plan.events) <= room):
-                    feats.append(tokens.extra[b, :1].to(grids.dtype))
+                    source += (window_sources(side, s, tokens.grid, self.pool) + f * per_frame).tolist()
+                newline = None if tokens.extra is None or not tokens.extra.shape[1] else tokens.extra[b, :1]
+                if newline is not None and (e == len(plan.events) - 1 or sum(plan.tokens) + len(plan.events) <= room):
+                    feats.append(newline.to(grids.dtype))  # one after each event, if they fit
                     events.append(e)
                     frame_of.append(-1)
                     source.append(-1)

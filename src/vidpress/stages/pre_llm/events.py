@@ -92,7 +92,7 @@ def plan_events(
     frames: Tensor,
     relevance: Tensor,
     *,
-    segmentation: str,
+    segmentation: Literal["faithful", "adaptive"],
     boundaries: int,
     z: float,
     min_event_frames: int,

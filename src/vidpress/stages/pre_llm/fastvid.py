@@ -113,7 +113,7 @@ class FastVID(PreLLMStage, StageMethod):
         return visual_budget(self.retention, frames * tokens_per_frame) if self.mode == "fixed" else None
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
-        require_encoder_attention(tokens, "FastVID")
+        attention, _ = require_encoder_attention(tokens, "FastVID")
         batch, frames, per_frame, _ = tokens.features.shape
         run = self._faithful if self.mode == "faithful" else self._fixed
         rows, num_events = [], 1
@@ -127,7 +127,7 @@ class FastVID(PreLLMStage, StageMethod):
                 )
             segments = dyseg(x.float().mean(1), self.threshold, self.min_segments)
             num_events = max(num_events, len(segments))
-            out, where = run(x, tokens.attention[b], segments)
+            out, where = run(x, attention[b], segments)
             source = torch.tensor(where, device=x.device)
             event = torch.bucketize(
                 source // per_frame, torch.tensor([a for a, _ in segments[1:]], device=x.device), right=True
@@ -180,7 +180,9 @@ class FastVID(PreLLMStage, StageMethod):
             for f in anchor_frames:
                 candidates = x[f, rest[f]]
                 chosen = density_scores(candidates, self.knn).topk(count).indices
-                out.append(merge_into_anchors(candidates[chosen], candidates if single else pool, self.merge_weight))
+                out.append(
+                    merge_into_anchors(candidates[chosen], candidates if pool is None else pool, self.merge_weight)
+                )
                 where += (f * per_frame + rest[f, chosen]).tolist()
         return out, where
 

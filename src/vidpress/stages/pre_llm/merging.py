@@ -9,15 +9,24 @@ import torch
 from torch import Tensor
 
 from ...errors import VidpressError
+from ...tokens import VisualTokens
 
 
-def require_encoder_attention(tokens, name: str) -> None:
-    """Raise unless the runtime gave ``tokens`` the vision encoder's attention (``Needs.encoder_attention``)."""
+def require_encoder_attention(tokens: VisualTokens, name: str) -> tuple[Tensor, Tensor]:
+    """The vision encoder's attention received (B, F, T) and keys (B, F, T, Dk) the runtime gave ``tokens``
+    (``Needs.encoder_attention``).
+
+    Raises
+    ------
+    VidpressError
+        ``tokens`` carry neither (the stage runs outside the runtime, or the adapter exposes no encoder attention).
+    """
     if tokens.attention is None or tokens.keys is None:
         raise VidpressError(
             f"{name} needs the vision encoder's attention; the runtime provides it when the "
             "model's adapter exposes its encoder attention (vidpress.apply)"
         )
+    return tokens.attention, tokens.keys
 
 
 def joined(assign: Tensor, values: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -102,7 +102,7 @@ class TemporalMerge(PreLLMStage):
         check_mode(self.mode)
 
     @property
-    def positions(self) -> str:
+    def positions(self) -> Literal["original", "contiguous"]:
         """How the runtime numbers the shortened prompt: the reference renumbers contiguously after TTM."""
         return "contiguous" if self.mode == "faithful" else "original"
 

@@ -76,7 +76,7 @@ class VisionZip(SourcePositions, StageMethod):
         return visual_budget(self.retention, frames * tokens_per_frame)
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> PackedTokens:
-        require_encoder_attention(tokens, "VisionZip")
+        attention, keys = require_encoder_attention(tokens, "VisionZip")
         batch, frames, per_frame, _ = tokens.features.shape
         budgets = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
         rows = []
@@ -87,34 +87,34 @@ class VisionZip(SourcePositions, StageMethod):
                 chosen = [f for f, n in enumerate(budgets) if n == budget]
                 if budget == 0:
                     continue
-                feats, source = self._frames(tokens, b, chosen, budget)
+                feats, source = self._frames(tokens.features[b, chosen], attention[b, chosen], keys[b, chosen], budget)
                 parts.append(feats.flatten(0, 1))
                 sources.append((source + torch.tensor(chosen, device=source.device)[:, None] * per_frame).flatten())
             source = torch.cat(sources)
             rows.append((torch.cat(parts), source // per_frame, torch.zeros_like(source), source))
         return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
 
-    def _frames(self, tokens: VisualTokens, b: int, chosen: list[int], budget: int) -> tuple[Tensor, Tensor]:
-        """Dominant then contextual tokens of the ``chosen`` frames of batch row ``b``, all with ``budget``
-        tokens, in the order of ``mode``: (G, budget, D) and their sources within each frame (G, budget)."""
-        per_frame = tokens.features.shape[2]
+    def _frames(self, x: Tensor, attention: Tensor, keys: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+        """Dominant then contextual tokens of G frames ``x`` (G, T, D) with their encoder ``attention`` (G, T) and
+        ``keys`` (G, T, Dk), each frame ``budget`` tokens, in the order of ``mode``: (G, budget, D) and their
+        sources within each frame (G, budget)."""
+        per_frame = x.shape[1]
         contextual = min(round(budget * self.contextual_share), per_frame - budget)
-        x = tokens.features[b, chosen]  # (G, T, D)
-        dominant = tokens.attention[b, chosen].topk(budget - contextual, dim=-1).indices.sort(-1).values
-        feats, source = [x.gather(1, dominant[..., None].expand(-1, -1, x.shape[-1]))], [dominant]
+        dominant = attention.topk(budget - contextual, dim=-1).indices.sort(-1).values
+        parts, sources = [x.gather(1, dominant[..., None].expand(-1, -1, x.shape[-1]))], [dominant]
         if contextual:
             rest = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             rest.scatter_(1, dominant, False)
-            rest = rest.nonzero()[:, 1].view(len(chosen), -1)  # (G, T - dominant), in token order
+            rest = rest.nonzero()[:, 1].view(len(x), -1)  # (G, T - dominant), in token order
             merged, targets = merge_into_targets(
                 x.gather(1, rest[..., None].expand(-1, -1, x.shape[-1])),
-                tokens.keys[b, chosen].gather(1, rest[..., None].expand(-1, -1, tokens.keys.shape[-1])),
+                keys.gather(1, rest[..., None].expand(-1, -1, keys.shape[-1])),
                 contextual,
                 self.mode == "faithful",
             )
-            feats.append(merged)
-            source.append(rest[:, targets])
-        feats, source = torch.cat(feats, 1), torch.cat(source, 1)
+            parts.append(merged)
+            sources.append(rest[:, targets])
+        feats, source = torch.cat(parts, 1), torch.cat(sources, 1)
         if self.mode == "fixed":
             source, order = source.sort(-1)
             feats = feats.gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))

@@ -13,7 +13,7 @@ modeling_llama.py`` at ``d165972`` (the block at layer K); PyramidDrop, Cooperx5
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 from ..._checks import check_layer, check_mode
 from ...method import Method
@@ -110,7 +110,8 @@ class PyramidDrop(Method):
     def build(self) -> Stages:
         check_mode(self.mode)
         stage = AttentionRank(
-            schedule=tuple((layer, self.lam, self.lam) for layer in self.layers),
+            # fractions of depth stand in the layer's place until AttentionRank.for_depth resolves them
+            schedule=tuple((cast(int, layer), self.lam, self.lam) for layer in self.layers),
             query_rows="last",
             count_rule="floor_input",
             score_layer="own",
