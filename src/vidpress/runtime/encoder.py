@@ -3,7 +3,8 @@ and ``forward`` both call), wrapped on the instance so the tower encodes only wh
 
 Per call, by the stages' declarations: the frames the plan can use (frame skipping); the tower merging tokens
 (ToMe, :mod:`.tome`); or nothing yet, when a deferring stage leaves the encoding to the request, which knows the
-question (:mod:`.vision`). What a call leaves for the request goes on the calling thread's state.
+question (:mod:`.vision`). What a call leaves for the request goes on the calling thread's
+:class:`~.session.Captures`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from ..stages import TowerMerging
+from .session import DeferredCall, TowerOutput
 from .tome import TowerMerge
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
     from ..stages import Stages
+    from .install import ThreadState
 
 
 class VideoEncoder:
-    """Encodes videos for ``stages`` on ``adapter``'s model; ``state`` returns the calling thread's request
-    state (``encoded``, ``deferred``, ``merging``, ``merged``), which the runtime owns."""
+    """Encodes videos for ``stages`` on ``adapter``'s model; ``state`` returns the calling thread's state, which
+    the runtime owns: its ``captures`` (what the call leaves for the request) and ``merging`` (the tower
+    merging's state during a call)."""
 
-    def __init__(self, adapter: Adapter, stages: Stages, state: Callable[[], Any]):
+    def __init__(self, adapter: Adapter, stages: Stages, state: Callable[[], ThreadState]):
         self.adapter, self.stages, self._state = adapter, stages, state
 
     def wrap(self, original: Any) -> Any:
@@ -46,8 +50,8 @@ class VideoEncoder:
             if vision is not None and vision.deferred:  # the request encodes, knowing the question
                 merge = vision.first_pass_merging
                 merged = None if merge is None else functools.partial(self.merged_call, merge, per_frame)
-                state = self._state()
-                state.deferred, state.encoded = (original, arguments, merged), None
+                captures = self._state().captures
+                captures.deferred, captures.encoded = DeferredCall(original, arguments, merged), None
                 return self.adapter.unencoded_output(arguments)
             return self.encode_frames(original, arguments, frames, per_frame)
 
@@ -56,7 +60,7 @@ class VideoEncoder:
     def encode_frames(self, original: Any, arguments: dict[str, Any], frames: int, per_frame: int) -> Any:
         """``original`` on the frames the stages can use (all when they declare none), laid back on all frames."""
         keep = self.stages.encoded_frames(frames, per_frame)
-        self._state().encoded = keep
+        self._state().captures.encoded = keep
         if keep is None:
             return original(**arguments)
         output = original(**self.adapter.select_frames(arguments, keep))
@@ -97,13 +101,13 @@ class VideoEncoder:
                     hidden, groups = hidden[:, 1:], groups[:, 1:] - 1
                 tokens = adapter.project_merged(hidden)
                 output = adapter.unencoded_output(arguments)
-        left: dict[str, Any] = {"merges": tuple(merged.done[:depth])}
-        if not vision.grid:
+        merges = tuple(merged.done[:depth])
+        if vision.grid:
+            left = TowerOutput(merges)
+        else:
             shape = pixels.shape[:2]
-            left.update(
-                tokens=tokens.view(*shape, *tokens.shape[1:]),
-                groups=groups.reshape(*shape, -1),
-                projected=tokens.shape[1],
+            left = TowerOutput(
+                merges, tokens.view(*shape, *tokens.shape[1:]), groups.reshape(*shape, -1), tokens.shape[1]
             )
-        self._state().merged = left
+        self._state().captures.merged = left
         return output

@@ -25,7 +25,7 @@ from .encoder import VideoEncoder
 from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
-from .session import Session
+from .session import Captures, Session
 from .tome import TowerMerge, check_merging, check_tower, register
 
 
@@ -38,7 +38,7 @@ _INSTALLED: weakref.WeakSet = weakref.WeakSet()  # models with a Run installed
 
 
 @dataclass
-class _ThreadState:
+class ThreadState:
     """One thread's request state. Requests from different threads on one model stay apart: generate runs
     every hook of a request in its calling thread, so each thread sees only its own captures and session."""
 
@@ -46,17 +46,12 @@ class _ThreadState:
     memory: PeakMemory | None = None
     vision_s: float = 0.0
     vision_start: float = 0.0
-    projected: torch.Tensor | None = None
-    pixels: torch.Tensor | None = None
-    encoder: tuple[torch.Tensor, torch.Tensor] | None = None
+    captures: Captures = field(default_factory=Captures)  # for the request being encoded; one per request
     encoder_s: float = 0.0
     vision_kwargs: dict = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
-    encoded: list[int] | None = None  # the frames the tower encoded for the coming request (None: all)
-    deferred: tuple[Any, dict, Any] | None = None  # (video encoder, its arguments, merged call) a deferring stage left
     requesting: bool = False  # inside start_request: tower calls there belong to the request being started
     merging: TowerMerge | None = None  # a merging vision stage's state during its tower call
-    merged: dict | None = None  # what that call left for the request (merged tokens, merges per layer)
 
 
 class Run:
@@ -98,10 +93,10 @@ class Run:
         _INSTALLED.add(model)
 
     @property
-    def _t(self) -> _ThreadState:
+    def _t(self) -> ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = _ThreadState()
+            state = self._local.state = ThreadState()
         return state
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -140,28 +135,16 @@ class Run:
                 else "original"
             )
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
+            captures = self._t.captures  # what encoding this request left, and leaves inside start_request
             if self._wrapped is not None and kwargs.get("pixel_values_videos") is not None:
-                self._t.encoded = None  # a direct forward: the wrapper runs inside start_request and sets it
+                captures.encoded = None  # a direct forward: the wrapper runs inside start_request and sets it
             vision_before = self._t.vision_s  # encoding inside start_request is timed from ``started``
             self._t.requesting = True
             try:
-                session = start_request(
-                    self.model,
-                    self.adapter,
-                    self.stages,
-                    kwargs,
-                    positions,
-                    projected=lambda: self._t.projected,
-                    pixels=lambda: self._t.pixels,
-                    encoder=lambda: self._t.encoder,
-                    encoded=lambda: self._t.encoded,
-                    deferred=lambda: self._t.deferred,
-                    merged=lambda: self._t.merged,
-                )
+                session = start_request(self.model, self.adapter, self.stages, kwargs, positions, captures)
             finally:
                 self._t.requesting = False
-            self._t.projected = self._t.pixels = self._t.encoder = self._t.encoded = self._t.deferred = None
-            self._t.merged = None
+                self._t.captures = Captures()  # the next request starts with an empty record
             session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
@@ -211,10 +194,12 @@ class Run:
         self._t.vision_s += time.perf_counter() - self._t.vision_start
 
     def _capture_projected(self, module: Any, args: tuple, output: Any) -> None:
-        self._t.projected = output  # the unpooled grid, for stages that pool it themselves
+        self._t.captures.projected = output  # the unpooled grid, for stages that pool it themselves
 
     def _capture_pixels(self, module: Any, args: tuple) -> None:
-        self._t.pixels = args[0] if args else None  # (B*F, 3, H, W): generate consumes pixel_values_videos early
+        self._t.captures.pixels = (
+            args[0] if args else None
+        )  # (B*F, 3, H, W): generate consumes pixel_values_videos early
 
     def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
@@ -222,7 +207,7 @@ class Run:
         merging = self._t.merging
         if merging is not None and merging.groups:  # ToMe with grid: each patch takes its merged token's signals
             received, keys = unmerge(received[..., None], merging.groups[-1])[..., 0], unmerge(keys, merging.groups[-1])
-        self._t.encoder = received, keys
+        self._t.captures.encoder = received, keys
         _sync(self._device())
         elapsed = time.perf_counter() - started
         self._t.encoder_s += elapsed  # method overhead, not vision encoding
@@ -360,7 +345,7 @@ class Run:
             self._wrapped = None
         self._finish()
         self._t.active = None
-        self._t.projected = self._t.pixels = self._t.encoder = None
+        self._t.captures = Captures()
         _INSTALLED.discard(self.model)
 
     def __enter__(self) -> Run:

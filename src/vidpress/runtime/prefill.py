@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -19,9 +19,9 @@ from transformers import DynamicCache
 from .._checks import check_context
 from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
-from ..stages import check_encoded
+from ..stages import DeferredEncoding, Stages, check_encoded
 from ..tokens import PackedTokens, VisualTokens
-from .session import Session, per_row_positions
+from .session import Captures, Session, per_row_positions
 from .vision import encode_deferred
 
 if TYPE_CHECKING:
@@ -69,24 +69,24 @@ def _stage_inputs(
     embeds: Tensor,
     input_ids: Tensor,
     video_pos: Tensor,
-    captured: tuple[Any, Any, Any],
+    captures: Captures,
 ) -> VisualTokens:
     """``tokens`` with what the pre-LLM stage declared it needs (``Needs``): the unpooled grid, the text after
-    the video, pixel values, the encoder's attention. ``captured`` returns the runtime's captures (projector
-    output, vision-tower input, encoder signals)."""
+    the video, pixel values, the encoder's attention, from what the request's tower calls left (``captures``)."""
     if pre is None or not (pre.needs.unpooled or pre.needs.text or pre.needs.pixels or pre.needs.encoder_attention):
         return tokens
-    projected, pixels, encoder = captured
     batch, frames = tokens.features.shape[:2]
-    unpooled, project, stride = adapter.unpooled_grid(projected(), tokens) if pre.needs.unpooled else (None, None, 1)
-    video_pixels, seen = kwargs.get("pixel_values_videos"), pixels() if pixels is not None else None
+    unpooled, project, stride = (
+        adapter.unpooled_grid(captures.projected, tokens) if pre.needs.unpooled else (None, None, 1)
+    )
+    video_pixels, seen = kwargs.get("pixel_values_videos"), captures.pixels
     if video_pixels is None and seen is not None and seen.shape[0] == batch * frames:
         video_pixels = seen.view(batch, frames, *seen.shape[1:])
     if pre.needs.pixels and video_pixels is None:
         raise VidpressError(f"{type(pre).__name__} needs the video's pixel values: pass pixel_values_videos")
     attention = keys = None
     if pre.needs.encoder_attention:
-        signals = None if encoder is None else encoder()
+        signals = captures.encoder
         if signals is None:
             raise VidpressError(
                 f"{type(pre).__name__} needs the vision encoder's attention for this video; "
@@ -157,7 +157,7 @@ def _base(
 def _positions(
     model: Any,
     adapter: Adapter,
-    stages: Any,
+    stages: Stages,
     kwargs: dict[str, Any],
     positions: str,
     plan: Any,
@@ -202,24 +202,15 @@ def _positions(
 def start_request(
     model: Any,
     adapter: Adapter,
-    stages: Any,
+    stages: Stages,
     kwargs: dict[str, Any],
     positions: str,
-    projected: Any = None,
-    pixels: Any = None,
-    encoder: Any = None,
-    encoded: Any = None,
-    deferred: Any = None,
-    merged: Any = None,
+    captures: Captures,
 ) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
-    ``projected`` / ``pixels`` / ``encoder`` return the projector's latest output (the unpooled grid), the
-    vision tower's latest input and the encoder attention signals, captured by the runtime for stages that
-    need them; ``encoded`` returns the frames the tower encoded (None: all); ``deferred`` returns the video
-    encoder, its arguments and the call that merges in the tower for a ToMe first pass (or None) when a vision
-    stage deferred the encoding to here (:mod:`.vision`); ``merged``
-    returns what a merging vision stage (ToMe) left: its merged tokens and the tokens merged per tower layer.
+    ``captures`` is the request's record of what its tower calls leave (:class:`~.session.Captures`); the video
+    is encoded here (``adapter.encode_video``) unless generate encoded it before, so it is read after that.
 
     Raises
     ------
@@ -228,7 +219,7 @@ def start_request(
     """
     input_ids, mask, is_video, video_pos = _prompt(model, adapter, kwargs)
     tokens, extra = adapter.encode_video(kwargs)
-    encoded_frames = encoded() if encoded is not None else None
+    encoded_frames = captures.encoded
     tokens = dataclasses.replace(tokens, extra=extra)  # a packed block ends with the model's own extra tokens
     _, frames, per_frame, _ = tokens.features.shape
     if video_pos.shape[1] != frames * per_frame + extra.shape[1]:
@@ -237,17 +228,14 @@ def start_request(
             f"{frames * per_frame + extra.shape[1]} tokens; build the prompt with the model's processor"
         )
     embeds = model.get_input_embeddings()(input_ids)
-    tokens = _stage_inputs(
-        model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, (projected, pixels, encoder)
-    )
-    merging = merged() if merged is not None else None
-    if merging is not None and "tokens" in merging:
-        tokens = dataclasses.replace(tokens, merged=merging["tokens"], merged_groups=merging["groups"])
-    pending = deferred() if deferred is not None else None
+    tokens = _stage_inputs(model, adapter, stages.pre_llm, kwargs, tokens, embeds, input_ids, video_pos, captures)
+    merging = captures.merged
+    if merging is not None and merging.tokens is not None:
+        tokens = dataclasses.replace(tokens, merged=merging.tokens, merged_groups=merging.groups)
+    pending = captures.deferred
     passes = None
     if pending is not None:
-        original, arguments, merged_call = pending
-        tokens, passes = encode_deferred(adapter, stages.vision, original, arguments, tokens, merged_call)
+        tokens, passes = encode_deferred(adapter, cast(DeferredEncoding, stages.vision), pending, tokens)
     plan, overhead = _plan(stages.pre_llm, tokens)
     if encoded_frames is not None:
         check_encoded(plan, encoded_frames, per_frame)
@@ -266,8 +254,8 @@ def start_request(
         tokens_per_frame=per_frame,
         encoded_frames=frames if encoded_frames is None else len(encoded_frames),
         vision_passes=passes,
-        vision_merges=None if merging is None else merging["merges"],
-        projected_tokens=None if merging is None else merging.get("projected"),
+        vision_merges=None if merging is None else merging.merges,
+        projected_tokens=None if merging is None else merging.projected,
         pos_offset=offset,
         mrope_delta=mrope_delta,
         mask=new_mask,

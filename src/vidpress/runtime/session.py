@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -35,6 +35,46 @@ def per_row_positions(mask: Tensor) -> Tensor:
             "number of frames and tokens per video in a batch: run the videos one at a time"
         )
     return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class DeferredCall:
+    """A video encoding a deferring vision stage left to the request: the family's encoder entry point, its
+    arguments, and the call that runs a tower pass under the first pass's merging (None: an unmerged first pass)."""
+
+    original: Callable[..., Any]
+    arguments: dict[str, Any]
+    merged: Callable[[Callable[[], Tensor]], tuple[Tensor, tuple[int, ...]]] | None
+
+
+@dataclass(frozen=True)
+class TowerOutput:
+    """What a tower that merged tokens (ToMe) left for the request: the tokens merged per encoder layer and, when
+    the merged tokens are not mapped back onto the grid, the projected merged tokens (B, F, N, D), the patch ->
+    token groups (B, F, P) and N, the tokens per frame through the projector."""
+
+    merges: tuple[int, ...]
+    tokens: Tensor | None = None
+    groups: Tensor | None = None
+    projected: int | None = None
+
+
+@dataclass
+class Captures:
+    """What the tower calls of one request leave for its start: filled by the runtime's hooks and the video
+    encoder wrapper as the video is encoded, read once by :func:`~vidpress.runtime.prefill.start_request`.
+
+    ``projected``: the projector's latest output (the unpooled grid); ``pixels``: the vision tower's latest input
+    (B*F, 3, H, W); ``encoder``: the encoder attention received per token and its keys; ``encoded``: the frames
+    the tower encoded (None: all); ``deferred``: an encoding left to the request; ``merged``: a merging tower's
+    output."""
+
+    projected: Tensor | None = None
+    pixels: Tensor | None = None
+    encoder: tuple[Tensor, Tensor] | None = None
+    encoded: list[int] | None = None
+    deferred: DeferredCall | None = None
+    merged: TowerOutput | None = None
 
 
 @dataclass

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from ..errors import VidpressError
 from ..stages.pre_llm.pooling import pool_grid
@@ -19,23 +18,18 @@ from ..tokens import VisualTokens
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
+    from ..stages import DeferredEncoding
+    from .session import DeferredCall
 
 
 def encode_deferred(
-    adapter: Adapter,
-    vision: Any,
-    original: Any,
-    arguments: dict[str, Any],
-    tokens: VisualTokens,
-    merged: Callable[[Callable[[], Tensor]], tuple[Tensor, tuple[int, ...]]] | None = None,
+    adapter: Adapter, vision: DeferredEncoding, call: DeferredCall, tokens: VisualTokens
 ) -> tuple[VisualTokens, tuple[tuple, ...]]:
     """Encode a video the vision stage deferred: every frame in the first pass (at the low or the middle stride's
     resolution, or at full resolution with the tower merging), the plan from those tokens and ``tokens.text``,
     then the frames whose tokens come from the model (:meth:`CoarseToFine.sources`) through its own encoder
-    (``original`` on ``arguments``) and, after a low first pass, the middle-stride frames at theirs.
-
-    ``merged`` runs a tower call under the first pass's merging (:attr:`CoarseToFine.first_pass_merging`) and
-    returns its output with the tokens merged per layer; the runtime passes it when the stage merges.
+    (``call.original`` on ``call.arguments``) and, after a low first pass, the middle-stride frames at theirs.
+    ``call.merged`` runs the merged first pass (:attr:`CoarseToFine.first_pass_merging`).
 
     Returns
     -------
@@ -50,6 +44,7 @@ def encode_deferred(
     VidpressError
         More than one video in the batch (each video has its own plan and resolutions).
     """
+    original, arguments, merged = call.original, call.arguments, call.merged
     pixels = arguments["pixel_values_videos"]
     batch, frames = pixels.shape[:2]
     if batch != 1:
