@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
+from transformers import Cache
+from transformers.cache_utils import CacheLayerMixin
 
 from ..errors import IncompatibleStagesError, VidpressError
 from ..selection import Selection
@@ -38,18 +40,20 @@ def gather_seq(x: Tensor, index: Tensor, dim: int) -> Tensor:
     return x.gather(dim, index.view(view).expand(shape))
 
 
-class ViewCache:
-    """Proxy of a transformers Cache for one attention call: full storage, gathered K/V returned."""
+class ViewCache(Cache):
+    """One attention call's view of a transformers ``Cache``: it shares the cache's layers, so every read is the
+    cache's own, and :meth:`update` stores the new entries in the full cache and returns the keys and values at
+    ``index`` (B, n) along the sequence axis (decode-time pruning: the entries still alive)."""
 
-    def __init__(self, cache: Any, index: Tensor):
+    def __init__(self, cache: Cache, index: Tensor):
+        super().__init__(layers=cache.layers)
         self._cache, self._index = cache, index
 
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def update(
+        self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
         keys, values = self._cache.update(key_states, value_states, layer_idx, *args, **kwargs)
         return gather_seq(keys, self._index, 2), gather_seq(values, self._index, 2)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cache, name)
 
 
 def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
@@ -177,7 +181,7 @@ def attention_pre_hook(session_of, adapter: Adapter, layer: int):
                 mask = gather_seq(mask, index.to(mask.device), 3)
             decode = session.stages.decode
             if decode is not None and session.view is not None and layer >= decode.first_layer:
-                kwargs["cache"] = ViewCache(cache, session.view)
+                kwargs["cache"] = ViewCache(cast(Cache, cache), session.view)  # the session's: a Cache
                 if isinstance(mask, Tensor) and mask.dim() == 4:
                     mask = gather_seq(mask, session.view.to(mask.device), 3)
                 session.decode_visual_sum[layer] += session.view_visual
@@ -212,10 +216,12 @@ def attention_post_hook(session_of, layer: int):
     return hook
 
 
-def trim_cache(session: Session, cache: Any, first_layer: int) -> None:
+def trim_cache(session: Session, cache: Cache, first_layer: int) -> None:
     """Keep, in layers >= ``first_layer``, only the prompt entries alive at the last layer (METok stage 3).
 
-    Prefill layouts are nested, so the last layer's set is what survives every later pruning step.
+    Prefill layouts are nested, so the last layer's set is what survives every later pruning step. Cache layers
+    have no API to select along the sequence (``crop`` keeps a prefix, ``batch_select_indices`` selects rows), so
+    the layer's ``keys`` / ``values`` are replaced, as NVIDIA/kvpress's presses do.
     """
     final = session.layout(session.num_layers - 1)
     member = torch.zeros_like(session.visual).scatter_(1, final, True)  # (B, S0)
@@ -226,6 +232,11 @@ def trim_cache(session: Session, cache: Any, first_layer: int) -> None:
             continue
         local = per_row_positions(member.gather(1, current))
         store = cache.layers[layer]
+        if not isinstance(store, CacheLayerMixin) or store.keys is None or store.values is None:
+            raise IncompatibleStagesError(
+                f"layer {layer}'s cache is a {type(store).__name__}, which holds no keys and values to trim; "
+                "run this model without a decode stage that trims after prefill"
+            )
         index = local.to(store.keys.device)
         store.keys, store.values = gather_seq(store.keys, index, 2), gather_seq(store.values, index, 2)
         session.stored[layer] = current.gather(1, local)
