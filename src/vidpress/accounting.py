@@ -27,6 +27,7 @@ import torch
 from .adapters.registry import resolve_spec, spec_from_config  # noqa: F401 (API)
 from .errors import BudgetError
 from .specs import PRESETS, LLMDims, ModelSpec, VisionDims  # noqa: F401 (API)
+from .stages import TowerCounts
 
 
 def layer_flops(n: float, d: int, m: int) -> float:
@@ -290,12 +291,15 @@ def estimate(
     generator = torch.Generator().manual_seed(0)
     other = text_tokens + spec.extra_visual
     event_of = key = None
+    vision = stages.vision if stages is not None else None
+    side = math.isqrt(spec.patches)
+    tower = TowerCounts() if vision is None else vision.tower_counts(frames, side, spec.grid, spec.vision.used_layers)
     if retention is not None:
         if not 0 < retention <= 1:
             raise BudgetError(f"retention must be in (0, 1], got {retention}")
         kept = round(retention * n)
-    elif stages is not None and stages.vision is not None and stages.vision.merges and not stages.vision.grid:
-        kept = frames * stages.vision.tokens_left(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
+    elif tower.visual_per_frame is not None:
+        kept = frames * tower.visual_per_frame
     elif stages is not None and stages.pre_llm is not None:
         kept, event_of, key, extra = _dry_pre_llm(spec, frames, stages.pre_llm, events, generator)
         other = text_tokens + extra
@@ -326,23 +330,10 @@ def estimate(
             plan = stage(LayerSignals(layer=stage.first_layer - 1, scores=scores), StageContext(num_layers=layers))
             decode[layer] = float(plan.num_kept if plan is not None else prefill[layer])
     encoded = stages.encoded_frames(frames, spec.tokens_per_frame) if stages is not None else None
-    passes = None
-    if stages is not None and stages.vision is not None and stages.vision.deferred:
-        merge = stages.vision.first_pass_merging
-        merged = None if merge is None else merge.schedule(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
-        passes = stages.vision.passes(frames, spec.grid, math.isqrt(spec.patches), merged)
     encoded = None if encoded is None else len(encoded)
-    merges, projected = tower_merging(spec, stages.vision if stages is not None else None)
-    return Accounting(spec, frames, prefill, decode, stored, other, encoded, passes, merges, projected)
-
-
-def tower_merging(spec: ModelSpec, vision: Any) -> tuple[tuple[int, ...] | None, int | None]:
-    """(tokens merged per tower layer, tokens per frame through the projector) of a merging vision stage (ToMe) on
-    ``spec``; (None, None) for any other. Without ``grid`` the projector sees the merged tokens only."""
-    if vision is None or not vision.merges:
-        return None, None
-    merges = vision.schedule(spec.patches, spec.vision.used_layers, spec.tokens_per_frame)
-    return merges, None if vision.grid else spec.patches - sum(merges)
+    return Accounting(
+        spec, frames, prefill, decode, stored, other, encoded, tower.passes, tower.merges, tower.projected
+    )
 
 
 __all__ = [

@@ -98,6 +98,29 @@ class Stage:
         return self
 
 
+@dataclass(frozen=True)
+class TowerCounts:
+    """What a vision stage makes the tower encode, counted before any content is seen (the calculator's input).
+
+    Attributes
+    ----------
+    passes : tuple of (frames, patches per frame[, tokens merged per layer]), optional
+        Each tower pass in order, when the stage encodes otherwise than the model's single pass; None: one pass.
+    merges : tuple of int, optional
+        Tokens merged at each tower layer of the model's pass (ToMe).
+    projected : int, optional
+        Tokens per frame through the projector when not every patch reaches it.
+    visual_per_frame : int, optional
+        Visual tokens per frame entering the LLM when the vision stage decides them (merged tokens); None: the
+        pre-LLM slot decides.
+    """
+
+    passes: tuple[tuple, ...] | None = None
+    merges: tuple[int, ...] | None = None
+    projected: int | None = None
+    visual_per_frame: int | None = None
+
+
 class VisionStage(Stage):
     """Decides, before the vision tower runs, what it encodes: frames never encoded cost no vision FLOPs. The
     token grid the later slots see is unchanged (F frames of T tokens); a frame left out holds zeros, which no
@@ -109,6 +132,12 @@ class VisionStage(Stage):
         """The frames (of ``frames``, each ``tokens_per_frame`` tokens as the LLM sees them) the tower encodes, in
         order; None: all of them."""
         return None
+
+    def tower_counts(self, frames: int, side: int, grid: tuple[int, int], layers: int) -> TowerCounts:
+        """What the tower encodes for ``frames`` frames of ``side`` x ``side`` patches that the model turns into a
+        ``grid`` of tokens, through ``layers`` encoder layers up to the feature layer; the default: the model's
+        own single pass (frame skipping is :meth:`encoded_frames`)."""
+        return TowerCounts()
 
     @property
     def deferred(self) -> bool:

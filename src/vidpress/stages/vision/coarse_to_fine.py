@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...errors import InvalidParameterError
 from ...tokens import VisualTokens
-from .. import Needs, VisionStage
+from .. import Needs, TowerCounts, VisionStage
 from ..pre_llm.budget import visual_budget
 from ..pre_llm.event_pooling import EventPooling
 from ..pre_llm.events import EventPlan
@@ -144,6 +144,12 @@ class CoarseToFine(VisionStage):
         :meth:`EventPooling.allotment`)."""
         allotment = self.events.allotment(frames, grid)
         return self.encoded({k: allotment.count(k) for k in set(allotment)}, frames, side, merges)
+
+    def tower_counts(self, frames: int, side: int, grid: tuple[int, int], layers: int) -> TowerCounts:
+        """The first pass, then the frames the content-free plan encodes again (:meth:`passes`)."""
+        merge = self.first_pass_merging
+        merges = None if merge is None else merge.schedule(side * side, layers, math.prod(grid))
+        return TowerCounts(passes=self.passes(frames, grid, side, merges))
 
     def first_stride(self) -> int:
         """The stride whose resolution the first pass encodes every frame at (a ToMe first pass: 1, merged)."""

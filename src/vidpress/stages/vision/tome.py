@@ -35,7 +35,7 @@ from torch import Tensor
 from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
 from ...tokens import PackedTokens, StageContext, VisualTokens
-from .. import Needs, SourcePositions, VisionStage
+from .. import Needs, SourcePositions, TowerCounts, VisionStage
 from ..pre_llm.budget import visual_budget
 
 
@@ -247,6 +247,16 @@ class TokenMerging(VisionStage):
                 f"{tokens_per_frame} per frame: merge more (a larger r, or a retention), or set grid=True"
             )
         return left
+
+    def tower_counts(self, frames: int, side: int, grid: tuple[int, int], layers: int) -> TowerCounts:
+        """The merges per layer; without ``grid`` also the merged tokens, which alone reach the projector and the
+        LLM (:meth:`tokens_left` per frame)."""
+        patches, per_frame = side * side, math.prod(grid)
+        merges = self.schedule(patches, layers, per_frame)
+        if self.grid:
+            return TowerCounts(merges=merges)
+        left = self.tokens_left(patches, layers, per_frame)
+        return TowerCounts(merges=merges, projected=left, visual_per_frame=left)
 
 
 @dataclass(frozen=True)
