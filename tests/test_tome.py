@@ -75,6 +75,16 @@ def test_schedule_forms():
         merge_schedule(64, 2, keep=4)
 
 
+def test_tower_counts_are_hand_counted():
+    # 4x4 patches, 2 layers up to the feature layer, a 2x2 token grid: r=(8, 4) leaves 16 - 8 - 4 = 4 per frame
+    merged = TokenMerging(r=(8, 4)).tower_counts(frames=3, side=4, grid=(2, 2), layers=2)
+    assert (merged.merges, merged.projected, merged.visual_per_frame, merged.passes) == ((8, 4), 4, 4, None)
+    on_grid = TokenMerging(r=(8, 4), grid=True).tower_counts(frames=3, side=4, grid=(2, 2), layers=2)
+    assert (on_grid.merges, on_grid.projected, on_grid.visual_per_frame) == ((8, 4), None, None)
+    with pytest.raises(BudgetError, match="leaves 10 of 16"):  # r=3: 16 - 3 - 3 = 10 > the 4 placeholders
+        TokenMerging(r=3).tower_counts(frames=3, side=4, grid=(2, 2), layers=2)
+
+
 def test_parameters_are_checked():
     with pytest.raises(InvalidParameterError, match="exactly one"):
         TokenMerging()
