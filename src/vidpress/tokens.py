@@ -6,7 +6,7 @@ L LLM layers, D LLM hidden size, R scored query rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,6 +53,10 @@ class VisualTokens:
     merged : Tensor, shape (B, F, K, D), optional
         The tower's merged tokens per frame, projected (ToMe in the vision slot); ``merged_groups`` (B, F, P) gives
         the merged token each of a frame's P patches ended in.
+    deepstack : Tensor, shape (levels, B, F, T, D), optional
+        Features the model adds to each visual token's hidden state after its first ``levels`` LLM layers
+        (Qwen3-VL's DeepStack). Stages never read them: the runtime keeps, merges and drops them as the stage's
+        plan does with ``features``.
     """
 
     features: Tensor
@@ -70,6 +74,7 @@ class VisualTokens:
     vision_plan: list | None = None
     merged: Tensor | None = None
     merged_groups: Tensor | None = None
+    deepstack: Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -128,6 +133,45 @@ class StageContext:
 
 
 @dataclass(frozen=True)
+class Members:
+    """How one batch row's packed block combines the frame tokens: token ``token[e]`` of the block takes
+    ``weight[e]`` times frame token ``source[e]`` (an index into the F*T frame tokens); a kept token is one member
+    of weight 1, a merged one the weighted members of its merge. The same combination carries what rides with the
+    tokens (Qwen3-VL's DeepStack features) and says what each token holds of which frame token.
+
+    Attributes
+    ----------
+    token, source : LongTensor, shape (E,)
+    weight : Tensor, shape (E,), float32
+    """
+
+    token: Tensor
+    source: Tensor
+    weight: Tensor
+
+    def combine(self, values: Tensor, count: int) -> Tensor:
+        """Each of ``count`` tokens' weighted sum of its members' ``values`` (N, D): (count, D) float32."""
+        parts = values[self.source.to(values.device)].float() * self.weight.to(values.device)[:, None]
+        return values.new_zeros(count, values.shape[-1], dtype=torch.float32).index_add_(
+            0, self.token.to(values.device), parts
+        )
+
+    @staticmethod
+    def of_kept(source: Tensor, start: int = 0) -> Members:
+        """Tokens ``start, start + 1, ...`` that are the frame tokens ``source`` (K,) unchanged."""
+        token = torch.arange(start, start + len(source), device=source.device)
+        return Members(token, source, torch.ones(len(source), device=source.device))
+
+    @staticmethod
+    def cat(parts: list[Members]) -> Members:
+        return Members(*(torch.cat([getattr(m, f) for m in parts]) for f in ("token", "source", "weight")))
+
+    def reorder(self, order: Tensor) -> Members:
+        """The same members after the block's tokens are reordered by ``order`` (new token i = old ``order[i]``)."""
+        return replace(self, token=order.argsort().to(self.token.device)[self.token])
+
+
+@dataclass(frozen=True)
 class PackedTokens:
     """A new visual block built by a pre-LLM stage (e.g. METok's event-adaptive pooling), replacing the
     video's placeholders; every token in it is a visual token.
@@ -153,6 +197,9 @@ class PackedTokens:
         How many tokens at the end of the block are the model's own extra tokens (LLaVA-OV's newline) kept
         as in the uncompressed layout: they are not visual tokens and are accounted like text. METok's
         newlines per event are part of its budget and stay visual (``extra_tokens=0``).
+    members : tuple of Members, optional
+        Per batch row, what each visual token of the block combines of the frame tokens (``Members``); without it
+        a token is taken to be its ``source`` unchanged, which the runtime checks where it matters (DeepStack).
     """
 
     features: Tensor
@@ -162,6 +209,7 @@ class PackedTokens:
     info: Any = None
     extra_tokens: int = 0
     source: Tensor | None = None
+    members: tuple[Members, ...] | None = None
 
     @property
     def num_kept(self) -> int:
@@ -179,6 +227,7 @@ class PackedTokens:
         n: int,
         extra: Tensor | None = None,
         info: Any = None,
+        members: list[Members] | None = None,
     ) -> PackedTokens:
         """Stack per-row blocks, each followed by the model's ``extra`` tokens (B, E, D) as non-visual tokens.
 
@@ -204,5 +253,12 @@ class PackedTokens:
             sources.append(torch.cat([src, n + torch.arange(n_extra, device=src.device)]))
         key = torch.ones(len(rows), num_events, dtype=torch.bool, device=feats[0].device)
         return PackedTokens(
-            torch.stack(feats), torch.stack(events), key, torch.stack(frame_of), info, n_extra, torch.stack(sources)
+            torch.stack(feats),
+            torch.stack(events),
+            key,
+            torch.stack(frame_of),
+            info,
+            n_extra,
+            torch.stack(sources),
+            None if members is None else tuple(members),
         )

@@ -39,10 +39,11 @@ import torch
 from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
 from ...stages import Needs, SourcePositions
-from ...tokens import PackedTokens, StageContext, VisualTokens
+from ...tokens import Members, PackedTokens, StageContext, VisualTokens
 from .budget import visual_budget
 from .events import EventPlan, plan_events
-from .pooling import pool_grid, window_sources
+from .merging import frame_members
+from .pooling import pool_grid, pool_weights, window_sources
 from .relevance import EmbeddingRelevance
 
 
@@ -220,11 +221,12 @@ class EventPooling(SourcePositions):
     def _budget_call(self, tokens: VisualTokens) -> PackedTokens:
         batch, frames, per_frame, dim = tokens.features.shape
         h, w = tokens.grid
-        rows, plans = [], []
+        rows, plans, members = [], [], []
         coarse = tokens.coarse or {}
+        weights = {k: pool_weights((h, w), k, self.pool).to(tokens.features.device) for k in self.budget_strides()}
         for b in range(batch):
             plan = tokens.vision_plan[b] if tokens.vision_plan is not None else self.budget_plan(tokens, b)
-            feats, frame_of, events, source = [], [], [], []
+            feats, frame_of, events, source, parts = [], [], [], [], []
             for e, (a, z) in enumerate(plan.events):
                 for f in range(a, z + 1):
                     k = plan.strides[f]
@@ -232,14 +234,18 @@ class EventPooling(SourcePositions):
                         feats.append(coarse[k][b, f])
                     else:
                         feats.append(pool_grid(tokens.features[b, f].view(1, h, w, dim), k, self.pool)[0])
+                        first = torch.tensor([f * per_frame], device=feats[-1].device)
+                        parts.append(frame_members(weights[k][None], first, sum(len(x) for x in feats[:-1])))
                     where = window_sources((h, w), k, (h, w), self.pool).to(tokens.features.device)
                     source.append(where + f * per_frame)
                     frame_of.append(torch.full_like(where, f))
                     events.append(torch.full_like(where, e))
             rows.append((torch.cat(feats), torch.cat(frame_of), torch.cat(events), torch.cat(source)))
             plans.append(plan)
+            members.append(Members.cat(parts) if len(parts) == len(source) else None)
         num_events = max(len(p.events) for p in plans)
-        packed = PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra, plans)
+        known = None if any(m is None for m in members) else [m for m in members if m is not None]
+        packed = PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra, plans, known)
         key = torch.zeros_like(packed.key_events)
         for b, p in enumerate(plans):
             key[b, p.key_events] = True
@@ -253,11 +259,14 @@ class EventPooling(SourcePositions):
             raise VidpressError("EventPooling needs the unpooled grid; install it with vidpress.apply to capture it")
         batch, frames = grids.shape[:2]
         project = tokens.project or (lambda x: x)  # models that pool before their projector
-        rows, plans = [], []
+        rows, plans, members = [], [], []
         per_frame = tokens.tokens_per_frame
         room = frames * per_frame + (0 if tokens.extra is None else tokens.extra.shape[1])
+        # members in frame tokens exist when the grid pooled is the tokens' own (Qwen's merged grid)
+        own_grid = tokens.project is None and tuple(grids.shape[2:4]) == tuple(tokens.grid)
         for b in range(batch):
             side = (grids.shape[2], grids.shape[3])
+            parts = []
             plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), side)
             pooled = {
                 s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
@@ -270,6 +279,12 @@ class EventPooling(SourcePositions):
                     s = plan.strides[f]
                     feats.append(pooled[s][taken[s]])
                     taken[s] += 1
+                    if own_grid:
+                        first = torch.tensor([f * per_frame], device=grids.device)
+                        start = sum(len(x) for x in feats[:-1])
+                        parts.append(
+                            frame_members(pool_weights(side, s, self.pool).to(grids.device)[None], first, start)
+                        )
                     events += [e] * feats[-1].shape[0]
                     frame_of += [f] * feats[-1].shape[0]
                     source += (window_sources(side, s, tokens.grid, self.pool) + f * per_frame).tolist()
@@ -284,6 +299,7 @@ class EventPooling(SourcePositions):
                 source[i] = source[i] if source[i] >= 0 else (source[i + 1 :] or [frames * per_frame])[0]
             rows.append((torch.cat(feats), events, frame_of, source))
             plans.append(plan)
+            members.append(Members.cat(parts) if own_grid else None)
         lengths = {len(r[1]) for r in rows}
         if len(lengths) > 1:
             raise BudgetError(
@@ -301,4 +317,5 @@ class EventPooling(SourcePositions):
             torch.tensor([r[2] for r in rows], device=device),
             plans,
             source=torch.tensor([r[3] for r in rows], device=device),
+            members=tuple(m for m in members if m is not None) if own_grid else None,
         )

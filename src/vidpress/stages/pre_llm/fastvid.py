@@ -42,10 +42,10 @@ from ..._checks import check_layer, check_mode, check_ratio
 from ...errors import BudgetError
 from ...method import StageMethod
 from ...stages import Needs, PreLLMStage
-from ...tokens import PackedTokens, StageContext, VisualTokens
+from ...tokens import Members, PackedTokens, StageContext, VisualTokens
 from .budget import frame_budgets, visual_budget
 from .events import dyseg
-from .merging import density_scores, merge_into_anchors, require_encoder_attention
+from .merging import anchor_members, density_scores, merge_into_anchors, require_encoder_attention
 
 
 def anchor_offsets(length: int, stride: int) -> list[int]:
@@ -116,7 +116,7 @@ class FastVID(PreLLMStage, StageMethod):
         attention, _ = require_encoder_attention(tokens, "FastVID")
         batch, frames, per_frame, _ = tokens.features.shape
         run = self._faithful if self.mode == "faithful" else self._fixed
-        rows, num_events = [], 1
+        rows, members, num_events = [], [], 1
         for b in range(batch):
             x = tokens.features[b]
             if self.mode == "faithful" and frames < self.min_segments:
@@ -127,14 +127,15 @@ class FastVID(PreLLMStage, StageMethod):
                 )
             segments = dyseg(x.float().mean(1), self.threshold, self.min_segments)
             num_events = max(num_events, len(segments))
-            out, where = run(x, attention[b], segments)
+            out, where, parts = run(x, attention[b], segments)
             source = torch.tensor(where, device=x.device)
             event = torch.bucketize(
                 source // per_frame, torch.tensor([a for a, _ in segments[1:]], device=x.device), right=True
             )
             order = source.argsort()
             rows.append((torch.cat(out)[order], source[order] // per_frame, event[order], source[order]))
-        return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra)
+            members.append(Members.cat(parts).reorder(order))
+        return PackedTokens.from_rows(rows, num_events, frames * per_frame, tokens.extra, members=members)
 
     def _salient(self, x: Tensor, attention: Tensor, count: int) -> tuple[Tensor, Tensor]:
         """Per frame: the ``count`` most attended positions (F, count) and the rest in position order (F, T - count)."""
@@ -142,7 +143,7 @@ class FastVID(PreLLMStage, StageMethod):
         rest = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, top, False)
         return top, rest.nonzero()[:, 1].view(x.shape[0], -1)
 
-    def _faithful(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list]:
+    def _faithful(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list, list]:
         frames, per_frame, _ = x.shape
         retain = int(per_frame * self.retention)
         if retain == 0:
@@ -154,6 +155,7 @@ class FastVID(PreLLMStage, StageMethod):
         top, rest = self._salient(x, attention, retain - context)
         out = [x[f, top[f]] for f in range(frames)]
         where = [f * per_frame + i for f in range(frames) for i in top[f].tolist()]
+        parts = [Members.of_kept(torch.tensor(where, device=x.device))]
         for first, last in segments:
             length = last - first + 1
             count = context * length // math.ceil(length / self.anchor_stride)
@@ -177,25 +179,31 @@ class FastVID(PreLLMStage, StageMethod):
                 .gather(1, rest[first : last + 1, :, None].expand(-1, -1, x.shape[-1]))
                 .flatten(0, 1)
             )
+            in_segment = rest[first : last + 1] + torch.arange(first, last + 1, device=x.device)[:, None] * per_frame
             for f in anchor_frames:
                 candidates = x[f, rest[f]]
                 chosen = density_scores(candidates, self.knn).topk(count).indices
-                out.append(
-                    merge_into_anchors(candidates[chosen], candidates if pool is None else pool, self.merge_weight)
-                )
-                where += (f * per_frame + rest[f, chosen]).tolist()
-        return out, where
+                merged = merge_into_anchors(candidates[chosen], candidates if pool is None else pool, self.merge_weight)
+                out.append(merged[0])
+                anchors = f * per_frame + rest[f, chosen]
+                joined = f * per_frame + rest[f] if pool is None else in_segment.flatten()
+                parts.append(anchor_members(merged, anchors, joined, len(where)))
+                where += anchors.tolist()
+        return out, where, parts
 
-    def _fixed(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list]:
+    def _fixed(self, x: Tensor, attention: Tensor, segments: list[tuple[int, int]]) -> tuple[list, list, list]:
         frames, per_frame, _ = x.shape
         kept = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
         anchored = [round(self.anchor_share * k) for k in kept]
-        out, where = [], []
+        out: list[Tensor] = []
+        where: list[int] = []
+        parts: list[Members] = []
         for first, last in segments:
             candidates = []  # per frame: positions left after attention selection
             for f in range(first, last + 1):
                 top, rest = self._salient(x[f : f + 1], attention[f : f + 1], kept[f] - anchored[f])
                 out.append(x[f, top[0]])
+                parts.append(Members.of_kept(f * per_frame + top[0], len(where)))
                 where += (f * per_frame + top[0]).tolist()
                 candidates.append(rest[0])
             anchor_frames, counts = self._fixed_anchors(anchored[first : last + 1], [len(c) for c in candidates])
@@ -209,9 +217,13 @@ class FastVID(PreLLMStage, StageMethod):
             )
             owners = [first + a for a, c in zip(anchor_frames, counts) for _ in range(c)]
             pool = torch.cat([x[first + i, c] for i, c in enumerate(candidates)])
-            out.append(merge_into_anchors(x[owners, anchor_ids], pool, self.merge_weight))
-            where += [f * per_frame + int(i) for f, i in zip(owners, anchor_ids)]
-        return out, where
+            merged = merge_into_anchors(x[owners, anchor_ids], pool, self.merge_weight)
+            out.append(merged[0])
+            anchors = torch.tensor(owners, device=x.device) * per_frame + anchor_ids
+            pooled = torch.cat([(first + i) * per_frame + c for i, c in enumerate(candidates)])
+            parts.append(anchor_members(merged, anchors, pooled, len(where)))
+            where += anchors.tolist()
+        return out, where, parts
 
     def _fixed_anchors(self, need: list[int], room: list[int]) -> tuple[list[int], list[int]]:
         """Anchor frames (offsets, counted from the segment's end) and their anchor counts: the segment's

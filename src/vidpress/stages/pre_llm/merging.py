@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ...errors import VidpressError
-from ...tokens import VisualTokens
+from ...tokens import Members, VisualTokens
 
 
 def require_encoder_attention(tokens: VisualTokens, name: str) -> tuple[Tensor, Tensor]:
@@ -36,10 +36,12 @@ def joined(assign: Tensor, values: Tensor, count: int) -> tuple[Tensor, Tensor]:
     return sums, torch.bincount(assign, minlength=count)[:, None].float()
 
 
-def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) -> tuple[Tensor, Tensor]:
+def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) -> tuple[Tensor, Tensor, Tensor]:
     """VisionZip's contextual tokens: ``count`` evenly strided targets of ``x`` (..., n, D), every other token
     joined to its most similar target by cosine of ``metric`` (..., n, Dk), over any leading (frame) dimensions.
-    Returns (..., count, D) and the targets' row indices (count,), the same in every frame."""
+    Returns (..., count, D), the targets' row indices (count,), the same in every frame, and each merged token's
+    weight on each of the n rows (..., count, n) float32 (``faithful``: the target 1, a joined row 1 / joined;
+    else every member 1 / (joined + 1))."""
     metric = torch.nn.functional.normalize(metric.float(), dim=-1)
     n = x.shape[-2]
     step = max(1, n // count)
@@ -54,7 +56,12 @@ def merge_into_targets(x: Tensor, metric: Tensor, count: int, faithful: bool) ->
     sums, counts = sums.view(*lead, count, -1), counts.view(*lead, count, 1)
     base = x[..., targets, :].float()
     merged = base + sums / counts.clamp(min=1) if faithful else (base + sums) / (counts + 1)
-    return merged.to(x.dtype), targets
+    member = 1 / counts.clamp(min=1) if faithful else 1 / (counts + 1)  # (..., count, 1)
+    weights = x.new_zeros(*lead, count, n, dtype=torch.float32)
+    rows = torch.arange(count, device=x.device)
+    weights[..., rows, targets] = 1.0 if faithful else member[..., 0]
+    weights[..., others] = (assign.unsqueeze(-2) == rows[:, None]).float() * member
+    return merged.to(x.dtype), targets, weights
 
 
 def density_scores(x: Tensor, knn: int) -> Tensor:
@@ -73,14 +80,36 @@ def density_scores(x: Tensor, knn: int) -> Tensor:
     return torch.where(denser, dist, dist.max()).min(-1).values * density
 
 
-def merge_into_anchors(anchors: Tensor, pool: Tensor, weight_floor: float) -> Tensor:
+def merge_into_anchors(anchors: Tensor, pool: Tensor, weight_floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """FastVID's Density-based Token Merging: each token of ``pool`` (n, D) joins its most similar anchor (m, D)
     by cosine; a merged token is ``a * anchor + (1 - a) * mean(joined)`` with ``a = max(1 / (count + 1),
-    weight_floor)`` (the reference's beta), over raw features. (m, D)."""
+    weight_floor)`` (the reference's beta), over raw features. Returns (m, D), each anchor's weight ``a`` (m,),
+    each pool token's weight in the anchor it joined (n,) float32, and that anchor (n,)."""
     unit_a = torch.nn.functional.normalize(anchors.float(), dim=-1)
     unit_p = torch.nn.functional.normalize(pool.float(), dim=-1)
     assign = (unit_p @ unit_a.T).argmax(-1)
     sums, counts = joined(assign, pool, anchors.shape[0])
     mean = sums / counts.clamp(min=1)
     weight = (1 / (counts + 1)).clamp(min=weight_floor)
-    return (weight * anchors.float() + (1 - weight) * mean).to(anchors.dtype)
+    joined_weight = ((1 - weight) / counts.clamp(min=1))[assign, 0]
+    merged = (weight * anchors.float() + (1 - weight) * mean).to(anchors.dtype)
+    return merged, weight[:, 0], joined_weight, assign
+
+
+def frame_members(weights: Tensor, first: Tensor, start: int) -> Members:
+    """Members of G frames' tokens from each token's weights on its frame's T tokens (G, K, T): token ``start +
+    g * K + k`` of the block, frame tokens ``first[g] + t`` (``first`` (G,): each frame's first frame-token index)."""
+    frame, token, column = weights.nonzero(as_tuple=True)
+    count = weights.shape[1]
+    return Members(start + frame * count + token, first[frame] + column, weights[frame, token, column])
+
+
+def anchor_members(merged: tuple[Tensor, Tensor, Tensor, Tensor], anchors: Tensor, pool: Tensor, start: int) -> Members:
+    """Members of the tokens :func:`merge_into_anchors` returned (``merged``), numbered from ``start``: each anchor
+    (frame-token index ``anchors`` (m,)) at its weight, each pool token (``pool`` (n,)) at its weight in the anchor
+    it joined."""
+    _, anchor_weight, joined_weight, assign = merged
+    token = torch.arange(start, start + len(anchors), device=anchors.device)
+    return Members(
+        torch.cat([token, token[assign]]), torch.cat([anchors, pool]), torch.cat([anchor_weight, joined_weight])
+    )

@@ -20,6 +20,13 @@ def pool_grid(x: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
     return out.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def pool_weights(grid: tuple[int, int], stride: int, mode: str) -> torch.Tensor:
+    """The weights :func:`pool_grid` gives each of a (h, w) grid's tokens in each pooled token: (T', h*w) float32
+    (pooling is linear, so pooling the identity gives them)."""
+    count = grid[0] * grid[1]
+    return pool_grid(torch.eye(count).view(1, grid[0], grid[1], count), stride, mode)[0]
+
+
 def window_sources(grid0: tuple[int, int], stride: int, grid: tuple[int, int], mode: str) -> torch.Tensor:
     """For a (h0, w0) grid pooled by ``stride``: the index into the model's (h, w) token grid of the token nearest
     each window's centre, the position the pooled token takes. (T',) long."""

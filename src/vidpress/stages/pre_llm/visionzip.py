@@ -27,9 +27,9 @@ from torch import Tensor
 from ..._checks import check_mode, check_ratio
 from ...method import StageMethod
 from ...stages import Needs, SourcePositions
-from ...tokens import PackedTokens, StageContext, VisualTokens
+from ...tokens import Members, PackedTokens, StageContext, VisualTokens
 from .budget import frame_budgets, visual_budget
-from .merging import merge_into_targets, require_encoder_attention
+from .merging import frame_members, merge_into_targets, require_encoder_attention
 
 
 @dataclass(frozen=True)
@@ -79,34 +79,40 @@ class VisionZip(SourcePositions, StageMethod):
         attention, keys = require_encoder_attention(tokens, "VisionZip")
         batch, frames, per_frame, _ = tokens.features.shape
         budgets = frame_budgets(visual_budget(self.retention, frames * per_frame), frames)
-        rows = []
+        rows, members = [], []
         for b in range(batch):
-            parts, sources = [], []
+            parts, sources, weights = [], [], []
             # frame_budgets gives the first frames one token more: at most two runs of frames, each one budget
             for budget in sorted(set(budgets), reverse=True):
                 chosen = [f for f, n in enumerate(budgets) if n == budget]
                 if budget == 0:
                     continue
-                feats, source = self._frames(tokens.features[b, chosen], attention[b, chosen], keys[b, chosen], budget)
+                feats, source, weight = self._frames(
+                    tokens.features[b, chosen], attention[b, chosen], keys[b, chosen], budget
+                )
+                first = torch.tensor(chosen, device=source.device)[:, None] * per_frame
                 parts.append(feats.flatten(0, 1))
-                sources.append((source + torch.tensor(chosen, device=source.device)[:, None] * per_frame).flatten())
+                sources.append((source + first).flatten())
+                weights.append(frame_members(weight, first[:, 0], sum(len(w) for w in parts[:-1])))
             source = torch.cat(sources)
             rows.append((torch.cat(parts), source // per_frame, torch.zeros_like(source), source))
-        return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+            members.append(Members.cat(weights))
+        return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra, members=members)
 
-    def _frames(self, x: Tensor, attention: Tensor, keys: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+    def _frames(self, x: Tensor, attention: Tensor, keys: Tensor, budget: int) -> tuple[Tensor, Tensor, Tensor]:
         """Dominant then contextual tokens of G frames ``x`` (G, T, D) with their encoder ``attention`` (G, T) and
-        ``keys`` (G, T, Dk), each frame ``budget`` tokens, in the order of ``mode``: (G, budget, D) and their
-        sources within each frame (G, budget)."""
+        ``keys`` (G, T, Dk), each frame ``budget`` tokens, in the order of ``mode``: (G, budget, D), their sources
+        within each frame (G, budget) and each token's weight on each of its frame's tokens (G, budget, T)."""
         per_frame = x.shape[1]
         contextual = min(round(budget * self.contextual_share), per_frame - budget)
         dominant = attention.topk(budget - contextual, dim=-1).indices.sort(-1).values
         parts, sources = [x.gather(1, dominant[..., None].expand(-1, -1, x.shape[-1]))], [dominant]
+        weights = [torch.nn.functional.one_hot(dominant, per_frame).float()]
         if contextual:
             rest = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             rest.scatter_(1, dominant, False)
             rest = rest.nonzero()[:, 1].view(len(x), -1)  # (G, T - dominant), in token order
-            merged, targets = merge_into_targets(
+            merged, targets, on_rest = merge_into_targets(
                 x.gather(1, rest[..., None].expand(-1, -1, x.shape[-1])),
                 keys.gather(1, rest[..., None].expand(-1, -1, keys.shape[-1])),
                 contextual,
@@ -114,11 +120,14 @@ class VisionZip(SourcePositions, StageMethod):
             )
             parts.append(merged)
             sources.append(rest[:, targets])
-        feats, source = torch.cat(parts, 1), torch.cat(sources, 1)
+            on_frame = on_rest.new_zeros(len(x), contextual, per_frame)
+            weights.append(on_frame.scatter_(2, rest[:, None].expand(-1, contextual, -1), on_rest))
+        feats, source, weight = torch.cat(parts, 1), torch.cat(sources, 1), torch.cat(weights, 1)
         if self.mode == "fixed":
             source, order = source.sort(-1)
             feats = feats.gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
-        return feats, source
+            weight = weight.gather(1, order[..., None].expand(-1, -1, per_frame))
+        return feats, source, weight
 
 
 VisionZipStage = VisionZip  # the stage's earlier name
