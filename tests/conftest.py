@@ -61,3 +61,20 @@ def tiny_qwen():
     from vidpress.models.random import random_qwen2_5_vl
 
     return random_qwen2_5_vl(layers=4, hidden=64, image_size=56, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3():
+    """A 4-layer random Qwen3-VL (DeepStack into LLM layers 0-2, timestamps, interleaved M-RoPE), 4 tokens per
+    temporal patch of two frames."""
+    from vidpress.models.random import random_qwen3_vl
+
+    return random_qwen3_vl(layers=4, hidden=64, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_moe():
+    """The same as a 4-layer random Qwen3-VL-MoE (4 experts, 2 active)."""
+    from vidpress.models.random import random_qwen3_vl
+
+    return random_qwen3_vl(layers=4, hidden=64, image_size=64, seed=0, moe=True)

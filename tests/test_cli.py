@@ -316,7 +316,10 @@ def built_in_models():
 
 BUILT_IN = built_in_models()
 # a method that cannot run on a family at all, with the reason the command gives
-CANNOT = {("tome", "random-qwen2.5-vl"): "not a SigLIP/CLIP/DINOv2 encoder"}
+CANNOT = {
+    ("tome", model): "not a SigLIP/CLIP/DINOv2 encoder"
+    for model in ("random-qwen2.5-vl", "random-qwen3-vl", "random-qwen3-vl-moe")
+}
 
 
 @pytest.mark.parametrize("model", BUILT_IN)

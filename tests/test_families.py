@@ -22,7 +22,7 @@ from vidpress.stages.decode.dynamic_kv import DynamicKV
 # every registered method at its keep-everything setting (a method that declares none fails here)
 KEEP_EVERYTHING = [cls.keep_everything() for cls in METHODS.values()]
 # where a method cannot run at all, with the reason it gives
-REFUSED = {("tome", "qwen2_5_vl"): "SigLIP/CLIP/DINOv2"}
+REFUSED = {(("tome", family)): "SigLIP/CLIP/DINOv2" for family in ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")}
 COMPRESSING = [
     DyCoke(k=0.7, l=2, p=0.5),
     METok(key_events=1, key_frames=3, schedule=((1, 0.7, 0.4), (3, 0.5, 0.0))),
@@ -32,12 +32,19 @@ COMPRESSING = [
 ]
 
 
-FAMILIES = ["llava_onevision", "llava_next_video", "qwen2_5_vl"]
+FAMILIES = ["llava_onevision", "llava_next_video", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 
 
 @pytest.fixture(params=FAMILIES)
-def family(request, tiny, tiny_next_video, tiny_qwen, clip_frames):
-    loaded = {"llava_onevision": tiny, "llava_next_video": tiny_next_video, "qwen2_5_vl": tiny_qwen}[request.param]
+def family(request, clip_frames):
+    fixture = {
+        "llava_onevision": "tiny",
+        "llava_next_video": "tiny_next_video",
+        "qwen2_5_vl": "tiny_qwen",
+        "qwen3_vl": "tiny_qwen3",
+        "qwen3_vl_moe": "tiny_qwen3_moe",
+    }[request.param]
+    loaded = request.getfixturevalue(fixture)
     return loaded, build_inputs(loaded.processor, clip_frames, "What happens in the video?")
 
 

@@ -40,6 +40,24 @@ def test_generate_until_answers_a_constructed_task_document(saved_tiny):
         model.loglikelihood([request])
 
 
+def test_a_saved_qwen3_vl_answers_with_its_timestamps(tmp_path):
+    from vidpress.models.random import random_qwen3_vl
+
+    loaded = random_qwen3_vl(layers=4, hidden=64, image_size=64, seed=0, moe=True)
+    loaded.model.save_pretrained(tmp_path)
+    loaded.processor.save_pretrained(tmp_path)
+    model = VidpressLMM(pretrained=str(tmp_path), method="visionzip", retention="0.5", max_frames_num="8")
+    assert type(model.loaded.model).__name__ == "Qwen3VLMoeForConditionalGeneration"
+    model.task_dict = {"videoqa": {"test": {0: {"video": str(bundled_clip())}}}}
+    seen = []
+    original = model.loaded.processor.video_prompt
+    model.loaded.processor.video_prompt = lambda frames, times=None: seen.append(times) or original(frames, times)
+    request = Request("What is shown?", {"max_new_tokens": 3}, lambda doc: [doc["video"]], 0, "videoqa", "test")
+    (answer,) = model.generate_until([request])
+    assert isinstance(answer, str) and model.reports[0].accounting.retention == 0.5
+    assert seen and len(seen[0]) == 8 and seen[0][1] > 0  # the decoded frames' own times
+
+
 def test_model_args_strings_become_values():
     assert _value("0.7") == 0.7 and _value("(3,10,19)") == (3, 10, 19) and _value("fixed") == "fixed"
 

@@ -10,10 +10,13 @@ KV-cache bytes per token per layer are ``2 * kv_heads * head_dim * dtype_bytes``
 
 Model sizes, presets and config parsing live in :mod:`vidpress.specs`. The calculator works from a config
 alone (:func:`estimate`), for the presets in :data:`PRESETS` or any
-LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL ``config.json``, and from a measured run
-(:class:`vidpress.report.Report`). For Qwen2.5-VL a "frame" of tokens is a temporal patch of two video
-frames; its windowed encoder layers attend within windows (``2*n*w*d`` instead of ``2*n**2*d``) and its
-projector is the 2x2 patch merger.
+LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL or Qwen3-VL (dense or MoE) ``config.json``, and from a measured run
+(:class:`vidpress.report.Report`). For Qwen2.5-VL and Qwen3-VL a "frame" of tokens is a temporal patch of two
+video frames; Qwen2.5-VL's windowed encoder layers attend within windows (``2*n*w*d`` instead of ``2*n**2*d``)
+and the projector is the 2x2 patch merger. Qwen3-VL adds a merger per DeepStack level and one addition per
+visual token alive (``d`` FLOPs) after each of the LLM's first ``deepstack`` layers. A mixture-of-experts LLM
+counts its active experts' MLPs (``m`` = experts per token x expert width) and its router, ``n*d*E`` per layer
+for ``E`` experts.
 """
 
 from __future__ import annotations
@@ -72,12 +75,12 @@ def vision_flops(
 def projector_flops(spec: ModelSpec, frames: int, patches: int | None = None) -> float:
     """Projector FLOPs over every patch of ``frames`` frames of ``patches`` patches (default the tower's own): a
     two-layer MLP (vision width -> d -> d), or Qwen's merger (``merge**2`` patches concatenated: 4Dv -> 4Dv -> d
-    per token)."""
+    per token), once more per DeepStack level (Qwen3-VL's mergers of earlier tower layers)."""
     d, dv = spec.llm.hidden, spec.vision.hidden
     patches = spec.patches if patches is None else patches
     if spec.merge > 1:
         wide = spec.merge**2 * dv
-        return frames * patches // spec.merge**2 * (wide * wide + wide * d)
+        return (1 + spec.deepstack) * frames * patches // spec.merge**2 * (wide * wide + wide * d)
     return frames * patches * (dv * d + d * d)
 
 
@@ -133,14 +136,20 @@ class Accounting:
     def prefill_flops(self) -> float:
         """LLM prefill FLOPs, summed over layers with each layer's live length."""
         llm = self.spec.llm
-        return sum(layer_flops(n + self.other_tokens, llm.hidden, llm.intermediate) for n in self.prefill_visual)
+        layers = sum(
+            layer_flops(n + self.other_tokens, llm.hidden, llm.intermediate)
+            + (n + self.other_tokens) * llm.hidden * llm.router
+            for n in self.prefill_visual
+        )
+        return layers + sum(self.prefill_visual[: self.spec.deepstack]) * llm.hidden  # DeepStack additions
 
     @property
     def decode_flops_per_token(self) -> float:
         """LLM FLOPs of the first decoding step (context = attended entries + the new token)."""
         llm = self.spec.llm
         return sum(
-            decode_layer_flops(n + self.other_tokens + 1, llm.hidden, llm.intermediate) for n in self.decode_visual
+            decode_layer_flops(n + self.other_tokens + 1, llm.hidden, llm.intermediate) + llm.hidden * llm.router
+            for n in self.decode_visual
         )
 
     @property
@@ -267,7 +276,8 @@ def estimate(
     text_tokens : int
         Text prompt tokens (template + question); DyCoke's table uses about 78. The video block's extra
         tokens (LLaVA-OV's newline) are added to them as non-visual tokens, except when a stage packs its own
-        block (METok's newlines per event count as visual tokens, as they compete for the budget).
+        block (METok's newlines per event count as visual tokens, as they compete for the budget), and so is the
+        text the layout writes per frame (``ModelSpec.text_per_frame``: Qwen3-VL's timestamps).
     retention : float, optional
         Override the pre-LLM count with ``round(retention * frames * tokens_per_frame)`` visual tokens (the
         papers' idealised figures, e.g. DyCoke's 47.5 %).
@@ -289,6 +299,7 @@ def estimate(
     stages = stages.for_depth(layers) if stages is not None else None
     n = frames * spec.tokens_per_frame
     generator = torch.Generator().manual_seed(0)
+    text_tokens += frames * spec.text_per_frame  # text the layout writes between frames (Qwen3-VL's times)
     other = text_tokens + spec.extra_visual
     event_of = key = None
     vision = stages.vision if stages is not None else None

@@ -103,18 +103,26 @@ def check_frames(model: Any, processor: Any, frames: int, question: str, new_tok
         )
 
 
-def build_inputs(processor: Any, frames: np.ndarray, question: str, history: Sequence[tuple[str, str]] = ()) -> Any:
+def build_inputs(
+    processor: Any,
+    frames: np.ndarray,
+    question: str,
+    history: Sequence[tuple[str, str]] = (),
+    timestamps: Sequence[float] | np.ndarray | None = None,
+) -> Any:
     """Chat-formatted prompt with one video (then ``history``'s turns, see :func:`chat_prompt`), tokenised with
-    the video's frames by the processor.
+    the video's frames by the processor. ``timestamps``: each frame's time in seconds (``Video.timestamps``), for
+    vidpress's processors that write times into the prompt (Qwen3-VL's); other processors never receive them.
 
     Raises
     ------
     InvalidParameterError
         ``question`` is not encodable text.
     """
-    return processor(
-        text=chat_prompt(processor, check_question(question), history), videos=[frames], return_tensors="pt"
-    )
+    text = chat_prompt(processor, check_question(question), history)
+    if timestamps is None or not hasattr(processor, "patch_times"):
+        return processor(text=text, videos=[frames], return_tensors="pt")
+    return processor(text=text, videos=[frames], return_tensors="pt", timestamps=[list(timestamps)])
 
 
 def ask(
@@ -128,8 +136,10 @@ def ask(
     min_new_tokens: int = 0,
     progress: bool = True,
     label: str | None = None,
+    timestamps: Sequence[float] | np.ndarray | None = None,
 ) -> Answer:
-    """Greedy-generate an answer with ``method`` installed and return it with the request's report.
+    """Greedy-generate an answer with ``method`` installed and return it with the request's report
+    (``timestamps``: see :func:`build_inputs`).
 
     ``min_new_tokens`` forces decoding to run (an untrained model may stop at once, leaving nothing to measure).
 
@@ -138,7 +148,7 @@ def ask(
     PromptTooLongError
         The prompt plus ``max_new_tokens`` exceed the model's positions (checked before generating).
     """
-    inputs = build_inputs(processor, frames, question).to(model.device)
+    inputs = build_inputs(processor, frames, question, timestamps=timestamps).to(model.device)
     check_context(model, inputs["input_ids"].shape[1], max_new_tokens)
     name = label or (method.label if isinstance(method, Method) else method.name)
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)

@@ -1,4 +1,4 @@
-"""Video inputs for LLaVA-OneVision, LLaVA-NeXT-Video and Qwen2.5-VL without torchvision.
+"""Video inputs for LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL and Qwen3-VL without torchvision.
 
 transformers' ``LlavaOnevisionProcessor`` needs torchvision for video. Where a checkpoint's own processor
 loads, vidpress uses it; otherwise :class:`OfflineVideoProcessor` stands in with the same call surface
@@ -83,25 +83,46 @@ class OfflineVideoProcessor:
         return (x - mean) / std
 
     def __call__(
-        self, text: str | list[str], videos: Sequence[np.ndarray], return_tensors: str = "pt", **kw: Any
+        self,
+        text: str | list[str],
+        videos: Sequence[np.ndarray],
+        return_tensors: str = "pt",
+        timestamps: Sequence[Sequence[float] | None] | None = None,
+        **kw: Any,
     ) -> BatchFeature:
+        """Tokenise ``text`` with each video marker expanded, and the videos' tensors. ``timestamps``: per video,
+        each frame's time in seconds from the stream's start (only layouts that write times into the prompt use
+        them; default ``frame index / fps``)."""
         texts = [text] if isinstance(text, str) else list(text)
-        if len(videos) != sum(t.count(self.video_token) for t in texts):
+        marker = self.video_marker
+        if len(videos) != sum(t.count(marker) for t in texts):
             raise ValueError(
-                f"{len(videos)} videos for {sum(t.count(self.video_token) for t in texts)} "
-                f"{self.video_token} markers in the text"
+                f"{len(videos)} videos for {sum(t.count(marker) for t in texts)} {marker} markers in the text"
             )
+        if timestamps is not None and len(timestamps) != len(videos):
+            raise ValueError(f"{len(timestamps)} timestamp lists for {len(videos)} videos")
 
         expanded, i = [], 0
         for t in texts:
-            parts = t.split(self.video_token)
+            parts = t.split(marker)
             out = parts[0]
             for part in parts[1:]:
-                out += self.video_token * self.tokens_per_video(len(videos[i])) + part
+                times = None if timestamps is None else timestamps[i]
+                out += self.video_prompt(len(videos[i]), times) + part
                 i += 1
             expanded.append(out)
         encoded = self.tokenizer(expanded, return_tensors="pt", padding=True)
         return BatchFeature({**encoded, **self.video_inputs(videos, encoded["input_ids"])})
+
+    @property
+    def video_marker(self) -> str:
+        """What the chat template writes for a video, replaced by :meth:`video_prompt`."""
+        return self.video_token
+
+    def video_prompt(self, num_frames: int, timestamps: Sequence[float] | None = None) -> str:
+        """The prompt text of one video of ``num_frames`` frames: its placeholders (and what the layout puts
+        between them)."""
+        return self.video_token * self.tokens_per_video(num_frames)
 
     def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's video tensors: ``pixel_values_videos`` (B, F, 3, S, S).
@@ -157,8 +178,9 @@ class OfflineVideoProcessor:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         saved = json.loads((directory / CONFIG_NAME).read_text())
         fps = saved.pop("fps", None)
-        if saved["layout"] == "qwen2_5_vl":
-            return OfflineQwenVideoProcessor(
+        if saved["layout"] in ("qwen2_5_vl", "qwen3_vl"):
+            kind = OfflineQwenVideoProcessor if saved["layout"] == "qwen2_5_vl" else OfflineQwen3VideoProcessor
+            return kind(
                 tokenizer,
                 saved["image_size"],
                 saved["chat_template"],
@@ -203,13 +225,14 @@ class OfflineQwenVideoProcessor(OfflineVideoProcessor):
 
     def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         patches, grids = [], []
+        p = self.patch_size
         for video in videos:
             x = self.preprocess(video)  # (F, 3, S, S)
             if len(x) % 2:
                 x = torch.cat([x, x[-1:]])
-            t, side = len(x) // 2, self.image_size // 14
-            x = x.view(t, 2, 3, side // 2, 2, 14, side // 2, 2, 14).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-            patches.append(x.reshape(t * side * side, 3 * 2 * 14 * 14))
+            t, side = len(x) // 2, self.image_size // p
+            x = x.view(t, 2, 3, side // 2, 2, p, side // 2, 2, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            patches.append(x.reshape(t * side * side, 3 * 2 * p * p))
             grids.append([t, side, side])
         video_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
         return {
@@ -218,3 +241,60 @@ class OfflineQwenVideoProcessor(OfflineVideoProcessor):
             "second_per_grid_ts": torch.tensor([2 / self.fps] * len(videos)),
             "mm_token_type_ids": (input_ids == video_id).int() * 2,
         }
+
+
+class OfflineQwen3VideoProcessor(OfflineQwenVideoProcessor):
+    """Qwen3-VL (and its MoE) video inputs without torchvision, in the prompt layout of transformers'
+    ``Qwen3VLProcessor`` (5.x): the template's ``<|video_pad|>`` becomes, for each 2-frame temporal patch,
+    ``<{t:.1f} seconds><|vision_start|>``, its ``(side / 32) ** 2`` ``<|video_pad|>`` placeholders and
+    ``<|vision_end|>``, inside the template's own ``<|vision_start|>`` ... ``<|vision_end|>``; ``t`` is the mean
+    time of the patch's first and last frame (an odd last frame repeated). Times come from ``timestamps`` (seconds
+    from the stream's start, e.g. ``Video.timestamps``), else ``frame index / fps``.
+
+    Frames are square ``image_size`` (a multiple of patch 16 * merge 2 = 32), normalised by mean/std 0.5, and
+    patchified as Qwen2-VL's. Returns input_ids, attention_mask, ``pixel_values_videos``, ``video_grid_thw`` and
+    ``mm_token_type_ids`` (2 at video placeholders; timestamps and vision start/end are text, 0).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_size: int,
+        chat_template: str | None = None,
+        fps: float = 1.0,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+    ):
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 for Qwen3-VL, got {image_size}")
+        OfflineVideoProcessor.__init__(
+            self, tokenizer, image_size, 16, image_mean, image_std, chat_template, "<|video_pad|>", "qwen3_vl"
+        )
+        self.fps = fps
+
+    def patch_times(self, num_frames: int, timestamps: Sequence[float] | None = None) -> list[float]:
+        """Seconds of each temporal patch: the mean of its first and last frame's time."""
+        times = [i / self.fps for i in range(num_frames)] if timestamps is None else [float(t) for t in timestamps]
+        if len(times) != num_frames:
+            raise ValueError(f"{len(times)} timestamps for a video of {num_frames} frames")
+        if len(times) % 2:
+            times.append(times[-1])
+        return [(times[i] + times[i + 1]) / 2 for i in range(0, len(times), 2)]
+
+    def video_prompt(self, num_frames: int, timestamps: Sequence[float] | None = None) -> str:
+        per_patch = (self.image_size // 32) ** 2
+        return "".join(
+            f"<{t:.1f} seconds><|vision_start|>{self.video_token * per_patch}<|vision_end|>"
+            for t in self.patch_times(num_frames, timestamps)
+        )
+
+    def tokens_per_video(self, num_frames: int) -> int:
+        """Prompt tokens that replace the template's ``<|video_pad|>`` for a video at ``fps``: placeholders, times
+        and vision start/end per temporal patch."""
+        text = self.video_prompt(num_frames).replace(self.video_token, "")
+        return math.ceil(num_frames / 2) * (self.image_size // 32) ** 2 + len(self.tokenizer(text)["input_ids"])
+
+    def video_inputs(self, videos: Sequence[np.ndarray], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().video_inputs(videos, input_ids)
+        del out["second_per_grid_ts"]  # Qwen3-VL writes times into the prompt instead
+        return out

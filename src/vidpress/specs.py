@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LLMDims:
-    """LLM sizes: hidden ``d``, MLP ``m``, layers, attention heads, KV heads, head size."""
+    """LLM sizes: hidden ``d``, MLP ``m``, layers, attention heads, KV heads, head size; for a mixture of experts
+    ``m`` is the active experts' width summed and ``router`` the number of experts the router scores (0: dense)."""
 
     hidden: int
     intermediate: int
@@ -17,6 +18,7 @@ class LLMDims:
     heads: int
     kv_heads: int
     head_dim: int
+    router: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class ModelSpec:
         non-visual tokens.
     dtype_bytes : int
         Bytes per KV element (2 for fp16/bf16).
+    deepstack : int
+        DeepStack levels (Qwen3-VL): extra mergers of that many tower layers' outputs, added to the visual tokens'
+        hidden states after the LLM's first ``deepstack`` layers.
+    text_per_frame : int
+        Text tokens the prompt layout puts around each frame of tokens (Qwen3-VL: ``<t seconds>``, vision start
+        and end: 8 in Qwen's tokenizer, which splits digits, for times under 10 s, 9 under 100 s), less the
+        template's own start and end, counted once.
     """
 
     name: str
@@ -74,6 +83,8 @@ class ModelSpec:
     extra_visual: int = 1
     dtype_bytes: int = 2
     merge: int = 1
+    deepstack: int = 0
+    text_per_frame: int = 0
 
 
 def _siglip(layers: int = 26) -> VisionDims:
@@ -100,6 +111,34 @@ PRESETS: dict[str, ModelSpec] = {
         1024,
         extra_visual=0,
         merge=2,
+    ),
+    # Qwen3-VL at 512x512 frames: 32x32 patches of 16 px per temporal patch (2 frames), merged 2x2 -> 256 tokens;
+    # 27-layer ViT (hidden 1152, MLP 4304) without windows; DeepStack from ViT layers 8, 16, 24 into LLM layers
+    # 0-2. LLMs from the published configs: Qwen3-VL-8B is Qwen3-8B's (36 layers, 8 KV heads); Qwen3-VL-30B-A3B
+    # a 48-layer MoE, 128 experts of MLP width 768, 8 active per token.
+    "qwen3-vl-8b": ModelSpec(
+        "qwen3-vl-8b",
+        LLMDims(4096, 12288, 36, 32, 8, 128),
+        VisionDims(1152, 4304, 27, 1024, 16, temporal_patch=2),
+        256,
+        (16, 16),
+        1024,
+        extra_visual=0,
+        merge=2,
+        deepstack=3,
+        text_per_frame=8,
+    ),
+    "qwen3-vl-30b-a3b": ModelSpec(
+        "qwen3-vl-30b-a3b",
+        LLMDims(2048, 8 * 768, 48, 32, 4, 128, router=128),
+        VisionDims(1152, 4304, 27, 1024, 16, temporal_patch=2),
+        256,
+        (16, 16),
+        1024,
+        extra_visual=0,
+        merge=2,
+        deepstack=3,
+        text_per_frame=8,
     ),
     # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
     # LongVA's video layout has no newline token [RECON: UniRes without newline for video].

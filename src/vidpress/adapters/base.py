@@ -129,6 +129,11 @@ class Adapter:
         rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
         return rotary(states, states, cos, sin)[0]
 
+    def deepstack_levels(self) -> int:
+        """How many of the LLM's first layers add DeepStack features (``VisualTokens.deepstack``) to the visual
+        tokens' hidden states after them (Qwen3-VL); 0 for families without DeepStack."""
+        return 0
+
     def prefill_positions(self, kwargs: dict[str, Any], input_ids: Tensor, mask: Tensor | None) -> Tensor | None:
         """Position ids of the full prompt, sequence last ((B, S), or (R, B, S) for M-RoPE); None lets the runtime
         derive 1-D ids from the mask as ``generate`` does. Default: the caller's 1-D ids, if any."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +39,11 @@ def temporal_patch_rows(grids: list[list[int]], keep: list[int]) -> list[int]:
 
 
 class Qwen2_5_VLAdapter(Adapter):
-    model_class_names = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
-    model_types = ("qwen2_5_vl", "qwen2_vl")
+    model_class_names: ClassVar[tuple[str, ...]] = (
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
+    )
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl", "qwen2_vl")
     random_name = "random-qwen2.5-vl"
 
     @classmethod
@@ -121,10 +124,16 @@ class Qwen2_5_VLAdapter(Adapter):
         out = self.video_outputs(inputs)
         if len({tuple(g.tolist()) for g in grids}) > 1:
             raise BudgetError(f"videos in the batch have different grids {grids.tolist()}; run them one at a time")
+        tokens = self._stack_video(out, grids)
+        features = tokens.features
+        return tokens, features.new_zeros(features.shape[0], 0, features.shape[-1])
+
+    def _stack_video(self, out: Any, grids: Tensor) -> VisualTokens:
+        """The encoder output's per-video blocks as tokens (B, T, h*w, D) on the merged grid."""
         h, w = self.merged_grid(grids[0])
         per_video = out.pooler_output  # one (T*h*w, D) block per video
         tokens = torch.stack(list(per_video)).view(len(per_video), -1, h * w, per_video[0].shape[-1])
-        return VisualTokens(tokens, (h, w)), tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
+        return VisualTokens(tokens, (h, w))
 
     def run_video_encoder(self, inputs: dict[str, Any]) -> Any:
         return self.model.model.get_video_features(

@@ -14,8 +14,15 @@ from .base import Adapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2_5_VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaOnevisionAdapter,
+    LlavaNextVideoAdapter,
+    Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
+    Qwen3VLMoeAdapter,
+)
 
 
 def supported_models() -> list[str]:
@@ -69,9 +76,9 @@ def random_builds() -> dict[str, type[Adapter]]:
 def spec_from_config(
     config: Any, name: str | None = None, dtype_bytes: int = 2, tokens_per_frame: int | None = None
 ) -> ModelSpec:
-    """A :class:`~vidpress.specs.ModelSpec` from a LLaVA-OneVision, LLaVA-NeXT-Video or Qwen2.5-VL config object,
-    a config dict, or a ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``, no
-    newline; Qwen2.5-VL: ``tokens_per_frame`` per temporal patch, default 256 = 448 px frames).
+    """A :class:`~vidpress.specs.ModelSpec` from a LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL or Qwen3-VL config
+    object, a config dict, or a ``config.json`` path (LLaVA-NeXT-Video: average pooling by ``spatial_pool_stride``,
+    no newline; Qwen2.5-VL / Qwen3-VL: ``tokens_per_frame`` per temporal patch, default 256 = 448 / 512 px frames).
 
     Raises
     ------

@@ -55,14 +55,26 @@ def run(
             min_new_tokens=force,
             progress=not as_json,
             label=label,
+            timestamps=clip.timestamps,
         )
 
     # the prompt with the tokens this run generates, before the shorter warm-up checks it with its own 2
     check_context(
-        loaded.model, build_inputs(loaded.processor, clip.frames, question)["input_ids"].shape[1], max_new_tokens
+        loaded.model,
+        build_inputs(loaded.processor, clip.frames, question, timestamps=clip.timestamps)["input_ids"].shape[1],
+        max_new_tokens,
     )
     # warm-up: one-time allocations (RSS growth, lazy initialisation) must not count against the run measured
-    ask(loaded.model, loaded.processor, clip.frames, question, get_method("none"), max_new_tokens=2, progress=False)
+    ask(
+        loaded.model,
+        loaded.processor,
+        clip.frames,
+        question,
+        get_method("none"),
+        max_new_tokens=2,
+        progress=False,
+        timestamps=clip.timestamps,
+    )
     results = [answer(get_method("none"), "uncompressed")] if compare else []
     results.append(answer(chosen))
     if as_json:

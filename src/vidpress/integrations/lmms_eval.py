@@ -10,7 +10,7 @@ checkpoint, or vidpress's ``default`` / ``random:...``), ``method`` (a name from
 ``none``), ``max_frames_num`` (frames sampled uniformly, default 32), ``device``, ``dtype``, and every other
 key is a hyperparameter of the method (``k=0.7``, ``retention=0.25``). lmms-eval splits ``model_args`` at commas,
 so a tuple is written with semicolons: ``layers=3;10;19``. Supported model classes are vidpress's adapters
-(LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL).
+(LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL and its MoE).
 
 Under ``accelerate launch --num_processes N -m lmms_eval ...`` (or torchrun) each process reads its ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK``: the model goes to ``cuda:LOCAL_RANK`` and ``rank`` / ``world_size`` tell
@@ -108,15 +108,16 @@ class VidpressLMM(_Base):
             visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if isinstance(v, str)]
             if not visuals:
                 raise ValueError(f"{task} doc {doc_id} has no video path; the vidpress model answers video tasks")
-            frames = load_video(visuals[0], self.max_frames_num).frames
+            video = load_video(visuals[0], self.max_frames_num)
             answer = ask(
                 self.loaded.model,
                 self.loaded.processor,
-                frames,
+                video.frames,
                 context,
                 self.method,
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
                 progress=False,
+                timestamps=video.timestamps,  # Qwen3-VL writes each temporal patch's time into the prompt
             )
             text = answer.text
             for stop in gen_kwargs.get("until", []) or []:

@@ -52,9 +52,9 @@ def _checkpoint_processor(name: str, model: Any) -> Any:
 def load_model(name: str = "default", dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
     """``"default"``, ``"testbed"`` (the default build with a projector trained on the procedural video QA, once
     trained), ``"random"`` (LLaVA-OneVision), ``"random-llava-next-video"`` (LongVA's layout),
-    ``"random-qwen2.5-vl"``, ``"random:<preset>"`` (a LLaVA-OV preset's real architecture with random bf16
-    weights, e.g. ``random:llava-ov-7b``, built on the GPU when there is one), a local checkpoint directory, or a
-    hub id (needs the hub or its cache).
+    ``"random-qwen2.5-vl"``, ``"random-qwen3-vl"``, ``"random-qwen3-vl-moe"``, ``"random:<preset>"`` (a LLaVA-OV
+    preset's real architecture with random bf16 weights, e.g. ``random:llava-ov-7b``, built on the GPU when there
+    is one), a local checkpoint directory, or a hub id (needs the hub or its cache).
 
     Raises
     ------

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..processing import OfflineQwenVideoProcessor, OfflineVideoProcessor
+from ..processing import OfflineQwen3VideoProcessor, OfflineQwenVideoProcessor, OfflineVideoProcessor
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CHAT_TEMPLATE = (
@@ -239,6 +239,90 @@ def random_qwen2_5_vl(
         processor,
         f"random-weight Qwen2.5-VL ({layers}-layer LM, hidden {hidden}; windowed ViT, "
         "M-RoPE) - answers are not meaningful",
+        trained=False,
+    )
+
+
+def random_qwen3_vl(
+    layers: int = 4,
+    hidden: int = 64,
+    image_size: int = 64,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    moe: bool = False,
+) -> LoadedModel:
+    """A small random-weight ``Qwen3VLForConditionalGeneration`` (``moe``: ``Qwen3VLMoeForConditionalGeneration``,
+    4 experts, 2 active): 3-layer ViT (patch 16, learned position grid, 2D RoPE) whose every layer feeds DeepStack
+    (``deepstack_visual_indexes`` [0, 1, 2]: features added to the LLM's first 3 layers), 2x2 merger, 2-frame
+    temporal patches, Qwen3 LM (query/key norms) with interleaved M-RoPE, timestamps in the prompt.
+
+    ``image_size`` 64 gives 4x4 patches merged to 2x2 = 4 tokens per temporal patch (two frames).
+    """
+    from transformers import (
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+    )
+
+    specials = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
+    tokenizer = byte_tokenizer(specials)
+    ids = dict(
+        zip(
+            ("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id"),
+            tokenizer.convert_tokens_to_ids(list(specials)),
+        )
+    )
+    head_dim = hidden // 4
+    half = head_dim // 2  # interleaved M-RoPE: sections of t, h, w frequencies summing to head_dim / 2
+    text = dict(
+        _qwen2_text(tokenizer, layers, hidden),
+        model_type="qwen3_vl_moe_text" if moe else "qwen3_vl_text",
+        head_dim=head_dim,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e5,
+            "mrope_section": [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16],
+            "mrope_interleaved": True,
+        },
+    )
+    if moe:
+        # the published config's routing: top-k of the softmax, renormalised (vLLM reads norm_topk_prob)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1)
+        text.update(norm_topk_prob=True)
+    vision = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=hidden,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1, 2],
+    )
+    torch.manual_seed(seed)
+    config: Any
+    if moe:
+        config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        config._attn_implementation = attn_implementation
+        model: Any = Qwen3VLMoeForConditionalGeneration(config).eval()
+    else:
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        config._attn_implementation = attn_implementation
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    processor = OfflineQwen3VideoProcessor(tokenizer, image_size, chat_template=QWEN_TEMPLATE)
+    kind = "Qwen3-VL-MoE" if moe else "Qwen3-VL"
+    lm = "MoE LM, 4 experts, 2 active" if moe else "LM"
+    return LoadedModel(
+        model,
+        processor,
+        f"random-weight {kind} ({layers}-layer {lm}, hidden {hidden}; ViT with DeepStack, interleaved M-RoPE, "
+        "timestamps) - answers are not meaningful",
         trained=False,
     )
 

@@ -22,7 +22,7 @@ from ..report import Report
 from ..stages import DeferredEncoding, Stages
 from ..stages.vision.tome import unmerge
 from .encoder import VideoEncoder
-from .layers import attention_post_hook, attention_pre_hook, layer_pre_hook, trim_cache
+from .layers import attention_post_hook, attention_pre_hook, deepstack_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Captures, Session
@@ -280,6 +280,10 @@ class Run:
         llm = self.adapter.language_model()
         add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
         add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
+        layers = self.adapter.decoder_layers()
+        # the model adds none once it got no pixels; as the model, none past its last layer
+        for level in range(min(self.adapter.deepstack_levels(), len(layers))):
+            add(layers[level].register_forward_hook(deepstack_hook(self.session_of, level), with_kwargs=True))
         if self.stages.prefill is None and self.stages.decode is None:
             return
         scored = set()

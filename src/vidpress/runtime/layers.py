@@ -158,6 +158,26 @@ def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
     return hook
 
 
+def deepstack_hook(session_of, layer: int):
+    """A decoder layer's forward hook adding, during prefill, the request's DeepStack features of ``layer`` to
+    the visual tokens alive at it (as the model's ``_deepstack_process`` adds them to every visual position)."""
+
+    def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        session: Session | None = session_of(kwargs.get("cache"))
+        if session is None or session.ctx.step > 0 or session.deepstack is None:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        rows = per_row_positions(session.visual_at(layer)).to(hidden.device)  # (B, k) rows of this layer's input
+        entries = session.layout(layer).to(hidden.device).gather(1, rows)
+        features = session.deepstack[layer].to(hidden.device)
+        index = rows[..., None].expand(-1, -1, hidden.shape[-1])
+        added = hidden.gather(1, index) + features.gather(1, entries[..., None].expand_as(index)).to(hidden.dtype)
+        hidden = hidden.clone().scatter_(1, index, added)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return hook
+
+
 def attention_pre_hook(session_of, adapter: Adapter, layer: int):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cache = kwargs.get("cache")

@@ -21,6 +21,7 @@ from ..errors import BudgetError, IncompatibleStagesError, VidpressError
 from ..selection import Selection
 from ..stages import DeferredEncoding, Stages, check_encoded
 from ..tokens import PackedTokens, VisualTokens
+from .carry import carry
 from .session import Captures, Session, per_row_positions
 from .vision import encode_deferred
 
@@ -138,7 +139,12 @@ def _base(
                 f"{type(pre).__name__} packed {plan.num_kept} tokens into {video_pos.shape[1]} "
                 "placeholders; choose larger pooling strides"
             )
-        kept_video = video_pos[:, : plan.num_kept]
+        contiguous = bool((video_pos[:, -1] - video_pos[:, 0] + 1 == video_pos.shape[1]).all())
+        kept_video = (
+            video_pos[:, : plan.num_kept]
+            if contiguous
+            else video_pos.gather(1, _frame_slots(plan, pre, tokens.features.shape[2]).to(video_pos.device))
+        )
         embeds = embeds.scatter(
             1, kept_video[..., None].expand(-1, -1, embeds.shape[-1]), plan.features.to(embeds.dtype)
         )
@@ -152,6 +158,58 @@ def _base(
         visual = torch.zeros_like(is_video).scatter_(1, video_pos[:, :n_frame_tokens], True)
     kept = torch.cat([per_row_positions(~is_video), kept_video], dim=1).sort(dim=1).values  # (B, S0)
     return _Base(embeds, kept, kept_video, visual, events)
+
+
+def _frame_slots(plan: PackedTokens, pre: Any, per_frame: int) -> Tensor:
+    """(B, M) placeholder of each packed token when text splits the video's placeholders by frame (Qwen3-VL's
+    timestamps): the block's tokens of frame f fill frame f's placeholders in block order, so every token stays
+    between its own frame's text; a token of no frame follows the frame before it.
+
+    Raises
+    ------
+    BudgetError
+        More tokens of one frame than the frame has placeholders.
+    """
+    frame_of = plan.frame_of.tolist()
+    slots = []
+    for row in frame_of:
+        taken: dict[int, int] = {}
+        frame, out = 0, []
+        for f in row:
+            frame = f if f >= 0 else frame
+            rank = taken.get(frame, 0)
+            if rank >= per_frame:
+                raise BudgetError(
+                    f"{type(pre).__name__} packed more than {per_frame} tokens for frame {frame}, which has "
+                    f"{per_frame} placeholders between its timestamps; on this model a frame's tokens must fit its "
+                    "own placeholders"
+                )
+            taken[frame] = rank + 1
+            out.append(frame * per_frame + rank)
+        slots.append(out)
+    return torch.tensor(slots, dtype=torch.long)
+
+
+def _deepstack(plan: Selection | PackedTokens, pre: Any, tokens: VisualTokens, base: _Base) -> Tensor | None:
+    """DeepStack features of the base layout's entries, (levels, B, S0, D), zeros at entries that are not visual
+    tokens, kept and merged as the plan keeps and merges the tokens (:func:`~.carry.carry`).
+
+    Raises
+    ------
+    IncompatibleStagesError
+        A packed block that merges tokens without declaring their members.
+    """
+    deepstack = tokens.deepstack
+    if deepstack is None:
+        return None
+    levels, batch, frames, per_frame, dim = deepstack.shape
+    values = deepstack.permute(1, 2, 3, 0, 4).reshape(batch, frames * per_frame, levels * dim)
+    visual = carry(plan, values, tokens.features.flatten(1, 2), type(pre).__name__)
+    visual = visual.view(batch, -1, levels, dim).permute(2, 0, 1, 3)  # (levels, B, K, D)
+    at = base.kept_video[:, : visual.shape[2]].to(visual.device)
+    logical = visual.new_zeros(levels, batch, base.visual.shape[1], dim)
+    logical.scatter_(2, at[None, ..., None].expand(levels, -1, -1, dim), visual)
+    return logical.gather(2, base.kept.to(visual.device)[None, ..., None].expand(levels, -1, -1, dim))
 
 
 def _positions(
@@ -240,6 +298,7 @@ def start_request(
     if encoded_frames is not None:
         check_encoded(plan, encoded_frames, per_frame)
     base = _base(plan, stages.pre_llm, tokens, embeds, input_ids, is_video, video_pos)
+    deepstack = _deepstack(plan, stages.pre_llm, tokens, base)
     new_positions, offset, mrope_delta, new_mask = _positions(
         model, adapter, stages, kwargs, positions, plan, base, input_ids, mask, video_pos
     )
@@ -260,6 +319,7 @@ def start_request(
         mrope_delta=mrope_delta,
         mask=new_mask,
         renumber=stages.prefill is not None and stages.prefill.positions == "contiguous",
+        deepstack=deepstack,
     )
     if base.events is not None and isinstance(plan, PackedTokens):  # events come with a packed block
         session.events, session.key_events, session.stage_info = base.events.gather(1, kept), plan.key_events, plan.info

@@ -134,6 +134,7 @@ class Session:
     peak_memory_bytes: int = 0
     other_tokens: int = 0  # non-visual prompt entries (text, the model's extra video tokens)
     query_rows: Tensor | None = None  # positions of the prefill query rows being scored
+    deepstack: Tensor | None = None  # (levels, B, S0, D) features added after the first layers (zeros off visual)
 
     def __post_init__(self) -> None:
         self.ctx = StageContext(num_layers=self.num_layers)
