@@ -176,9 +176,14 @@ QWEN = "Qwen2_5_VLForConditionalGeneration"
             "M-RoPE.*mode='fixed'",
         ),
         (
-            engine_config({"method": "frames"}, "Qwen3VLForConditionalGeneration"),
+            engine_config({"method": "visionzip", "mode": "faithful"}, "Qwen3VLMoeForConditionalGeneration"),
+            InvalidParameterError,
+            "M-RoPE.*mode='fixed'",
+        ),
+        (
+            engine_config({"method": "frames"}, "Glm4vForConditionalGeneration"),
             vidpress.errors.UnsupportedModelError,
-            "Qwen3VLForConditionalGeneration, which the vidpress plugin does not serve",
+            "Glm4vForConditionalGeneration, which the vidpress plugin does not serve",
         ),
         (engine_config({"method": "visionzp"}), UnknownMethodError, "did you mean 'visionzip'"),
     ],

@@ -43,27 +43,29 @@ def video_placeholders(loaded, token_ids):
     return sum(1 for t in token_ids if t == loaded.model.config.video_token_id)
 
 
-def hf_inputs(family, path, clip, loaded, normalized=True):
+def hf_inputs(family, path, clip, loaded, normalized=True, **extra):
     """The checkpoint's own processor on the clip; ``normalized=False`` leaves pixels in 0-255 for a vLLM model
-    that normalises them itself (vLLM's device-side ``FusedMMInputNorm``)."""
+    that normalises them itself (vLLM's device-side ``FusedMMInputNorm``); ``extra`` goes to the processor."""
     from PIL import Image
     from transformers import AutoProcessor
 
     processor, size = AutoProcessor.from_pretrained(path), loaded.processor.image_size
     frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in clip])
     flags = {} if normalized else {"do_rescale": False, "do_normalize": False}
-    return processor(text=PROMPTS[family], videos=[frames], return_tensors="pt", **flags)
+    return processor(text=PROMPTS[family], videos=[frames], return_tensors="pt", **flags, **extra)
 
 
-def transformers_block(model, stage, inputs):
+def transformers_block(model, stage, inputs, sessions=None):
     """What vidpress's transformers runtime feeds the LLM for the video: the kept embeddings and their position
-    ids, read at the decoder stack's input."""
+    ids, read at the decoder stack's input (the request's session appended to ``sessions``)."""
     seen = {}
     lm = model.model.language_model
     hook = lm.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
     try:
-        with torch.no_grad(), vidpress.apply(model, stage):
+        with torch.no_grad(), vidpress.apply(model, stage) as run:
             model(**inputs)
+            if sessions is not None:
+                sessions.append(run.last_session)
     finally:
         hook.remove()
     return seen["inputs_embeds"][0], seen.get("position_ids")

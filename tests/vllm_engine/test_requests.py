@@ -17,10 +17,8 @@ from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
 from vidpress.integrations.vllm.serving import servable_methods, serving_config  # noqa: E402
 
 RETENTION = {"llava_onevision": 0.25, "qwen2_5_vl": 0.5}
-MARKS = {
-    "llava_onevision": ("<video>", "<image>"),
-    "qwen2_5_vl": ("<|vision_start|><|video_pad|><|vision_end|>", "<|vision_start|><|image_pad|><|vision_end|>"),
-}
+QWEN_MARKS = ("<|vision_start|><|video_pad|><|vision_end|>", "<|vision_start|><|image_pad|><|vision_end|>")
+MARKS = {"llava_onevision": ("<video>", "<image>"), "qwen2_5_vl": QWEN_MARKS, "qwen3_vl": QWEN_MARKS}
 
 
 def entry(family, method):

@@ -24,6 +24,8 @@ import sys
 MODELS = {
     "LlavaOnevisionForConditionalGeneration": "vidpress.integrations.vllm.models:LlavaOnevision",
     "Qwen2_5_VLForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen2_5_VL",
+    "Qwen3VLForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen3VL",
+    "Qwen3VLMoeForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen3VLMoe",
 }
 
 

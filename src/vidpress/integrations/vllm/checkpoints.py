@@ -3,7 +3,9 @@ them (tests and the serving benchmark; no hub here).
 
 vLLM reads the checkpoint's own Hugging Face processor and its weight names; transformers saves a LLaVA-OneVision
 SigLIP tower as ``vision_tower.embeddings.*`` plus a ``vision_tower.head.*`` that the model never uses, while
-vLLM's SigLIP expects ``vision_tower.vision_model.*`` and no head, so those names are rewritten.
+vLLM's SigLIP expects ``vision_tower.vision_model.*`` and no head, so those names are rewritten. A Qwen3-VL-MoE's
+fused expert weights are saved as transformers holds them, (experts, out, in); the published checkpoints, which
+vLLM loads, hold them (experts, in, out), so they are transposed.
 """
 
 from __future__ import annotations
@@ -12,10 +14,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ...models.random import CHAT_TEMPLATE, QWEN_TEMPLATE, LoadedModel, random_model, random_qwen2_5_vl
+from ...models.random import (
+    CHAT_TEMPLATE,
+    QWEN_TEMPLATE,
+    LoadedModel,
+    random_model,
+    random_qwen2_5_vl,
+    random_qwen3_vl,
+)
 from ...stages import declared_count
 
-FAMILIES = ("llava_onevision", "qwen2_5_vl")
+FAMILIES = ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def random_checkpoint(family: str, layers: int = 2, hidden: int = 128, image_size: int | None = None) -> LoadedModel:
@@ -30,6 +40,8 @@ def random_checkpoint(family: str, layers: int = 2, hidden: int = 128, image_siz
         return random_model(layers=layers, hidden=hidden, image_size=image_size or 224)
     if family == "qwen2_5_vl":
         return random_qwen2_5_vl(layers=layers, hidden=hidden, image_size=image_size or 112)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        return random_qwen3_vl(layers=layers, hidden=hidden, image_size=image_size or 128, moe=family == "qwen3_vl_moe")
     raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
@@ -50,6 +62,13 @@ def save_for_vllm(loaded: LoadedModel, directory: str | Path) -> Path:
             if not k.startswith("vision_tower.head.")
         }
         save_file(renamed, directory / "model.safetensors", metadata={"format": "pt"})
+    if config.model_type == "qwen3_vl_moe":
+        weights = load_file(directory / "model.safetensors")
+        published = {
+            k: v.transpose(1, 2).contiguous() if k.endswith(("experts.gate_up_proj", "experts.down_proj")) else v
+            for k, v in weights.items()
+        }
+        save_file(published, directory / "model.safetensors", metadata={"format": "pt"})
     return directory
 
 
@@ -74,6 +93,22 @@ def _hf_processor(loaded: LoadedModel, config: Any) -> Any:
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixels = {"shortest_edge": loaded.processor.image_size**2, "longest_edge": loaded.processor.image_size**2}
+    if config.model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        from transformers import Qwen3VLProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        return Qwen3VLProcessor(
+            image_processor=Qwen2VLImageProcessor(
+                size=pixels, patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3
+            ),
+            # Qwen3-VL bounds the pixels of the whole video (frames x height x width): up to 64 frames at this size
+            video_processor=Qwen3VLVideoProcessor(
+                size={"shortest_edge": pixels["shortest_edge"], "longest_edge": 64 * pixels["longest_edge"]},
+                do_sample_frames=False,
+            ),
+            tokenizer=tokenizer,
+            chat_template=QWEN_TEMPLATE,
+        )
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels),
         video_processor=Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False),
@@ -82,10 +117,12 @@ def _hf_processor(loaded: LoadedModel, config: Any) -> Any:
     )
 
 
+QWEN_PROMPT = (
+    "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n<|im_start|>assistant\n"
+)
 PROMPTS = {
     "llava_onevision": "<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
-    "qwen2_5_vl": "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
-    "<|im_start|>assistant\n",
+    **{family: QWEN_PROMPT for family in QWEN},
 }
 
 
@@ -97,7 +134,7 @@ def video_request(family: str, frames: Any, size: int, fps: float = 2.0) -> dict
 
     frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
     video: Any = frames
-    if family == "qwen2_5_vl":
+    if family in QWEN:
         n = len(frames)
         meta = {"total_num_frames": n, "fps": fps, "duration": n / fps, "frames_indices": list(range(n))}
         video = (frames, {**meta, "do_sample_frames": False, "video_backend": "opencv"})
@@ -105,10 +142,11 @@ def video_request(family: str, frames: Any, size: int, fps: float = 2.0) -> dict
 
 
 def video_grid(family: str, frames: int, size: int) -> tuple[int, int]:
-    """(frames as the LLM sees them, visual tokens per frame) of a ``size``-pixel video of ``frames`` frames: Qwen2.5-VL
-    merges 2 frames per temporal patch and 2x2 patches; LLaVA-OneVision pools its patch grid 2x2 (rounding up)."""
-    side = size // 14
-    if family == "qwen2_5_vl":
+    """(frames as the LLM sees them, visual tokens per frame) of a ``size``-pixel video of ``frames`` frames: Qwen
+    merges 2 frames per temporal patch and 2x2 patches (of 14 px; Qwen3-VL's of 16); LLaVA-OneVision pools its patch
+    grid 2x2 (rounding up)."""
+    side = size // (16 if family in ("qwen3_vl", "qwen3_vl_moe") else 14)
+    if family in QWEN:
         return -(-frames // 2), (side // 2) ** 2
     return frames, (-(-side // 2)) ** 2
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from vllm.model_executor.models.llava_onevision import LlavaOnevisionMultiModalProcessor
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLMultiModalProcessor
+from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import VideoEmbeddingItems
 from vllm.multimodal.processing import PromptReplacement
@@ -127,8 +128,12 @@ class VidpressProcessor:
         for i, placeholder in enumerate(result["mm_placeholders"].get("video", [])):
             item, key = items[i] if i < len(items) else None, hashes[i] if i < len(hashes) else str(i)
             full = self._full_counts.get(key) if item is None else self._full_counts.remember(key, self._full(item))
-            counts.append((full, placeholder.length))
+            counts.append((full, self._kept(result, placeholder)))
         return counts
+
+    def _kept(self, result: Any, placeholder: Any) -> int:
+        """Video tokens in a video's prompt span: all of it, unless the layout writes text there too."""
+        return placeholder.length
 
     def _full(self, item: Any) -> int:
         raise NotImplementedError
@@ -159,18 +164,66 @@ class LlavaOnevisionProcessor(VidpressProcessor, LlavaOnevisionMultiModalProcess
         return self._video_count(serving, mm_items, videos.get_num_frames(item_idx), per_frame) + 1
 
 
-class Qwen2_5_VLProcessor(VidpressProcessor, Qwen2_5_VLMultiModalProcessor):
-    family = "qwen2_5_vl"
+class _QwenCounts(VidpressProcessor):
+    """Qwen's counts: per temporal patch of 2x2-merged patches."""
 
     def _full(self, item: Any) -> int:
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size  # type: ignore[attr-defined]
         return int(item["video_grid_thw"].data.prod()) // (merge * merge)
+
+    def _placeholders(self, serving: ServingConfig, mm_items: Any, out_mm_kwargs: Any, item_idx: int) -> int:
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size  # type: ignore[attr-defined]
+        t, h, w = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
+        return self._video_count(serving, mm_items, t, (h // merge) * (w // merge))
+
+
+class Qwen2_5_VLProcessor(_QwenCounts, Qwen2_5_VLMultiModalProcessor):
+    family = "qwen2_5_vl"
 
     def _video_token_id(self) -> int:
         return self.info.get_tokenizer().get_vocab()[self.info.get_hf_processor().video_token]
 
-    def _placeholders(self, serving: ServingConfig, mm_items: Any, out_mm_kwargs: Any, item_idx: int) -> int:
-        """Per temporal patch of 2x2-merged patches."""
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        t, h, w = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
-        return self._video_count(serving, mm_items, t, (h // merge) * (w // merge))
+
+class Qwen3VLProcessor(_QwenCounts, Qwen3VLMultiModalProcessor):
+    """Qwen3-VL (and its MoE): the video's prompt span in vLLM's layout for pruned videos, each temporal patch's
+    ``<t seconds>``, vision start and end, with all the declared placeholders after the first time. The model
+    returns the whole span's embeddings, its tokens in their own frames (:class:`~.models.Qwen3VL`); the span's
+    length is the same."""
+
+    family = "qwen3_vl"
+
+    def _video_token_id(self) -> int:
+        return self.info.get_hf_config().video_token_id
+
+    def _get_prompt_updates(
+        self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
+    ) -> Sequence[Any]:
+        updates = Qwen3VLMultiModalProcessor._get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        if self._server().stage is None:
+            return updates
+        serving = self._request(hf_processor_mm_kwargs)
+        config = self.info.get_hf_config()
+        tokenizer = self.info.get_tokenizer()
+
+        def replacement(item_idx: int) -> Any:
+            count = self._placeholders(serving, mm_items, out_mm_kwargs, item_idx)
+            times = out_mm_kwargs["video"][item_idx]["timestamps"].data
+            return Qwen3VLMultiModalProcessor.get_video_repl(
+                tokens_per_frame=[count] + [0] * (len(times) - 1),
+                timestamps=times,
+                tokenizer=tokenizer,
+                vision_start_token_id=config.vision_start_token_id,
+                vision_end_token_id=config.vision_end_token_id,
+                video_token_id=config.video_token_id,
+                select_token_id=False,
+            )
+
+        video = next(u for u in updates if u.modality == "video")  # its target is the HF processor's video marker
+        return [u for u in updates if u.modality != "video"] + [
+            PromptReplacement(modality="video", target=video.target, replacement=replacement)
+        ]
+
+    def _kept(self, result: Any, placeholder: Any) -> int:
+        """The span holds each temporal patch's time, vision start and end too: count its video tokens."""
+        span = result["prompt_token_ids"][placeholder.offset : placeholder.offset + placeholder.length]
+        return sum(1 for token in span if token == self._video_token_id())

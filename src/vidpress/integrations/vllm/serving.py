@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ...errors import InvalidParameterError, UnknownMethodError, UnsupportedModelError, VidpressError
 from ...method import check_params, parse_value
+from ...runtime.carry import carry
 from ...selection import Selection
 from ...stages import PreLLMStage, check_encoded, declared_count
 from ...stages.pre_llm.event_pooling import EventPooling
@@ -137,7 +138,9 @@ def serving_config(config: Any) -> ServingConfig:
     return ServingConfig(name, stage, settings)
 
 
-def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] | None = None) -> tuple[Tensor, Tensor]:
+def compress_video(
+    stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] | None = None, riders: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """One video's embeddings after ``stage``, in the order they enter the LLM.
 
     Parameters
@@ -149,10 +152,14 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
         0), and what the stage needs (encoder ``attention``/``keys``).
     encoded : list of int, optional
         The frames the tower encoded when it skipped some (the others hold zeros): the plan must keep none of them.
+    riders : Tensor, shape (1, F*T, C), optional
+        Values attached to each frame token that the stage does not read (Qwen3-VL's DeepStack features): kept and
+        merged as the plan keeps and merges the tokens (:func:`~vidpress.runtime.carry.carry`) and appended to
+        each kept token's channels (zeros on the extra tokens).
 
     Returns
     -------
-    kept : Tensor, shape (M, D)
+    kept : Tensor, shape (M, D) or (M, D + C)
         The kept visual tokens then the extra tokens; M = ``kept_count(F, T) + E``.
     source : LongTensor, shape (M,)
         The uncompressed placeholder (index into the F*T frame tokens, then the extras) whose position each kept
@@ -163,6 +170,8 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
     VidpressError
         The stage kept another count than it declared (the prompt would not match the embeddings), or a token of
         a frame that was not encoded.
+    IncompatibleStagesError
+        ``riders`` with a stage that merges tokens without declaring their members.
     """
     batch, frames, per_frame, _ = tokens.features.shape
     n = frames * per_frame
@@ -183,6 +192,10 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
         source = torch.cat([plan.keep[0].cpu(), n + torch.arange(extra.shape[1])])
     else:
         raise VidpressError(f"{type(stage).__name__} returned {type(plan).__name__}, not a Selection or PackedTokens")
+    if riders is not None:
+        carried = carry(plan, riders, tokens.features.flatten(1, 2), type(stage).__name__)[0]
+        carried = torch.cat([carried, carried.new_zeros(kept.shape[0] - carried.shape[0], carried.shape[1])])
+        kept = torch.cat([kept, carried.to(kept.dtype)], dim=1)
     declared = declared_count(stage, frames, per_frame, tokens.grid) + extra.shape[1]
     if kept.shape[0] != declared:
         raise VidpressError(
@@ -196,7 +209,12 @@ def compress_video(stage: PreLLMStage, tokens: VisualTokens, encoded: list[int] 
 ARCHITECTURES = {
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
+
+#: Families whose kept tokens keep their (t, h, w) M-RoPE ids.
+MROPE_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def check_engine(vllm_config: Any) -> ServingConfig:
@@ -214,7 +232,7 @@ def check_engine(vllm_config: Any) -> ServingConfig:
     UnknownMethodError, InvalidParameterError, BudgetError
         A bad entry (:func:`serving_config`); EVS (``--video-pruning-rate``) with a vidpress method, on every
         family; a stage that reads the encoder's attention over all heads with ``tensor_parallel_size > 1``; a
-        stage that renumbers its tokens on Qwen2.5-VL (M-RoPE needs their ids).
+        stage that renumbers its tokens on Qwen2.5-VL or Qwen3-VL (M-RoPE needs their ids).
     UnsupportedModelError
         A ``vidpress`` entry on an architecture the plugin does not serve (it would be ignored).
     """
@@ -244,7 +262,7 @@ def check_engine(vllm_config: Any) -> ServingConfig:
             f"tensor_parallel_size={tp} each rank holds a share of them: serve it with tensor_parallel_size=1 "
             "(or data parallel)"
         )
-    if family == "qwen2_5_vl" and stage.positions != "original":
+    if family in MROPE_FAMILIES and stage.positions != "original":
         raise InvalidParameterError(
             f"{serving.method} renumbers its tokens (mode='faithful'); M-RoPE needs their original (t, h, w) ids: "
             "use mode='fixed'"
@@ -260,7 +278,7 @@ def describe(serving: ServingConfig, hf_config: Any, frames: int) -> str:
     if stage is None:
         return "vidpress: no method configured; videos pass uncompressed"
     vision = hf_config.vision_config
-    if getattr(hf_config, "model_type", "") == "qwen2_5_vl":
+    if getattr(hf_config, "model_type", "") in MROPE_FAMILIES:
         side = 448 // (vision.patch_size * vision.spatial_merge_size)
         temporal, extra, shape = -(-frames // vision.temporal_patch_size), 0, f"{frames} frames at 448x448 px"
     else:
@@ -314,7 +332,7 @@ def request_config(server: ServingConfig, raw: Any, family: str) -> ServingConfi
             f"{serving.method} reads the vision encoder's attention, which this server ({server.method}) was not "
             "started for: start it with such a method (visionzip, fastvid) to take these per request"
         )
-    if family == "qwen2_5_vl" and stage is not None and stage.positions != "original":
+    if family in MROPE_FAMILIES and stage is not None and stage.positions != "original":
         raise InvalidParameterError(f"{serving.method} renumbers its tokens; M-RoPE needs their ids: use mode='fixed'")
     if len(entry_json(serving)) > ENTRY_BYTES:
         raise InvalidParameterError(f'the request\'s "vidpress" entry is over {ENTRY_BYTES} bytes of JSON: {raw!r}')
