@@ -1,9 +1,9 @@
-"""``python -m vidpress.integrations.vllm.demo``: the plugin end to end on tiny random checkpoints of both families.
+"""``python -m vidpress.integrations.vllm.demo``: the plugin end to end on tiny random checkpoints of every family.
 
-For LLaVA-OneVision and Qwen2.5-VL it builds a random checkpoint of the real architecture, then asks vLLM about
-the bundled clip twice: without a ``vidpress`` entry (vLLM's own count of video placeholders) and with the chosen
-method (the stage's declared count), and prints both counts, the declared one and the generated tokens. Answers
-are meaningless (random weights); counts and completion are what it shows.
+For LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE it builds a random checkpoint of the real
+architecture, then asks vLLM about the bundled clip twice: without a ``vidpress`` entry (vLLM's own count of video
+placeholders) and with the chosen method (the stage's declared count), and prints both counts, the declared one and
+the generated tokens. Answers are meaningless (random weights); counts and completion are what it shows.
 
     python -m vidpress.integrations.vllm.demo --method visionzip --retention 0.25
 """
