@@ -4,8 +4,9 @@
 
 Each family is a small random-weight config of its real architecture (28 LLM layers like the 7B models so
 every method's default schedule fits, hidden 256, 224 px frames): LLaVA-OneVision, LLaVA-NeXT-Video
-(LongVA's layout) and Qwen2.5-VL. Methods with a retention knob run at ``--retention``; METok at its
-defaults. Writes benchmarks/results/<device>/families.{json,md}: ratios to each family's uncompressed run.
+(LongVA's layout), Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE (256 px: Qwen3-VL's patch is 16). Methods with a
+retention knob run at ``--retention``; METok at its defaults. Writes benchmarks/results/<device>/families.{json,md}:
+ratios to each family's uncompressed run.
 """
 
 import argparse
@@ -20,12 +21,14 @@ import vidpress
 from vidpress.bench import device_name, plan, run_cells
 from vidpress.bench_files import COLUMNS, markdown
 from vidpress.methods import METHODS
-from vidpress.models.random import random_llava_next_video, random_model, random_qwen2_5_vl
+from vidpress.models.random import random_llava_next_video, random_model, random_qwen2_5_vl, random_qwen3_vl
 
 FAMILIES = {
     "llava-onevision": lambda: random_model(layers=28, hidden=256, image_size=224),
     "llava-next-video": lambda: random_llava_next_video(layers=28, hidden=256, image_size=224),
     "qwen2.5-vl": lambda: random_qwen2_5_vl(layers=28, hidden=256, image_size=224),
+    "qwen3-vl": lambda: random_qwen3_vl(layers=28, hidden=256, image_size=256),
+    "qwen3-vl-moe": lambda: random_qwen3_vl(layers=28, hidden=256, image_size=256, moe=True),
 }
 
 
