@@ -92,6 +92,14 @@ def _siglip(layers: int = 26) -> VisionDims:
     return VisionDims(hidden=1152, intermediate=4304, layers=layers, tokens=729, patch_size=14)
 
 
+def _qwen3(name: str, llm: LLMDims) -> ModelSpec:
+    # Qwen3-VL's 27-layer ViT (hidden 1152, MLP 4304, patch 16, no windows) at 512 px: 1,024 patches per temporal
+    # patch (2 frames) merged 2x2 to 256 tokens; DeepStack from ViT layers 8, 16, 24 into LLM layers 0-2; 8 text
+    # tokens of time and vision start/end per temporal patch.
+    vision = VisionDims(1152, 4304, 27, 1024, 16, temporal_patch=2)
+    return ModelSpec(name, llm, vision, 256, (16, 16), 1024, extra_visual=0, merge=2, deepstack=3, text_per_frame=8)
+
+
 PRESETS: dict[str, ModelSpec] = {
     "llava-ov-0.5b": ModelSpec("llava-ov-0.5b", LLMDims(896, 4864, 24, 14, 2, 64), _siglip(), 196, (14, 14), 729),
     "llava-ov-7b": ModelSpec("llava-ov-7b", LLMDims(3584, 18944, 28, 28, 4, 128), _siglip(), 196, (14, 14), 729),
@@ -112,34 +120,10 @@ PRESETS: dict[str, ModelSpec] = {
         extra_visual=0,
         merge=2,
     ),
-    # Qwen3-VL at 512x512 frames: 32x32 patches of 16 px per temporal patch (2 frames), merged 2x2 -> 256 tokens;
-    # 27-layer ViT (hidden 1152, MLP 4304) without windows; DeepStack from ViT layers 8, 16, 24 into LLM layers
-    # 0-2. LLMs from the published configs: Qwen3-VL-8B is Qwen3-8B's (36 layers, 8 KV heads); Qwen3-VL-30B-A3B
-    # a 48-layer MoE, 128 experts of MLP width 768, 8 active per token.
-    "qwen3-vl-8b": ModelSpec(
-        "qwen3-vl-8b",
-        LLMDims(4096, 12288, 36, 32, 8, 128),
-        VisionDims(1152, 4304, 27, 1024, 16, temporal_patch=2),
-        256,
-        (16, 16),
-        1024,
-        extra_visual=0,
-        merge=2,
-        deepstack=3,
-        text_per_frame=8,
-    ),
-    "qwen3-vl-30b-a3b": ModelSpec(
-        "qwen3-vl-30b-a3b",
-        LLMDims(2048, 8 * 768, 48, 32, 4, 128, router=128),
-        VisionDims(1152, 4304, 27, 1024, 16, temporal_patch=2),
-        256,
-        (16, 16),
-        1024,
-        extra_visual=0,
-        merge=2,
-        deepstack=3,
-        text_per_frame=8,
-    ),
+    # Qwen3-VL (see _qwen3), LLMs from the published configs: Qwen3-VL-8B is Qwen3-8B's (36 layers, 8 KV heads);
+    # Qwen3-VL-30B-A3B a 48-layer MoE, 128 experts of MLP width 768, 8 active per token.
+    "qwen3-vl-8b": _qwen3("qwen3-vl-8b", LLMDims(4096, 12288, 36, 32, 8, 128)),
+    "qwen3-vl-30b-a3b": _qwen3("qwen3-vl-30b-a3b", LLMDims(2048, 8 * 768, 48, 32, 4, 128, router=128)),
     # LongVA-7B: Qwen2-7B-224K LLM, CLIP-L/336 (24x24 patches + CLS, full tower run), 2x2 pooling -> 144/frame.
     # LongVA's video layout has no newline token [RECON: UniRes without newline for video].
     "longva-7b": ModelSpec(

@@ -9,7 +9,7 @@ pytest.importorskip("vllm")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from test_plugin import hf_inputs, transformers_block, video_placeholders  # noqa: E402
-from test_requests import shapes  # noqa: E402
+from test_requests import record_positions, shapes  # noqa: E402
 
 from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
     declared_placeholders,
@@ -179,17 +179,6 @@ def test_positions_are_the_uncompressed_prompts_at_the_kept_tokens(checkpoints, 
     if media != "two videos":
         data["image"] = picture
     llm = LLM(**engine_args(path, settings, limit_mm_per_prompt={"video": 2, "image": 1}))
-
-    def record_positions(model):
-        model._positions = []
-        recompute = model.recompute_mrope_positions
-
-        def recorded(*args, **kwargs):
-            out = recompute(*args, **kwargs)
-            model._positions.append(out[1].clone())
-            return out
-
-        model.recompute_mrope_positions = recorded
 
     llm.apply_model(record_positions)
     out = llm.generate({"prompt": prompt, "multi_modal_data": data}, SamplingParams(max_tokens=1), use_tqdm=False)[0]

@@ -86,6 +86,19 @@ def test_every_request_shape_is_answered_and_the_engine_lives(checkpoints, clip,
         del llm
 
 
+def record_positions(model):
+    """Keep each M-RoPE recomputation's positions on the model (``model._positions``), through vLLM's apply_model."""
+    model._positions = []
+    recompute = model.recompute_mrope_positions
+
+    def recorded(*args, **kwargs):
+        out = recompute(*args, **kwargs)
+        model._positions.append(out[1].clone())
+        return out
+
+    model.recompute_mrope_positions = recorded
+
+
 def test_several_videos_keep_their_original_mrope_positions_in_qwen(checkpoints, clip):
     """Two videos of different lengths, each cut to its own frames (uniform frame sampling, whose kept temporal
     patches are known): the positions vLLM feeds the LLM are those of the uncompressed prompt (transformers'
@@ -104,17 +117,6 @@ def test_several_videos_keep_their_original_mrope_positions_in_qwen(checkpoints,
     request = {"prompt": prompt, "multi_modal_data": {"video": [v["multi_modal_data"]["video"] for v in videos]}}
 
     llm = LLM(**engine_args(path, settings, limit_mm_per_prompt={"video": 2}))
-
-    def record_positions(model):
-        model._positions = []
-        recompute = model.recompute_mrope_positions
-
-        def recorded(*args, **kwargs):
-            out = recompute(*args, **kwargs)
-            model._positions.append(out[1].clone())
-            return out
-
-        model.recompute_mrope_positions = recorded
 
     llm.apply_model(record_positions)
     out = llm.generate(request, SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)[0]

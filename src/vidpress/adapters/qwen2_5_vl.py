@@ -56,29 +56,40 @@ class Qwen2_5_VLAdapter(Adapter):
         tokens = tokens_per_frame or 256
         side = math.isqrt(tokens)
         patches = tokens * merge * merge
-        window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
-        full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
-        vdims = VisionDims(
-            vision.get("hidden_size") or vision["embed_dim"],
-            vision.get("intermediate_size") or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)),
-            vision.get("depth") or vision.get("num_hidden_layers"),
-            patches,
-            vision.get("patch_size", 14),
-            window_tokens=window,
-            full_layers=full,
-            temporal_patch=vision.get("temporal_patch_size", 2),
-        )
         return ModelSpec(
             name or config.get("_name_or_path") or config["model_type"],
             cls.llm_dims(config.get("text_config") or config),
-            vdims,
+            cls.vision_dims(vision, patches),
             tokens,
             (side, tokens // max(side, 1)),
             patches,
             0,
             dtype_bytes,
             merge,
+            **cls.spec_extras(vision),
         )
+
+    @staticmethod
+    def vision_dims(vision: dict[str, Any], patches: int) -> VisionDims:
+        """The tower's sizes from its config dict, at ``patches`` patches per temporal patch: windowed attention but
+        in ``fullatt_block_indexes``."""
+        window = (vision.get("window_size", 0) // vision.get("patch_size", 14)) ** 2
+        full = len(vision.get("fullatt_block_indexes") or ()) if window else 0
+        return VisionDims(
+            vision.get("hidden_size") or vision["embed_dim"],
+            vision.get("intermediate_size") or int(vision.get("embed_dim", 0) * vision.get("mlp_ratio", 4)),
+            vision.get("depth") or vision["num_hidden_layers"],
+            patches,
+            vision.get("patch_size", 14),
+            window_tokens=window,
+            full_layers=full,
+            temporal_patch=vision.get("temporal_patch_size", 2),
+        )
+
+    @staticmethod
+    def spec_extras(vision: dict[str, Any]) -> dict[str, Any]:
+        """What the family's :class:`~vidpress.specs.ModelSpec` adds to the shared layout (nothing here)."""
+        return {}
 
     @classmethod
     def offline_processor(
@@ -216,11 +227,22 @@ class Qwen2_5_VLAdapter(Adapter):
         self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
-        in temporal order: fp32 softmax(q k^T) with the vision RoPE, within each attention segment
-        (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, with the window
-        permutation undone as the model undoes it after its merger."""
+        in temporal order (:meth:`merge_unit_signals`), with the window permutation undone as the model undoes it
+        after its merger."""
         from transformers.vision_utils import get_vision_window_index
 
+        received, keys = self.merge_unit_signals(module, args, kwargs)
+        vision = self.config.vision_config
+        window_index, _ = get_vision_window_index(
+            vision_kwargs["grid_thw"], vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
+        reverse = window_index.argsort().to(received.device)
+        return received[reverse], keys[reverse]
+
+    def merge_unit_signals(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """One call of the ViT's last attention: fp32 softmax(q k^T) with the vision RoPE, within each attention
+        segment (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, in the tower's
+        token order: (N,), (N, Dk)."""
         hidden = args[0] if args else kwargs["hidden_states"]
         seq, heads = hidden.shape[0], module.num_heads
         query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
@@ -234,14 +256,8 @@ class Qwen2_5_VLAdapter(Adapter):
                 for a, b in zip(bounds[:-1], bounds[1:])
             ]
         )
-        vision = self.config.vision_config
-        unit = vision.spatial_merge_size**2
-        received, keys = received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
-        window_index, _ = get_vision_window_index(
-            vision_kwargs["grid_thw"], vision.spatial_merge_size, vision.window_size, vision.patch_size
-        )
-        reverse = window_index.argsort().to(received.device)
-        return received[reverse], keys[reverse]
+        unit = self.config.vision_config.spatial_merge_size**2
+        return received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
 
     def pool_encoder_signals(self, received: Tensor, keys: Tensor, batch: int, frames: int) -> tuple[Tensor, Tensor]:
         """Per-token signals (N,), (N, Dk) -> (B, T, h*w), (B, T, h*w, Dk): already one per LLM token."""

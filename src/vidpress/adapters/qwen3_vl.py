@@ -18,15 +18,13 @@ merger, one vidpress "frame" per temporal patch, M-RoPE ids gathered for kept to
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..errors import UnsupportedModelError, VidpressError
-from ..specs import LLMDims, ModelSpec, VisionDims
+from ..specs import LLMDims, VisionDims
 from ..tokens import VisualTokens
 from .qwen2_5_vl import Qwen2_5_VLAdapter
 
@@ -64,19 +62,11 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         active = text["num_experts_per_tok"] * text["moe_intermediate_size"]
         return LLMDims(dims.hidden, active, dims.layers, dims.heads, dims.kv_heads, dims.head_dim, router=experts)
 
-    @classmethod
-    def spec(
-        cls, config: dict[str, Any], name: str | None, dtype_bytes: int, tokens_per_frame: int | None
-    ) -> ModelSpec:
-        """The resolution is not in the config: 512 px frames (256 tokens per temporal patch) unless
-        ``tokens_per_frame`` (a square grid) comes from a measured request. DeepStack's mergers and additions are
-        counted (``ModelSpec.deepstack`` levels), and each temporal patch's ``<t seconds>`` and vision start/end
-        as 8 text tokens (Qwen's tokenizer; ``ModelSpec.text_per_frame``)."""
-        vision, merge = config["vision_config"], config["vision_config"].get("spatial_merge_size", 2)
-        tokens = tokens_per_frame or 256
-        side = math.isqrt(tokens)
-        patches = tokens * merge * merge
-        vdims = VisionDims(
+    @staticmethod
+    def vision_dims(vision: dict[str, Any], patches: int) -> VisionDims:
+        """A ViT without windows: every layer attends within its temporal patch. The resolution is not in the
+        config: 512 px frames (256 tokens per temporal patch) unless a measured request says otherwise."""
+        return VisionDims(
             vision["hidden_size"],
             vision["intermediate_size"],
             vision["depth"],
@@ -84,19 +74,12 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             vision.get("patch_size", 16),
             temporal_patch=vision.get("temporal_patch_size", 2),
         )
-        return ModelSpec(
-            name or config.get("_name_or_path") or config["model_type"],
-            cls.llm_dims(config.get("text_config") or config),
-            vdims,
-            tokens,
-            (side, tokens // max(side, 1)),
-            patches,
-            0,
-            dtype_bytes,
-            merge,
-            deepstack=len(vision.get("deepstack_visual_indexes") or ()),
-            text_per_frame=8,
-        )
+
+    @staticmethod
+    def spec_extras(vision: dict[str, Any]) -> dict[str, Any]:
+        """DeepStack's mergers and additions (``ModelSpec.deepstack`` levels), and each temporal patch's
+        ``<t seconds>`` and vision start/end as 8 text tokens (Qwen's tokenizer; ``ModelSpec.text_per_frame``)."""
+        return {"deepstack": len(vision.get("deepstack_visual_indexes") or ()), "text_per_frame": 8}
 
     @classmethod
     def offline_processor(
@@ -164,23 +147,9 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
-        in temporal order: fp32 softmax(q k^T) with the vision RoPE within each temporal patch (``cu_seqlens``),
-        averaged over heads and query rows, then over each 2x2 merge unit (the ViT has no windows to undo)."""
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seq, heads = hidden.shape[0], module.num_heads
-        query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
-        cos, sin = kwargs["position_embeddings"]
-        query, key = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(query, key, cos, sin)
-        query, key = query.float().transpose(0, 1), key.float().transpose(0, 1)  # (H, seq, hd)
-        bounds = kwargs["cu_seqlens"].tolist()
-        received = torch.cat(
-            [
-                torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
-                for a, b in zip(bounds[:-1], bounds[1:])
-            ]
-        )
-        unit = self.config.vision_config.spatial_merge_size**2
-        return received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
+        in temporal order (:meth:`merge_unit_signals`: each temporal patch attends within itself; the ViT has no
+        windows to undo)."""
+        return self.merge_unit_signals(module, args, kwargs)
 
 
 class Qwen3VLMoeAdapter(Qwen3VLAdapter):

@@ -181,6 +181,14 @@ def random_llava_next_video(
     )
 
 
+def _qwen_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """The byte-level tokenizer with Qwen's vision specials, and their ids as the configs name them."""
+    specials = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
+    tokenizer = byte_tokenizer(specials)
+    names = ("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id")
+    return tokenizer, dict(zip(names, tokenizer.convert_tokens_to_ids(list(specials))))
+
+
 def random_qwen2_5_vl(
     layers: int = 4, hidden: int = 64, image_size: int = 56, seed: int = 0, attn_implementation: str = "sdpa"
 ) -> LoadedModel:
@@ -191,14 +199,7 @@ def random_qwen2_5_vl(
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    specials = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
-    tokenizer = byte_tokenizer(specials)
-    ids = dict(
-        zip(
-            ("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id"),
-            tokenizer.convert_tokens_to_ids(list(specials)),
-        )
-    )
+    tokenizer, ids = _qwen_tokenizer()
     head_dim = hidden // 4
     text = dict(
         _qwen2_text(tokenizer, layers, hidden),
@@ -265,14 +266,7 @@ def random_qwen3_vl(
         Qwen3VLMoeForConditionalGeneration,
     )
 
-    specials = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
-    tokenizer = byte_tokenizer(specials)
-    ids = dict(
-        zip(
-            ("vision_start_token_id", "vision_end_token_id", "video_token_id", "image_token_id"),
-            tokenizer.convert_tokens_to_ids(list(specials)),
-        )
-    )
+    tokenizer, ids = _qwen_tokenizer()
     head_dim = hidden // 4
     half = head_dim // 2  # interleaved M-RoPE: sections of t, h, w frequencies summing to head_dim / 2
     text = dict(

@@ -190,6 +190,31 @@ def _qwen_signals(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Ten
     return received, key.mean(0)
 
 
+def _with_signals(model: Any, encode: Any) -> tuple[Any, dict[str, Any]]:
+    """``encode()`` with the Qwen ViT's last attention hooked: its output and what was captured, the tower's
+    ``grid`` and the ``signals`` (attention received, keys) averaged over each merge unit, in the tower's order."""
+    captured: dict[str, Any] = {}
+    hooks = [
+        model.visual.register_forward_pre_hook(
+            lambda module, args, kwargs: captured.update(grid=args[1] if len(args) > 1 else kwargs["grid_thw"]),
+            with_kwargs=True,
+        ),
+        model.visual.blocks[-1].attn.register_forward_pre_hook(
+            lambda module, args, kwargs: captured.update(signals=_qwen_signals(module, args, kwargs)),
+            with_kwargs=True,
+        ),
+    ]
+    try:
+        out = encode()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    received, keys = captured["signals"]
+    unit = model.visual.spatial_merge_unit
+    captured["signals"] = received.view(-1, unit).mean(1), keys.view(-1, unit, keys.shape[-1]).mean(1)
+    return out, captured
+
+
 def _grids(model: Any, mm_features: list[Any]) -> list[tuple[int, int, int, int, float, int]]:
     """(offset, t, h, w, temporal factor, placeholders) of each media item in prompt order, from vLLM's own
     grid iterator; the placeholder count is the item's length in the prompt (a compressed video's is shorter)."""
@@ -242,25 +267,8 @@ class Qwen2_5_VL(_Entries, Qwen2_5_VLForConditionalGeneration):
             return super()._process_video_input(video_input)
         if not any(stage is not None and stage.needs.encoder_attention for stage in stages):
             return self._encode_used_patches(video_input, stages)
-        captured: dict[str, Any] = {}
-        hooks = [
-            self.visual.register_forward_pre_hook(
-                lambda module, args, kwargs: captured.update(grid=args[1] if len(args) > 1 else kwargs["grid_thw"]),
-                with_kwargs=True,
-            ),
-            self.visual.blocks[-1].attn.register_forward_pre_hook(
-                lambda module, args, kwargs: captured.update(signals=_qwen_signals(module, args, kwargs)),
-                with_kwargs=True,
-            ),
-        ]
-        try:
-            out = super()._process_video_input(video_input)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        out, captured = _with_signals(self, lambda: super(Qwen2_5_VL, self)._process_video_input(video_input))
         received, keys = captured["signals"]
-        unit = self.visual.spatial_merge_unit
-        received, keys = received.view(-1, unit).mean(1), keys.view(-1, unit, keys.shape[-1]).mean(1)
         grid = captured["grid"]
         grid = grid.tolist() if isinstance(grid, Tensor) else grid
         reverse = self.visual.prepare_encoder_metadata(grid)["reverse_indices"].to(received.device)
@@ -405,18 +413,8 @@ class Qwen3VL(_Entries, Qwen3VLForConditionalGeneration):
         self._vidpress_stages = stages
         if self.vidpress.stage is None or not any(s is not None and s.needs.encoder_attention for s in stages):
             return super()._process_video_input(video_input)
-        captured: dict[str, Any] = {}
-        hook = self.visual.blocks[-1].attn.register_forward_pre_hook(
-            lambda module, args, kwargs: captured.update(signals=_qwen_signals(module, args, kwargs)),
-            with_kwargs=True,
-        )
-        try:
-            out = super()._process_video_input(video_input)
-        finally:
-            hook.remove()
-        received, keys = captured["signals"]
-        unit = self.visual.spatial_merge_unit
-        self._vidpress_signals = (received.view(-1, unit).mean(1), keys.view(-1, unit, keys.shape[-1]).mean(1))
+        out, captured = _with_signals(self, lambda: super(Qwen3VL, self)._process_video_input(video_input))
+        self._vidpress_signals = captured["signals"]
         return out
 
     def recompute_mrope_positions(
