@@ -10,6 +10,11 @@ the pinned commit (written for these tests, not copied):
   ``pdrop_rank_drop`` (6444f30).
 - FastVID: LunarShen/FastVID ``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py``
   (a40a109), DySeg to the sorted ``keep_indexs``.
+- VidCom2: xuyang-liu16/VidCom2 ``token_compressor/vidcom2/vidcom2.py`` (d31b156), ``vidcom2_compression`` with
+  the linear index mapper.
+- CDPruner: Theia-4869/CDPruner ``llava/model/llava_arch.py`` (ed9c12d), ``encode_images``: relevance, kernel and
+  the greedy MAP of the DPP (re-derived here from its definition: each step takes the token whose Schur complement
+  against the picked set is largest).
 """
 
 import math
@@ -406,3 +411,171 @@ def test_fastvid_faithful_runs_on_mrope(tiny_qwen, clip_frames):
     ):
         tiny_qwen.model(**inputs)
     assert run.report.accounting.prefill_visual[0] < run.report.accounting.visual_in
+
+
+# -- VidCom2 ------------------------------------------------------------------------------------------------
+
+
+def reference_vidcom2(flat: torch.Tensor, per_frame: int, base_scale: float) -> list[int]:
+    """Indices into the flattened (F*T, D) tokens the reference keeps, in its order (frame by frame, each frame's
+    sorted)."""
+    dim = flat.shape[1]
+    variance = ((flat - flat.mean(0)) ** 2).mean(0)  # population variance per channel
+    low = torch.topk(variance, int(dim * 0.5), largest=False).indices
+    tokens = flat[:, low]
+    frames = tokens.shape[0] // per_frame
+    normed = torch.stack([F.normalize(tokens[f * per_frame : (f + 1) * per_frame], dim=-1) for f in range(frames)])
+    video_mean = normed.reshape(-1, normed.shape[-1]).mean(0)
+    widths = [2.0**k for k in range(-3, 2)]
+    kept = []
+    video_sim, frame_sim = [], []
+    for f in range(frames):
+        frame_mean = normed[f].mean(0)
+        d_video = ((normed[f] - video_mean) ** 2).sum(-1)
+        d_frame = ((normed[f] - frame_mean) ** 2).sum(-1)
+        video_sim.append(sum(torch.exp(-d_video / (2 * a)) for a in widths))
+        frame_sim.append(sum(torch.exp(-d_frame / (2 * a)) for a in widths))
+    scores = torch.stack([-v.mean() for v in video_sim])
+    probs = torch.exp((scores - scores.max()) / 0.01)
+    probs = probs / probs.sum()
+    for f in range(frames):
+        scale = min(base_scale * (1 + probs[f] - probs.mean()), 1.0)
+        k = max(1, int(torch.round(torch.as_tensor(scale * per_frame))))
+        order = torch.topk(video_sim[f] + frame_sim[f], k, largest=False).indices
+        kept += sorted(int(i) + f * per_frame for i in order)
+    return kept
+
+
+def _vidcom2_video(frames, per_frame, dim=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, per_frame, dim, generator=generator)
+    x[frames // 3 : frames // 2] += 1.5 * torch.randn(1, 1, dim, generator=generator)  # frames unlike the rest
+    return x
+
+
+@pytest.mark.parametrize(
+    "frames,per_frame,r", [(8, 16, 0.25), (7, 25, 0.3), (5, 9, 0.5), (13, 36, 0.15), (3, 49, 0.9), (9, 16, 1.0)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vidcom2_faithful_keeps_the_reference_tokens(frames, per_frame, r, seed):
+    x = _vidcom2_video(frames, per_frame, seed=seed)
+    plan = vidpress.VidCom2(retention=r, mode="faithful")(VisualTokens(x[None], (1, per_frame)))
+    assert plan.keep[0].tolist() == reference_vidcom2(x.flatten(0, 1), per_frame, r)
+
+
+@pytest.mark.parametrize("frames,per_frame,r", [(8, 16, 0.25), (7, 25, 0.3), (13, 36, 0.15), (5, 9, 0.77)])
+def test_vidcom2_fixed_keeps_the_budget_and_the_reference_ranking(frames, per_frame, r):
+    x = _vidcom2_video(frames, per_frame)
+    tokens = VisualTokens(x[None], (1, per_frame))
+    fixed = vidpress.VidCom2(retention=r)(tokens).keep[0]
+    reference = reference_vidcom2(x.flatten(0, 1), per_frame, r)
+    budget = max(1, round(r * frames * per_frame))
+    assert len(fixed) == budget and len(set(fixed.tolist())) == budget
+    counts = torch.bincount(fixed // per_frame, minlength=frames)
+    ref_counts = torch.bincount(torch.tensor(reference) // per_frame, minlength=frames)
+    assert (counts >= 1).all() and ((counts - ref_counts).abs() <= 2).all()  # the reference's split, to the budget
+    for f in range(frames):  # within a frame, the same ranking: the smaller set is inside the larger
+        mine = set(fixed[counts[:f].sum() : counts[: f + 1].sum()].tolist())
+        theirs = {i for i in reference if i // per_frame == f}
+        assert mine <= theirs or theirs <= mine
+
+
+def test_vidcom2_keep_everything_only_in_fixed_mode():
+    x = _vidcom2_video(6, 16)
+    tokens = VisualTokens(x[None], (1, 16))
+    assert vidpress.VidCom2(retention=1.0)(tokens).keep[0].tolist() == list(range(96))
+    faithful = vidpress.VidCom2(retention=1.0, mode="faithful")(tokens).keep[0]
+    assert len(faithful) < 96  # frames below the mean probability lose tokens even at base_scale 1
+    assert vidpress.VidCom2(mode="faithful").kept_count(6, 16) is None
+
+
+def test_vidcom2_refuses_what_the_reference_cannot_compute():
+    from vidpress.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="leaves none"):
+        vidpress.VidCom2(channel_share=0.4)(VisualTokens(torch.randn(1, 2, 4, 2), (2, 2)))
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        vidpress.VidCom2(temperature=0)
+    with pytest.raises(BudgetError, match="retention"):
+        vidpress.VidCom2(retention=1.5)
+
+
+# -- CDPruner -----------------------------------------------------------------------------------------------
+
+
+def reference_cdpruner(features: torch.Tensor, text: torch.Tensor, count: int) -> list[int]:
+    """The tokens the reference keeps (sorted): greedy MAP of the DPP with kernel r_i cos(x_i, x_j) r_j, r the
+    min-max normalised negated mean cosine to the text, each step maximising the gain
+    L_jj - L_jS L_SS^-1 L_Sj."""
+    x = features.double()
+    unit = x / x.norm(dim=-1, keepdim=True)
+    t = text.double() / text.double().norm(dim=-1, keepdim=True)
+    r = -(unit @ t.T).mean(-1)
+    r = (r - r.min() + 1e-6) / (r.max() - r.min())
+    kernel = r[:, None] * (unit @ unit.T) * r[None, :]
+    chosen: list[int] = []
+    for _ in range(count):
+        if chosen:
+            inner = kernel[chosen][:, chosen]
+            cross = kernel[chosen]  # (|S|, N)
+            gain = torch.diagonal(kernel) - (cross * torch.linalg.solve(inner, cross)).sum(0)
+        else:
+            gain = torch.diagonal(kernel).clone()
+        gain[chosen] = -float("inf")
+        chosen.append(int(gain.argmax()))
+    return sorted(chosen)
+
+
+def _cdpruner_inputs(frames, per_frame, dim=48, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, per_frame, dim, generator=generator)
+    text = torch.randn(5, dim, generator=generator) + x.flatten(0, 1)[:5]  # a question close to a few tokens
+    return x, text
+
+
+@pytest.mark.parametrize("frames,per_frame,r", [(3, 9, 0.3), (5, 4, 0.45), (2, 16, 0.77), (7, 3, 0.25)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cdpruner_faithful_keeps_the_reference_tokens(frames, per_frame, r, seed):
+    x, text = _cdpruner_inputs(frames, per_frame, seed=seed)
+    tokens = VisualTokens(x[None], (1, per_frame), text=text[None])
+    plan = vidpress.CDPruner(retention=r, mode="faithful")(tokens)
+    count = max(1, round(r * frames * per_frame))
+    assert plan.keep[0].tolist() == reference_cdpruner(x.flatten(0, 1), text, count)
+
+
+@pytest.mark.parametrize("frames,per_frame,r", [(3, 9, 0.3), (5, 16, 0.45)])
+def test_cdpruner_fixed_runs_the_reference_per_frame_at_even_budgets(frames, per_frame, r):
+    x, text = _cdpruner_inputs(frames, per_frame)
+    plan = vidpress.CDPruner(retention=r)(VisualTokens(x[None], (1, per_frame), text=text[None]))
+    budget = max(1, round(r * frames * per_frame))
+    shares = [budget // frames + (f < budget % frames) for f in range(frames)]
+    expected = [i + f * per_frame for f, k in enumerate(shares) for i in reference_cdpruner(x[f], text, k)]
+    assert plan.keep[0].tolist() == expected
+
+
+def test_cdpruner_follows_the_question_and_keeps_everything_at_retention_one():
+    x, text = _cdpruner_inputs(4, 9)
+    tokens = lambda t: VisualTokens(x[None], (1, 9), text=t[None])  # noqa: E731
+    assert vidpress.CDPruner(retention=1.0)(tokens(text)).keep[0].tolist() == list(range(36))
+    other = torch.randn(5, 48, generator=torch.Generator().manual_seed(9))
+    a = vidpress.CDPruner(retention=0.25, mode="faithful")(tokens(text)).keep[0]
+    b = vidpress.CDPruner(retention=0.25, mode="faithful")(tokens(other)).keep[0]
+    assert not torch.equal(a, b)  # another question, another set
+    no_text = vidpress.CDPruner(retention=0.25, mode="faithful")(VisualTokens(x[None], (1, 9))).keep[0]
+    assert len(no_text) == 9  # diversity alone without a question
+
+
+def test_cdpruner_refuses_more_tokens_than_its_kernel_can_diversify():
+    x = torch.randn(1, 2, 16, 4)  # 32 tokens of width 4: the similarity kernel has rank 4
+    with pytest.raises(BudgetError, match="span"):
+        vidpress.CDPruner(retention=0.5, mode="faithful")(VisualTokens(x, (4, 4), text=torch.randn(1, 3, 4)))
+
+
+def test_cdpruner_survives_zero_tokens_and_equal_relevance_where_the_reference_divides_by_zero():
+    from vidpress.stages.pre_llm.cdpruner import dpp_kernel, relevance
+
+    x = torch.randn(6, 8)
+    text = torch.cat([torch.randn(2, 8), torch.zeros(1, 8)])  # a padding token's zero embedding
+    assert torch.isfinite(relevance(x, text)).all()
+    assert relevance(x, x[:1] * 0 + 1)[0] > 0 and torch.isfinite(dpp_kernel(torch.zeros(3, 8), torch.ones(3))).all()
+    assert torch.equal(relevance(torch.ones(4, 8), text), torch.ones(4))  # every token equally relevant

@@ -18,7 +18,17 @@ from vidpress.tokens import VisualTokens
 def test_no_entry_or_none_is_the_uncompressed_model():
     assert serving_config({}).stage is None
     assert serving_config({"vidpress": {"method": "none"}}).stage is None
-    assert servable_methods() == ["none", "ttm", "events", "visionzip", "fastvid", "frames", "spatial", "random"]
+    assert servable_methods() == [
+        "none",
+        "ttm",
+        "events",
+        "visionzip",
+        "fastvid",
+        "vidcom2",
+        "frames",
+        "spatial",
+        "random",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -28,6 +38,8 @@ def test_no_entry_or_none_is_the_uncompressed_model():
         ({"method": "ttm", "kk": 0.7}, UnknownMethodError, "no parameter 'kk'"),
         ({"method": "visionzip", "retention": 0}, BudgetError, "retention must be in"),
         ({"method": "dycoke"}, InvalidParameterError, "use method 'ttm'"),
+        ({"method": "cdpruner"}, InvalidParameterError, "reads the question"),
+        ({"method": "vidcom2", "mode": "faithful"}, InvalidParameterError, "decides its token count"),
         ({"method": "metok"}, InvalidParameterError, "use method 'events'"),
         ({"method": "events"}, InvalidParameterError, "needs a retention"),
         ({"method": "events", "retention": 0.25, "relevance": "siglip"}, InvalidParameterError, "DistinctRelevance"),

@@ -27,6 +27,7 @@ from .io.video import Video, load_video
 from .method import Method, compose
 from .methods import (
     METHODS,
+    CDPruner,
     DyCoke,
     FastV,
     FastVID,
@@ -36,6 +37,7 @@ from .methods import (
     ToMe,
     UniformFrames,
     UniformSpatial,
+    VidCom2,
     VisionZip,
     apply,
     get_method,
@@ -53,6 +55,7 @@ __all__ = [
     "Accounting",
     "AlreadyAppliedError",
     "BudgetError",
+    "CDPruner",
     "DyCoke",
     "DynamicKV",
     "FastV",
@@ -80,6 +83,7 @@ __all__ = [
     "VideoError",
     "VideoNotFoundError",
     "VidpressError",
+    "VidCom2",
     "VisionZip",
     "apply",
     "compose",

@@ -28,7 +28,7 @@ pytest.importorskip("vllm")
 import numpy as np  # noqa: E402
 
 from vidpress.integrations.vllm.checkpoints import declared_placeholders  # noqa: E402
-from vidpress.integrations.vllm.serving import serving_config  # noqa: E402
+from vidpress.integrations.vllm.serving import servable_methods, serving_config  # noqa: E402
 
 ENTRIES = {
     "llava_onevision": {"method": "visionzip", "retention": 0.25},
@@ -212,8 +212,8 @@ def test_a_bad_entry_is_refused_in_one_line_before_any_engine_starts(checkpoints
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if "visionzp" in line and "non-default args" not in line]
     assert lines == [
-        "vidpress: refused the server's vidpress entry: unknown method 'visionzp' for vLLM; choose one of: none, "
-        "ttm, events, visionzip, fastvid, frames, spatial, random (did you mean 'visionzip'?)"
+        "vidpress: refused the server's vidpress entry: unknown method 'visionzp' for vLLM; choose one of: "
+        f"{', '.join(servable_methods())} (did you mean 'visionzip'?)"
     ]
     assert "Traceback" not in done.stderr + done.stdout and "EngineCore" not in done.stderr + done.stdout
     assert time.monotonic() - started < 120

@@ -13,8 +13,10 @@ from ..stages import compose as compose_stages
 
 if TYPE_CHECKING:
     from ..runtime.install import Run
+from ..stages.pre_llm.cdpruner import CDPruner
 from ..stages.pre_llm.fastvid import FastVID
 from ..stages.pre_llm.uniform import RandomTokens, UniformFrames, UniformSpatial
+from ..stages.pre_llm.vidcom2 import VidCom2
 from ..stages.pre_llm.visionzip import VisionZip
 from ..stages.prefill.peers import FastV, PyramidDrop
 from .dycoke import DyCoke
@@ -31,6 +33,8 @@ METHODS: dict[str, type[Method]] = {
         PyramidDrop,
         VisionZip,
         FastVID,
+        VidCom2,
+        CDPruner,
         UniformFrames,
         UniformSpatial,
         RandomTokens,
@@ -78,6 +82,7 @@ def apply(model: Any, method: Method | Stages | Stage | str, **params: Any) -> R
 
 __all__ = [
     "METHODS",
+    "CDPruner",
     "DyCoke",
     "FastV",
     "FastVID",
@@ -87,6 +92,7 @@ __all__ = [
     "ToMe",
     "UniformFrames",
     "UniformSpatial",
+    "VidCom2",
     "VisionZip",
     "apply",
     "get_method",

@@ -52,6 +52,11 @@ def unservable(name: str) -> str | None:
 
     stages = METHODS[name]().build()
     slots = [(slot, stage) for slot in _SLOT_REASONS if (stage := getattr(stages, slot)) is not None]
+    if not slots and stages.pre_llm is not None and stages.pre_llm.needs.text:
+        return (
+            f"its {type(stages.pre_llm).__name__} reads the question, and vLLM encodes (and caches) a video apart "
+            "from its prompt"
+        )
     if not slots:
         return None
     reason = "; ".join(f"its {type(stage).__name__} {_SLOT_REASONS[slot]}" for slot, stage in slots)
