@@ -379,3 +379,10 @@ def test_a_generation_that_stops_at_its_first_token_reports_no_decoding_step(tin
     assert answer.report.decode_steps == 0
     rows = dict(answer.report.rows())
     assert rows["decode"] == NO_STEP and rows["mean visual KV attended per layer, decode"] == NO_STEP
+
+
+def test_the_model_help_names_every_random_build():
+    from vidpress.adapters.registry import random_builds
+    from vidpress.cli.common import MODEL_HELP
+
+    assert all(name in MODEL_HELP.split(" | ") for name in random_builds())

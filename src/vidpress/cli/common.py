@@ -14,8 +14,8 @@ err = Console(stderr=True, width=max(120, Console().width))
 
 
 MODEL_HELP = (
-    "default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random:<preset> | "
-    "local checkpoint dir | hub id."
+    "default | testbed | random | random-llava-next-video | random-qwen2.5-vl | random-qwen3-vl | "
+    "random-qwen3-vl-moe | random:<preset> | local checkpoint dir | hub id."
 )
 
 
