@@ -8,8 +8,6 @@ pytest.importorskip("vllm")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from test_plugin import hf_inputs, transformers_block, video_placeholders  # noqa: E402
-from test_requests import record_positions, shapes  # noqa: E402
 
 from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
     declared_placeholders,
@@ -18,6 +16,9 @@ from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
     video_request,
 )
 from vidpress.integrations.vllm.serving import servable_methods, serving_config  # noqa: E402
+
+from .test_plugin import hf_inputs, transformers_block, video_placeholders  # noqa: E402
+from .test_requests import record_positions, shapes  # noqa: E402
 
 FRAMES = 8  # conftest's clip
 FPS = 2.0  # video_request's
