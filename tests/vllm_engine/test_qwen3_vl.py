@@ -18,7 +18,7 @@ from vidpress.integrations.vllm.checkpoints import (  # noqa: E402
 from vidpress.integrations.vllm.serving import servable_methods, serving_config  # noqa: E402
 
 from .test_plugin import hf_inputs, transformers_block, video_placeholders  # noqa: E402
-from .test_requests import record_positions, shapes  # noqa: E402
+from .test_requests import positions_fed, resized_clips, shapes  # noqa: E402
 
 FRAMES = 8  # conftest's clip
 FPS = 2.0  # video_request's
@@ -165,7 +165,7 @@ def test_positions_are_the_uncompressed_prompts_at_the_kept_tokens(checkpoints, 
     at the kept tokens, times and text included."""
     from PIL import Image
     from transformers import AutoProcessor
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     loaded, path = checkpoints["qwen3_vl"]
     size, config = loaded.processor.image_size, loaded.model.config
@@ -182,16 +182,11 @@ def test_positions_are_the_uncompressed_prompts_at_the_kept_tokens(checkpoints, 
         data["image"] = picture
     llm = LLM(**engine_args(path, settings, limit_mm_per_prompt={"video": 2, "image": 1}))
 
-    llm.apply_model(record_positions)
-    out = llm.generate({"prompt": prompt, "multi_modal_data": data}, SamplingParams(max_tokens=1), use_tqdm=False)[0]
-    (positions,) = llm.apply_model(lambda model: model._positions[-1].cpu())
+    out, positions = positions_fed(llm, {"prompt": prompt, "multi_modal_data": data})
     del llm
 
     processor = AutoProcessor.from_pretrained(path)
-    frames = [
-        np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in np.roll(clip, i, 0)[:n]])
-        for i, n in enumerate(lengths)
-    ]
+    frames = resized_clips(clip, lengths, size)
     metadata = [{"fps": FPS, "total_num_frames": n, "frames_indices": list(range(n))} for n in lengths]
     extra = {} if media == "two videos" else {"images": [picture]}
     inputs = processor(text=prompt, videos=frames, video_metadata=metadata, return_tensors="pt", **extra)

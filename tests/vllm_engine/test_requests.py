@@ -99,12 +99,32 @@ def record_positions(model):
     model.recompute_mrope_positions = recorded
 
 
+def positions_fed(llm, request):
+    """The prompt ``request`` gets in ``llm`` and the M-RoPE positions its last recomputation fed the LLM."""
+    from vllm import SamplingParams
+
+    llm.apply_model(record_positions)
+    out = llm.generate(request, SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)[0]
+    (positions,) = llm.apply_model(lambda model: model._positions[-1].cpu())
+    return out, positions
+
+
+def resized_clips(clip, lengths, size):
+    """The clip rolled by i and cut to each of ``lengths`` frames, resized to ``size`` as the requests send it."""
+    from PIL import Image
+
+    return [
+        np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in np.roll(clip, i, 0)[:n]])
+        for i, n in enumerate(lengths)
+    ]
+
+
 def test_several_videos_keep_their_original_mrope_positions_in_qwen(checkpoints, clip):
     """Two videos of different lengths, each cut to its own frames (uniform frame sampling, whose kept temporal
     patches are known): the positions vLLM feeds the LLM are those of the uncompressed prompt (transformers'
     get_rope_index) at the kept tokens, text included."""
     from transformers import AutoProcessor
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     loaded, path = checkpoints["qwen2_5_vl"]
     size, config = loaded.processor.image_size, loaded.model.config
@@ -118,19 +138,12 @@ def test_several_videos_keep_their_original_mrope_positions_in_qwen(checkpoints,
 
     llm = LLM(**engine_args(path, settings, limit_mm_per_prompt={"video": 2}))
 
-    llm.apply_model(record_positions)
-    out = llm.generate(request, SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)[0]
-    (positions,) = llm.apply_model(lambda model: model._positions[-1].cpu())
+    out, positions = positions_fed(llm, request)
     del llm
 
     # the uncompressed prompt and its positions, as transformers computes them
-    from PIL import Image
-
     processor = AutoProcessor.from_pretrained(path)
-    frames = [
-        np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in np.roll(clip, i, 0)[:n]])
-        for i, n in enumerate(lengths)
-    ]
+    frames = resized_clips(clip, lengths, size)
     inputs = processor(text=prompt, videos=frames, return_tensors="pt")
     inputs["second_per_grid_ts"] = torch.full((2,), 2 / 2.0)  # 2-frame patches at the requests' 2 fps
     full, _ = loaded.model.model.get_rope_index(
