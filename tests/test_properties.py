@@ -15,6 +15,7 @@ from vidpress.stages.decode.layerwise_trim import LayerwiseTrim
 from vidpress.stages.pre_llm.budget import visual_budget
 from vidpress.stages.pre_llm.event_pooling import EventPooling
 from vidpress.stages.pre_llm.fastvid import FastVID
+from vidpress.stages.pre_llm.holitom import HoliTomMerge
 from vidpress.stages.pre_llm.pooling import pool_grid
 from vidpress.stages.pre_llm.temporal_merge import TemporalMerge
 from vidpress.stages.pre_llm.uniform import UniformBaseline
@@ -330,6 +331,7 @@ def test_layerwise_trim_never_grows_a_layer(counts, first):
         VisionZip(retention=1.0),
         FastVID(retention=1.0),
         EventPooling(retention=1.0),
+        HoliTomMerge(retention=1.0, tau=0.0),
     ],
 )
 def test_keep_everything_is_the_identity(stage):
@@ -358,6 +360,7 @@ def test_declared_counts_equal_what_the_stages_keep(frames, side, retention, k, 
         VisionZip(retention=retention, mode=mode),
         TemporalMerge(k=k, mode=mode),
         FastVID(retention=retention),
+        HoliTomMerge(retention=retention),
     ):
         plan = stage(tokens)
         kept = plan.num_kept if isinstance(plan, Selection) else plan.num_visual

@@ -209,7 +209,7 @@ def test_a_merge_without_members_is_refused(tiny_qwen3, clip_frames):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen3", "tiny_qwen3_moe"])
-@pytest.mark.parametrize("method", ["dycoke", "fastv", "visionzip", "metok"])
+@pytest.mark.parametrize("method", ["dycoke", "fastv", "visionzip", "metok", "holitom"])
 def test_report_agrees_with_the_config_calculator(request, clip_frames, fixture, method):
     loaded = request.getfixturevalue(fixture)
     chosen = METHODS[method].at_retention(0.5) if method != "dycoke" else vidpress.DyCoke(k=0.5, l=2, p=0.5)

@@ -17,6 +17,7 @@ the pinned commit (written for these tests, not copied):
   against the picked set is largest).
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -579,3 +580,183 @@ def test_cdpruner_survives_zero_tokens_and_equal_relevance_where_the_reference_d
     assert torch.isfinite(relevance(x, text)).all()
     assert relevance(x, x[:1] * 0 + 1)[0] > 0 and torch.isfinite(dpp_kernel(torch.zeros(3, 8), torch.ones(3))).all()
     assert torch.equal(relevance(torch.ones(4, 8), text), torch.ones(4))  # every token equally relevant
+
+
+# -- HoliTom ------------------------------------------------------------------------------------------------
+
+
+def _reference_dpc_knn(x: torch.Tensor, count: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's ``cluster_dpc_knn`` on one row, with one draw of its noise below 1e-6: the draw that puts the
+    lower index first among exactly equal densities (mutual nearest neighbours tie whenever k = 2)."""
+    dist = torch.cdist(x.float(), x.float()) / (x.shape[-1] ** 0.5)
+    density = (-(dist.topk(k, dim=-1, largest=False).values ** 2).mean(-1)).exp()
+    density = density + 1e-6 * (len(x) - torch.arange(len(x))) / (len(x) + 1)
+    higher = (density[None, :] > density[:, None]).float()
+    parent = (dist * higher + dist.max() * (1 - higher)).min(-1).values
+    return (parent * density).topk(count).indices.sort().values, dist
+
+
+def _reference_cluster(x, centres, dist, beta):
+    """The reference's ``merge_tokens_by_clustering`` with its default beta branch."""
+    others = [i for i in range(len(x)) if i not in centres.tolist()]
+    owner = dist[others][:, centres].argmin(-1)
+    tokens = []
+    for c, centre in enumerate(centres.tolist()):
+        joined = x[others][owner == c]
+        tokens.append(beta * x[centre] + (1 - beta) * joined.mean(0) if len(joined) else x[centre])
+    return tokens
+
+
+def reference_holitom(x, attention, r, tau=0.8, beta=0.6, d=0.0, knn=7, max_window=1024):
+    """(frame-token index whose position each token takes, tokens) of the reference's outer-LLM block on one video
+    ``x`` (F, T, D) in its order ("one_token" newline mode: windows in order; static tokens, then each frame's
+    dominant and contextual tokens)."""
+    frames, per_frame, _ = x.shape
+    unit = F.normalize(x, dim=-1)
+    sim = F.cosine_similarity(unit[:-1], unit[1:], dim=-1)
+    run = torch.ones(frames, frames, per_frame)
+    for s in range(frames - 1):
+        cum = torch.cumprod(sim[s:] > tau, dim=0)
+        run[s, s + 1 : s + 1 + len(cum)] = cum
+    span = (torch.arange(frames)[None] - torch.arange(frames)[:, None]).clamp(min=0)
+    pruned = (run.sum(-1) * span).float()
+    dp, prev = torch.zeros(frames), [0] * frames
+    for i in range(frames):
+        best, start = (dp[i - 1] if i > 0 else 0), i
+        for size in range(2, min(i + 1, max_window) + 1):
+            j = i - size
+            value = (dp[j] if j >= 0 else 0) + pruned[j + 1, i]
+            if value > best:
+                best, start = value, j + 1
+        dp[i], prev[i] = best, start
+    windows, i = [], frames - 1
+    while i >= 0:
+        windows.append((prev[i], i))
+        i = prev[i] - 1
+    total = frames * per_frame
+    ratio = min(r / ((total - dp[-1].item()) / total), 1)
+    sources, tokens = [], []
+    for s, e in windows[::-1]:
+        static = (sim[s:e] > tau).all(0) if e > s else torch.zeros(per_frame, dtype=torch.bool)
+        positions = torch.arange(per_frame)
+        if e > s:
+            means = x[s : e + 1, static].mean(0)
+            count = round(len(means) * ratio)
+            if count > 0:
+                centres, dist = _reference_dpc_knn(means, count, min(knn, count))
+                sources += (s * per_frame + positions[static][centres]).tolist()
+                tokens += _reference_cluster(means, centres, dist, beta)
+        dynamic = positions[~static]
+        keep = math.ceil(len(dynamic) * ratio)
+        dominant = round(keep * (1 - d))
+        for f in range(s, e + 1):
+            top = attention[f, dynamic].topk(dominant).indices.sort().values
+            sources += (f * per_frame + dynamic[top]).tolist()
+            tokens += list(x[f, dynamic][top])
+            if keep - dominant > 0:
+                rest = torch.tensor([i for i in range(len(dynamic)) if i not in top.tolist()])
+                feats = x[f, dynamic][rest]
+                centres, dist = _reference_dpc_knn(feats, keep - dominant, min(knn, keep - dominant))
+                sources += (f * per_frame + dynamic[rest][centres]).tolist()
+                tokens += _reference_cluster(feats, centres, dist, beta)
+    return sources, torch.stack(tokens)
+
+
+def _holitom_video(scene_lengths, per_frame, dim=24, static_share=0.5, seed=0):
+    """Scenes in which a share of the positions holds still (tiny noise) and the rest moves, with a random encoder
+    attention."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for n in scene_lengths:
+        look = torch.randn(1, per_frame, dim, generator=g)
+        moving = torch.rand(per_frame, generator=g) > static_share
+        frames = look + 0.02 * torch.randn(n, per_frame, dim, generator=g)
+        frames[:, moving] = torch.randn(n, int(moving.sum()), dim, generator=g)
+        parts.append(frames)
+    x = torch.cat(parts)
+    return x, torch.rand(x.shape[:2], generator=g)
+
+
+@pytest.mark.parametrize(
+    ("scenes", "per_frame", "r", "d", "knn"),
+    [
+        ([3, 1, 4], 16, 0.25, 0.0, 7),
+        ([2, 5, 2], 25, 0.15, 0.0, 7),
+        ([1, 1, 1, 4, 6], 36, 0.1, 0.0, 7),
+        ([4, 3], 16, 0.3, 0.4, 3),
+        ([5, 2, 1, 1], 49, 0.15, 0.5, 7),
+        ([9], 9, 0.45, 0.3, 2),
+    ],
+)
+def test_holitom_faithful_segments_selects_and_merges_like_the_reference(scenes, per_frame, r, d, knn):
+    x, attention = _holitom_video(scenes, per_frame)
+    side = math.isqrt(per_frame)
+    stage = vidpress.methods.holitom.HoliTomMerge(retention=r, contextual_share=d, knn=knn, mode="faithful")
+    packed = stage(VisualTokens(x[None], (side, side), attention=attention[None], keys=x[None]))
+    sources, tokens = reference_holitom(x, attention, r, d=d, knn=knn)
+    assert packed.source[0].tolist() == sources
+    assert torch.allclose(packed.features[0], tokens, atol=1e-5)
+    assert stage.positions == "contiguous"
+
+
+def test_holitom_segmentation_is_the_reference_dynamic_programme():
+    from vidpress.stages.pre_llm.holitom import frame_similarity, static_windows
+
+    x, _ = _holitom_video([3, 1, 4, 2], 16)
+    windows, saved = static_windows(frame_similarity(x), 0.8, 1024)
+    assert windows == [(0, 2), (3, 3), (4, 7), (8, 9)]
+    statics = [int((frame_similarity(x)[s:e] > 0.8).all(0).sum()) for s, e in windows]
+    assert saved == sum((e - s) * n for (s, e), n in zip(windows, statics))
+    # a window may not be longer than max_window frames: the 4-frame scene splits
+    assert all(e - s < 2 for s, e in static_windows(frame_similarity(x), 0.8, 2)[0])
+
+
+def reference_holitom_inner(hidden, attention, r):
+    """(kept indices ascending, their hidden states) of the reference's inner-LLM merge at layer K."""
+    count = round(len(attention) * (1 - r))
+    top = attention.topk(count).indices
+    others = torch.tensor([i for i in range(len(attention)) if i not in top.tolist()])
+    a, b = hidden[others], hidden[top]
+    sim = (a @ b.T) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True).T)
+    out = hidden.clone()
+    for i, j in zip(others.tolist(), sim.argmax(-1).tolist()):
+        out[top[j]] = (out[top[j]] + out[i]) / 2
+    kept = top.sort().values
+    return kept, out[kept]
+
+
+@pytest.mark.parametrize(("n", "r"), [(37, 0.5), (50, 0.3), (9, 0.77), (64, 0.5)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_holitom_inner_merge_is_the_reference_running_average(n, r, seed):
+    from vidpress.stages.prefill.similarity_merge import SimilarityMerge
+
+    g = torch.Generator().manual_seed(seed)
+    hidden, attention = torch.randn(n, 16, generator=g), torch.rand(n, generator=g)
+    stage = SimilarityMerge(schedule=((2, 1 - r, 1 - r),), query_rows="last", count_rule="round", mode="faithful")
+    plan = stage(LayerSignals(1, attention[None], hidden=hidden[None]))
+    kept, states = reference_holitom_inner(hidden, attention, r)
+    assert plan.keep[0].tolist() == kept.tolist()
+    assert torch.allclose(plan.features[0], states, atol=1e-5)
+    # fixed: the same kept set, each a plain mean of itself and what joined it
+    fixed = dataclasses.replace(stage, mode="fixed")(LayerSignals(1, attention[None], hidden=hidden[None]))
+    assert torch.equal(fixed.keep, plan.keep)
+    weights = fixed.weights[0]
+    assert torch.allclose(weights.sum(-1), torch.ones(len(kept)))
+    assert torch.equal((weights > 0).sum(0), torch.ones(n, dtype=torch.long))  # every token in exactly one
+    assert torch.allclose(fixed.features[0], weights @ hidden, atol=1e-5)
+
+
+def test_holitom_refuses_what_the_reference_cannot_compute():
+    from vidpress.errors import InvalidParameterError
+    from vidpress.stages.prefill.similarity_merge import SimilarityMerge
+
+    with pytest.raises(InvalidParameterError, match="r < 1"):
+        vidpress.HoliTom(r=1.0)
+    # round(3 * 0.1) = 0 kept: the reference's max over no kept token fails
+    stage = SimilarityMerge(schedule=((2, 0.1, 0.1),), query_rows="last", count_rule="round")
+    with pytest.raises(BudgetError, match="lower HoliTom's R"):
+        stage(LayerSignals(1, torch.rand(1, 3), hidden=torch.randn(1, 3, 4)))
+    with pytest.raises(InvalidParameterError, match="tau"):
+        vidpress.HoliTom(tau=1.5)
+    with pytest.raises(InvalidParameterError, match="HoliTom's K"):
+        vidpress.HoliTom(knn=0)

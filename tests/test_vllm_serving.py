@@ -22,6 +22,7 @@ def test_no_entry_or_none_is_the_uncompressed_model():
         "none",
         "ttm",
         "events",
+        "holitom_outer",
         "visionzip",
         "fastvid",
         "vidcom2",
@@ -40,6 +41,9 @@ def test_no_entry_or_none_is_the_uncompressed_model():
         ({"method": "dycoke"}, InvalidParameterError, "use method 'ttm'"),
         ({"method": "cdpruner"}, InvalidParameterError, "reads the question"),
         ({"method": "vidcom2", "mode": "faithful"}, InvalidParameterError, "decides its token count"),
+        ({"method": "holitom"}, InvalidParameterError, "use method 'holitom_outer'"),
+        ({"method": "holitom_outer", "mode": "faithful"}, InvalidParameterError, "decides its token count"),
+        ({"method": "holitom_outer", "tau": 2}, InvalidParameterError, "tau"),
         ({"method": "metok"}, InvalidParameterError, "use method 'events'"),
         ({"method": "events"}, InvalidParameterError, "needs a retention"),
         ({"method": "events", "retention": 0.25, "relevance": "siglip"}, InvalidParameterError, "DistinctRelevance"),
@@ -62,6 +66,7 @@ def test_bad_entries_name_the_value_and_the_fix(entry, error, message):
         # visual_budget(0.25, 8 * 64) = 128 tokens
         ({"method": "frames", "retention": 0.25}, 8, 64, 128),
         ({"method": "visionzip", "retention": 0.25}, 8, 64, 128),
+        ({"method": "holitom_outer", "retention": 0.25}, 8, 64, 128),
         ({"method": "random", "retention": 0.1}, 8, 64, 51),
         # METok's events at 25 % on an 8 x 8 grid, strides (1, 2, 4): 64, 16 and 4 tokens a frame; by rank the finest
         # that leaves the later frames 4 each within 128: 1 key frame, 3 at the middle stride, 4 at the low one

@@ -323,8 +323,9 @@ def estimate(
             if layer in stages.prefill.layers:
                 scores = torch.rand(1, alive, generator=generator)
                 scored = stages.prefill.needs.scored_layer(layer)
+                hidden = torch.rand(1, alive, 8, generator=generator) if stages.prefill.needs.hidden else None
                 plan = stages.prefill(
-                    LayerSignals(scored, scores, event_of, key, kept), StageContext(num_layers=layers)
+                    LayerSignals(scored, scores, event_of, key, kept, hidden), StageContext(num_layers=layers)
                 )
                 alive = plan.num_kept
                 event_of = None if event_of is None else event_of.gather(1, plan.keep)

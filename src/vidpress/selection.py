@@ -102,3 +102,25 @@ class Selection:
         """Boolean keep mask, shape (B, n)."""
         m = torch.zeros(self.batch_size, self.n, dtype=torch.bool, device=self.keep.device)
         return m.scatter_(1, self.keep, True)
+
+
+@dataclass(frozen=True)
+class MergedSelection(Selection):
+    """A prefill plan that also merges: the kept tokens' hidden states are replaced by ``features`` before the
+    others are dropped (HoliTom's inner-LLM merging).
+
+    Attributes
+    ----------
+    features : Tensor, shape (B, K, D)
+        The new hidden states of the kept tokens, in ``keep`` order.
+    weights : Tensor, shape (B, K, n)
+        Each kept token's weight on each of the n input tokens (float32): what it merged.
+    """
+
+    features: Tensor
+    weights: Tensor
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.features.shape[:2] != self.keep.shape:
+            raise ValueError("MergedSelection.features must be (B, K, D) for the kept tokens")

@@ -102,6 +102,8 @@ class LayerSignals:
         Which events the pre-LLM stage marked as key events.
     input_count : int, optional
         Visual tokens entering the LLM's first layer (PyramidDrop's reference keeps fractions of this count).
+    hidden : Tensor, shape (B, N_alive, D), optional
+        The alive visual tokens' hidden states at the drop layer's input (``Needs.hidden``).
     """
 
     layer: int
@@ -109,6 +111,7 @@ class LayerSignals:
     events: Tensor | None = None
     key_events: Tensor | None = None
     input_count: int | None = None
+    hidden: Tensor | None = None
 
 
 @dataclass

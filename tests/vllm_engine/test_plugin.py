@@ -82,6 +82,7 @@ def transformers_block(model, stage, inputs, sessions=None):
         ("llava_onevision", {"method": "events", "retention": 0.25}),
         ("qwen2_5_vl", {"method": "events", "retention": 0.5}),
         ("llava_onevision", {"method": "vidcom2", "retention": 0.25}),
+        ("llava_onevision", {"method": "holitom_outer", "retention": 0.25}),
     ],
 )
 def test_vllm_keeps_what_the_transformers_path_keeps(checkpoints, clip, family, settings):

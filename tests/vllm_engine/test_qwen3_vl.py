@@ -59,6 +59,7 @@ def _span(family, loaded, path, clip, settings):
         ("qwen3_vl", {"method": "frames", "retention": 0.5}),
         ("qwen3_vl", {"method": "ttm", "k": 0.5}),
         ("qwen3_vl", {"method": "vidcom2", "retention": 0.5}),
+        ("qwen3_vl", {"method": "holitom_outer", "retention": 0.5}),
         ("qwen3_vl_moe", {"method": "fastvid", "retention": 0.5}),
     ],
 )

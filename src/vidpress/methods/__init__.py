@@ -20,6 +20,7 @@ from ..stages.pre_llm.vidcom2 import VidCom2
 from ..stages.pre_llm.visionzip import VisionZip
 from ..stages.prefill.peers import FastV, PyramidDrop
 from .dycoke import DyCoke
+from .holitom import HoliTom
 from .metok import METok
 from .tome import ToMe
 
@@ -35,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
         FastVID,
         VidCom2,
         CDPruner,
+        HoliTom,
         UniformFrames,
         UniformSpatial,
         RandomTokens,
@@ -86,6 +88,7 @@ __all__ = [
     "DyCoke",
     "FastV",
     "FastVID",
+    "HoliTom",
     "METok",
     "PyramidDrop",
     "RandomTokens",

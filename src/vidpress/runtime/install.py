@@ -248,8 +248,19 @@ class Run:
         if vision.first_pass_merging is not None:  # after the family's refusal, which names what runs it
             check_tower(self.adapter, vision.first_pass_merging)
 
+    def _check_deepstack(self) -> None:
+        """A prefill stage that merges hidden states must act after the last layer DeepStack adds features to: those
+        features belong to single tokens, and a merged token has several."""
+        prefill, levels = self.stages.prefill, min(self.adapter.deepstack_levels(), len(self.adapter.decoder_layers()))
+        if prefill is not None and prefill.needs.hidden and levels and prefill.layers[0] < levels:
+            raise IncompatibleStagesError(
+                f"{type(prefill).__name__} merges hidden states at layer {prefill.layers[0]}, before DeepStack's "
+                f"last layer {levels - 1} on {type(self.adapter).__name__}; merge at layer {levels} or later"
+            )
+
     def _install(self) -> None:
         self._check_vision()
+        self._check_deepstack()
         add = self._handles.append
         if self.stages.vision is not None or self.stages.pre_llm is not None:
             owner, name = self.adapter.video_encoder()

@@ -19,7 +19,7 @@ from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
 from ..errors import IncompatibleStagesError, VidpressError
-from ..selection import Selection
+from ..selection import MergedSelection, Selection
 from ..tokens import LayerSignals
 from .prefill import default_positions
 from .scoring import attention_rows
@@ -141,7 +141,13 @@ def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
                 scores = session.scores.pop(scored)
             scores = scores.gather(1, visual.to(scores.device))
             events = None if session.events is None else session.events.gather(1, before).gather(1, visual)
-            plan = stage(LayerSignals(scored, scores, events, session.key_events, session.visual_count(0)), session.ctx)
+            states = gather_seq(hidden, visual.to(hidden.device), 1) if stage.needs.hidden else None
+            signals = LayerSignals(scored, scores, events, session.key_events, session.visual_count(0), states)
+            plan = stage(signals, session.ctx)
+            if isinstance(plan, MergedSelection):  # the kept tokens take their merged states before the drop
+                rows = visual.gather(1, plan.keep.to(visual.device)).to(hidden.device)
+                index = rows[..., None].expand(-1, -1, hidden.shape[-1])
+                hidden = hidden.scatter(1, index, plan.features.to(hidden.device, hidden.dtype))
             if plan is not None:
                 others = per_row_positions(~session.visual_at(layer - 1))
                 local = torch.cat([others, visual.gather(1, plan.keep.to(visual.device))], 1).sort(1).values

@@ -51,6 +51,9 @@ class Needs:
     trim_after_prefill : bool
         A decode stage: once prefill ends, layers >= ``first_layer`` permanently keep only the visual KV
         entries alive at the last layer (METok stage 3); nothing is re-selected while decoding.
+    hidden : bool
+        A prefill stage gets the alive visual tokens' hidden states at its drop layer's input
+        (``LayerSignals.hidden``) and may return a :class:`~vidpress.selection.MergedSelection`.
     scores_at_drop : bool
         A prefill stage: score each drop layer with its own attention (its input norm, q and k applied to its
         input, before the drop) instead of the attention of the layer before (PyramidDrop); the
@@ -65,6 +68,7 @@ class Needs:
     encoder_attention: bool = False
     trim_after_prefill: bool = False
     scores_at_drop: bool = False
+    hidden: bool = False
 
     def scored_layer(self, drop_layer: int) -> int:
         """The layer whose attention scores the drop at ``drop_layer``: itself with ``scores_at_drop``, else the

@@ -24,6 +24,7 @@ from ...runtime.carry import carry
 from ...selection import Selection
 from ...stages import PreLLMStage, check_encoded, declared_count
 from ...stages.pre_llm.event_pooling import EventPooling
+from ...stages.pre_llm.holitom import HoliTomMerge
 from ...stages.pre_llm.relevance import DistinctRelevance
 from ...stages.pre_llm.temporal_merge import TemporalMerge
 from ...tokens import PackedTokens, VisualTokens
@@ -31,9 +32,9 @@ from ...tokens import PackedTokens, VisualTokens
 #: The key of the server's configuration in the model's config (``--hf-overrides '{"vidpress": {...}}'``).
 CONFIG_KEY = "vidpress"
 
-#: Pre-LLM stages of multi-stage methods, served by themselves: DyCoke's token merging and METok's event-aware
-#: pooling (its fixed-budget form: ``retention`` is required).
-STAGE_ENTRIES = {"ttm": TemporalMerge, "events": EventPooling}
+#: Pre-LLM stages of multi-stage methods, served by themselves: DyCoke's token merging, METok's event-aware
+#: pooling (its fixed-budget form: ``retention`` is required) and HoliTom's outer-LLM merging.
+STAGE_ENTRIES = {"ttm": TemporalMerge, "events": EventPooling, "holitom_outer": HoliTomMerge}
 
 
 #: Why a stage in each slot but the pre-LLM one cannot run in vLLM.
