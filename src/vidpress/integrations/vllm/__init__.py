@@ -11,8 +11,8 @@ through vLLM's ``vllm.general_plugins`` entry point. The method is set per serve
 A bad entry is refused where vLLM builds its configuration, before any engine core starts (one line under the
 API server). A request may pick its own method through vLLM's ``mm_processor_kwargs`` (``{"vidpress": {...}}``).
 Without the entry, the model classes are vLLM's own. Methods: ``ttm`` (DyCoke's token merging), ``events``
-(METok's event stage, fixed budget), ``visionzip``, ``fastvid`` (fixed mode), ``frames``, ``spatial``,
-``random``; see docs/vllm.md for what each family supports, what an operator sees, and what prefill- and
+(METok's event stage, fixed budget), ``holitom_outer`` (HoliTom's outer-LLM merging), ``visionzip``, ``fastvid``
+and ``vidcom2`` (fixed mode), ``frames``, ``spatial``, ``random``; see docs/vllm.md for what each family supports, what an operator sees, and what prefill- and
 decode-time methods would take.
 """
 
