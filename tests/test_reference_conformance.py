@@ -707,6 +707,10 @@ def test_holitom_segmentation_is_the_reference_dynamic_programme():
     assert windows == [(0, 2), (3, 3), (4, 7), (8, 9)]
     statics = [int((frame_similarity(x)[s:e] > 0.8).all(0).sum()) for s, e in windows]
     assert saved == sum((e - s) * n for (s, e), n in zip(windows, statics))
+    # ties: the reference replaces its best only when a window saves strictly more, so the earlier split stays
+    # (2 tokens still over frames 0-1, 2 others over frames 1-2: [0, 1] + [2] and [0] + [1, 2] both save 2)
+    tie = torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9]])
+    assert static_windows(tie, 0.8, 1024) == ([(0, 1), (2, 2)], 2)
     # a window may not be longer than max_window frames: the 4-frame scene splits
     assert all(e - s < 2 for s, e in static_windows(frame_similarity(x), 0.8, 2)[0])
 
