@@ -82,8 +82,19 @@ def main() -> None:
         label="uncompressed",
         protocol=protocol,
     )
-    order = [("uncompressed", 1.0)] + [(name, r) for name, r, _ in cells]
-    rows = [row for row in done if cell_key(row) in order]
+    # rows of methods this run does not ask for stay as measured, with their notes (--resume --methods A,B)
+    ran = set(methods)
+    if done:
+        previous = json.loads((args.out / f"{stem}.json").read_text()).get("notes", [])
+        notes = [n for n in previous if n.split(" @ ")[0] not in ran] + notes
+    rank = {name: i for i, name in enumerate(["uncompressed", *METHODS])}
+
+    def order(row):
+        retention = row["target_retention"]
+        return rank.get(row["method"], len(rank)), -1.0 if retention is None else -retention
+
+    cells_asked = {(name, r) for name, r, _ in cells}
+    rows = [row for row in done if row["method"] not in ran or cell_key(row) in cells_asked]
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
         if (name, retention) in measured:
             continue
@@ -104,7 +115,7 @@ def main() -> None:
             "correct": result.correct,
             "questions": result.total,
         }
-        rows = sorted([*rows, row], key=lambda r: order.index(cell_key(r)))
+        rows = sorted([*rows, row], key=order)
         write_rows(rows, notes, {**meta, "partial": True}, args.out, stem)
         print(
             f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "
