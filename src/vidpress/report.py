@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .accounting import Accounting, spec_from_config
+from .evidence import EvidenceSurvival
 
 if TYPE_CHECKING:
     from .runtime.session import Session
@@ -50,6 +51,20 @@ def _events_of(session: Any) -> dict[str, Any] | None:
     return first.as_dict() if first is not None and hasattr(first, "as_dict") else None
 
 
+def _evidence_of(session: Any, tracked: bool) -> EvidenceSurvival | None:
+    """Where the session's evidence went; decode shares are the stored ones when no hook watched decoding."""
+    found = session.evidence
+    if found is None or found.prefill is None or found.decode_sum is None:
+        return None
+    strict, merged, weight = found.pre_llm
+    steps = session.decode_steps
+    stored = [found.shares(session.layout(layer, stored=True))[1] for layer in range(session.num_layers)]
+    decode = [s / steps for s in found.decode_sum] if steps and tracked else stored
+    return EvidenceSurvival(
+        strict, merged, weight, [p[0] for p in found.prefill], [p[1] for p in found.prefill], decode
+    )
+
+
 @dataclass
 class Report:
     """Accounting plus measurements of one request."""
@@ -66,6 +81,7 @@ class Report:
     peak_memory_bytes: int
     device: str
     events: dict[str, Any] | None = None  # METok stage 1's plan of the first video (EventPlan.as_dict())
+    evidence: EvidenceSurvival | None = None  # where the evidence went, when the request traced it
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -117,6 +133,7 @@ class Report:
             session.peak_memory_bytes,
             str(next(model.parameters()).device),
             _events_of(session),
+            _evidence_of(session, tracked),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -134,6 +151,8 @@ class Report:
         )
         if self.events is not None:
             out["events"] = self.events
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.as_dict()
         return out
 
     def to_json(self) -> str:

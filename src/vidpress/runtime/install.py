@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+from torch import Tensor
 
 from ..adapters.registry import adapter_for
 from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
@@ -52,6 +53,7 @@ class ThreadState:
     sessions: list[Session] = field(default_factory=list)
     requesting: bool = False  # inside start_request: tower calls there belong to the request being started
     merging: TowerMerge | None = None  # a merging vision stage's state during its tower call
+    evidence: Tensor | None = None  # evidence masks (F, H, W) of this thread's next request
 
 
 class Run:
@@ -141,10 +143,13 @@ class Run:
             vision_before = self._t.vision_s  # encoding inside start_request is timed from ``started``
             self._t.requesting = True
             try:
-                session = start_request(self.model, self.adapter, self.stages, kwargs, positions, captures)
+                session = start_request(
+                    self.model, self.adapter, self.stages, kwargs, positions, captures, self._t.evidence
+                )
             finally:
                 self._t.requesting = False
                 self._t.captures = Captures()  # the next request starts with an empty record
+                self._t.evidence = None
             session.timings.overhead_s += self._t.encoder_s
             self._t.encoder_s = 0.0
             session.started = started
@@ -327,6 +332,22 @@ class Run:
         if not sessions:
             raise LookupError("no video request has run through the model since the method was installed")
         return sessions[-1]
+
+    def set_evidence(self, masks: Tensor) -> None:
+        """Track where the evidence of this thread's next request goes: ``masks`` (F, H, W) in [0, 1], one per frame
+        given to the processor (1: a pixel the question needs; :func:`vidpress.evidence.boxes_to_masks` makes them
+        from boxes). That request's report then carries ``evidence`` (:class:`~vidpress.evidence.EvidenceSurvival`).
+
+        Raises
+        ------
+        InvalidParameterError
+            ``masks`` not (F, H, W) in [0, 1] (checked here); at the request, a frame count that does not match
+            the video's.
+        """
+        from ..evidence import token_evidence
+
+        token_evidence(masks, (1, 1))  # the shape and range, before any request
+        self._t.evidence = masks
 
     @property
     def last_session(self) -> Session:

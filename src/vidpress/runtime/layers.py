@@ -148,11 +148,17 @@ def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
                 rows = visual.gather(1, plan.keep.to(visual.device)).to(hidden.device)
                 index = rows[..., None].expand(-1, -1, hidden.shape[-1])
                 hidden = hidden.scatter(1, index, plan.features.to(hidden.device, hidden.dtype))
+                if session.evidence is not None:
+                    alive = before.gather(1, visual)
+                    session.evidence.merge(alive.gather(1, plan.keep.to(alive.device)), alive, plan.weights)
             if plan is not None:
                 others = per_row_positions(~session.visual_at(layer - 1))
                 local = torch.cat([others, visual.gather(1, plan.keep.to(visual.device))], 1).sort(1).values
                 hidden = gather_seq(hidden, local.to(hidden.device), 1)
                 session.layouts[layer] = before.gather(1, local)
+                if session.evidence is not None and session.evidence.prefill is not None:
+                    found = session.evidence.shares(session.layout(layer))[:2]
+                    session.evidence.prefill[layer:] = [found] * (session.num_layers - layer)
             session.timed(start)
         elif layer > 0 and session.layouts[layer - 1] is not None:
             session.layouts[layer] = session.layouts[layer - 1]
@@ -206,13 +212,20 @@ def attention_pre_hook(session_of, adapter: Adapter, layer: int):
             if index is not None and isinstance(mask, Tensor) and mask.dim() == 4:
                 mask = gather_seq(mask, index.to(mask.device), 3)
             decode = session.stages.decode
+            stored = session.layout(layer, stored=True)
             if decode is not None and session.view is not None and layer >= decode.first_layer:
                 kwargs["cache"] = ViewCache(cast(Cache, cache), session.view)  # the session's: a Cache
                 if isinstance(mask, Tensor) and mask.dim() == 4:
                     mask = gather_seq(mask, session.view.to(mask.device), 3)
                 session.decode_visual_sum[layer] += session.view_visual
+                # the prompt entries in view (generated ones point at entry 0, the prompt's first, which is text)
+                view = session.view.to(stored.device)
+                attended = torch.where(view < stored.shape[1], stored.gather(1, view.clamp(max=stored.shape[1] - 1)), 0)
             else:
                 session.decode_visual_sum[layer] += session.visual_count(layer, stored=True)
+                attended = stored
+            if session.evidence is not None and session.evidence.decode_sum is not None:
+                session.evidence.decode_sum[layer] += session.evidence.shares(attended)[1]
             kwargs["attention_mask"] = mask
         return args, kwargs
 

@@ -17,7 +17,8 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from .._checks import check_context
-from ..errors import BudgetError, IncompatibleStagesError, VidpressError
+from ..errors import BudgetError, IncompatibleStagesError, InvalidParameterError, VidpressError
+from ..evidence import EvidenceTrace, token_evidence, trace
 from ..selection import Selection
 from ..stages import DeferredEncoding, Stages, check_encoded
 from ..tokens import PackedTokens, VisualTokens
@@ -264,11 +265,13 @@ def start_request(
     kwargs: dict[str, Any],
     positions: str,
     captures: Captures,
+    evidence: Tensor | None = None,
 ) -> Session:
     """Run vision + pre-LLM stage and rewrite ``kwargs`` in place for a shortened prefill.
 
     ``captures`` is the request's record of what its tower calls leave (:class:`~.session.Captures`); the video
     is encoded here (``adapter.encode_video``) unless generate encoded it before, so it is read after that.
+    ``evidence``: masks (F, H, W) of the frames given to the processor, whose survival the session traces.
 
     Raises
     ------
@@ -325,6 +328,10 @@ def start_request(
         session.events, session.key_events, session.stage_info = base.events.gather(1, kept), plan.key_events, plan.info
     session.timings.overhead_s = overhead
     session.other_tokens = int(kept.shape[1] - session.visual[0].sum())
+    if evidence is not None:
+        session.evidence = _trace(plan, evidence, tokens, base)
+        session.evidence.prefill = [session.evidence.shares(session.layout(0))[:2]] * session.num_layers
+        session.evidence.decode_sum = [0.0] * session.num_layers
     cache = kwargs.get("cache")
     kwargs.update(
         input_ids=None,
@@ -334,6 +341,28 @@ def start_request(
         cache=cache if cache is not None else DynamicCache(config=model.config),
     )
     return session
+
+
+def _trace(plan: Selection | PackedTokens, masks: Tensor, tokens: VisualTokens, base: _Base) -> EvidenceTrace:
+    """The request's evidence trace from its ``masks`` (F, H, W), over the base layout's entries.
+
+    Raises
+    ------
+    InvalidParameterError
+        Masks for another number of frames than the video's.
+    """
+    batch, frames, per_frame, _ = tokens.features.shape
+    patch = -(-len(masks) // frames)
+    shares = token_evidence(masks, tokens.grid, patch)
+    if shares.shape != (frames, per_frame):
+        raise InvalidParameterError(
+            f"evidence masks for {len(masks)} frames, but the video gives {frames} frames of {per_frame} tokens; "
+            "give one mask per frame passed to the processor"
+        )
+    count = plan.num_visual if isinstance(plan, PackedTokens) else plan.num_kept
+    visual = base.kept_video[:, :count]
+    entries = torch.searchsorted(base.kept.to(visual.device), visual)  # the base-layout entry of each token
+    return trace(plan, shares.flatten()[None].expand(batch, -1), entries, base.kept.shape[1])
 
 
 def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:

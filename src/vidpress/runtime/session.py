@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BudgetError
+from ..evidence import EvidenceTrace
 from ..stages import Stages
 from ..tokens import StageContext
 
@@ -135,6 +136,7 @@ class Session:
     other_tokens: int = 0  # non-visual prompt entries (text, the model's extra video tokens)
     query_rows: Tensor | None = None  # positions of the prefill query rows being scored
     deepstack: Tensor | None = None  # (levels, B, S0, D) features added after the first layers (zeros off visual)
+    evidence: EvidenceTrace | None = None  # where the request's evidence goes (Run.set_evidence)
 
     def __post_init__(self) -> None:
         self.ctx = StageContext(num_layers=self.num_layers)

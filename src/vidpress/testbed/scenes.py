@@ -128,6 +128,20 @@ class Sample:
         """Indices of ``count`` frames sampled uniformly from the whole video (what :meth:`frames` keeps)."""
         return frame_indices(self.scenes, count)
 
+    def needle_masks(self, count: int, size: int = 112) -> np.ndarray:
+        """Where the needle is on the ``count`` uniformly sampled frames of :meth:`frames`: (count, size, size) float32,
+        1 on its pixels, zeros without a needle (the evidence a needle question needs)."""
+        masks = np.zeros((count, size, size), dtype=np.float32)
+        if self.needle is None:
+            return masks
+        for i, index in enumerate(self.frame_indices(count)):
+            if int(index) in self.needle.frames:
+                image = Image.new("L", (size, size), 0)
+                radius = max(2, size * NEEDLE_RADIUS)
+                _draw(ImageDraw.Draw(image), self.needle.shape, "mask", self.needle.x * size, self.needle.y * size, radius)
+                masks[i] = np.asarray(image, dtype=np.float32) / 255
+        return masks
+
     def scene_at(self, index: int) -> tuple[Scene, int]:
         """The scene showing frame ``index`` of the video and the frame's index within that scene."""
         for scene in self.scenes:
@@ -290,7 +304,8 @@ def object_centres(scene: Scene, t: int, size: int) -> list[tuple[float, float]]
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, x: float, y: float, r: float) -> None:
-    box, fill = (x - r, y - r, x + r, y + r), COLORS[color]
+    """One object; colour ``"mask"`` draws it in white (255) on a one-channel image."""
+    box, fill = (x - r, y - r, x + r, y + r), 255 if color == "mask" else COLORS[color]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":

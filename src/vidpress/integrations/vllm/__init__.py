@@ -12,8 +12,8 @@ A bad entry is refused where vLLM builds its configuration, before any engine co
 API server). A request may pick its own method through vLLM's ``mm_processor_kwargs`` (``{"vidpress": {...}}``).
 Without the entry, the model classes are vLLM's own. Methods: ``ttm`` (DyCoke's token merging), ``events``
 (METok's event stage, fixed budget), ``holitom_outer`` (HoliTom's outer-LLM merging), ``visionzip``, ``fastvid``
-and ``vidcom2`` (fixed mode), ``frames``, ``spatial``, ``random``; see docs/vllm.md for what each family supports, what an operator sees, and what prefill- and
-decode-time methods would take.
+and ``vidcom2`` (fixed mode), ``frames``, ``spatial``, ``random``; see docs/vllm.md for what each family
+supports, what an operator sees, and what prefill- and decode-time methods would take.
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""Evidence survival: token shares by hand, the runtime's trace against hand-computed kept sets, and the needle
+split's statistics (docs/evaluation.md)."""
+
+import math
+
+import pytest
+import torch
+
+import vidpress
+from vidpress.errors import InvalidParameterError
+from vidpress.evidence import boxes_to_masks, token_evidence, trace
+from vidpress.pipeline import build_inputs
+from vidpress.selection import Selection
+from vidpress.stages import PreLLMStage
+from vidpress.stages.pre_llm.uniform import RandomTokens, UniformFrames
+from vidpress.testbed.scenes import make_needle_split
+from vidpress.tokens import Members, PackedTokens, VisualTokens
+
+
+def test_token_shares_by_hand():
+    # frame 1: a box over the top-left quarter of a 2 x 2 grid, and half of the top-right cell
+    masks = boxes_to_masks({1: [(0, 0, 0.5, 0.5), (0.5, 0, 0.75, 0.5)]}, 2, size=8)
+    shares = token_evidence(masks, (2, 2))
+    assert torch.allclose(shares, torch.tensor([[0, 0, 0, 0], [2 / 3, 1 / 3, 0, 0]]))
+    # Qwen's temporal patches: frames 0-1 are one token's frames; 3 frames give 2 patches
+    both = boxes_to_masks({0: [(0, 0, 0.5, 0.5)], 1: [(0, 0, 0.5, 0.5)], 2: [(0.5, 0.5, 1, 1)]}, 3, size=8)
+    assert torch.allclose(token_evidence(both, (2, 2), 2), torch.tensor([[2 / 3, 0, 0, 0], [0, 0, 0, 1 / 3]]))
+    assert token_evidence(torch.zeros(2, 8, 8), (2, 2)).sum() == 0
+    with pytest.raises(InvalidParameterError, match="x0 < x1"):
+        boxes_to_masks({0: [(0.5, 0, 0.2, 1)]}, 1)
+    with pytest.raises(InvalidParameterError, match="2 frames"):
+        boxes_to_masks({2: [(0, 0, 1, 1)]}, 2)
+    with pytest.raises(InvalidParameterError, match="in \\[0, 1\\]"):
+        token_evidence(torch.full((1, 4, 4), 2.0), (2, 2))
+
+
+def test_merged_members_carry_evidence_at_their_weight():
+    evidence = torch.tensor([[0.5, 0.25, 0.25, 0.0]])
+    # token 0 is frame token 0 unchanged; token 1 merges frame tokens 1 and 3 (weights 0.5 each); 2 is dropped
+    members = Members(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 3]), torch.tensor([1.0, 0.5, 0.5]))
+    packed = PackedTokens(
+        torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool),
+        torch.zeros(1, 2, dtype=torch.long), source=torch.tensor([[0, 1]]), members=(members,),
+    )  # fmt: skip
+    found = trace(packed, evidence, torch.tensor([[3, 4]]), 6)
+    assert found.pre_llm == pytest.approx((0.5, 0.25, 0.125))  # strict, merged, its weight in the merge
+    found = trace(Selection(torch.tensor([[0, 2]]), 4), evidence, torch.tensor([[3, 4]]), 6)
+    assert found.pre_llm == pytest.approx((0.75, 0.0, 0.0))
+
+
+def _run(model, processor, frames, method, masks, new_tokens=3):
+    inputs = build_inputs(processor, frames, "What happens in the video?")
+    with torch.no_grad(), vidpress.apply(model, method) as run:
+        run.set_evidence(masks)
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def masks():
+    # the tiny model's 56 px frames make a 2 x 2 token grid: frame 0's top-left token, frame 6's bottom-right
+    return boxes_to_masks({0: [(0, 0, 0.5, 0.5)], 6: [(0.5, 0.5, 1, 1)]}, 12, size=56)
+
+
+def test_uncompressed_keeps_all_the_evidence(tiny, clip_frames, masks):
+    survival = _run(tiny.model, tiny.processor, clip_frames, vidpress.Stages(), masks).report.evidence
+    assert (survival.strict, survival.merged, survival.dropped) == (1.0, 0.0, 0.0)
+    assert survival.prefill_reached == survival.decode_reached == [1.0] * 4
+
+
+def test_frame_sampling_keeps_the_evidence_of_the_frames_it_keeps(tiny, clip_frames, masks):
+    # 25 % of 12 frames: 3 frames, spread over the bins (i + 0.5) * 4, i.e. frames 2, 6, 10: frame 6's half survives
+    method = UniformFrames(retention=0.25)
+    assert method.encoded_frames(12, 4) == [2, 6, 10]
+    survival = _run(tiny.model, tiny.processor, clip_frames, method, masks).report.evidence
+    assert survival.strict == pytest.approx(0.5) and survival.dropped == pytest.approx(0.5)
+
+
+def test_fastv_survival_per_layer_is_its_kept_set(tiny, clip_frames):
+    # evidence on every token of frame 3, equal shares; FastV keeps half the visual tokens from layer 2
+    masks = boxes_to_masks({3: [(0, 0, 1, 1)]}, 12, size=56)
+    run = _run(tiny.model, tiny.processor, clip_frames, vidpress.FastV(k=2, r=0.5), masks)
+    session, survival = run.last_session, run.report.evidence
+    frame3 = session.layout(0)[0, session.visual[0]][12:16]  # base entries of frame 3's 4 tokens
+    kept = set(session.layout(2)[0].tolist())
+    by_hand = sum(e in kept for e in frame3.tolist()) / 4
+    assert survival.prefill_reached == pytest.approx([1.0, 1.0, by_hand, by_hand])
+    assert survival.decode_reached == pytest.approx([1.0, 1.0, by_hand, by_hand])
+
+
+def test_a_stage_that_keeps_only_the_evidence_keeps_all_of_it_at_a_tiny_budget(tiny, clip_frames, masks):
+    class KeepTokens(PreLLMStage):
+        needs = vidpress.stages.Needs()
+
+        def __call__(self, tokens, ctx=None):
+            return Selection(torch.tensor([[0, 6 * 4 + 3]]), tokens.features.shape[1] * tokens.features.shape[2])
+
+    run = _run(tiny.model, tiny.processor, clip_frames, KeepTokens(), masks)
+    survival = run.report.evidence
+    assert run.report.accounting.visual_in == 48 and run.report.accounting.prefill_visual[0] == 2
+    assert survival.strict == 1.0 and survival.prefill_reached == [1.0] * 4
+
+
+def test_masks_for_another_frame_count_are_refused(tiny, clip_frames):
+    with pytest.raises(InvalidParameterError, match="one mask per frame"):
+        _run(tiny.model, tiny.processor, clip_frames, vidpress.Stages(), torch.zeros(5, 56, 56))
+
+
+def test_random_pruning_keeps_its_retention_of_the_needle_within_the_interval():
+    """On the 300 needle videos, random pruning's strict survival is its retention within a 95 % interval."""
+    samples = make_needle_split(300, 12)
+    grid, shares = (8, 8), []
+    for i, sample in enumerate(samples):
+        evidence = token_evidence(torch.from_numpy(sample.needle_masks(12)), grid).flatten()[None]
+        tokens = VisualTokens(torch.zeros(1, 12, 64, 4), grid)
+        plan = RandomTokens(retention=0.25, seed=i)(tokens)
+        shares.append(trace(plan, evidence, torch.arange(plan.num_kept)[None], plan.num_kept).pre_llm[0])
+    mean = sum(shares) / len(shares)
+    sd = math.sqrt(sum((s - mean) ** 2 for s in shares) / (len(shares) - 1))
+    half = 1.96 * sd / math.sqrt(len(shares))
+    assert mean - half <= 0.25 <= mean + half
+    assert 0.1 < mean < 0.4
