@@ -93,8 +93,7 @@ def main() -> None:
         retention = row["target_retention"]
         return rank.get(row["method"], len(rank)), -1.0 if retention is None else -retention
 
-    cells_asked = {(name, r) for name, r, _ in cells}
-    rows = [row for row in done if row["method"] not in ran or cell_key(row) in cells_asked]
+    rows = list(done)  # every resumed cell stays; only the others are measured
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
         if (name, retention) in measured:
             continue

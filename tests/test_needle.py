@@ -60,11 +60,23 @@ def test_the_needle_is_drawn_on_its_frames_only_and_is_small():
         assert sample.needle.color in COLORS and sample.needle.shape in SHAPES
 
 
+def test_needle_masks_are_the_pixels_the_needle_changes():
+    for sample in SPLIT[:20]:
+        frames = sample.frame_indices(12)
+        masks = sample.needle_masks(12)
+        with_needle, without = render(sample.scenes, 112, sample.needle), render(sample.scenes, 112)
+        for i, index in enumerate(frames):
+            changed = (with_needle[index] != without[index]).any(axis=-1)
+            # where the needle's colour equals the background nothing changes, so the mask may hold more
+            assert (masks[i] >= changed).all() and masks[i].sum() <= changed.sum() * 1.2 + 1
+        assert {int(frames[i]) for i in np.flatnonzero(masks.any(axis=(1, 2)))} == set(sample.needle.frames)
+
+
 def test_cli_eval_on_the_needle_split_and_its_bounds():
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "--split", "needle", "-n", "2", "--model", "random"])
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output
+    assert "accuracy" in result.output and "evidence survival" in result.output
     result = runner.invoke(app, ["eval", "--split", "needle", "-n", "301", "--model", "random"])
     assert result.exit_code != 0 and "at most" in result.output
     result = runner.invoke(app, ["eval", "--split", "needles", "--model", "random"])

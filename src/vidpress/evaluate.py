@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .evidence import EvidenceSurvival
 from .method import Method
 from .methods import apply
 from .pipeline import build_inputs
@@ -103,6 +104,14 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % normal interval from their spread (clamped to [0, 1])."""
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    half = z * spread / math.sqrt(len(values))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 @dataclass
 class EvalResult:
     """Accuracy of one method on ``total`` questions; ``prefill_flops`` is the mean LLM prefill FLOPs;
@@ -113,6 +122,19 @@ class EvalResult:
     total: int
     prefill_flops: float
     hits: tuple[bool, ...] = ()
+    evidence: tuple[EvidenceSurvival, ...] = ()  #: per question with a needle: where it went (its last request)
+
+    def evidence_summary(self) -> dict[str, tuple[float, float, float]]:
+        """Mean share of the needle (strict, merged, alive per LLM layer) over the questions, each with its 95 %
+        normal interval: ``{"strict": (mean, low, high), ...}``; empty without needles."""
+        if not self.evidence:
+            return {}
+        values = {
+            "strict": [e.strict for e in self.evidence],
+            "merged": [e.merged for e in self.evidence],
+            "alive": [sum(e.prefill_reached) / len(e.prefill_reached) for e in self.evidence],
+        }
+        return {name: mean_interval(v) for name, v in values.items()}
 
     def by_kind(self, samples: Sequence[Sample]) -> dict[str, float]:
         """Accuracy per question kind of ``samples`` (the ones evaluated, same order)."""
@@ -146,9 +168,13 @@ def _checked(protocol: str) -> str:
     return protocol
 
 
-def greedy_text(model: Any, processor: Any, inputs: Any, run: Any, max_new_tokens: int) -> tuple[str, float]:
+def greedy_text(
+    model: Any, processor: Any, inputs: Any, run: Any, max_new_tokens: int, evidence: Any = None
+) -> tuple[str, float]:
     """Greedy text after ``inputs`` (cut at the end of turn) and the request's LLM prefill FLOPs (``run`` is
-    the ``apply`` context the method is installed with)."""
+    the ``apply`` context the method is installed with; ``evidence``: masks the request traces)."""
+    if evidence is not None:
+        run.set_evidence(evidence)
     end = processor.tokenizer.eos_token_id
     out = model.generate(
         **inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end, pad_token_id=end
@@ -187,7 +213,7 @@ def evaluate(
         raise ValueError(f"{len(inputs)} prepared inputs for {len(samples)} samples; prepare() the same samples")
     name = label or (method.label if isinstance(method, Method) else method.name)
     describing = _checked(protocol) == "describe"
-    hits, flops = [], 0.0
+    hits, flops, traced = [], 0.0, []
     with apply(model, method) as run, torch.inference_mode():
         for i, sample in enumerate(tqdm(samples, desc=f"eval ({name})", disable=not progress)):
             prepared = (
@@ -195,14 +221,18 @@ def evaluate(
                 if inputs is not None
                 else prepare(processor, [sample], frames=frames, size=size, protocol=protocol)[0]
             )
+            needle = None if sample.needle is None else torch.from_numpy(sample.needle_masks(frames, size))
             if describing:  # the description, then the question in a second turn after it
-                said, cost = greedy_text(model, processor, prepared, run, DESCRIPTION_TOKENS)
+                said, cost = greedy_text(model, processor, prepared, run, DESCRIPTION_TOKENS, needle)
                 said = merge_repeats(said.strip()) if merge else said.strip()
                 prepared = build_inputs(
                     processor, sample.frames(size, frames), choice_prompt(sample), [(CAPTION, said)]
                 )
                 flops += cost
-            text, cost = greedy_text(model, processor, prepared, run, ANSWER_TOKENS)
+            text, cost = greedy_text(model, processor, prepared, run, ANSWER_TOKENS, needle)
             hits.append(match_option(text, sample.question.options) == sample.question.answer)
             flops += cost
-    return EvalResult(name, sum(hits), len(samples), flops / max(1, len(samples)), tuple(hits))
+            found = run.report.evidence
+            if needle is not None and found is not None:
+                traced.append(found)
+    return EvalResult(name, sum(hits), len(samples), flops / max(1, len(samples)), tuple(hits), tuple(traced))

@@ -96,6 +96,15 @@ def eval_(
     for r, acc in zip(results, by_kind):
         kinds.add_row(r.method, *(f"{acc[kind]:.0%}" for kind in counts))
     console.print(kinds)
+    if results[0].evidence:
+        survival = Table(title="the needle's pixels: share reaching the LLM (evidence survival), 95 % CI")
+        for column in ("method", "own tokens", "inside merged tokens", "alive per LLM layer"):
+            survival.add_column(column, justify="left" if column == "method" else "right")
+        for r in results:
+            found = r.evidence_summary()
+            survival.add_row(r.method, *(f"{m:.3f} ({lo:.3f} - {hi:.3f})" for m, lo, hi in found.values()))
+        console.print(survival)
+        console.print("evidence survival says whether the needle reaches the LLM, not whether the LLM uses it")
     if not loaded.trained:
         console.print(
             "[bold yellow]note[/]: untrained model - its answers seldom name an option, so accuracy is at or "

@@ -137,8 +137,8 @@ class Sample:
         for i, index in enumerate(self.frame_indices(count)):
             if int(index) in self.needle.frames:
                 image = Image.new("L", (size, size), 0)
-                radius = max(2, size * NEEDLE_RADIUS)
-                _draw(ImageDraw.Draw(image), self.needle.shape, "mask", self.needle.x * size, self.needle.y * size, radius)
+                x, y, radius = self.needle.x * size, self.needle.y * size, max(2, size * NEEDLE_RADIUS)
+                _draw(ImageDraw.Draw(image), self.needle.shape, "mask", x, y, radius)
                 masks[i] = np.asarray(image, dtype=np.float32) / 255
         return masks
 
