@@ -142,10 +142,19 @@ def test_bench_quick_writes_table_and_plots(tmp_path):
             str(tmp_path),
             "--repeats",
             "2",
+            "--evidence",
+            '{"3": [[0, 0, 0.5, 0.5]], "6": [[0.5, 0.5, 1, 1]]}',
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "bench.json").read_text())["meta"]["repeats"] == 2
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["meta"]["repeats"] == 2
+    rows = {(r["method"], r["target_retention"]): r for r in saved["rows"]}
+    assert rows[("uncompressed", 1.0)]["evidence_strict"] == 1.0
+    # 25 % of 16 frames keeps frames 2, 6, 10 and 14: frame 6's box, half the evidence
+    assert rows[("frames", 0.25)]["evidence_strict"] == pytest.approx(0.5)
+    assert rows[("fastv", 0.5)]["evidence_strict"] == 1.0  # FastV drops inside the LLM: alive says how much
+    assert rows[("fastv", 0.5)]["evidence_alive"] < 1.0
     for name in ("bench.csv", "bench.json", "bench.md", "fidelity_vs_flops.png", "ttft.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
@@ -274,6 +283,13 @@ def test_bench_rejects_bad_retentions_methods_and_outputs_before_work(tmp_path):
     blocked.write_text("")
     result = runner.invoke(app, ["bench", "--model", "random", "--out", str(blocked / "sub")])
     assert result.exit_code != 0 and str(blocked) in str(result.exception or result.output)
+
+
+def test_bench_refuses_bad_evidence_boxes_before_work(tmp_path):
+    for text, message in (("[1]", "must be JSON"), ('{"0": [[0.5, 0, 0.2, 1]]}', "x0 < x1")):
+        result = runner.invoke(app, ["bench", "--model", "random", "--evidence", text, "--out", str(tmp_path)])
+        said = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and message in said, result.output
 
 
 def test_run_warms_up_before_the_measured_request(monkeypatch):

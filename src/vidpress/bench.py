@@ -29,6 +29,19 @@ RETENTIONS = (0.5, 0.25, 0.15, 0.1)
 FIXED_POINT = ("metok",)
 
 
+def _evidence_columns(report: Any) -> dict[str, float]:
+    """The evidence survival of a request that traced it (``vidpress bench --evidence``), else nothing."""
+    found = report.evidence
+    if found is None:
+        return {}
+    return {
+        "evidence_strict": found.strict,
+        "evidence_merged": found.merged,
+        "evidence_alive": sum(found.prefill_reached) / len(found.prefill_reached),
+        "evidence_decode": sum(found.decode_reached) / len(found.decode_reached),
+    }
+
+
 @dataclass
 class BenchRow:
     method: str
@@ -56,6 +69,7 @@ class BenchRow:
             "first_token_kl": float((p.exp() * (p - q))[allowed].sum()),
             "first_token_top1_agree": float(base.first_logits.argmax() == self.answer.first_logits.argmax()),
             "greedy_token_agreement": agree,
+            **_evidence_columns(a),
             "ttft_s": a.ttft_s,
             "llm_prefill_s": a.llm_prefill_s,
             "vision_s": a.vision_s,
@@ -177,8 +191,10 @@ def run_bench(
     repeats: int = 1,
     done: Sequence[dict[str, Any]] = (),
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    evidence: Any = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the matrix; returns (rows as dicts, notes). The uncompressed run is the reference for every ratio.
+    ``evidence``: masks (F, H, W) of the frames whose survival every request traces (``evidence_*`` columns).
 
     Cells whose retention a method cannot reach (e.g. DyCoke below 25 %, FastV below K / layers) are skipped
     with a note, never silently run at another budget. ``repeats``: see :func:`run_cells`. ``done``: rows of
@@ -208,6 +224,7 @@ def run_bench(
         repeats=repeats,
         on_row=report,
         notes=notes,
+        evidence=evidence,
     )
     return ordered(kept + rows), notes
 
@@ -238,6 +255,7 @@ def run_cells(
     repeats: int = 1,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
     notes: list[str] | None = None,
+    evidence: Any = None,
 ) -> list[dict[str, Any]]:
     """Warm up, run the uncompressed reference, then each (label, target retention, method) cell; one row each.
     A cell the model refuses at ``apply`` (a budget its layers cannot meet, a tower a vision stage does not run on)
@@ -269,6 +287,7 @@ def run_cells(
                 min_new_tokens=new_tokens,
                 progress=False,
                 label=label,
+                evidence=evidence,
             )
             for _ in range(repeats)
         ]

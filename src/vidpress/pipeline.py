@@ -137,9 +137,11 @@ def ask(
     progress: bool = True,
     label: str | None = None,
     timestamps: Sequence[float] | np.ndarray | None = None,
+    evidence: Any = None,
 ) -> Answer:
     """Greedy-generate an answer with ``method`` installed and return it with the request's report
-    (``timestamps``: see :func:`build_inputs`).
+    (``timestamps``: see :func:`build_inputs`; ``evidence``: masks (F, H, W) whose survival the report traces,
+    :meth:`~vidpress.runtime.install.Run.set_evidence`).
 
     ``min_new_tokens`` forces decoding to run (an untrained model may stop at once, leaving nothing to measure).
 
@@ -153,6 +155,8 @@ def ask(
     name = label or (method.label if isinstance(method, Method) else method.name)
     streamer = ProgressStreamer(max_new_tokens, f"generating ({name})", progress)
     with apply(model, method) as run, torch.inference_mode():
+        if evidence is not None:
+            run.set_evidence(evidence)
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -36,6 +36,12 @@ def bench(
         "cell) and run only the others; ratios stay against each row's own run.",
     ),
     max_side: int = typer.Option(768, "--max-side", min=0, help=MAX_SIDE_HELP),
+    evidence: Optional[str] = typer.Option(
+        None,
+        "--evidence",
+        help='Evidence boxes per sampled frame, JSON {"frame": [[x0, y0, x1, y1], ...]} in fractions of the frame '
+        "(0-based among --frames): adds where each method leaves them (evidence_* columns).",
+    ),
 ) -> None:
     """Methods x retention on one video, in one process: costs as ratios, fidelity against uncompressed.
 
@@ -63,6 +69,7 @@ def bench(
     done = resumed_rows(folder, "bench") if resume else []
     path = video or bundled_clip()
     clip, video_notes = load_clip(path, frames, max_side)
+    masks = None if evidence is None else evidence_masks(evidence, frames)
     with console.status("loading model", spinner="dots"):
         loaded = load_model(model)
     torch.set_grad_enabled(False)
@@ -91,6 +98,7 @@ def bench(
         repeats=repeats,
         done=done,
         on_row=lambda so_far: write_rows(so_far, [], {**meta, "partial": True}, folder, "bench"),
+        evidence=masks,
     )
     notes = video_notes + notes
     written = write_outputs(rows, notes, meta, folder)
@@ -110,7 +118,7 @@ def bench(
         ("KL", "first_token_kl"),
         ("top-1", "first_token_top1_agree"),
         ("greedy", "greedy_token_agreement"),
-    )
+    ) + ((("evidence", "evidence_strict"), ("ev. alive", "evidence_alive")) if masks is not None else ())
     for title, _ in shown:
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in rows:
@@ -125,6 +133,12 @@ def bench(
         "entry: visual tokens entering the LLM / uncompressed; alive: mean over layers; limit: TTFT if only the "
         "LLM prefill shrank (vision time + uncompressed prefill x FLOPs kept); KL, top-1, greedy: first-token KL "
         "divergence, top-1 and greedy-token agreement with the uncompressed run"
+        + (
+            "; evidence: share of the --evidence boxes reaching the LLM as their own tokens, ev. alive: held by the "
+            "tokens alive per layer (merged ones too)"
+            if masks is not None
+            else ""
+        )
     )
     if not loaded.trained:
         console.print("[bold yellow]note[/]: untrained model - fidelity says how much the output moves, not accuracy")
@@ -133,3 +147,19 @@ def bench(
     for note in notes:
         console.print(f"[yellow]{note}[/]")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def evidence_masks(text: str, frames: int):
+    """Masks (frames, 112, 112) from ``--evidence``'s JSON; a bad entry is a BadParameter naming it."""
+    import json
+
+    from ..errors import InvalidParameterError
+    from ..evidence import boxes_to_masks
+
+    try:
+        boxes = {int(frame): [tuple(box) for box in found] for frame, found in json.loads(text).items()}
+        return boxes_to_masks(boxes, frames)
+    except (ValueError, TypeError, AttributeError, InvalidParameterError) as exc:
+        raise typer.BadParameter(
+            f'--evidence must be JSON {{"frame": [[x0, y0, x1, y1], ...]}} in fractions of the frame ({exc})'
+        ) from None
