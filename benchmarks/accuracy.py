@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from vidpress.bench import cell_key, device_name, parse_retentions, plan, split_methods
-from vidpress.bench_files import check_writable, resumed_rows, write_rows
+from vidpress.bench import cell_key, device_name, matrix_order, parse_retentions, plan, split_methods
+from vidpress.bench_files import check_writable, resumed_notes, resumed_rows, write_rows
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.loading import load_model
@@ -82,18 +82,9 @@ def main() -> None:
         label="uncompressed",
         protocol=protocol,
     )
-    # rows of methods this run does not ask for stay as measured, with their notes (--resume --methods A,B)
-    ran = set(methods)
-    if done:
-        previous = json.loads((args.out / f"{stem}.json").read_text()).get("notes", [])
-        notes = [n for n in previous if n.split(" @ ")[0] not in ran] + notes
-    rank = {name: i for i, name in enumerate(["uncompressed", *METHODS])}
-
-    def order(row):
-        retention = row["target_retention"]
-        return rank.get(row["method"], len(rank)), -1.0 if retention is None else -retention
-
-    rows = list(done)  # every resumed cell stays; only the others are measured
+    # every resumed cell stays, with its skip notes (--resume --methods A,B); only the others are measured
+    notes = resumed_notes(args.out, stem, notes) if done else notes
+    rows = list(done)
     for name, retention, method in [("uncompressed", 1.0, None)] + cells:
         if (name, retention) in measured:
             continue
@@ -114,7 +105,7 @@ def main() -> None:
             "correct": result.correct,
             "questions": result.total,
         }
-        rows = sorted([*rows, row], key=order)
+        rows = sorted([*rows, row], key=matrix_order)
         write_rows(rows, notes, {**meta, "partial": True}, args.out, stem)
         print(
             f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  accuracy {result.accuracy:6.1%} "

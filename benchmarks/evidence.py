@@ -16,26 +16,17 @@ FastVID and HoliTom by encoder attention) depend on the model: compare the testb
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from vidpress.bench import cell_key, device_name, parse_retentions, plan, split_methods
-from vidpress.bench_files import check_writable, resumed_rows, write_rows
-from vidpress.evaluate import prepare
+from vidpress.bench import cell_key, device_name, matrix_order, parse_retentions, plan, split_methods
+from vidpress.bench_files import check_writable, resumed_notes, resumed_rows, write_rows
+from vidpress.evaluate import mean_interval, prepare
 from vidpress.methods import METHODS, apply, get_method
 from vidpress.models.loading import load_model
 from vidpress.testbed.scenes import make_needle_split
-
-
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean of ``values`` and its 95 % normal interval (clamped to [0, 1])."""
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(len(values))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def measure(model, processor, method, samples, inputs, new_tokens: int, label: str) -> dict:
@@ -68,7 +59,7 @@ def measure(model, processor, method, samples, inputs, new_tokens: int, label: s
     row = {"videos": len(samples), "retention": sum(kept) / len(kept), "alive_retention": sum(kept_alive) / len(kept)}
     values_of = (("strict", strict), ("merged", merged), ("alive", alive), ("last_layer", last), ("decode", decode))
     for name, values in values_of:
-        mean, low, high = interval(values)
+        mean, low, high = mean_interval(values)
         row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
     row["merged_weight"] = sum(weight) / len(weight)
     return row
@@ -111,20 +102,17 @@ def main() -> None:
     }
     started = time.time()
     rows = list(done)  # every resumed cell stays (with its skip notes); only the others are measured
-    if done:
-        notes = list(dict.fromkeys(json.loads((args.out / f"{stem}.json").read_text()).get("notes", []) + notes))
+    if done:  # the uncompressed cell too: it has no ratio to refresh, and 300 requests to spare
+        earlier = json.loads((args.out / f"{stem}.json").read_text())["rows"]
+        rows += [r for r in earlier if r["method"] == "uncompressed"]
+    notes = resumed_notes(args.out, stem, notes) if done else notes
     measured = {cell_key(r) for r in rows}
-    rank = {name: i for i, name in enumerate(["uncompressed", *METHODS])}
-
-    def order(row):
-        retention = row["target_retention"]
-        return rank.get(row["method"], len(rank)), -1.0 if retention is None else -retention
 
     for name, retention, method in [("uncompressed", 1.0, get_method("none"))] + cells:
         if (name, retention) in measured:
             continue
         found = measure(loaded.model, loaded.processor, method, samples, inputs, args.new_tokens, name)
-        rows = sorted([*rows, {"method": name, "target_retention": retention, **found}], key=order)
+        rows = sorted([*rows, {"method": name, "target_retention": retention, **found}], key=matrix_order)
         write_rows(rows, notes, {**meta, "partial": True}, args.out, stem)
         print(
             f"{name:>14} {'' if retention is None else f'{retention:4.0%}'}  strict {found['strict']:.3f} "
@@ -197,7 +185,10 @@ def write(rows, notes, meta, out: Path, stem: str) -> None:
         ax.errorbar(
             [r["alive_retention"] for r in mine],
             [r["alive"] for r in mine],
-            yerr=[[r["alive"] - r["alive_low"] for r in mine], [r["alive_high"] - r["alive"] for r in mine]],
+            yerr=[
+                [max(0.0, r["alive"] - r["alive_low"]) for r in mine],
+                [max(0.0, r["alive_high"] - r["alive"]) for r in mine],
+            ],
             fmt="o",
             capsize=3,
             label=name,

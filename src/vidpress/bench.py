@@ -177,6 +177,14 @@ def cell_key(row: dict[str, Any]) -> tuple[str, float | None]:
     return row["method"], row["target_retention"]
 
 
+def matrix_order(row: dict[str, Any]) -> tuple[int, float]:
+    """Sort key of a result row: uncompressed first, then the registry's method order, higher retentions first
+    (a method's fixed point last)."""
+    rank = ["uncompressed", *METHODS]
+    retention = row["target_retention"]
+    return rank.index(row["method"]) if row["method"] in rank else len(rank), -1.0 if retention is None else -retention
+
+
 def run_bench(
     model: Any,
     processor: Any,

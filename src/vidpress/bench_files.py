@@ -143,3 +143,10 @@ def resumed_rows(out: Path, stem: str) -> list[dict[str, Any]]:
             f"{path} is not a vidpress results file ({exc}); move it away or drop --resume"
         ) from exc
     return [row for row in rows if row["method"] != "uncompressed"]
+
+
+def resumed_notes(out: Path, stem: str, notes: list[str]) -> list[str]:
+    """The skip notes already in ``out/<stem>.json`` followed by ``notes``, each once ([] of its own without one)."""
+    path = out / f"{stem}.json"
+    earlier = json.loads(path.read_text()).get("notes", []) if path.exists() else []
+    return list(dict.fromkeys([*earlier, *notes]))

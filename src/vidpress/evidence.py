@@ -148,7 +148,7 @@ class EvidenceTrace:
         strict = (own.any(1).float() * self.evidence).sum(-1)
         reached = ((weights > 0).any(1).float() * self.evidence).sum(-1)
         weighted = (weights.sum(1).clamp(max=1) * self.evidence).sum(-1)
-        return float(strict.mean()), float(reached.mean()), float(weighted.mean())
+        return tuple(min(1.0, float(v.mean())) for v in (strict, reached, weighted))  # type: ignore[return-value]
 
     def merge(self, rows: Tensor, alive: Tensor, weights: Tensor) -> None:
         """An in-LLM merge: the kept entries ``rows`` (B, K) now hold ``weights`` (B, K, n) of the ``alive`` entries
