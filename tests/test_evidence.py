@@ -120,3 +120,25 @@ def test_random_pruning_keeps_its_retention_of_the_needle_within_the_interval():
     half = 1.96 * sd / math.sqrt(len(shares))
     assert mean - half <= 0.25 <= mean + half
     assert 0.1 < mean < 0.4
+
+
+def test_metok_pooling_a_finer_grid_carries_evidence_by_area():
+    """METok on LLaVA-OV pools the grid before the model's own pooling: its tokens declare what they cover of the
+    frame tokens' cells. On an 8 x 8 grid whose tokens are its 2 x 2 means: stride 2 is the frame's own tokens
+    (strict), stride 4 a quarter of four of them, stride 8 a sixteenth of all."""
+    from vidpress.stages.pre_llm.event_pooling import EventPooling
+
+    g = torch.Generator().manual_seed(0)
+    unpooled = torch.randn(1, 12, 8, 8, 8, generator=g)
+    tokens = torch.nn.functional.avg_pool2d(unpooled[0].permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    visual = VisualTokens(
+        tokens.reshape(1, 12, 16, 8), (4, 4), unpooled=unpooled, text=torch.randn(1, 5, 8), project=lambda t: t
+    )
+    packed = EventPooling(strides=(2, 4, 4, 8), pool="average")(visual)
+    assert packed.members is None and packed.areas is not None
+    expected = {2: (1.0, 0.0, 0.0), 4: (0.0, 1.0, 0.25), 8: (0.0, 1.0, 1 / 16)}
+    for frame, stride in enumerate(packed.info[0].strides):
+        evidence = torch.zeros(1, 192)
+        evidence[0, frame * 16 + 5] = 1
+        found = trace(packed, evidence, torch.arange(packed.num_kept)[None], packed.num_kept)
+        assert found.pre_llm == pytest.approx(expected[stride]), (frame, stride)

@@ -93,13 +93,15 @@ def token_evidence(masks: Tensor, grid: tuple[int, int], temporal_patch: int = 1
 
 def carriers(plan: Selection | PackedTokens, columns: Tensor) -> tuple[Tensor, Tensor]:
     """How a pre-LLM ``plan``'s K visual tokens carry the frame tokens ``columns`` (B, E): each token's weight on
-    each (B, K, E) float32, and whether it *is* that frame token unchanged (B, K, E) bool. A packed block without
-    ``members`` is taken as its sources unchanged."""
+    each (B, K, E) float32, and whether it *is* that frame token unchanged (B, K, E) bool. A packed block's
+    ``members`` say it, else its ``areas`` (what each token covers of the frame tokens' cells); with neither, its
+    tokens are taken as their sources unchanged."""
     if isinstance(plan, Selection):
         own = plan.keep.to(columns.device)[..., None] == columns[:, None, :]
         return own.float(), own
     count = plan.num_visual
-    if plan.members is None:
+    declared = plan.members if plan.members is not None else plan.areas
+    if declared is None:
         source = plan.source[:, :count] if plan.source is not None else None
         if source is None:
             raise InvalidParameterError("a packed block with neither members nor sources carries unknown evidence")
@@ -107,13 +109,13 @@ def carriers(plan: Selection | PackedTokens, columns: Tensor) -> tuple[Tensor, T
         return own.float(), own
     weights = columns.new_zeros(*columns.shape[:1], count, columns.shape[1], dtype=torch.float32)
     own = torch.zeros_like(weights, dtype=torch.bool)
-    for b, members in enumerate(plan.members):
+    for b, members in enumerate(declared):
         token, source, weight = (t.to(columns.device) for t in (members.token, members.source, members.weight))
         hit = source[:, None] == columns[b][None, :]  # (members, E)
         entry, column = hit.nonzero(as_tuple=True)
         weights[b].index_put_((token[entry], column), weight[entry].float(), accumulate=True)
-        sizes = torch.bincount(token, minlength=count)
-        single = (sizes[token[entry]] == 1) & (weight[entry] == 1)
+        sizes = torch.bincount(token[weight > 1e-6], minlength=count)
+        single = (sizes[token[entry]] == 1) & (weight[entry] > 1 - 1e-6)
         own[b, token[entry][single], column[single]] = True
     return weights, own
 

@@ -203,6 +203,10 @@ class PackedTokens:
     members : tuple of Members, optional
         Per batch row, what each visual token of the block combines of the frame tokens (``Members``); without it
         a token is taken to be its ``source`` unchanged, which the runtime checks where it matters (DeepStack).
+    areas : tuple of Members, optional
+        Per batch row, when the tokens combine no frame tokens (METok pooling the grid before the model's own
+        pooling): each token's share of each frame token's cell of the frame (weights over the frame tokens, by
+        area). Evidence survival reads it; nothing is carried by it.
     """
 
     features: Tensor
@@ -213,6 +217,7 @@ class PackedTokens:
     extra_tokens: int = 0
     source: Tensor | None = None
     members: tuple[Members, ...] | None = None
+    areas: tuple[Members, ...] | None = None
 
     @property
     def num_kept(self) -> int:

@@ -43,7 +43,7 @@ from ...tokens import Members, PackedTokens, StageContext, VisualTokens
 from .budget import visual_budget
 from .events import EventPlan, plan_events
 from .merging import frame_members
-from .pooling import pool_grid, pool_weights, window_sources
+from .pooling import cell_areas, pool_grid, pool_weights, window_sources
 from .relevance import EmbeddingRelevance
 
 
@@ -259,14 +259,15 @@ class EventPooling(SourcePositions):
             raise VidpressError("EventPooling needs the unpooled grid; install it with vidpress.apply to capture it")
         batch, frames = grids.shape[:2]
         project = tokens.project or (lambda x: x)  # models that pool before their projector
-        rows, plans, members = [], [], []
+        rows, plans, members, areas = [], [], [], []
         per_frame = tokens.tokens_per_frame
         room = frames * per_frame + (0 if tokens.extra is None else tokens.extra.shape[1])
         # members in frame tokens exist when the grid pooled is the tokens' own (Qwen's merged grid)
         own_grid = tokens.project is None and tuple(grids.shape[2:4]) == tuple(tokens.grid)
         for b in range(batch):
             side = (grids.shape[2], grids.shape[3])
-            parts = []
+            parts, covered = [], []
+            cells = cell_areas(side, tokens.grid).to(grids.device)
             plan = self.plan(tokens, b, project(grids[b].mean((1, 2))).float(), side)
             pooled = {
                 s: project(pool_grid(grids[b, [f for f in range(frames) if plan.strides[f] == s]], s, self.pool))
@@ -279,12 +280,13 @@ class EventPooling(SourcePositions):
                     s = plan.strides[f]
                     feats.append(pooled[s][taken[s]])
                     taken[s] += 1
+                    first = torch.tensor([f * per_frame], device=grids.device)
+                    start = sum(len(x) for x in feats[:-1])
+                    weights = pool_weights(side, s, self.pool).to(grids.device)
                     if own_grid:
-                        first = torch.tensor([f * per_frame], device=grids.device)
-                        start = sum(len(x) for x in feats[:-1])
-                        parts.append(
-                            frame_members(pool_weights(side, s, self.pool).to(grids.device)[None], first, start)
-                        )
+                        parts.append(frame_members(weights[None], first, start))
+                    else:  # a finer grid than the tokens': what each covers of their cells
+                        covered.append(frame_members((weights @ cells)[None], first, start))
                     events += [e] * feats[-1].shape[0]
                     frame_of += [f] * feats[-1].shape[0]
                     source += (window_sources(side, s, tokens.grid, self.pool) + f * per_frame).tolist()
@@ -300,6 +302,7 @@ class EventPooling(SourcePositions):
             rows.append((torch.cat(feats), events, frame_of, source))
             plans.append(plan)
             members.append(Members.cat(parts) if own_grid else None)
+            areas.append(None if own_grid else Members.cat(covered))
         lengths = {len(r[1]) for r in rows}
         if len(lengths) > 1:
             raise BudgetError(
@@ -318,4 +321,5 @@ class EventPooling(SourcePositions):
             plans,
             source=torch.tensor([r[3] for r in rows], device=device),
             members=tuple(m for m in members if m is not None) if own_grid else None,
+            areas=None if own_grid else tuple(a for a in areas if a is not None),
         )

@@ -38,3 +38,17 @@ def window_sources(grid0: tuple[int, int], stride: int, grid: tuple[int, int], m
         ((torch.arange(rounding(grid0[1] / stride)) + 0.5) * stride * grid[1] / grid0[1]).long().clamp(max=grid[1] - 1)
     )
     return (rows[:, None] * grid[1] + cols[None, :]).flatten()
+
+
+def cell_areas(grid0: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Each cell of a (h0, w0) grid's share in each cell of a (h, w) grid over the same frame, by area:
+    (h0*w0, h*w) float32, rows summing to 1."""
+
+    def overlap(n0: int, n: int) -> torch.Tensor:
+        fine = torch.arange(n0 + 1) / n0
+        coarse = torch.arange(n + 1) / n
+        low = torch.maximum(fine[:-1, None], coarse[None, :-1])
+        high = torch.minimum(fine[1:, None], coarse[None, 1:])
+        return (high - low).clamp(min=0) * n0
+
+    return torch.kron(overlap(grid0[0], grid[0]), overlap(grid0[1], grid[1])).float()
