@@ -142,3 +142,20 @@ def test_metok_pooling_a_finer_grid_carries_evidence_by_area():
         evidence[0, frame * 16 + 5] = 1
         found = trace(packed, evidence, torch.arange(packed.num_kept)[None], packed.num_kept)
         assert found.pre_llm == pytest.approx(expected[stride]), (frame, stride)
+
+
+def test_tome_merged_tokens_carry_evidence_by_the_patches_they_hold():
+    """A token ToMe merged in the tower is the mean of its patches: it holds the model's token cells those patches
+    cover, at their share of it."""
+    from vidpress.stages.vision.tome import MergedBlock
+
+    groups = torch.ones(16, dtype=torch.long)  # 4 x 4 patches on a 2 x 2 token grid
+    groups[[0, 1, 4, 5]] = 0  # token 0: exactly the top-left cell; token 1: the other three cells
+    tokens = VisualTokens(
+        torch.zeros(1, 1, 4, 2), (2, 2), merged=torch.randn(1, 1, 2, 2), merged_groups=groups.view(1, 1, 16)
+    )
+    packed = MergedBlock()(tokens)
+    for cell, expected in ((0, (1.0, 0.0, 0.0)), (1, (0.0, 1.0, 1 / 3)), (3, (0.0, 1.0, 1 / 3))):
+        evidence = torch.zeros(1, 4)
+        evidence[0, cell] = 1
+        assert trace(packed, evidence, torch.arange(2)[None], 2).pre_llm == pytest.approx(expected)

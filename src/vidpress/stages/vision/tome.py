@@ -25,6 +25,7 @@ What the LLM receives (:class:`TokenMerging`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -34,9 +35,11 @@ from torch import Tensor
 
 from ..._checks import check_mode
 from ...errors import BudgetError, InvalidParameterError, VidpressError
-from ...tokens import PackedTokens, StageContext, VisualTokens
+from ...tokens import Members, PackedTokens, StageContext, VisualTokens
 from .. import Needs, SourcePositions, TowerCounts, VisionStage
 from ..pre_llm.budget import visual_budget
+from ..pre_llm.merging import frame_members
+from ..pre_llm.pooling import cell_areas
 
 
 @dataclass(frozen=True)
@@ -287,9 +290,10 @@ class MergedBlock(SourcePositions):
         h, w = tokens.grid
         patches = tokens.merged_groups.shape[-1]
         side = math.isqrt(patches)
-        rows = []
+        cells = cell_areas((side, side), (h, w)).to(tokens.merged_groups.device)
+        rows, areas = [], []
         for b in range(batch):
-            feats, sources = [], []
+            feats, sources, covered = [], [], []
             for f in range(frames):
                 groups = tokens.merged_groups[b, f]
                 count = tokens.merged.shape[2]
@@ -299,6 +303,13 @@ class MergedBlock(SourcePositions):
                 order = first.argsort() if self.mode == "fixed" else torch.arange(count, device=groups.device)
                 feats.append(tokens.merged[b, f][order])
                 sources.append(cell[order] + f * per_frame)
+                # a merged token is the mean of its patches: what it covers of the model's token cells
+                share = torch.nn.functional.one_hot(groups, count).T.float()
+                share = (share / share.sum(-1, keepdim=True).clamp(min=1)) @ cells
+                start = sum(len(x) for x in feats[:-1])
+                covered.append(frame_members(share[order][None], torch.tensor([f * per_frame]), start))
             source = torch.cat(sources)
             rows.append((torch.cat(feats), source // per_frame, torch.zeros_like(source), source))
-        return PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+            areas.append(Members.cat(covered))
+        packed = PackedTokens.from_rows(rows, 1, frames * per_frame, tokens.extra)
+        return dataclasses.replace(packed, areas=tuple(areas))
