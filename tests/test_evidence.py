@@ -159,3 +159,16 @@ def test_tome_merged_tokens_carry_evidence_by_the_patches_they_hold():
         evidence = torch.zeros(1, 4)
         evidence[0, cell] = 1
         assert trace(packed, evidence, torch.arange(2)[None], 2).pre_llm == pytest.approx(expected)
+
+
+def test_fastv_on_a_constructed_attention_pattern_keeps_the_evidence_of_its_top_tokens():
+    from vidpress.tokens import LayerSignals
+
+    stage = vidpress.FastV(k=2, r=0.5).build().prefill
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.7, 0.05]])  # round(6 * 0.5) = 3 kept: tokens 0, 2 and 4
+    plan = stage(LayerSignals(1, scores))
+    assert plan.keep.tolist() == [[0, 2, 4]]
+    evidence = torch.tensor([[0.0, 0.5, 0.3, 0.0, 0.0, 0.2]])
+    found = trace(Selection.identity(1, 6), evidence, torch.arange(6)[None], 6)
+    assert found.shares(torch.arange(6)[None])[:2] == pytest.approx((1.0, 1.0))
+    assert found.shares(plan.keep)[:2] == pytest.approx((0.3, 0.3))  # only token 2's share survives layer 2
