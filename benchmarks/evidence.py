@@ -104,7 +104,7 @@ def main() -> None:
     rows = list(done)  # every resumed cell stays (with its skip notes); only the others are measured
     if done:  # the uncompressed cell too: it has no ratio to refresh, and 300 requests to spare
         earlier = json.loads((args.out / f"{stem}.json").read_text())["rows"]
-        rows += [r for r in earlier if r["method"] == "uncompressed"]
+        rows = sorted(rows + [r for r in earlier if r["method"] == "uncompressed"], key=matrix_order)
     notes = resumed_notes(args.out, stem, notes) if done else notes
     measured = {cell_key(r) for r in rows}
 
