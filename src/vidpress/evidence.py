@@ -20,7 +20,7 @@ What it measures: whether the evidence reaches the LLM, not whether the LLM uses
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -139,8 +139,8 @@ class EvidenceTrace:
     weights: Tensor
     own: Tensor
     pre_llm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # strict, merged, merged weight
-    prefill: list[tuple[float, float]] | None = None  # (strict, reached) per layer
-    decode_sum: list[float] | None = None  # reached share of the attended KV, summed over decoding steps
+    prefill: list[tuple[float, float]] = field(default_factory=list)  # (strict, reached) per layer
+    decode_sum: list[float] = field(default_factory=list)  # reached share of the attended KV, summed over steps
 
     def shares(self, entries: Tensor) -> tuple[float, float, float]:
         """(strict, reached, weighted) share of the evidence held by the prompt entries ``entries`` (B, n), the
@@ -206,9 +206,12 @@ class EvidenceSurvival:
         }
 
 
-def trace(plan: Selection | PackedTokens, evidence: Tensor, entries: Tensor, prompt_len: int) -> EvidenceTrace:
+def trace(
+    plan: Selection | PackedTokens, evidence: Tensor, entries: Tensor, prompt_len: int, num_layers: int = 1
+) -> EvidenceTrace:
     """The :class:`EvidenceTrace` of a request: ``evidence`` (B, N) over the N frame tokens, the pre-LLM ``plan``, and
-    the base-layout entries ``entries`` (B, K) its K visual tokens fill, in a prompt of ``prompt_len`` entries."""
+    the base-layout entries ``entries`` (B, K) its K visual tokens fill, in a prompt of ``prompt_len`` entries,
+    with every one of ``num_layers`` LLM layers holding what entered (until a prefill stage drops some)."""
     batch = evidence.shape[0]
     count = int((evidence > 0).sum(-1).max()) if evidence.numel() else 0
     columns = evidence.topk(count, dim=-1).indices if count else evidence.new_zeros(batch, 0, dtype=torch.long)
@@ -221,4 +224,6 @@ def trace(plan: Selection | PackedTokens, evidence: Tensor, entries: Tensor, pro
     found = EvidenceTrace(evidence.gather(1, columns).float(), full_w, full_o)
     strict, reached, weighted = found.shares(entries)
     found.pre_llm = (strict, reached - strict, weighted - strict)
+    found.prefill = [(strict, reached)] * num_layers
+    found.decode_sum = [0.0] * num_layers
     return found

@@ -54,7 +54,7 @@ def _events_of(session: Any) -> dict[str, Any] | None:
 def _evidence_of(session: Any, tracked: bool) -> EvidenceSurvival | None:
     """Where the session's evidence went; decode shares are the stored ones when no hook watched decoding."""
     found = session.evidence
-    if found is None or found.prefill is None or found.decode_sum is None:
+    if found is None:
         return None
     strict, merged, weight = found.pre_llm
     steps = session.decode_steps

@@ -19,6 +19,7 @@ from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
 from ..errors import IncompatibleStagesError, VidpressError
+from ..evidence import EvidenceTrace
 from ..selection import MergedSelection, Selection
 from ..tokens import LayerSignals
 from .prefill import default_positions
@@ -156,7 +157,7 @@ def layer_pre_hook(session_of, adapter: Adapter, rotary: Any, layer: int):
                 local = torch.cat([others, visual.gather(1, plan.keep.to(visual.device))], 1).sort(1).values
                 hidden = gather_seq(hidden, local.to(hidden.device), 1)
                 session.layouts[layer] = before.gather(1, local)
-                if session.evidence is not None and session.evidence.prefill is not None:
+                if session.evidence is not None:
                     found = session.evidence.shares(session.layout(layer))[:2]
                     session.evidence.prefill[layer:] = [found] * (session.num_layers - layer)
             session.timed(start)
@@ -212,24 +213,32 @@ def attention_pre_hook(session_of, adapter: Adapter, layer: int):
             if index is not None and isinstance(mask, Tensor) and mask.dim() == 4:
                 mask = gather_seq(mask, index.to(mask.device), 3)
             decode = session.stages.decode
-            stored = session.layout(layer, stored=True)
-            if decode is not None and session.view is not None and layer >= decode.first_layer:
-                kwargs["cache"] = ViewCache(cast(Cache, cache), session.view)  # the session's: a Cache
+            view = session.view if decode is not None and layer >= decode.first_layer else None
+            if view is not None:
+                kwargs["cache"] = ViewCache(cast(Cache, cache), view)  # the session's: a Cache
                 if isinstance(mask, Tensor) and mask.dim() == 4:
-                    mask = gather_seq(mask, session.view.to(mask.device), 3)
+                    mask = gather_seq(mask, view.to(mask.device), 3)
                 session.decode_visual_sum[layer] += session.view_visual
-                # the prompt entries in view (generated ones point at entry 0, the prompt's first, which is text)
-                view = session.view.to(stored.device)
-                attended = torch.where(view < stored.shape[1], stored.gather(1, view.clamp(max=stored.shape[1] - 1)), 0)
             else:
                 session.decode_visual_sum[layer] += session.visual_count(layer, stored=True)
-                attended = stored
-            if session.evidence is not None and session.evidence.decode_sum is not None:
-                session.evidence.decode_sum[layer] += session.evidence.shares(attended)[1]
+            if session.evidence is not None:
+                session.evidence.decode_sum[layer] += _attended_evidence(session, layer, view)
             kwargs["attention_mask"] = mask
         return args, kwargs
 
     return hook
+
+
+def _attended_evidence(session: Session, layer: int, view: Tensor | None) -> float:
+    """The share of the evidence held by the prompt entries ``layer`` attends to at this decoding step: those in the
+    decode stage's ``view`` (generated entries point at entry 0, the prompt's first, which is text), or without one
+    every stored entry."""
+    stored = session.layout(layer, stored=True)
+    attended = stored
+    if view is not None:
+        view = view.to(stored.device)
+        attended = torch.where(view < stored.shape[1], stored.gather(1, view.clamp(max=stored.shape[1] - 1)), 0)
+    return cast(EvidenceTrace, session.evidence).shares(attended)[1]
 
 
 def attention_post_hook(session_of, layer: int):

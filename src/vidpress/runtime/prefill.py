@@ -329,9 +329,7 @@ def start_request(
     session.timings.overhead_s = overhead
     session.other_tokens = int(kept.shape[1] - session.visual[0].sum())
     if evidence is not None:
-        session.evidence = _trace(plan, evidence, tokens, base)
-        session.evidence.prefill = [session.evidence.shares(session.layout(0))[:2]] * session.num_layers
-        session.evidence.decode_sum = [0.0] * session.num_layers
+        session.evidence = _trace(plan, evidence, tokens, base, session.num_layers)
     cache = kwargs.get("cache")
     kwargs.update(
         input_ids=None,
@@ -343,7 +341,9 @@ def start_request(
     return session
 
 
-def _trace(plan: Selection | PackedTokens, masks: Tensor, tokens: VisualTokens, base: _Base) -> EvidenceTrace:
+def _trace(
+    plan: Selection | PackedTokens, masks: Tensor, tokens: VisualTokens, base: _Base, num_layers: int
+) -> EvidenceTrace:
     """The request's evidence trace from its ``masks`` (F, H, W), over the base layout's entries.
 
     Raises
@@ -362,7 +362,7 @@ def _trace(plan: Selection | PackedTokens, masks: Tensor, tokens: VisualTokens, 
     count = plan.num_visual if isinstance(plan, PackedTokens) else plan.num_kept
     visual = base.kept_video[:, :count]
     entries = torch.searchsorted(base.kept.to(visual.device), visual)  # the base-layout entry of each token
-    return trace(plan, shares.flatten()[None].expand(batch, -1), entries, base.kept.shape[1])
+    return trace(plan, shares.flatten()[None].expand(batch, -1), entries, base.kept.shape[1], num_layers)
 
 
 def decode_inputs(session: Session, kwargs: dict[str, Any]) -> None:
