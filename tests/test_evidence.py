@@ -106,20 +106,42 @@ def test_masks_for_another_frame_count_are_refused(tiny, clip_frames):
         _run(tiny.model, tiny.processor, clip_frames, vidpress.Stages(), torch.zeros(5, 56, 56))
 
 
-def test_random_pruning_keeps_its_retention_of_the_needle_within_the_interval():
-    """On the 300 needle videos, random pruning's strict survival is its retention within a 95 % interval."""
-    samples = make_needle_split(300, 12)
-    grid, shares = (8, 8), []
-    for i, sample in enumerate(samples):
-        evidence = token_evidence(torch.from_numpy(sample.needle_masks(12)), grid).flatten()[None]
-        tokens = VisualTokens(torch.zeros(1, 12, 64, 4), grid)
-        plan = RandomTokens(retention=0.25, seed=i)(tokens)
+@pytest.mark.parametrize("retention", [0.5, 0.25])
+def test_random_pruning_keeps_its_retention_of_the_needle_within_the_interval(needle_evidence, retention):
+    """On the 300 needle videos (the testbed's 4 x 4 token grid), random pruning as the runtime calls it (default
+    seed, each video its own features) keeps its retention of the needle strictly, within a 95 % interval. One draw
+    shared by all videos failed this at 50 % (0.444, interval 0.398-0.490): the needles sit in the top and bottom
+    rows."""
+    shares = []
+    for i, evidence in enumerate(needle_evidence):
+        features = torch.randn(1, 12, 16, 4, generator=torch.Generator().manual_seed(i))
+        plan = RandomTokens(retention=retention)(VisualTokens(features, (4, 4)))
         shares.append(trace(plan, evidence, torch.arange(plan.num_kept)[None], plan.num_kept).pre_llm[0])
     mean = sum(shares) / len(shares)
     sd = math.sqrt(sum((s - mean) ** 2 for s in shares) / (len(shares) - 1))
     half = 1.96 * sd / math.sqrt(len(shares))
-    assert mean - half <= 0.25 <= mean + half
-    assert 0.1 < mean < 0.4
+    assert mean - half <= retention <= mean + half
+    assert half < 0.06
+
+
+@pytest.fixture(scope="module")
+def needle_evidence():
+    return [
+        token_evidence(torch.from_numpy(s.needle_masks(12)), (4, 4)).flatten()[None] for s in make_needle_split(300, 12)
+    ]
+
+
+def test_random_pruning_draws_per_video_whatever_the_batch():
+    """Each video its own draw, the same one alone or batched with another, and again on the next call."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 6, 16, 8, generator=g), torch.randn(1, 6, 16, 8, generator=g)
+    stage = RandomTokens(retention=0.25)
+    alone_a, alone_b = stage(VisualTokens(a, (4, 4))).keep, stage(VisualTokens(b, (4, 4))).keep
+    batched = stage(VisualTokens(torch.cat([a, b]), (4, 4))).keep
+    assert torch.equal(batched[0], alone_a[0]) and torch.equal(batched[1], alone_b[0])
+    assert not torch.equal(alone_a, alone_b)
+    assert torch.equal(stage(VisualTokens(a, (4, 4))).keep, alone_a)
+    assert not torch.equal(RandomTokens(retention=0.25, seed=1)(VisualTokens(a, (4, 4))).keep, alone_a)
 
 
 def test_metok_pooling_a_finer_grid_carries_evidence_by_area():
