@@ -122,6 +122,16 @@ def main() -> None:
             flush=True,
         )
     meta["seconds"] = round(time.time() - started)
+    if done:  # the files describe the whole matrix, measured over several runs
+        meta["resumed_cells"] = len(done)  # "seconds" is this run's
+        targets = {r["target_retention"] for r in rows} - {None, 1.0}
+        meta["command"] = (
+            meta["command"].replace(
+                f"--retentions {args.retentions}",
+                "--retentions " + ",".join(f"{t:g}" for t in sorted(targets, reverse=True)),
+            )
+            + " (resumed)"
+        )
     write(rows, notes, meta, args.out, stem)
 
 
