@@ -88,6 +88,23 @@ def test_fastv_survival_per_layer_is_its_kept_set(tiny, clip_frames):
     assert survival.decode_reached == pytest.approx([1.0, 1.0, by_hand, by_hand])
 
 
+def test_a_composition_traces_each_of_its_stages(tiny, clip_frames):
+    """Frame sampling, then FastV, then DyCoke's decode pruning: each stage's share is taken from what the one
+    before left (frame 6's half on entry; of it, FastV's kept set from layer 2; the KV attended while decoding at
+    most that at layer 3)."""
+    masks = boxes_to_masks({0: [(0, 0, 1, 1)], 6: [(0, 0, 1, 1)]}, 12, size=56)
+    method = vidpress.compose(UniformFrames(retention=0.25), vidpress.FastV(k=2, r=0.5), vidpress.DynamicKV(l=3, p=0.5))
+    run = _run(tiny.model, tiny.processor, clip_frames, method, masks)
+    session, survival = run.last_session, run.report.evidence
+    assert survival.strict == pytest.approx(0.5) and survival.dropped == pytest.approx(0.5)
+    frame6 = session.layout(0)[0, session.visual[0]][4:8]  # frames 2, 6, 10 kept: frame 6's 4 tokens are 2nd
+    by_hand = 0.5 * sum(e in set(session.layout(2)[0].tolist()) for e in frame6.tolist()) / 4
+    assert by_hand < 0.5  # FastV dropped some of it here, so the layers below tell the stages apart
+    assert survival.prefill_reached == pytest.approx([0.5, 0.5, by_hand, by_hand])
+    assert survival.decode_reached[:3] == pytest.approx([0.5, 0.5, by_hand])
+    assert survival.decode_reached[3] <= by_hand + 1e-6
+
+
 def test_a_stage_that_keeps_only_the_evidence_keeps_all_of_it_at_a_tiny_budget(tiny, clip_frames, masks):
     class KeepTokens(PreLLMStage):
         needs = vidpress.stages.Needs()
