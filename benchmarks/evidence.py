@@ -97,8 +97,7 @@ def main() -> None:
         "videos": len(samples),
         "frames": 12,
         "new_tokens": args.new_tokens,
-        "command": "python benchmarks/evidence.py "
-        + f"--model {args.model} -n {args.videos} --retentions {args.retentions} --methods {args.methods}",
+        "command": command(args, args.retentions),
     }
     started = time.time()
     rows = list(done)  # every resumed cell stays (with its skip notes); only the others are measured
@@ -124,15 +123,17 @@ def main() -> None:
     meta["seconds"] = round(time.time() - started)
     if done:  # the files describe the whole matrix, measured over several runs
         meta["resumed_cells"] = len(done)  # "seconds" is this run's
-        targets = {r["target_retention"] for r in rows} - {None, 1.0}
-        meta["command"] = (
-            meta["command"].replace(
-                f"--retentions {args.retentions}",
-                "--retentions " + ",".join(f"{t:g}" for t in sorted(targets, reverse=True)),
-            )
-            + " (resumed)"
-        )
+        targets = sorted({r["target_retention"] for r in rows} - {None, 1.0}, reverse=True)
+        meta["command"] = command(args, ",".join(f"{t:g}" for t in targets)) + " (resumed)"
     write(rows, notes, meta, args.out, stem)
+
+
+def command(args: argparse.Namespace, retentions: str) -> str:
+    """The command line that measures this matrix at ``retentions``."""
+    return (
+        f"python benchmarks/evidence.py --model {args.model} -n {args.videos} --retentions {retentions} "
+        f"--methods {args.methods}"
+    )
 
 
 def beyond_random(rows: list[dict]) -> dict[tuple, str]:

@@ -68,10 +68,10 @@ class UniformBaseline(PreLLMStage):
         whole, rest = divmod(visual_budget(self.retention, frames * per_frame), per_frame)
         return spread(whole + (rest > 0), frames).tolist(), [per_frame] * whole + ([rest] if rest else [])
 
-    def _row_seed(self, features: Tensor) -> int:
-        """``seed`` mixed with a fingerprint of one video's features (F, T, D): its tokens' sums, hashed."""
+    def _row_seed(self, sums: Tensor) -> int:
+        """``seed`` mixed with a fingerprint of one video: its tokens' feature sums (F, T), float32 on the CPU."""
         digest = hashlib.blake2b(str(self.seed).encode(), digest_size=8)
-        digest.update(features.float().sum(-1).cpu().numpy().tobytes())
+        digest.update(sums.numpy().tobytes())
         return int.from_bytes(digest.digest(), "little") >> 1  # manual_seed takes up to 2**63 - 1
 
     def __call__(self, tokens: VisualTokens, ctx: StageContext | None = None) -> Selection:
@@ -80,11 +80,9 @@ class UniformBaseline(PreLLMStage):
         budget = visual_budget(self.retention, n)
         if self.kind == "random":
             generator = torch.Generator()
+            sums = tokens.features.float().sum(-1).cpu()  # one transfer for the batch's fingerprints
             keep = torch.stack(
-                [
-                    torch.randperm(n, generator=generator.manual_seed(self._row_seed(row)))[:budget]
-                    for row in tokens.features
-                ]
+                [torch.randperm(n, generator=generator.manual_seed(self._row_seed(row)))[:budget] for row in sums]
             )
         else:
             if self.kind == "frames":
