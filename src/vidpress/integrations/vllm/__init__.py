@@ -22,10 +22,10 @@ import sys
 
 #: vLLM architecture names -> the vidpress classes registered under them.
 MODELS = {
-    "LlavaOnevisionForConditionalGeneration": "vidpress.integrations.vllm.models:LlavaOnevision",
-    "Qwen2_5_VLForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen2_5_VL",
-    "Qwen3VLForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen3VL",
-    "Qwen3VLMoeForConditionalGeneration": "vidpress.integrations.vllm.models:Qwen3VLMoe",
+    "LlavaOnevisionForConditionalGeneration": "vidpress.integrations.vllm.models.llava_onevision:LlavaOnevision",
+    "Qwen2_5_VLForConditionalGeneration": "vidpress.integrations.vllm.models.qwen2_5_vl:Qwen2_5_VL",
+    "Qwen3VLForConditionalGeneration": "vidpress.integrations.vllm.models.qwen3_vl:Qwen3VL",
+    "Qwen3VLMoeForConditionalGeneration": "vidpress.integrations.vllm.models.qwen3_vl:Qwen3VLMoe",
 }
 
 

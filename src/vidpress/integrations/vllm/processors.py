@@ -187,7 +187,7 @@ class Qwen2_5_VLProcessor(_QwenCounts, Qwen2_5_VLMultiModalProcessor):
 class Qwen3VLProcessor(_QwenCounts, Qwen3VLMultiModalProcessor):
     """Qwen3-VL (and its MoE): the video's prompt span in vLLM's layout for pruned videos, each temporal patch's
     ``<t seconds>``, vision start and end, with all the declared placeholders after the first time. The model
-    returns the whole span's embeddings, its tokens in their own frames (:class:`~.models.Qwen3VL`); the span's
+    returns the whole span's embeddings, its tokens in their own frames (:class:`~.models.qwen3_vl.Qwen3VL`); the span's
     length is the same."""
 
     family = "qwen3_vl"
