@@ -82,7 +82,8 @@ def main() -> None:
     retentions = parse_retentions(args.retentions)
     plan(methods, retentions)  # unknown methods fail before any work
     check_writable(args.out)
-    done = resumed_rows(args.out, stem) if args.resume else []
+    # the uncompressed cell is kept too: it has no ratio to refresh, and 300 requests to spare
+    done = resumed_rows(args.out, stem, reference=True) if args.resume else []
     if done and {r["videos"] for r in done} != {args.videos}:
         raise SystemExit(f"--resume: {stem}.json was measured on other video counts; use the same -n")
     torch.set_grad_enabled(False)
@@ -100,10 +101,7 @@ def main() -> None:
         "command": command(args, args.retentions),
     }
     started = time.time()
-    rows = list(done)  # every resumed cell stays (with its skip notes); only the others are measured
-    if done:  # the uncompressed cell too: it has no ratio to refresh, and 300 requests to spare
-        earlier = json.loads((args.out / f"{stem}.json").read_text())["rows"]
-        rows = sorted(rows + [r for r in earlier if r["method"] == "uncompressed"], key=matrix_order)
+    rows = sorted(done, key=matrix_order)  # resumed cells stay (with their skip notes); only the others are measured
     notes = resumed_notes(args.out, stem, notes) if done else notes
     measured = {cell_key(r) for r in rows}
 
@@ -122,17 +120,20 @@ def main() -> None:
         )
     meta["seconds"] = round(time.time() - started)
     if done:  # the files describe the whole matrix, measured over several runs
-        meta["resumed_cells"] = len(done)  # "seconds" is this run's
+        meta["resumed_cells"] = sum(r["method"] != "uncompressed" for r in done)  # "seconds" is this run's
         targets = sorted({r["target_retention"] for r in rows} - {None, 1.0}, reverse=True)
-        meta["command"] = command(args, ",".join(f"{t:g}" for t in targets)) + " (resumed)"
+        names = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "uncompressed"))
+        every = set(names) >= set(METHODS) - {"none"}
+        retentions = ",".join(f"{t:g}" for t in targets)
+        meta["command"] = command(args, retentions, "all" if every else ",".join(names)) + " (resumed)"
     write(rows, notes, meta, args.out, stem)
 
 
-def command(args: argparse.Namespace, retentions: str) -> str:
-    """The command line that measures this matrix at ``retentions``."""
+def command(args: argparse.Namespace, retentions: str, methods: str | None = None) -> str:
+    """The command line that measures this matrix at ``retentions`` for ``methods`` (default: the run's own)."""
     return (
         f"python benchmarks/evidence.py --model {args.model} -n {args.videos} --retentions {retentions} "
-        f"--methods {args.methods}"
+        f"--methods {methods or args.methods}"
     )
 
 

@@ -124,9 +124,10 @@ def check_writable(out: Path) -> None:
     probe.unlink()
 
 
-def resumed_rows(out: Path, stem: str) -> list[dict[str, Any]]:
+def resumed_rows(out: Path, stem: str, reference: bool = False) -> list[dict[str, Any]]:
     """Rows already measured in ``out/<stem>.json`` (written cell by cell by an earlier, possibly interrupted,
-    run), its uncompressed rows left out: a resumed run measures its own reference. [] when there is none.
+    run), its uncompressed rows left out unless ``reference``: a run that compares against its own timings measures
+    its own reference. [] when there is none.
 
     Raises
     ------
@@ -142,7 +143,7 @@ def resumed_rows(out: Path, stem: str) -> list[dict[str, Any]]:
         raise InvalidParameterError(
             f"{path} is not a vidpress results file ({exc}); move it away or drop --resume"
         ) from exc
-    return [row for row in rows if row["method"] != "uncompressed"]
+    return [row for row in rows if reference or row["method"] != "uncompressed"]
 
 
 def resumed_notes(out: Path, stem: str, notes: list[str]) -> list[str]:
