@@ -7,14 +7,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..serving import ENTRY_FIELD, entry_stages
+from ..serving import ENTRY_FIELD, check_engine, entry_stages
 
 
 class Entries:
-    """Model mixin: each video's method comes with it, in the entry field its processor adds
-    (:data:`~.serving.ENTRY_FIELD`: the request's own method, else the server's)."""
+    """Model mixin: the server's method, checked when the engine builds the model (:func:`~..serving.check_engine`
+    raises there), and each video's method with it, in the entry field its processor adds
+    (:data:`~..serving.ENTRY_FIELD`: the request's own method, else the server's)."""
 
     _entries: Any = None
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
+        self.vidpress = check_engine(vllm_config)
 
     def embed_multimodal(self, **kwargs: Any) -> Any:
         self._entries = kwargs.pop(ENTRY_FIELD, None)
@@ -24,7 +29,20 @@ class Entries:
             self._entries = None
 
     def _video_stages(self, videos: int) -> list[Any]:
-        return entry_stages(self._entries, self.vidpress, videos)  # type: ignore[attr-defined]
+        return entry_stages(self._entries, self.vidpress, videos)
+
+
+class PrunedMedia(Entries):
+    """Model mixin for the Qwen families: with a method set, vLLM's path for pruned videos is switched on (the
+    embeddings carry their tokens' M-RoPE ids and the runner recomputes the prompt's positions from them); the rate
+    only switches that path on, the count is the stage's."""
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        if self.vidpress.stage is None:
+            return
+        self.is_multimodal_pruning_enabled = True
+        self.video_pruning_rate = vllm_config.model_config.multimodal_config.video_pruning_rate = 0.5
 
 
 def qwen_vit_signals(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:

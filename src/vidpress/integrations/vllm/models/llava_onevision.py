@@ -22,7 +22,7 @@ from ....adapters.encoder_attention import received_attention
 from ....stages import lay_back
 from ....tokens import VisualTokens
 from ..processors import LlavaOnevisionProcessor
-from ..serving import check_engine, compress_video
+from ..serving import compress_video
 from .common import Entries
 
 
@@ -37,10 +37,6 @@ class LlavaOnevision(Entries, LlavaOnevisionForConditionalGeneration):
     UnknownMethodError, InvalidParameterError, BudgetError, UnsupportedModelError
         See :func:`~vidpress.integrations.vllm.serving.check_engine`.
     """
-
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = check_engine(vllm_config)
 
     def _encoder_attention_module(self) -> Any:
         """The tower's last attention: vLLM builds the tower only up to the feature layer the projector reads."""

@@ -23,8 +23,8 @@ from ....errors import InvalidParameterError
 from ....stages import lay_back
 from ....tokens import VisualTokens
 from ..processors import Qwen2_5_VLProcessor
-from ..serving import check_engine, compress_video
-from .common import Entries, with_vit_signals
+from ..serving import compress_video
+from .common import PrunedMedia, with_vit_signals
 
 
 def _grids(model: Any, mm_features: list[Any]) -> list[tuple[int, int, int, int, float, int]]:
@@ -37,7 +37,7 @@ def _grids(model: Any, mm_features: list[Any]) -> list[tuple[int, int, int, int,
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class Qwen2_5_VL(Entries, Qwen2_5_VLForConditionalGeneration):
+class Qwen2_5_VL(PrunedMedia, Qwen2_5_VLForConditionalGeneration):
     """vLLM's ``Qwen2_5_VLForConditionalGeneration`` with a vidpress pre-LLM stage on each video; kept tokens keep
     their (t, h, w) M-RoPE ids.
 
@@ -51,16 +51,6 @@ class Qwen2_5_VL(Entries, Qwen2_5_VLForConditionalGeneration):
         See :func:`~vidpress.integrations.vllm.serving.check_engine` (a stage that renumbers its tokens among
         them: M-RoPE needs their ids).
     """
-
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = check_engine(vllm_config)
-        if self.vidpress.stage is None:
-            return
-        # vLLM's runner recomputes M-RoPE positions for pruned media when pruning is declared in the multimodal
-        # config; the rate only switches that path on here (the count is the stage's).
-        self.is_multimodal_pruning_enabled = True
-        vllm_config.model_config.multimodal_config.video_pruning_rate = 0.5
 
     def _process_video_input(self, video_input: Any) -> Any:
         self._vidpress_signals = None

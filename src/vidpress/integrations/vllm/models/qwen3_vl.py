@@ -18,14 +18,14 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ....errors import VidpressError
 from ....tokens import VisualTokens
 from ..processors import Qwen3VLProcessor
-from ..serving import check_engine, compress_video
-from .common import Entries, with_vit_signals
+from ..serving import compress_video
+from .common import PrunedMedia, with_vit_signals
 
 
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen3VLProcessor, info=Qwen3VLProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
 )
-class Qwen3VL(Entries, Qwen3VLForConditionalGeneration):
+class Qwen3VL(PrunedMedia, Qwen3VLForConditionalGeneration):
     """vLLM's ``Qwen3VLForConditionalGeneration`` with a vidpress pre-LLM stage on each video, through vLLM's own
     path for pruned videos (the one its EVS takes): the stage runs on the main embeddings, the DeepStack features
     (vLLM's extra channels) are kept and merged as the tokens are, the kept tokens go into their own frames between
@@ -39,16 +39,6 @@ class Qwen3VL(Entries, Qwen3VLForConditionalGeneration):
     UnknownMethodError, InvalidParameterError, BudgetError, UnsupportedModelError
         See :func:`~vidpress.integrations.vllm.serving.check_engine`.
     """
-
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = check_engine(vllm_config)
-        if self.vidpress.stage is None:
-            return
-        # vLLM's pruned-video path (prompt span, embeddings with positions) and its runner's position
-        # recomputation switch on with pruning; the count is the stage's.
-        self.is_multimodal_pruning_enabled = True
-        self.video_pruning_rate = vllm_config.model_config.multimodal_config.video_pruning_rate = 0.5
 
     def _process_video_input(self, video_input: Any) -> Any:
         self._vidpress_signals = None
