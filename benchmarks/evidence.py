@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from vidpress.bench import cell_key, device_name, matrix_order, parse_retentions, plan, split_methods
+from vidpress.bench import (
+    cell_key,
+    device_name,
+    matrix_order,
+    missing_cells,
+    parse_retentions,
+    plan,
+    split_methods,
+)
 from vidpress.bench_files import check_writable, resumed_notes, resumed_rows, write_rows
 from vidpress.evaluate import mean_interval, prepare
 from vidpress.methods import METHODS, apply, get_method
@@ -126,6 +134,10 @@ def main() -> None:
         every = set(names) >= set(METHODS) - {"none"}
         retentions = ",".join(f"{t:g}" for t in targets)
         meta["command"] = command(args, retentions, "all" if every else ",".join(names)) + " (resumed)"
+        grid = [m for m in METHODS if m != "none"] if every else names
+        missing = missing_cells(rows, grid, targets, depth=loaded.model.config.text_config.num_hidden_layers)
+        if missing:  # the command above completes them
+            meta["missing"] = missing
     write(rows, notes, meta, args.out, stem)
 
 

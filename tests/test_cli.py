@@ -274,6 +274,26 @@ def test_bench_writes_each_cell_as_it_comes_and_resumes(tiny, clip_frames, tmp_p
     assert calls == [2, 3, 4, 5]  # the reference, then the three cells not yet measured, each written as it came
 
 
+def test_a_partial_matrix_names_the_cells_it_lacks():
+    from vidpress.bench import missing_cells
+
+    rows = [
+        {"method": m, "target_retention": r}
+        for m, r in [("uncompressed", 1.0), ("frames", 0.5), ("frames", 0.25), ("random", 0.5)]
+    ]
+    # on 30 layers PyramidDrop cannot reach 25 % (pruning starts at layer 8: at least 0.267), so that cell is
+    # skipped, not missing; METok runs at its defaults
+    methods = ["frames", "random", "pdrop", "metok"]
+    assert missing_cells(rows, methods, [0.5, 0.25], depth=30) == ["random @ 25%", "pdrop @ 50%", "metok @ defaults"]
+    assert missing_cells(rows, methods, [0.5, 0.25]) == [
+        "random @ 25%",
+        "pdrop @ 50%",
+        "pdrop @ 25%",
+        "metok @ defaults",
+    ]
+    assert missing_cells(rows, ["frames"], [0.5, 0.25]) == []
+
+
 def test_bench_rejects_bad_retentions_methods_and_outputs_before_work(tmp_path):
     for args, message in (
         (["--retentions", "abc"], "'abc'"),

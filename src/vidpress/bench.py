@@ -177,6 +177,16 @@ def cell_key(row: dict[str, Any]) -> tuple[str, float | None]:
     return row["method"], row["target_retention"]
 
 
+def missing_cells(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str], retentions: Sequence[float], depth: int | None = None
+) -> list[str]:
+    """The cells of the matrix ``methods`` x ``retentions`` (:func:`plan`'s, skipped cells left out) that ``rows``
+    lack, as ``"method @ 25%"``: what a partial or resumed results file does not hold yet."""
+    have = {cell_key(row) for row in rows}
+    cells, _ = plan(methods, retentions, depth)
+    return [f"{name} @ {'defaults' if r is None else f'{r:.0%}'}" for name, r, _ in cells if (name, r) not in have]
+
+
 def matrix_order(row: dict[str, Any]) -> tuple[int, float]:
     """Sort key of a result row: uncompressed first, then the registry's method order, higher retentions first
     (a method's fixed point last)."""
