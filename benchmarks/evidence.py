@@ -86,7 +86,8 @@ def main() -> None:
     if not 0 < args.videos <= 300:
         raise SystemExit(f"the needle split has 300 videos; -n must be 1-300, got {args.videos}")
     stem = f"evidence_{args.model.replace(':', '_').replace('/', '_')}"
-    methods = [m for m in METHODS if m != "none"] if args.methods == "all" else split_methods(args.methods)
+    every_method = [m for m in METHODS if m != "none"]
+    methods = every_method if args.methods == "all" else split_methods(args.methods)
     retentions = parse_retentions(args.retentions)
     plan(methods, retentions)  # unknown methods fail before any work
     check_writable(args.out)
@@ -96,7 +97,8 @@ def main() -> None:
         raise SystemExit(f"--resume: {stem}.json was measured on other video counts; use the same -n")
     torch.set_grad_enabled(False)
     loaded = load_model(args.model)
-    cells, notes = plan(methods, retentions, depth=loaded.model.config.text_config.num_hidden_layers)
+    depth = loaded.model.config.text_config.num_hidden_layers
+    cells, notes = plan(methods, retentions, depth=depth)
     samples = make_needle_split(300, 12)[: args.videos]
     inputs = prepare(loaded.processor, samples, frames=12, protocol="direct")
     meta = {
@@ -131,11 +133,10 @@ def main() -> None:
         meta["resumed_cells"] = sum(r["method"] != "uncompressed" for r in done)  # "seconds" is this run's
         targets = sorted({r["target_retention"] for r in rows} - {None, 1.0}, reverse=True)
         names = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "uncompressed"))
-        every = set(names) >= set(METHODS) - {"none"}
+        every = set(names) >= set(every_method)
         retentions = ",".join(f"{t:g}" for t in targets)
         meta["command"] = command(args, retentions, "all" if every else ",".join(names)) + " (resumed)"
-        grid = [m for m in METHODS if m != "none"] if every else names
-        missing = missing_cells(rows, grid, targets, depth=loaded.model.config.text_config.num_hidden_layers)
+        missing = missing_cells(rows, every_method if every else names, targets, depth=depth)
         if missing:  # the command above completes them
             meta["missing"] = missing
     write(rows, notes, meta, args.out, stem)
