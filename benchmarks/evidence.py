@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from vidpress.bench import (
+    RETENTIONS,
     cell_key,
     device_name,
     matrix_order,
@@ -76,7 +77,7 @@ def measure(model, processor, method, samples, inputs, new_tokens: int, label: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--videos", type=int, default=300)
-    parser.add_argument("--retentions", default="0.5,0.25,0.15,0.1")
+    parser.add_argument("--retentions", default=",".join(f"{r:g}" for r in RETENTIONS))
     parser.add_argument("--methods", default="all", help="comma-separated names, or all")
     parser.add_argument("--model", default="testbed", help="testbed (trained), default, or any --model of the CLI")
     parser.add_argument("--new-tokens", type=int, default=3, help="decoding steps per request (decode stages act)")
@@ -131,7 +132,8 @@ def main() -> None:
     meta["seconds"] = round(time.time() - started)
     if done:  # the files describe the whole matrix, measured over several runs
         meta["resumed_cells"] = sum(r["method"] != "uncompressed" for r in done)  # "seconds" is this run's
-        targets = sorted({r["target_retention"] for r in rows} - {None, 1.0}, reverse=True)
+        # the grid is the default one plus any retention measured beside it, so a column never measured still shows
+        targets = sorted(({r["target_retention"] for r in rows} - {None, 1.0}) | set(RETENTIONS), reverse=True)
         names = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "uncompressed"))
         every = set(names) >= set(every_method)
         retentions = ",".join(f"{t:g}" for t in targets)
