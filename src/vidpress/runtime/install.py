@@ -12,22 +12,23 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..adapters.registry import adapter_for
-from ..errors import AlreadyAppliedError, IncompatibleStagesError, VidpressError
+from ..errors import AlreadyAppliedError, VidpressError
 from ..report import Report
-from ..stages import DeferredEncoding, Stages
+from ..stages import Stages
 from ..stages.vision.tome import unmerge
+from .compat import check_stages
 from .encoder import VideoEncoder
 from .layers import attention_post_hook, attention_pre_hook, deepstack_hook, layer_pre_hook, trim_cache
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Captures, Session
-from .tome import TowerMerge, check_merging, check_tower, register
+from .tome import TowerMerge, register
 
 
 def _sync(device: torch.device) -> None:
@@ -230,42 +231,8 @@ class Run:
             _sync(self._device())
             session.timings.llm_prefill_s = time.perf_counter() - session.timings.llm_start
 
-    def _check_vision(self) -> None:
-        """A deferring vision stage needs a family that encodes at any resolution and its own event stage in the
-        pre-LLM slot (which packs what it encoded), and with a ToMe first pass a tower that merges; a merging one
-        without ``grid`` needs the pre-LLM slot to pack its merged tokens, and with ``grid`` leaves that slot to any
-        stage."""
-        vision = self.stages.vision
-        if vision is not None and vision.merges:
-            check_merging(self.adapter, self.stages)
-        if vision is None or not vision.deferred:
-            return
-        if not self.adapter.encodes_at_any_resolution:
-            raise IncompatibleStagesError(
-                f"{type(self.adapter).__name__} does not encode frames at other resolutions; coarse-to-fine vision "
-                "stages run on LLaVA-OneVision"
-            )
-        if self.stages.pre_llm is not cast(DeferredEncoding, vision).events:
-            raise IncompatibleStagesError(
-                f"{type(vision).__name__} plans with its own event stage, which must also fill the pre-LLM slot "
-                f"(got {type(self.stages.pre_llm).__name__}); use METok(retention=..., coarse=True)"
-            )
-        if vision.first_pass_merging is not None:  # after the family's refusal, which names what runs it
-            check_tower(self.adapter, vision.first_pass_merging)
-
-    def _check_deepstack(self) -> None:
-        """A prefill stage that merges hidden states must act after the last layer DeepStack adds features to: those
-        features belong to single tokens, and a merged token has several."""
-        prefill, levels = self.stages.prefill, min(self.adapter.deepstack_levels(), len(self.adapter.decoder_layers()))
-        if prefill is not None and prefill.needs.hidden and levels and prefill.layers[0] < levels:
-            raise IncompatibleStagesError(
-                f"{type(prefill).__name__} merges hidden states at layer {prefill.layers[0]}, before DeepStack's "
-                f"last layer {levels - 1} on {type(self.adapter).__name__}; merge at layer {levels} or later"
-            )
-
     def _install(self) -> None:
-        self._check_vision()
-        self._check_deepstack()
+        check_stages(self.adapter, self.stages)
         add = self._handles.append
         if self.stages.vision is not None or self.stages.pre_llm is not None:
             owner, name = self.adapter.video_encoder()
