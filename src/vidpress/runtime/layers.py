@@ -22,7 +22,7 @@ from ..errors import IncompatibleStagesError, VidpressError
 from ..evidence import EvidenceTrace
 from ..selection import MergedSelection, Selection
 from ..tokens import LayerSignals
-from .prefill import default_positions
+from .layout import default_positions
 from .scoring import attention_rows
 from .session import Session, per_row_positions
 
