@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ....tokens import VisualTokens
 from ..serving import ENTRY_FIELD, check_engine, entry_stages
 
 
@@ -92,3 +94,27 @@ def with_vit_signals(model: Any, encode: Any) -> tuple[Any, dict[str, Any]]:
     unit = model.visual.spatial_merge_unit
     captured["signals"] = received.view(-1, unit).mean(1), keys.view(-1, unit, keys.shape[-1]).mean(1)
     return out, captured
+
+
+def split_signals(signals: tuple[Tensor, Tensor] | None, embeds: Sequence[Tensor]) -> list[tuple | None]:
+    """The ViT's signals of a batch (:func:`with_vit_signals`, in the embeddings' order) cut per video, one entry
+    per tensor of ``embeds`` (None for each when there are none)."""
+    if signals is None:
+        return [None] * len(embeds)
+    return list(zip(*(x.split([len(e) for e in embeds]) for x in signals)))
+
+
+def qwen_video_tokens(
+    embeds: Tensor, grid: Sequence[int], merge: int, signals: tuple[Tensor, Tensor] | None
+) -> VisualTokens:
+    """One video's merged embeddings ``(t * h * w, dim)`` as visual tokens ``(1, t, h * w, dim)`` on its merged
+    grid (``grid`` is t, H, W in patches; ``merge`` the merger's side), with its signals (attention received
+    ``(t * h * w,)``, keys ``(t * h * w, head_dim)``) when the stage reads them."""
+    t, h, w = grid[0], grid[1] // merge, grid[2] // merge
+    return VisualTokens(
+        embeds.reshape(1, t, h * w, -1),
+        (h, w),
+        extra=embeds.new_zeros(1, 0, embeds.shape[-1]),
+        attention=None if signals is None else signals[0].view(1, t, h * w),
+        keys=None if signals is None else signals[1].view(1, t, h * w, -1),
+    )

@@ -21,10 +21,9 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 from ....adapters.qwen2_5_vl import temporal_patch_rows
 from ....errors import InvalidParameterError
 from ....stages import lay_back
-from ....tokens import VisualTokens
 from ..processors import Qwen2_5_VLProcessor
 from ..serving import compress_video
-from .common import PrunedMedia, with_vit_signals
+from .common import PrunedMedia, qwen_video_tokens, split_signals, with_vit_signals
 
 
 def _grids(model: Any, mm_features: list[Any]) -> list[tuple[int, int, int, int, float, int]]:
@@ -141,21 +140,12 @@ class Qwen2_5_VL(PrunedMedia, Qwen2_5_VLForConditionalGeneration):
             raise InvalidParameterError(
                 "Qwen2.5-VL video inputs need second_per_grid_ts for their M-RoPE ids; pass the video's metadata"
             )
-        signals = getattr(self, "_vidpress_signals", None)
-        if signals is not None:
-            signals = tuple(x.split([len(e) for e in video_embeds_split]) for x in signals)
+        signals = split_signals(getattr(self, "_vidpress_signals", None), video_embeds_split)
         out = []
-        for i, (emb, size, second, stage) in enumerate(
-            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), seconds.long(), self._vidpress_stages)
+        for emb, size, second, stage, signal in zip(
+            video_embeds_split, video_input["video_grid_thw"].tolist(), seconds.long(), self._vidpress_stages, signals
         ):
-            t, h, w = size[0], size[1] // merge, size[2] // merge
-            tokens = VisualTokens(
-                emb.view(1, t, h * w, -1),
-                (h, w),
-                extra=emb.new_zeros(1, 0, emb.shape[-1]),
-                attention=None if signals is None else signals[0][i].view(1, t, h * w),
-                keys=None if signals is None else signals[1][i].view(1, t, h * w, -1),
-            )
+            tokens = qwen_video_tokens(emb, size, merge, signal)
             if stage is None:  # a request that asked for its videos uncompressed: every token at its own ids
                 kept, source = emb, torch.arange(len(emb))
             else:

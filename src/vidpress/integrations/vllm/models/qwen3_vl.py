@@ -16,10 +16,9 @@ from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGene
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ....errors import VidpressError
-from ....tokens import VisualTokens
 from ..processors import Qwen3VLProcessor
 from ..serving import compress_video
-from .common import PrunedMedia, with_vit_signals
+from .common import PrunedMedia, qwen_video_tokens, split_signals, with_vit_signals
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -76,25 +75,17 @@ class Qwen3VL(PrunedMedia, Qwen3VLForConditionalGeneration):
         if self.vidpress.stage is None:  # vLLM's own pruning (EVS, --video-pruning-rate), untouched
             return super()._postprocess_video_embeds_evs(video_embeds_split, video_input)
         merge = self.visual.spatial_merge_size
-        signals = self._vidpress_signals
-        if signals is not None:
-            signals = tuple(x.split([len(e) for e in video_embeds_split]) for x in signals)
+        signals = split_signals(self._vidpress_signals, video_embeds_split)
         out = []
-        for i, (emb, size, stage) in enumerate(
-            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), self._vidpress_stages)
+        for i, (emb, size, stage, signal) in enumerate(
+            zip(video_embeds_split, video_input["video_grid_thw"].tolist(), self._vidpress_stages, signals)
         ):
             t, h, w = size[0], size[1] // merge, size[2] // merge
             main, deepstack = emb[:, : self.visual_dim], emb[:, self.visual_dim :]
             if stage is None:  # a request that asked for its videos uncompressed
                 kept, source = emb, torch.arange(len(emb))
             else:
-                tokens = VisualTokens(
-                    main.reshape(1, t, h * w, -1),
-                    (h, w),
-                    extra=main.new_zeros(1, 0, main.shape[-1]),
-                    attention=None if signals is None else signals[0][i].view(1, t, h * w),
-                    keys=None if signals is None else signals[1][i].view(1, t, h * w, -1),
-                )
+                tokens = qwen_video_tokens(main, size, merge, signal)
                 kept, source = compress_video(stage, tokens, riders=deepstack[None] if deepstack.numel() else None)
             order = source.argsort()
             kept, source = kept[order.to(kept.device)], source[order]
