@@ -24,7 +24,8 @@ from ..stages import Stages
 from ..stages.vision.tome import unmerge
 from .compat import check_stages
 from .encoder import VideoEncoder
-from .layers import attention_post_hook, attention_pre_hook, deepstack_hook, layer_pre_hook, trim_cache
+from .kv import trim_cache
+from .layers import attention_post_hook, attention_pre_hook, deepstack_hook, layer_pre_hook
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Captures, Session
