@@ -138,7 +138,9 @@ def main() -> None:
         every = set(names) >= set(every_method)
         retentions = ",".join(f"{t:g}" for t in targets)
         meta["command"] = command(args, retentions, "all" if every else ",".join(names)) + " (resumed)"
-        missing = missing_cells(rows, every_method if every else names, targets, depth=depth)
+        grid = every_method if every else names
+        notes = list(dict.fromkeys([*notes, *plan(grid, targets, depth=depth)[1]]))  # the grid's skips, said once
+        missing = missing_cells(rows, grid, targets, depth=depth)
         if missing:  # the command above completes them
             meta["missing"] = missing
     write(rows, notes, meta, args.out, stem)
