@@ -21,7 +21,7 @@ from .tome import TowerMerge
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
     from ..stages import Stages
-    from .install import ThreadState
+    from .capture import ThreadState
 
 
 class VideoEncoder:

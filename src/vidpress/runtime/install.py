@@ -1,4 +1,6 @@
-"""Install and remove every hook for (model, adapter, stages): the only place that registers hooks.
+"""Install and remove every hook for (model, adapter, stages): every hook is registered from here (the model's
+request hooks; through :mod:`.capture` the timers and captures, :mod:`.tome` ToMe's merging, :mod:`.layers` the
+decoder-layer surgery) into one list of handles, and removed together.
 
 Nothing on the model is replaced or mutated: the attention implementation, the classes and the cache type
 stay as they are; every hook is removed by :meth:`Run.remove` (or on leaving the ``with`` block). The one
@@ -11,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,41 +22,17 @@ from ..adapters.registry import adapter_for
 from ..errors import AlreadyAppliedError, VidpressError
 from ..report import Report
 from ..stages import Stages
-from ..stages.vision.tome import unmerge
+from .capture import ThreadState, register_captures, register_llm_timer, register_vision_timer, sync
 from .compat import check_stages
 from .encoder import VideoEncoder
 from .kv import trim_cache
-from .layers import attention_post_hook, attention_pre_hook, deepstack_hook, layer_pre_hook
+from .layers import register_layer_hooks
 from .memory import PeakMemory
 from .prefill import decode_inputs, start_request
 from .session import Captures, Session
-from .tome import TowerMerge, register
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
+from .tome import register
 
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()  # models with a Run installed
-
-
-@dataclass
-class ThreadState:
-    """One thread's request state. Requests from different threads on one model stay apart: generate runs
-    every hook of a request in its calling thread, so each thread sees only its own captures and session."""
-
-    active: tuple[weakref.ref, Session] | None = None
-    memory: PeakMemory | None = None
-    vision_s: float = 0.0
-    vision_start: float = 0.0
-    captures: Captures = field(default_factory=Captures)  # for the request being encoded; one per request
-    encoder_s: float = 0.0
-    vision_kwargs: dict = field(default_factory=dict)
-    sessions: list[Session] = field(default_factory=list)
-    requesting: bool = False  # inside start_request: tower calls there belong to the request being started
-    merging: TowerMerge | None = None  # a merging vision stage's state during its tower call
-    evidence: Tensor | None = None  # evidence masks (F, H, W) of this thread's next request
 
 
 class Run:
@@ -130,14 +107,6 @@ class Run:
             if self._t.memory is None:  # generate encodes the video before this call; the meter may be running
                 self._t.memory = PeakMemory(self._device())
             started = time.perf_counter()
-            positions = (
-                "contiguous"
-                if any(
-                    stage is not None and stage.positions == "contiguous"
-                    for stage in (self.stages.pre_llm, self.stages.prefill)
-                )
-                else "original"
-            )
             self.adapter.restore_inputs(kwargs, self._t.vision_kwargs)
             captures = self._t.captures  # what encoding this request left, and leaves inside start_request
             if self._wrapped is not None and kwargs.get("pixel_values_videos") is not None:
@@ -145,9 +114,7 @@ class Run:
             vision_before = self._t.vision_s  # encoding inside start_request is timed from ``started``
             self._t.requesting = True
             try:
-                session = start_request(
-                    self.model, self.adapter, self.stages, kwargs, positions, captures, self._t.evidence
-                )
+                session = start_request(self.model, self.adapter, self.stages, kwargs, captures, self._t.evidence)
             finally:
                 self._t.requesting = False
                 self._t.captures = Captures()  # the next request starts with an empty record
@@ -161,7 +128,7 @@ class Run:
             self._sessions.append(session)
         elif (decoding := self.session_of(cache)) is not None:
             decode_inputs(decoding, kwargs)
-            _sync(self._device())
+            sync(self._device())
             decoding.timings.step_start = time.perf_counter()
         return args, kwargs
 
@@ -169,7 +136,7 @@ class Run:
         session = self.session_of(kwargs.get("cache"))
         if session is None:
             return
-        _sync(self._device())
+        sync(self._device())
         now = time.perf_counter()
         if session.ctx.step == 0 and self.stages.decode is not None and self.stages.decode.needs.trim_after_prefill:
             started = time.perf_counter()
@@ -186,51 +153,13 @@ class Run:
         if self._t.memory is not None:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._t.memory.peak)
 
-    def _vision_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
-        if module is self.adapter.vision_modules()[0]:  # the tower's call: e.g. Qwen's grid_thw, which
-            self._t.vision_kwargs = kwargs  # generate does not pass on to the forward
+    def _new_request(self) -> None:
+        """A vision call outside a request being started, after a request's prefill: a new request begins, so
+        the previous request's memory meter stops."""
         if not self._t.requesting and (self._t.active is None or self._t.active[1].ctx.step > 0):
-            self._finish()  # a new request starts: stop the previous request's memory meter
+            self._finish()
             self._t.active = None
             self._t.memory = PeakMemory(self._device())
-        _sync(self._device())
-        self._t.vision_start = time.perf_counter()
-
-    def _vision_post(self, module: Any, args: tuple, output: Any) -> None:
-        _sync(self._device())
-        self._t.vision_s += time.perf_counter() - self._t.vision_start
-
-    def _capture_projected(self, module: Any, args: tuple, output: Any) -> None:
-        self._t.captures.projected = output  # the unpooled grid, for stages that pool it themselves
-
-    def _capture_pixels(self, module: Any, args: tuple) -> None:
-        self._t.captures.pixels = (
-            args[0] if args else None
-        )  # (B*F, 3, H, W): generate consumes pixel_values_videos early
-
-    def _capture_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
-        started = time.perf_counter()
-        received, keys = self.adapter.encoder_signals(module, args, kwargs, self._t.vision_kwargs)
-        merging = self._t.merging
-        if merging is not None and merging.groups:  # ToMe with grid: each patch takes its merged token's signals
-            received, keys = unmerge(received[..., None], merging.groups[-1])[..., 0], unmerge(keys, merging.groups[-1])
-        self._t.captures.encoder = received, keys
-        _sync(self._device())
-        elapsed = time.perf_counter() - started
-        self._t.encoder_s += elapsed  # method overhead, not vision encoding
-        self._t.vision_s -= elapsed
-
-    def _llm_pre(self, module: Any, args: tuple, kwargs: dict) -> None:
-        session = self.session_of(kwargs.get("cache"))
-        if session is not None and session.ctx.step == 0:
-            _sync(self._device())
-            session.timings.llm_start = time.perf_counter()
-
-    def _llm_post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        session = self.session_of(kwargs.get("cache"))
-        if session is not None and session.ctx.step == 0:
-            _sync(self._device())
-            session.timings.llm_prefill_s = time.perf_counter() - session.timings.llm_start
 
     def _install(self) -> None:
         check_stages(self.adapter, self.stages)
@@ -242,52 +171,14 @@ class Run:
             self._wrapped = (owner, name)
         add(self.model.register_forward_pre_hook(self._model_pre, with_kwargs=True, prepend=True))
         add(self.model.register_forward_hook(self._model_post, with_kwargs=True))
-        for module in self.adapter.vision_modules():
-            add(module.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
-            add(module.register_forward_hook(self._vision_post))
+        register_vision_timer(self.adapter, lambda: self._t, self._device, self._new_request, add)
         vision = self.stages.vision
         if vision is not None and (vision.merges or vision.first_pass_merging is not None):
             tower = self.adapter.vision_modules()[0]
             register(self.adapter.tower_blocks(), tower, lambda: self._t.merging, add)
-        pre = self.stages.pre_llm
-        capture = self.adapter.unpooled_capture() if pre is not None and pre.needs.unpooled else None
-        if capture is not None:
-            module, where = capture
-            if where == "input":
-                add(module.register_forward_pre_hook(lambda m, args: self._capture_projected(m, args, args[0])))
-            else:
-                add(module.register_forward_hook(self._capture_projected))
-        if pre is not None and pre.needs.encoder_attention:
-            add(self.adapter.encoder_attention().register_forward_pre_hook(self._capture_encoder, with_kwargs=True))
-        if pre is not None and pre.needs.pixels:
-            add(self.adapter.vision_modules()[0].register_forward_pre_hook(self._capture_pixels))
-        llm = self.adapter.language_model()
-        add(llm.register_forward_pre_hook(self._llm_pre, with_kwargs=True))
-        add(llm.register_forward_hook(self._llm_post, with_kwargs=True))
-        layers = self.adapter.decoder_layers()
-        # the model adds none once it got no pixels; as the model, none past its last layer
-        for level in range(min(self.adapter.deepstack_levels(), len(layers))):
-            add(layers[level].register_forward_hook(deepstack_hook(self.session_of, level), with_kwargs=True))
-        if self.stages.prefill is None and self.stages.decode is None:
-            return
-        scored = set()
-        for stage in (self.stages.prefill, self.stages.decode):
-            scored |= set(stage.needs.score_layers) if stage is not None else set()
-        for index, layer in enumerate(self.adapter.decoder_layers()):
-            if self.stages.prefill is not None:
-                add(
-                    layer.register_forward_pre_hook(
-                        layer_pre_hook(self.session_of, self.adapter, llm.rotary_emb, index), with_kwargs=True
-                    )
-                )
-            attention = layer.self_attn
-            add(
-                attention.register_forward_pre_hook(
-                    attention_pre_hook(self.session_of, self.adapter, index), with_kwargs=True
-                )
-            )
-            if index in scored:
-                add(attention.register_forward_hook(attention_post_hook(self.session_of, index), with_kwargs=True))
+        register_captures(self.adapter, self.stages, lambda: self._t, self._device, add)
+        register_llm_timer(self.adapter.language_model(), self.session_of, self._device, add)
+        register_layer_hooks(self.adapter, self.stages, self.session_of, add)
 
     # -- public ------------------------------------------------------------------------------------
     def _finish(self) -> None:

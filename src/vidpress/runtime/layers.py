@@ -27,6 +27,7 @@ from .session import Session, per_row_positions
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
+    from ..stages import Stages
 
 
 def _rows(session: Session, layer: int, length: int, decoding: bool) -> Tensor:
@@ -222,3 +223,24 @@ def attention_post_hook(session_of, layer: int):
         session.timed(start)
 
     return hook
+
+
+def register_layer_hooks(adapter: Adapter, stages: Stages, session_of, add) -> None:
+    """Register the decoder-layer hooks: DeepStack injection for the family's levels, and, with a prefill or decode
+    stage, the layer pre-hooks (prefill drops), attention pre-hooks (query rows, KV views) and attention
+    post-hooks on the layers either stage scores."""
+    layers = adapter.decoder_layers()
+    # the model adds none once it got no pixels; as the model, none past its last layer
+    for level in range(min(adapter.deepstack_levels(), len(layers))):
+        add(layers[level].register_forward_hook(deepstack_hook(session_of, level), with_kwargs=True))
+    if stages.prefill is None and stages.decode is None:
+        return
+    scored = {i for stage in (stages.prefill, stages.decode) if stage is not None for i in stage.needs.score_layers}
+    rotary = adapter.language_model().rotary_emb
+    for index, layer in enumerate(layers):
+        if stages.prefill is not None:
+            add(layer.register_forward_pre_hook(layer_pre_hook(session_of, adapter, rotary, index), with_kwargs=True))
+        attention = layer.self_attn
+        add(attention.register_forward_pre_hook(attention_pre_hook(session_of, adapter, index), with_kwargs=True))
+        if index in scored:
+            add(attention.register_forward_hook(attention_post_hook(session_of, index), with_kwargs=True))

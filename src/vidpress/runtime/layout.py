@@ -95,7 +95,6 @@ def kept_positions(
     adapter: Adapter,
     stages: Stages,
     kwargs: dict[str, Any],
-    positions: str,
     plan: Any,
     base: Layout,
     input_ids: Tensor,
@@ -114,13 +113,10 @@ def kept_positions(
     mrope_delta = None
     if original.dim() == 3:  # decoding continues after the largest (t, h, w) id, as transformers' rope deltas do
         mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
-    if positions == "contiguous":
+    shortening = (stages.pre_llm, stages.prefill)
+    asking = [type(s).__name__ for s in shortening if s is not None and s.positions == "contiguous"]
+    if asking:  # renumber the shortened prompt
         if original.dim() == 3:
-            asking = [
-                type(s).__name__
-                for s in (stages.pre_llm, stages.prefill)
-                if s is not None and s.positions == "contiguous"
-            ]
             raise IncompatibleStagesError(
                 f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
                 "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'"

@@ -146,7 +146,6 @@ def start_request(
     adapter: Adapter,
     stages: Stages,
     kwargs: dict[str, Any],
-    positions: str,
     captures: Captures,
     evidence: Tensor | None = None,
 ) -> Session:
@@ -186,7 +185,7 @@ def start_request(
     base = _base(plan, stages.pre_llm, tokens, embeds, input_ids, is_video, video_pos)
     deepstack = deepstack_features(plan, stages.pre_llm, tokens, base)
     new_positions, offset, mrope_delta, new_mask = kept_positions(
-        model, adapter, stages, kwargs, positions, plan, base, input_ids, mask, video_pos
+        model, adapter, stages, kwargs, plan, base, input_ids, mask, video_pos
     )
     kept = base.kept
     session = Session(
