@@ -154,8 +154,8 @@ class Run:
             session.peak_memory_bytes = max(session.peak_memory_bytes, self._t.memory.peak)
 
     def _new_request(self) -> None:
-        """A vision call outside a request being started, after a request's prefill: a new request begins, so
-        the previous request's memory meter stops."""
+        """At each vision call: outside a request being started, with no request active or the active one past
+        its prefill, the call begins a new request, so the previous request's memory meter stops."""
         if not self._t.requesting and (self._t.active is None or self._t.active[1].ctx.step > 0):
             self._finish()
             self._t.active = None
