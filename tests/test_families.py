@@ -13,6 +13,7 @@ from vidpress.methods import (
     FastV,
     FastVID,
     METok,
+    PyramidDrop,
     UniformSpatial,
     VisionZip,
 )
@@ -166,13 +167,24 @@ def test_qwen_decoding_without_position_ids_continues_after_the_video(tiny_qwen,
     assert torch.allclose(out, reference, atol=1e-5)
 
 
-def test_qwen_faithful_renumbering_is_refused(tiny_qwen, clip_frames):
+@pytest.mark.parametrize(
+    "method, asking",
+    [
+        (DyCoke(mode="faithful"), "TemporalMerge"),
+        (VisionZip(retention=0.25, mode="faithful"), "VisionZip"),
+        (PyramidDrop(mode="faithful"), "AttentionRank"),
+    ],
+    ids=["dycoke", "visionzip", "pyramiddrop"],
+)
+def test_faithful_renumbering_is_refused_on_mrope_at_apply(tiny_qwen, tiny_qwen3, method, asking):
+    """Refused at installation, before any hook or encoding: the model then runs as it did before."""
     from vidpress.errors import IncompatibleStagesError
 
-    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
-    with torch.no_grad(), vidpress.apply(tiny_qwen.model, DyCoke(mode="faithful")):
-        with pytest.raises(IncompatibleStagesError, match="M-RoPE"):
-            tiny_qwen.model(**inputs)
+    for model in (tiny_qwen.model, tiny_qwen3.model):
+        hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
+        with pytest.raises(IncompatibleStagesError, match=rf"{asking} renumber.*M-RoPE.*mode='fixed'"):
+            vidpress.apply(model, method)
+        assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks
 
 
 def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qwen, clip_frames):

@@ -129,6 +129,10 @@ class Adapter:
         rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
         return rotary(states, states, cos, sin)[0]
 
+    #: Whether the LLM's positions are M-RoPE (t, h, w) ids, which a stage renumbering the prompt contiguously
+    #: (the 1-D references' ``faithful`` behaviour) would destroy.
+    mrope = False
+
     def deepstack_levels(self) -> int:
         """How many of the LLM's first layers add DeepStack features (``VisualTokens.deepstack``) to the visual
         tokens' hidden states after them (Qwen3-VL); 0 for families without DeepStack."""

@@ -45,6 +45,7 @@ class Qwen2_5_VLAdapter(Adapter):
     )
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl", "qwen2_vl")
     random_name = "random-qwen2.5-vl"
+    mrope = True
 
     @classmethod
     def spec(

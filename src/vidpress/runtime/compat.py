@@ -19,12 +19,14 @@ def check_stages(adapter: Adapter, stages: Stages) -> None:
     IncompatibleStagesError
         A deferring vision stage on a family that encodes at one resolution, or without its own event stage in
         the pre-LLM slot; a merging vision stage the tower or the other stages cannot take
-        (:func:`~.tome.check_merging`); a prefill stage merging hidden states before DeepStack's last layer.
+        (:func:`~.tome.check_merging`); a prefill stage merging hidden states before DeepStack's last layer; a
+        pre-LLM or prefill stage renumbering positions contiguously on an M-RoPE family.
     BudgetError
         A merging schedule the tower's layers cannot reach.
     """
     _check_vision(adapter, stages)
     _check_deepstack(adapter, stages)
+    _check_positions(adapter, stages)
 
 
 def _check_vision(adapter: Adapter, stages: Stages) -> None:
@@ -59,4 +61,15 @@ def _check_deepstack(adapter: Adapter, stages: Stages) -> None:
         raise IncompatibleStagesError(
             f"{type(prefill).__name__} merges hidden states at layer {prefill.layers[0]}, before DeepStack's last "
             f"layer {levels - 1} on {type(adapter).__name__}; merge at layer {levels} or later"
+        )
+
+
+def _check_positions(adapter: Adapter, stages: Stages) -> None:
+    """M-RoPE gives each visual token (t, h, w) ids; renumbering the shortened prompt 0..n-1 would give them 1-D
+    ones the model was not trained on, so the stages that ask for it are refused before the video is encoded."""
+    asking = [type(s).__name__ for s in (stages.pre_llm, stages.prefill) if s is not None and s.positions != "original"]
+    if adapter.mrope and asking:
+        raise IncompatibleStagesError(
+            f"{' and '.join(asking)} renumber(s) positions contiguously (the reference code's 1-D behaviour); "
+            f"{type(adapter).__name__}'s M-RoPE keeps (t, h, w) ids: use mode='fixed'"
         )
