@@ -2,11 +2,13 @@
 
 The encoder keeps its own attention implementation (SDPA returns no weights): a forward pre-hook on the
 scored attention module recomputes fp32 softmax(q k^T * scale) from the same input, a chunk of frames at a
-time, so at most ``chunk * heads * P * P`` floats exist at once.
+time (SigLIP/CLIP/DINOv2 towers), or one attention segment at a time (Qwen's packed towers), so at most
+``chunk * heads * P * P`` floats exist at once.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import torch
@@ -74,3 +76,41 @@ def received_attention(
         received.append(probs.mean((1, 2)))
         keys.append(key.mean(1))
     return torch.cat(received), torch.cat(keys)
+
+
+def merge_unit_signals(module: Any, args: tuple, kwargs: dict[str, Any], merge: int) -> tuple[Tensor, Tensor]:
+    """Attention received and head-averaged keys of one call of a Qwen ViT attention (fused ``qkv``, vision RoPE,
+    packed sequences): fp32 softmax(q k^T * scaling) within each segment of ``cu_seqlens`` (a temporal patch, or a
+    window), averaged over heads and query rows, then over each ``merge x merge`` unit the patch merger fuses.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The attention (``qkv``, ``num_heads``, ``scaling``), called as ``module(hidden_states, cu_seqlens=...,
+        position_embeddings=(cos, sin))``.
+    args, kwargs
+        That call's arguments (from a forward pre-hook).
+    merge : int
+        The merger's ``spatial_merge_size``.
+
+    Returns
+    -------
+    received : Tensor, shape (N,), float32
+        Per merged (LLM) token, in the tower's token order.
+    keys : Tensor, shape (N, head_dim), float32
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    seq, heads = hidden.shape[0], module.num_heads
+    query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = kwargs["position_embeddings"]
+    query, key = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(query, key, cos, sin)
+    query, key = query.float().transpose(0, 1), key.float().transpose(0, 1)  # (H, seq, head_dim)
+    bounds = kwargs["cu_seqlens"].tolist()
+    received = torch.cat(
+        [
+            torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+    unit = merge * merge
+    return received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)

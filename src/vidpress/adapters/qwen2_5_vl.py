@@ -11,7 +11,6 @@ kept tokens keep their ids, gathered, never renumbered, and text after the video
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from ..specs import ModelSpec, VisionDims
 from ..stages import lay_back
 from ..tokens import VisualTokens
 from .base import Adapter
+from .encoder_attention import merge_unit_signals
 
 if TYPE_CHECKING:
     from ..models.random import LoadedModel
@@ -228,37 +228,17 @@ class Qwen2_5_VLAdapter(Adapter):
         self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
-        in temporal order (:meth:`merge_unit_signals`), with the window permutation undone as the model undoes it
-        after its merger."""
+        in temporal order (:func:`~.encoder_attention.merge_unit_signals`), with the window permutation undone as
+        the model undoes it after its merger."""
         from transformers.vision_utils import get_vision_window_index
 
-        received, keys = self.merge_unit_signals(module, args, kwargs)
+        received, keys = merge_unit_signals(module, args, kwargs, self.config.vision_config.spatial_merge_size)
         vision = self.config.vision_config
         window_index, _ = get_vision_window_index(
             vision_kwargs["grid_thw"], vision.spatial_merge_size, vision.window_size, vision.patch_size
         )
         reverse = window_index.argsort().to(received.device)
         return received[reverse], keys[reverse]
-
-    def merge_unit_signals(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """One call of the ViT's last attention: fp32 softmax(q k^T) with the vision RoPE, within each attention
-        segment (``cu_seqlens``), averaged over heads and query rows, then over each 2x2 merge unit, in the tower's
-        token order: (N,), (N, Dk)."""
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seq, heads = hidden.shape[0], module.num_heads
-        query, key, _ = module.qkv(hidden).reshape(seq, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
-        cos, sin = kwargs["position_embeddings"]
-        query, key = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(query, key, cos, sin)
-        query, key = query.float().transpose(0, 1), key.float().transpose(0, 1)  # (H, seq, hd)
-        bounds = kwargs["cu_seqlens"].tolist()
-        received = torch.cat(
-            [
-                torch.softmax(query[:, a:b] @ key[:, a:b].transpose(1, 2) * module.scaling, -1).mean((0, 1))
-                for a, b in zip(bounds[:-1], bounds[1:])
-            ]
-        )
-        unit = self.config.vision_config.spatial_merge_size**2
-        return received.view(-1, unit).mean(1), key.mean(0).view(-1, unit, key.shape[-1]).mean(1)
 
     def pool_encoder_signals(self, received: Tensor, keys: Tensor, batch: int, frames: int) -> tuple[Tensor, Tensor]:
         """Per-token signals (N,), (N, Dk) -> (B, T, h*w), (B, T, h*w, Dk): already one per LLM token."""

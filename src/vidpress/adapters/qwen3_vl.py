@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import UnsupportedModelError, VidpressError
 from ..specs import LLMDims, VisionDims
 from ..tokens import VisualTokens
+from .encoder_attention import merge_unit_signals
 from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 if TYPE_CHECKING:
@@ -147,9 +148,9 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         self, module: Any, args: tuple, kwargs: dict[str, Any], vision_kwargs: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
         """Attention received and head-averaged keys per LLM token, (N,) and (N, Dk) over all videos' merged tokens
-        in temporal order (:meth:`merge_unit_signals`: each temporal patch attends within itself; the ViT has no
-        windows to undo)."""
-        return self.merge_unit_signals(module, args, kwargs)
+        in temporal order (:func:`~.encoder_attention.merge_unit_signals`: each temporal patch attends within
+        itself; the ViT has no windows to undo)."""
+        return merge_unit_signals(module, args, kwargs, self.config.vision_config.spatial_merge_size)
 
 
 class Qwen3VLMoeAdapter(Qwen3VLAdapter):
