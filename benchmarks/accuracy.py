@@ -24,7 +24,8 @@ from vidpress.bench_files import check_writable, resumed_notes, resumed_rows, wr
 from vidpress.evaluate import evaluate, prepare
 from vidpress.methods import METHODS, get_method
 from vidpress.models.loading import load_model
-from vidpress.testbed.scenes import make_needle_split, make_split
+from vidpress.testbed.needle import make_needle_split
+from vidpress.testbed.scenes import make_split
 
 STEMS = {"test": "accuracy", "needle": "needle_accuracy"}  #: each split's result files
 

@@ -35,7 +35,7 @@ from vidpress.bench_files import check_writable, resumed_notes, resumed_rows, wr
 from vidpress.evaluate import mean_interval, prepare
 from vidpress.methods import METHODS, apply, get_method
 from vidpress.models.loading import load_model
-from vidpress.testbed.scenes import make_needle_split
+from vidpress.testbed.needle import make_needle_split
 
 
 def measure(model, processor, method, samples, inputs, new_tokens: int, label: str) -> dict:

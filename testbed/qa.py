@@ -22,7 +22,8 @@ import torch
 
 from vidpress.evaluate import ANSWER_TOKENS, CAPTION, DESCRIPTION_TOKENS, choice_prompt, match_option, merge_repeats
 from vidpress.pipeline import build_inputs, chat_prompt
-from vidpress.testbed.scenes import NEEDLE_TYPES, TYPES, Sample, ask, ask_needle, describe
+from vidpress.testbed.needle import NEEDLE_TYPES, ask_needle
+from vidpress.testbed.scenes import TYPES, Sample, ask, describe
 
 from .align import project, word_targets
 

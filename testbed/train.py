@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from vidpress.evaluate import PROTOCOLS
+from vidpress.testbed.needle import NEEDLE_TYPES, make_needle_split
 from vidpress.testbed.saved import TESTBED_DIR, read_saved, save
-from vidpress.testbed.scenes import NEEDLE_TYPES, TYPES, make_needle_split, make_split
+from vidpress.testbed.scenes import TYPES, make_split
 
 from .align import align
 from .lora import add_lora, lora_factors, merge_lora, set_lora

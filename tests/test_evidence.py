@@ -13,7 +13,7 @@ from vidpress.pipeline import build_inputs
 from vidpress.selection import Selection
 from vidpress.stages import PreLLMStage
 from vidpress.stages.pre_llm.uniform import RandomTokens, UniformFrames
-from vidpress.testbed.scenes import make_needle_split
+from vidpress.testbed.needle import make_needle_split
 from vidpress.tokens import Members, PackedTokens, VisualTokens
 
 

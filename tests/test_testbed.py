@@ -731,7 +731,7 @@ def test_training_with_needles_mixes_needle_videos_in_and_validates_on_them(monk
     from testbed import qa
     from testbed import train as training
     from vidpress.models.random import random_model
-    from vidpress.testbed.scenes import NEEDLE_TYPES
+    from vidpress.testbed.needle import NEEDLE_TYPES
 
     encoded, seen = [], []
     real_encode, real_loss = training.encode, training.answer_loss

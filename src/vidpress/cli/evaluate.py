@@ -36,8 +36,9 @@ def eval_(
     from ..evaluate import evaluate
     from ..methods import METHODS, get_method
     from ..models.loading import load_model
+    from ..testbed.needle import make_needle_split
     from ..testbed.saved import testbed_available
-    from ..testbed.scenes import make_needle_split, make_split
+    from ..testbed.scenes import make_split
 
     sizes = {"test": 560, "needle": 300}
     if split not in sizes:
