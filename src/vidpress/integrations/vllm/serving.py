@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...adapters.registry import ADAPTERS
 from ...errors import InvalidParameterError, UnknownMethodError, UnsupportedModelError, VidpressError
 from ...method import check_params, parse_value
 from ...runtime.carry import carry
@@ -219,8 +220,8 @@ ARCHITECTURES = {
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
 
-#: Families whose kept tokens keep their (t, h, w) M-RoPE ids.
-MROPE_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+#: Families whose kept tokens keep their (t, h, w) M-RoPE ids: the adapters that declare M-RoPE.
+MROPE_FAMILIES = tuple(t for adapter in ADAPTERS if adapter.mrope for t in adapter.model_types)
 
 
 def check_engine(vllm_config: Any) -> ServingConfig:
