@@ -266,16 +266,6 @@ def test_pdrop_faithful_decodes_at_shifted_positions(tiny, inputs):
     assert decode == [(0, prompt), (3, prompt - 42), (0, prompt + 1), (3, prompt - 41)]
 
 
-def test_pdrop_faithful_is_refused_on_mrope(tiny_qwen, clip_frames):
-    from vidpress.errors import IncompatibleStagesError
-    from vidpress.pipeline import build_inputs
-
-    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
-    with torch.no_grad(), vidpress.apply(tiny_qwen.model, PyramidDrop(layers=(1, 2, 3), mode="faithful")):
-        with pytest.raises(IncompatibleStagesError, match="AttentionRank"):
-            tiny_qwen.model(**inputs)
-
-
 # -- FastVID -------------------------------------------------------------------------------------------------
 
 
