@@ -361,7 +361,11 @@ CANNOT = {
 }
 
 
-@pytest.mark.parametrize("model", BUILT_IN)
+@pytest.mark.parametrize(
+    # the testbed is the default model's architecture with trained weights: every method again there is the long check
+    "model",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "testbed" else m for m in BUILT_IN],
+)
 def test_every_method_runs_at_its_defaults_on_every_built_in_model(model, monkeypatch, tmp_path):
     """`vidpress run --method M` on each built-in model: METok's reference layers move into a 4-layer LLM, ToMe
     maps its tokens back onto LLaVA-NeXT-Video's grid, the random towers are deep enough for ToMe's default."""
