@@ -187,6 +187,19 @@ def test_faithful_renumbering_is_refused_on_mrope_at_apply(tiny_qwen, tiny_qwen3
         assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks
 
 
+def test_an_undeclared_mrope_family_is_refused_from_its_positions(tiny_qwen, clip_frames, monkeypatch):
+    """A family that returns (t, h, w) ids without declaring M-RoPE installs, and the layout refuses the
+    renumbering from the positions' shape at the request, before the LLM runs."""
+    from vidpress.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+    from vidpress.errors import IncompatibleStagesError
+
+    monkeypatch.setattr(Qwen2_5_VLAdapter, "mrope", False)
+    inputs = build_inputs(tiny_qwen.processor, clip_frames, "q")
+    with torch.no_grad(), vidpress.apply(tiny_qwen.model, DyCoke(mode="faithful")):
+        with pytest.raises(IncompatibleStagesError, match="TemporalMerge renumber.*M-RoPE.*mode='fixed'"):
+            tiny_qwen.model(**inputs)
+
+
 def test_qwen_encoder_attention_matches_the_models_own_attention_weights(tiny_qwen, clip_frames):
     """Our fp32 recomputation (qkv, vision RoPE, per-segment softmax, merge units, window order undone) against
     the weights the model's own eager attention produces inside its last vision block."""

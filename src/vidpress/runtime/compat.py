@@ -26,7 +26,7 @@ def check_stages(adapter: Adapter, stages: Stages) -> None:
     """
     _check_vision(adapter, stages)
     _check_deepstack(adapter, stages)
-    _check_positions(adapter, stages)
+    check_positions(stages, adapter.mrope, type(adapter).__name__)
 
 
 def _check_vision(adapter: Adapter, stages: Stages) -> None:
@@ -64,12 +64,19 @@ def _check_deepstack(adapter: Adapter, stages: Stages) -> None:
         )
 
 
-def _check_positions(adapter: Adapter, stages: Stages) -> None:
-    """M-RoPE gives each visual token (t, h, w) ids; renumbering the shortened prompt 0..n-1 would give them 1-D
-    ones the model was not trained on, so the stages that ask for it are refused before the video is encoded."""
+def check_positions(stages: Stages, mrope: bool, family: str) -> None:
+    """Refuse pre-LLM or prefill stages that renumber the shortened prompt 0..n-1 on an M-RoPE model (``family``
+    names it): its visual tokens have (t, h, w) ids, and 1-D ones are not what it was trained on. Called at
+    installation from the adapter's declaration, and by the layout from the positions themselves.
+
+    Raises
+    ------
+    IncompatibleStagesError
+        Naming the stages and ``mode='fixed'``.
+    """
     asking = [type(s).__name__ for s in (stages.pre_llm, stages.prefill) if s is not None and s.positions != "original"]
-    if adapter.mrope and asking:
+    if mrope and asking:
         raise IncompatibleStagesError(
             f"{' and '.join(asking)} renumber(s) positions contiguously (the reference code's 1-D behaviour); "
-            f"{type(adapter).__name__}'s M-RoPE keeps (t, h, w) ids: use mode='fixed'"
+            f"{family}'s M-RoPE keeps (t, h, w) ids: use mode='fixed'"
         )

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..errors import BudgetError, IncompatibleStagesError
+from ..errors import BudgetError
 from ..selection import Selection
 from ..stages import Stages
 from ..tokens import PackedTokens, VisualTokens
 from .carry import carry
+from .compat import check_positions
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -113,14 +114,9 @@ def kept_positions(
     mrope_delta = None
     if original.dim() == 3:  # decoding continues after the largest (t, h, w) id, as transformers' rope deltas do
         mrope_delta = original[-3:].amax(dim=(0, 2))[:, None] + 1 - length
-    shortening = (stages.pre_llm, stages.prefill)
-    asking = [type(s).__name__ for s in shortening if s is not None and s.positions == "contiguous"]
-    if asking:  # renumber the shortened prompt
-        if original.dim() == 3:
-            raise IncompatibleStagesError(
-                f"{' and '.join(asking)} renumber(s) positions contiguously (the reference "
-                "code's 1-D behaviour); M-RoPE models keep (t, h, w) ids: use mode='fixed'"
-            )
+    # installation refused this on families that declare M-RoPE; the positions' own shape catches any other
+    check_positions(stages, original.dim() == 3, type(adapter).__name__)
+    if any(s is not None and s.positions == "contiguous" for s in (stages.pre_llm, stages.prefill)):
         new_positions = default_positions(kept, new_mask)
         return new_positions, original[:, -1:] - new_positions[:, -1:], mrope_delta, new_mask
     at = kept
